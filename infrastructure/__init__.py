@@ -1,0 +1,1 @@
+"""Local runtime (infrastructure.local), the rtap CLI and the Compose deployment files."""

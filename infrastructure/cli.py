@@ -1,0 +1,123 @@
+"""rtap: the front door to the local pipeline (up, down, status, setup, test)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infrastructure.local import jars
+from infrastructure.local.components import REPO_ROOT, Status
+from infrastructure.local.errors import RuntimeSetupError
+from infrastructure.local.stack import Stack
+from shared.settings import Settings
+
+app = typer.Typer(help="Real-time analytics pipeline: run it locally, inspect it, test it.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def setup(quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
+    """Resolve the Maven jars (Kafka broker, Flink Kafka connector) into the state directory."""
+    settings = _settings()
+    try:
+        Stack(settings).check_state_dir()
+        for bundle in ("kafka", "flink"):
+            folder = jars.resolve(bundle, settings.state_path / "jars")
+            if not quiet:
+                console.print(f"{bundle}: {len(list(folder.glob('*.jar')))} jars in {folder}")
+    except RuntimeSetupError as exc:
+        _fail(exc)
+
+
+def status_table(statuses: list[Status]) -> Table:
+    table = Table(title="rtap local stack")
+    for col in ("component", "state", "pid", "url", "health"):
+        table.add_column(col)
+    colors = {"running": "green", "embedded": "green", "stopped": "dim", "unhealthy": "red"}
+    for s in statuses:
+        table.add_row(s.name, f"[{colors.get(s.state, 'white')}]{s.state}[/]", str(s.pid or "-"), s.url, s.detail)
+    return table
+
+
+@app.command()
+def up(
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Start in the background and return.")] = False,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Start only these components.")] = None,
+) -> None:
+    """Start every component (Kafka, Redis, ClickHouse, Flink, Prometheus, the services)."""
+    settings = _settings()
+    stack = Stack(settings, only=only)
+    try:
+        with console.status("starting") as spinner:
+            def started(component) -> None:
+                console.print(f"[green]✓[/green] {component.name} {component.url()}")
+                spinner.update(f"starting (after {component.name})")
+
+            stack.up(on_started=started)
+    except RuntimeSetupError as exc:
+        _fail(exc)
+    console.print(status_table(stack.status()))
+    console.print(f"state: {settings.state_path}   logs: {settings.state_path / 'logs'}")
+    if detach:
+        console.print("running in the background; stop with [bold]rtap down[/bold]")
+        return
+    console.print("running; press Ctrl-C to stop")
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    console.print("stopping")
+    stack.down()
+
+
+@app.command()
+def down() -> None:
+    """Stop every component started by `rtap up` (state is kept)."""
+    stopped = Stack(_settings()).down()
+    console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@app.command()
+def status() -> None:
+    """Show each component: state, pid, URL, health. Exit code 1 when any is not healthy."""
+    statuses = Stack(_settings()).status()
+    console.print(status_table(statuses))
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def test(ctx: typer.Context) -> None:
+    """Run the whole test suite (pytest) against real components; extra arguments go to pytest."""
+    cmd = [sys.executable, "-m", "pytest", *ctx.args]
+    raise typer.Exit(subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ}))
+
+
+if __name__ == "__main__":
+    app()

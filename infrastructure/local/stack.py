@@ -1,0 +1,140 @@
+"""The local stack: every component in start order, one state directory, up/down/status."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from infrastructure.local.components import (
+    REPO_ROOT, ClickHouse, Component, FlinkJobManager, FlinkTaskManager, Kafka, Prometheus, Redis, Status, _http_ok,
+)
+from infrastructure.local.errors import RuntimeSetupError
+from infrastructure.local.process import check_ports_free
+from shared.settings import Settings
+
+STATE_MARKER = ".rtap-state"
+STATE_FORMAT = 1
+SERVICES = ("ingestion", "storage", "cache", "processing")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as RTAP_* environment variables, so child processes see exactly the same values."""
+    env: dict[str, str] = {}
+    for key, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                env[f"RTAP_{key.upper()}__{sub.upper()}"] = _env_value(subvalue)
+        else:
+            env[f"RTAP_{key.upper()}"] = _env_value(value)
+    env["RTAP_STATE_DIR"] = str(settings.state_path)
+    return env
+
+
+def _env_value(value) -> str:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return "" if value is None else str(value)
+
+
+class Service(Component):
+    """A service of this project, run as `python -m services.<name>`; exists once it has a __main__."""
+
+    health_path = "/healthz"
+
+    def __init__(self, settings: Settings, service: str):
+        super().__init__(settings)
+        self.name = service
+        section = getattr(settings, service)
+        self.port = getattr(section, "port", None)
+
+    @staticmethod
+    def exists(service: str) -> bool:
+        return (REPO_ROOT / "services" / service / "__main__.py").exists()
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}" if self.port else ""
+
+    def ports(self) -> tuple[int, ...]:
+        return (self.port,) if self.port else ()
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", f"services.{self.name}"]
+
+    def env(self) -> dict[str, str]:
+        return settings_env(self.settings)
+
+    def healthy(self) -> tuple[bool, str]:
+        if not self.port:
+            return self.pid() is not None, ""
+        return _http_ok(f"{self.url()}{self.health_path}")
+
+
+class Stack:
+    def __init__(self, settings: Settings, only: list[str] | None = None):
+        self.settings = settings
+        components: list[Component] = [
+            Kafka(settings), Redis(settings), ClickHouse(settings),
+            FlinkJobManager(settings), FlinkTaskManager(settings), Prometheus(settings),
+        ]
+        components += [Service(settings, s) for s in SERVICES if Service.exists(s)]
+        self.components = [c for c in components if only is None or c.name in only]
+
+    def component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    def check_state_dir(self) -> Path:
+        """Create the state directory, or refuse one that is not ours."""
+        state = self.settings.state_path
+        marker = state / STATE_MARKER
+        if state.exists() and any(state.iterdir()):
+            if not marker.exists():
+                raise RuntimeSetupError(f"{state} is not an rtap state directory (no {STATE_MARKER}); choose another RTAP_STATE_DIR or remove it")
+            try:
+                fmt = json.loads(marker.read_text())["format"]
+            except (ValueError, KeyError, TypeError):
+                raise RuntimeSetupError(f"{marker} is corrupt; remove {state} to start fresh") from None
+            if fmt != STATE_FORMAT:
+                raise RuntimeSetupError(f"{state} has state format {fmt}, this version needs {STATE_FORMAT}")
+            return state
+        state.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"format": STATE_FORMAT}))
+        return state
+
+    def preflight(self) -> None:
+        """Find every taken port before anything starts, so a failure leaves nothing half-started."""
+        for c in self.components:
+            if c.pid():
+                continue
+            check_ports_free(c.name, c.ports())
+
+    def up(self, on_started: Callable[[Component], None] = lambda c: None) -> None:
+        self.check_state_dir()
+        self.preflight()
+        started: list[Component] = []
+        try:
+            for c in self.components:
+                was_running = c.pid() is not None
+                c.start()
+                if not was_running:
+                    started.append(c)
+                if isinstance(c, Kafka):
+                    self.create_topics()
+                on_started(c)
+        except BaseException:
+            for c in reversed(started):
+                c.stop()
+            raise
+
+    def create_topics(self) -> list[str]:
+        from shared.kafka_admin import ensure_topics
+        from shared.topics import all_topics
+
+        return ensure_topics(self.settings.kafka.bootstrap, all_topics(), self.settings.kafka.replication_factor)
+
+    def down(self) -> list[str]:
+        return [c.name for c in reversed(self.components) if c.stop()]
+
+    def status(self) -> list[Status]:
+        return [c.status() for c in self.components]

@@ -1,0 +1,1 @@
+"""The pipeline's services: ingestion, processing, storage, cache."""

@@ -1,0 +1,1 @@
+"""Metric topics into Redis, served by the cache API."""

@@ -1,0 +1,1 @@
+"""FastAPI ingestion: HTTP events into Kafka."""

@@ -1,0 +1,1 @@
+"""PyFlink jobs (BaseJob subclasses) run together by the JobCoordinator."""

@@ -1,0 +1,93 @@
+"""One small interface over the two ClickHouse backends: embedded chDB and a ClickHouse server.
+
+Both take the same SQL with server-side bound parameters ({name:Type}); SQL is never
+built from values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from shared.settings import Settings
+
+
+class Backend(Protocol):
+    kind: str
+
+    def command(self, sql: str, params: dict[str, Any] | None = None) -> None: ...
+
+    def query(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+
+    def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ChdbBackend:
+    kind = "chdb"
+
+    def __init__(self, path: Path):
+        from chdb import session
+
+        path.mkdir(parents=True, exist_ok=True)
+        self.session = session.Session(str(path))
+
+    def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self.session.query(sql, "Null", params=params or None)
+
+    def query(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        if settings:
+            sql = f"{sql}\nSETTINGS " + ", ".join(f"{k} = {_setting_literal(v)}" for k, v in settings.items())
+        result = self.session.query(sql, "JSONEachRow", params=params or None)
+        text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        payload = "\n".join(json.dumps(r, separators=(",", ":")) for r in rows)
+        self.session.query(f"INSERT INTO {table} FORMAT JSONEachRow\n{payload}", "Null")
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class ServerBackend:
+    kind = "server"
+
+    def __init__(self, url: str, database: str):
+        import clickhouse_connect
+
+        self.client = clickhouse_connect.get_client(dsn=url, database=database, autogenerate_session_id=False)
+
+    def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        self.client.command(sql, parameters=params)
+
+    def query(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        result = self.client.query(sql, parameters=params, settings=settings)
+        return list(result.named_results())
+
+    def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        columns = list(rows[0].keys())
+        self.client.insert(table, [[r.get(c) for c in columns] for r in rows], column_names=columns)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _setting_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def open_backend(settings: Settings) -> Backend:
+    if settings.clickhouse.url:
+        return ServerBackend(settings.clickhouse.url, settings.clickhouse.database)
+    return ChdbBackend(settings.state_path / "clickhouse")
