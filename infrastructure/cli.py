@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -118,6 +119,17 @@ def test(ctx: typer.Context) -> None:
     cmd = [sys.executable, "-m", "pytest", *ctx.args]
     raise typer.Exit(subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ}))
 
+
+# Services add their own commands (sql, backfill, load, bench) in services/<name>/commands.py,
+# each exposing register(app); the CLI stays free of service code.
+COMMAND_MODULES = ("services.ingestion.commands", "services.processing.commands",
+                   "services.storage.commands", "services.cache.commands", "benchmarks.commands")
+for _module in COMMAND_MODULES:
+    try:
+        importlib.import_module(_module).register(app)
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _module:
+            raise
 
 if __name__ == "__main__":
     app()
