@@ -123,12 +123,12 @@ def test(ctx: typer.Context) -> None:
 # Services add their own commands (sql, backfill, load, bench) in services/<name>/commands.py,
 # each exposing register(app); the CLI stays free of service code.
 COMMAND_MODULES = ("services.ingestion.commands", "services.processing.commands",
-                   "services.storage.commands", "services.cache.commands", "benchmarks.commands")
+                   "services.storage.commands", "services.cache.commands")
 for _module in COMMAND_MODULES:
     try:
         importlib.import_module(_module).register(app)
     except ModuleNotFoundError as _exc:
-        if _exc.name != _module:
+        if not (_exc.name and (_module + ".").startswith(_exc.name + ".")):
             raise
 
 if __name__ == "__main__":
