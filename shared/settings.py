@@ -23,6 +23,7 @@ class KafkaSettings(BaseModel):
     controller_port: int = 9093
     heap: str = "512m"
     replication_factor: int = 1
+    jmx_exporter_port: int = 9404
 
 
 class FlinkSettings(BaseModel):

@@ -125,7 +125,8 @@ class Kafka(Component):
         return f"kafka://127.0.0.1:{self.settings.kafka.port}"
 
     def ports(self) -> tuple[int, ...]:
-        return (self.settings.kafka.port, self.settings.kafka.controller_port)
+        k = self.settings.kafka
+        return (k.port, k.controller_port, k.jmx_exporter_port)
 
     def prepare(self) -> None:
         java()
@@ -182,9 +183,14 @@ class Kafka(Component):
     def _classpath(self) -> str:
         return str(self.state / "jars" / "kafka" / "*")
 
+    def _jmx_exporter_agent(self) -> str:
+        agent = jars.find_jar(self.state / "jars" / "kafka", "jmx_prometheus_javaagent")
+        config = MONITORING_DIR / "kafka" / "jmx-exporter.yml"
+        return f"-javaagent:{agent}=127.0.0.1:{self.settings.kafka.jmx_exporter_port}:{config}"
+
     def argv(self) -> list[str]:
         heap = self.settings.kafka.heap
-        return [java(), f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-cp", self._classpath(),
+        return [java(), f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", self._jmx_exporter_agent(), "-cp", self._classpath(),
                 f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
                 "kafka.Kafka", str(self.dir / "server.properties")]
 

@@ -18,6 +18,7 @@ def local_targets(settings: Settings) -> dict[str, str]:
         "cache": f"127.0.0.1:{settings.cache.port}",
         "flink-jobmanager": f"127.0.0.1:{settings.flink.jobmanager_metrics_port}",
         "flink-taskmanager": f"127.0.0.1:{settings.flink.taskmanager_metrics_port}",
+        "kafka": f"127.0.0.1:{settings.kafka.jmx_exporter_port}",
     }
 
 
