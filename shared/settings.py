@@ -97,6 +97,15 @@ class CacheSettings(BaseModel):
     ttl_seconds: int = 7 * 24 * 3600
     read_keys: list[str] = Field(default_factory=list)
     max_lag_records: int = 10_000
+    consumer_group: str = "rtap-cache"
+    key_prefix: str = "rtap"
+    batch_records: int = 500
+    max_limit: int = 1_000
+    sessions_job: str = "session_metrics"
+    index_columns: list[str] = Field(default_factory=lambda: ["user_id"])
+    active_session_seconds: int = 300
+    cors_origins: list[str] = Field(default_factory=list)
+    session_timeout_ms: int = 10_000
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,247 @@
+"""The cache API: every metric job served from Redis, generic over the job's schema.
+
+Errors share FastAPI's validation shape, so every 4xx names the parameter:
+    {"detail": [{"loc": ["query", "limit"], "msg": "...", "type": "..."}]}
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, AsyncIterator, Literal
+
+import orjson
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+
+from services.cache.consumer import CacheConsumer
+from services.cache.layout import JobLayout, layouts
+from services.cache.store import CacheStore
+from shared.metrics import load_schemas
+from shared.settings import Settings
+
+DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
+JSON = "application/json"
+
+
+def param_error(status: int, where: str, name: str, msg: str) -> HTTPException:
+    return HTTPException(status, [{"loc": [where, name], "msg": msg, "type": "value_error"}])
+
+
+def json_response(body: bytes) -> Response:
+    return Response(body, media_type=JSON)
+
+
+class CacheApp:
+    """Holds what the routes share: settings, job layouts, the Redis store and the consumer."""
+
+    def __init__(self, settings: Settings, run_consumer: bool = True):
+        self.settings = settings
+        self.layouts: dict[str, JobLayout] = layouts(settings.cache.key_prefix, load_schemas().values(), settings.cache.index_columns)
+        self.redis = Redis.from_url(settings.redis.url)
+        self.store = CacheStore(self.redis)
+        self.consumer = CacheConsumer(settings, self.layouts) if run_consumer else None
+
+    def layout(self, job: str) -> JobLayout:
+        try:
+            return self.layouts[job]
+        except KeyError:
+            raise param_error(404, "path", "job", f"unknown job {job!r}; known: {sorted(self.layouts)}") from None
+
+    def filters(self, layout: JobLayout, request: Request, reserved: set[str]) -> dict[str, str]:
+        """Group-key filters from the query string; any other unknown parameter is an error naming it."""
+        allowed = set(layout.filter_columns)
+        out: dict[str, str] = {}
+        for name, value in request.query_params.items():
+            if name in reserved:
+                continue
+            if name not in allowed:
+                raise param_error(400, "query", name, f"unknown parameter {name!r}; filters for {layout.schema.name}: {sorted(allowed)}")
+            out[name] = value
+        return out
+
+    def check_key(self, provided: str | None) -> None:
+        keys = self.settings.cache.read_keys
+        if keys and not (provided and any(secrets.compare_digest(provided, k) for k in keys)):
+            raise param_error(401, "header", "X-Read-Key", "a valid read key is required (X-Read-Key header, Bearer token, or ?key= for streams)")
+
+
+def create_app(settings: Settings | None = None, run_consumer: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    cache = CacheApp(settings, run_consumer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if cache.consumer:
+            cache.consumer.start()
+        yield
+        if cache.consumer:
+            cache.consumer.stop()
+        await cache.redis.aclose()
+
+    app = FastAPI(title="rtap cache API", version="1", lifespan=lifespan,
+                  description="Latest and historical metric windows of every job, served from Redis.")
+    app.state.cache = cache
+    if settings.cache.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cache.cors_origins, allow_methods=["GET"], allow_headers=["*"])
+
+    def read_key(x_read_key: Annotated[str | None, Header()] = None,
+                 authorization: Annotated[str | None, Header()] = None,
+                 key: Annotated[str | None, Query(description="read key, for EventSource and the dashboard page")] = None) -> None:
+        bearer = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
+        cache.check_key(x_read_key or bearer or key)
+
+    guarded = [Depends(read_key)]
+    add_health_routes(app, cache)
+    add_job_routes(app, cache, guarded)
+    add_session_routes(app, cache, guarded)
+    add_page_routes(app, cache, guarded)
+    return app
+
+
+def add_health_routes(app: FastAPI, cache: CacheApp) -> None:
+    @app.get("/healthz", tags=["health"], summary="Redis reachable")
+    async def healthz() -> Response:
+        try:
+            await cache.redis.ping()
+        except Exception as exc:
+            return Response(orjson.dumps({"status": "unhealthy", "redis": str(exc)}), 503, media_type=JSON)
+        return json_response(b'{"status":"ok"}')
+
+    @app.get("/readyz", tags=["health"], summary="Consumer running and its lag below cache.max_lag_records")
+    async def readyz() -> Response:
+        status = cache.consumer.status() if cache.consumer else {"running": False, "lag_records": None, "error": "no consumer"}
+        lag = status["lag_records"]
+        ready = status["running"] and lag is not None and lag <= cache.settings.cache.max_lag_records
+        body = {"ready": ready, **status, "max_lag_records": cache.settings.cache.max_lag_records}
+        return Response(orjson.dumps(body), 200 if ready else 503, media_type=JSON)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+Limit = Annotated[int | None, Query(ge=1, description="maximum records returned (1..cache.max_limit, default 100)")]
+
+
+def bounded(limit: int | None, settings: Settings) -> int:
+    if limit is None:
+        return min(100, settings.cache.max_limit)
+    if limit > settings.cache.max_limit:
+        raise param_error(422, "query", "limit", f"limit must be <= {settings.cache.max_limit}")
+    return limit
+
+
+def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
+    @app.get("/v1/jobs", tags=["jobs"], dependencies=guarded, summary="Jobs and their metric schemas")
+    async def jobs() -> dict[str, Any]:
+        return {"jobs": [{**layout.schema.to_json(), "filters": list(layout.filter_columns)} for layout in cache.layouts.values()]}
+
+    @app.get("/v1/jobs/{job}/latest", tags=["jobs"], dependencies=guarded,
+             summary="Every record of the newest window; group-key filters as query parameters (e.g. ?device_category=mobile)")
+    async def latest(job: str, request: Request) -> Response:
+        layout = cache.layout(job)
+        filters = cache.filters(layout, request, {"key"})
+        window_start, windows = await cache.store.latest(layout, filters)
+        head = orjson.dumps({"job": job, "window_start": window_start})[:-1]
+        return json_response(head + b',"records":' + windows.json() + b"}")
+
+    @app.get("/v1/jobs/{job}/windows", tags=["jobs"], dependencies=guarded,
+             summary="Records with from <= window_start < to (epoch ms), group-key filters as query parameters")
+    async def windows(job: str, request: Request,
+                      from_: Annotated[int, Query(alias="from", ge=0, description="window_start lower bound, epoch ms (inclusive)")] = 0,
+                      to: Annotated[int | None, Query(ge=0, description="window_start upper bound, epoch ms (exclusive); default: no bound")] = None,
+                      limit: Limit = None,
+                      order: Annotated[Literal["asc", "desc"], Query(description="by window_start")] = "asc") -> Response:
+        layout = cache.layout(job)
+        filters = cache.filters(layout, request, {"from", "to", "limit", "order", "key"})
+        end = 2**63 - 1 if to is None else to
+        if end <= from_:
+            raise param_error(422, "query", "to", "to must be greater than from")
+        n = bounded(limit, cache.settings)
+        found = await cache.store.window_range(layout, filters, from_, end, n, order == "desc")
+        head = orjson.dumps({"job": job, "from": from_, "to": to, "limit": n, "order": order})[:-1]
+        return json_response(head + b',"records":' + found.json() + b"}")
+
+    @app.get("/v1/jobs/{job}/stream", tags=["jobs"], dependencies=guarded, response_class=EventSourceResponse,
+             summary="Server-Sent Events: each new or updated window of the job (event 'window', data = the record)")
+    async def stream(job: str, request: Request) -> AsyncIterator[ServerSentEvent]:
+        layout = cache.layout(job)
+        filters = cache.filters(layout, request, {"key"})
+        pubsub = cache.redis.pubsub()
+        await pubsub.subscribe(layout.channel)
+        try:
+            yield ServerSentEvent(comment="subscribed", retry=2000)
+            while not await request.is_disconnected():
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg and matches(msg["data"], filters):
+                    yield ServerSentEvent(raw_data=msg["data"].decode(), event="window")
+        finally:
+            await pubsub.aclose()
+
+
+def matches(payload: bytes, filters: dict[str, str]) -> bool:
+    if not filters:
+        return True
+    record = orjson.loads(payload)
+    return all(str(record.get(k)) == v for k, v in filters.items())
+
+
+def add_session_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
+    def sessions() -> JobLayout:
+        return cache.layout(cache.settings.cache.sessions_job)
+
+    @app.get("/v1/sessions/recent", tags=["sessions"], dependencies=guarded, summary="Newest sessions first")
+    async def recent(limit: Limit = None) -> Response:
+        found = await cache.store.newest(sessions(), {}, bounded(limit, cache.settings))
+        return json_response(b'{"sessions":' + found.json() + b"}")
+
+    @app.get("/v1/sessions/{session_id}", tags=["sessions"], dependencies=guarded, summary="Windows of one session, newest first")
+    async def session(session_id: str) -> Response:
+        found = await cache.store.newest(sessions(), {"session_id": session_id}, cache.settings.cache.max_limit)
+        if not found.records:
+            raise param_error(404, "path", "session_id", f"no session {session_id!r} in the cache")
+        return json_response(orjson.dumps({"session_id": session_id})[:-1] + b',"windows":' + found.json() + b"}")
+
+    @app.get("/v1/users/{user_id}/sessions", tags=["sessions"], dependencies=guarded, summary="Sessions of one user, newest first")
+    async def user_sessions(user_id: str, limit: Limit = None) -> Response:
+        layout = sessions()
+        if "user_id" not in layout.filter_columns:
+            raise param_error(404, "path", "user_id", f"{layout.schema.name} is not indexed by user_id (cache.index_columns)")
+        found = await cache.store.newest(layout, {"user_id": user_id}, bounded(limit, cache.settings))
+        return json_response(orjson.dumps({"user_id": user_id})[:-1] + b',"sessions":' + found.json() + b"}")
+
+    @app.get("/v1/overview", tags=["overview"], dependencies=guarded,
+             summary="Per job: newest window, its records and numeric totals; active sessions; consumer state")
+    async def overview() -> dict[str, Any]:
+        now_ms = int(time.time() * 1000)
+        jobs = {name: await job_overview(cache, layout) for name, layout in cache.layouts.items()}
+        since = now_ms - cache.settings.cache.active_session_seconds * 1000
+        active = await cache.store.count_ending_after(sessions(), since) if cache.settings.cache.sessions_job in cache.layouts else 0
+        consumer = cache.consumer.status() if cache.consumer else None
+        return {"generated_at": now_ms, "active_sessions": active,
+                "active_session_seconds": cache.settings.cache.active_session_seconds, "jobs": jobs, "consumer": consumer}
+
+
+async def job_overview(cache: CacheApp, layout: JobLayout) -> dict[str, Any]:
+    window_start, latest = await cache.store.latest(layout, {})
+    records = [orjson.loads(r) for r in latest.records]
+    numeric = [c.name for c in layout.schema.columns
+               if c.type in ("int64", "float64") and c.name not in layout.schema.key]
+    totals = {c: sum(r[c] or 0 for r in records) for c in numeric if not c.endswith(("_avg", "_p50", "_p95", "_p99"))}
+    return {"windows_cached": await cache.store.size(layout), "latest_window_start": window_start,
+            "latest_records": len(records), "latest_totals": totals}
+
+
+def add_page_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
+    page = DASHBOARD.read_bytes()
+
+    @app.get("/", tags=["dashboard"], dependencies=guarded, summary="Live dashboard page (HTML, no build step)")
+    @app.get("/dashboard", tags=["dashboard"], dependencies=guarded, include_in_schema=False)
+    async def dashboard() -> Response:
+        return Response(page, media_type="text/html; charset=utf-8")
