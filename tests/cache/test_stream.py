@@ -1,0 +1,47 @@
+"""The SSE stream pushes a window written after the client connected."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import httpx
+import orjson
+import pytest
+
+from tests.cache.conftest import event_record, produce, window_base
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+def read_stream(url: str, headers: dict, params: dict, lines: queue.Queue, stop: threading.Event) -> None:
+    with httpx.Client(timeout=httpx.Timeout(10, read=30)) as client:
+        with client.stream("GET", url, headers=headers, params=params) as response:
+            lines.put(("status", response.status_code, response.headers.get("content-type")))
+            for line in response.iter_lines():
+                lines.put(("line", line))
+                if stop.is_set():
+                    return
+
+
+def test_stream_receives_window_written_after_connect(cache, kafka):
+    base = window_base()
+    lines: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    url = f"{cache.url}/v1/jobs/event_metrics/stream"
+    reader = threading.Thread(target=read_stream, daemon=True,
+                              args=(url, dict(cache.client.headers), {"event_type": "streamed"}, lines, stop))
+    reader.start()
+    assert lines.get(timeout=10)[1:] == (200, "text/event-stream; charset=utf-8")
+    assert lines.get(timeout=10) == ("line", ": subscribed")
+
+    produce(kafka, "event_metrics", [event_record(base, "other_type", "desktop", 1, 1)])
+    pushed = event_record(base, "streamed", "mobile", 4, 2)
+    produce(kafka, "event_metrics", [pushed])
+    events = []
+    while not events:
+        kind, *rest = lines.get(timeout=20)
+        if kind == "line" and rest[0].startswith("data: "):
+            events.append(orjson.loads(rest[0][len("data: "):]))
+    stop.set()
+    assert events == [pushed], "the filter must drop the other_type window"
