@@ -68,8 +68,13 @@ class IngestionSettings(BaseModel):
     max_batch_events: int = 1_000
     cors_origins: list[str] = Field(default_factory=list)
     max_clock_skew_ms: int = 24 * 3600 * 1000
+    max_future_skew_ms: int = 5 * 60 * 1000
     produce_timeout_ms: int = 5_000
     heartbeat_interval_ms: int = 1_000
+    retry_after_seconds: int = 5
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    linger_ms: int = 5
+    queue_max_messages: int = 100_000
 
 
 class ProcessingSettings(BaseModel):
@@ -79,6 +84,15 @@ class ProcessingSettings(BaseModel):
     idle_timeout_ms: int = 5_000
     checkpoint_interval_ms: int = 5_000
     job_modules: list[str] = Field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 8070
+    job_name: str = "rtap-processing"
+    events_topic: str = "analytics_events"
+    metric_topic_prefix: str = ""  # "" in production; tests use a prefix to get private metric topics
+    consumer_group: str = "rtap-processing"
+    parallelism: int = 0  # 0: the cluster's default parallelism
+    watch_interval_seconds: float = 2.0
+    backfill_margin_ms: int = 3_600_000  # how far past the range Kafka record times may lag event times
 
 
 class StorageSettings(BaseModel):
@@ -88,6 +102,13 @@ class StorageSettings(BaseModel):
     batch_seconds: float = 1.0
     raw_events_ttl_days: int = 30
     read_keys: list[str] = Field(default_factory=list)
+    consumer_group: str = "rtap-storage"
+    events_table: str = "analytics_events"
+    retry_max_seconds: float = 30.0
+    session_timeout_ms: int = 10_000
+    max_limit: int = 10_000
+    sql_max_rows: int = 10_000
+    sql_max_seconds: int = 10
 
 
 class CacheSettings(BaseModel):

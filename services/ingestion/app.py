@@ -1,0 +1,331 @@
+"""The ingestion API: validated events into Kafka, 202 only after durable acknowledgement."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import secrets
+import time
+from contextlib import asynccontextmanager, suppress
+from typing import Any, AsyncIterator, Sequence
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from pydantic import ValidationError
+from pydantic.json_schema import models_json_schema
+
+from services.ingestion.body import read_body
+from services.ingestion.errors import (
+    IngestError, bad_request, first_error, ingest_error_handler, json_response, request_validation_handler, too_large,
+    unavailable,
+)
+from services.ingestion.metrics import METRICS
+from services.ingestion.models import (
+    BatchRejected, BatchRequest, BatchResult, ErrorBody, Health, SegmentResult, TrackAccepted,
+)
+from services.ingestion.producer import EventProducer, Unavailable
+from services.ingestion.records import Record, SkewPolicy, now_ms, to_record
+from services.ingestion.segment import SegmentBatch, SegmentMappingError, SegmentMessage, to_track_event
+from shared.events import TrackEvent, event_json_schema
+from shared.logging import get_logger
+from shared.settings import Settings
+from shared.topics import EVENTS
+
+log = get_logger("ingestion")
+KEY_HEADER = "X-Write-Key"
+ERRORS = {400: {"model": ErrorBody, "description": "invalid body; `field` names the offending field"},
+          401: {"model": ErrorBody, "description": "write key missing or wrong (only when write keys are configured)"},
+          413: {"model": ErrorBody, "description": "body (or decompressed body, or batch) too large"},
+          415: {"model": ErrorBody, "description": "unsupported Content-Type or Content-Encoding"},
+          503: {"model": ErrorBody, "description": "Kafka unavailable or producer queue full; retry after Retry-After seconds"}}
+
+
+class Ingestion:
+    """What the routes share: settings, the producer, the clock-skew policy, the partition count."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.limits = settings.ingestion
+        self.producer = EventProducer(settings, EVENTS.name)
+        self.policy = SkewPolicy.from_settings(settings.ingestion)
+        self.metrics = METRICS
+        self.partitions = EVENTS.partitions
+
+    def check_key(self, request: Request, body_key: str | None = None) -> None:
+        keys = self.limits.write_keys
+        if not keys:
+            return
+        provided = request_key(request) or body_key
+        if not (provided and any(secrets.compare_digest(provided.encode(), k.encode()) for k in keys)):
+            raise IngestError(401, f"a valid write key is required ({KEY_HEADER} header, Bearer token, Basic username or ?write_key=)",
+                              KEY_HEADER, "unauthorized")
+
+    async def produce(self, records: Sequence[Record]) -> list[Any]:
+        started = time.perf_counter()
+        try:
+            return await self.producer.send(records)
+        except Unavailable as exc:
+            raise unavailable(str(exc), self.limits.retry_after_seconds) from None
+        finally:
+            self.metrics.produce_seconds.observe(time.perf_counter() - started)
+            self.metrics.queue_depth.set(self.producer.queue_depth())
+
+    async def heartbeats(self) -> None:
+        interval = self.limits.heartbeat_interval_ms / 1000
+        refresh_every = max(1, int(30 / interval))
+        for tick in _count():
+            if tick % refresh_every == 0:
+                await self._refresh_partitions()
+            self.producer.heartbeat(self.partitions)
+            self.metrics.heartbeats_total.inc(self.partitions)
+            await asyncio.sleep(interval)
+
+    async def _refresh_partitions(self) -> None:
+        with suppress(Exception):
+            self.partitions = await asyncio.to_thread(self.producer.partitions, 2.0)
+
+
+def _count() -> Any:
+    n = 0
+    while True:
+        yield n
+        n += 1
+
+
+def request_key(request: Request) -> str | None:
+    headers = request.headers
+    if key := headers.get(KEY_HEADER):
+        return key
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return credentials.strip()
+    if scheme.lower() == "basic":  # Segment libraries: base64("<writeKey>:")
+        with suppress(binascii.Error, UnicodeDecodeError):
+            return base64.b64decode(credentials.strip()).decode().partition(":")[0]
+    return request.query_params.get("write_key")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"body is not valid JSON: {exc}", "body") from None
+
+
+def batch_items(data: Any, max_events: int, field: str = "events") -> list[Any]:
+    items = data.get(field) if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise bad_request(f"body must be an object with an {field!r} array", field)
+    if not items:
+        raise bad_request(f"{field} is empty", field)
+    if len(items) > max_events:
+        raise too_large(f"{len(items)} events in one batch; the limit is {max_events}", field)
+    return items
+
+
+def item_results(valid: list[tuple[int, Record]], invalid: list[tuple[int, str, str]], errors: list[Any]) -> dict[str, Any]:
+    results: list[dict[str, Any]] = [{"index": i, "status": "rejected", "error": msg, "field": f} for i, msg, f in invalid]
+    for (i, record), err in zip(valid, errors):
+        if err is None:
+            results.append({"index": i, "status": "accepted", "id": record.id, "timestamp_adjusted": record.timestamp_adjusted})
+        else:
+            results.append({"index": i, "status": "failed", "id": record.id, "error": str(err), "field": "kafka"})
+    results.sort(key=lambda r: r["index"])
+    counts = {s: sum(r["status"] == s for r in results) for s in ("accepted", "rejected", "failed")}
+    return {**counts, "results": results}
+
+
+async def ingest_items(ing: Ingestion, endpoint: str, valid: list[tuple[int, Record]], invalid: list[tuple[int, str, str]],
+                       extra: dict[str, Any] | None = None) -> Response:
+    """Write the valid items, answer with per-item results: 202, 400 (none valid) or 503 (not all written)."""
+    if invalid:
+        ing.metrics.rejected("invalid", len(invalid))
+    if not valid:
+        body = {"error": f"no valid events; first problem: {invalid[0][1]}", "field": invalid[0][2], **item_results([], invalid, [])}
+        return json_response(400, body)
+    try:
+        errors = await ing.produce([r for _, r in valid])
+    except IngestError as exc:
+        exc.extra = item_results([], invalid, [exc.error] * len(valid))
+        raise
+    body = {**item_results(valid, invalid, errors), **(extra or {})}
+    ing.metrics.accepted_total.labels(endpoint).inc(body["accepted"])
+    ing.metrics.adjusted_total.inc(sum(r.timestamp_adjusted for _, r in valid))
+    if body["failed"]:
+        ing.metrics.rejected("unavailable", body["failed"])
+        retry = str(ing.limits.retry_after_seconds)
+        return json_response(503, {"error": "Kafka did not acknowledge every event", "field": "kafka", **body}, {"Retry-After": retry})
+    return json_response(202, body)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    ing = Ingestion(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ing.producer.start()
+        beats = asyncio.create_task(ing.heartbeats())
+        log.info("ingestion started", port=settings.ingestion.port, topic=EVENTS.name)
+        yield
+        beats.cancel()
+        with suppress(asyncio.CancelledError):
+            await beats
+        await asyncio.to_thread(ing.producer.close)
+
+    app = FastAPI(title="rtap ingestion", version="1", lifespan=lifespan,
+                  description="Validated analytics events into Kafka; 202 means durably written (acks=all).")
+    app.state.ingestion = ing
+    app.add_exception_handler(IngestError, ingest_error_handler)
+    app.add_exception_handler(RequestValidationError, request_validation_handler)
+    if settings.ingestion.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.ingestion.cors_origins, allow_methods=["POST", "GET", "OPTIONS"],
+                           allow_headers=["Content-Type", "Content-Encoding", KEY_HEADER, "Authorization"], max_age=600)
+    add_event_routes(app, ing)
+    add_segment_routes(app, ing)
+    add_ops_routes(app, ing)
+    app.openapi = lambda: _openapi(app)
+    return app
+
+
+def _body_schema(model: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{model}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}, "text/plain": {"schema": ref}}}}
+
+
+def add_event_routes(app: FastAPI, ing: Ingestion) -> None:
+    limits = ing.limits
+
+    @app.post("/v1/analytics/track", status_code=202, tags=["events"], openapi_extra=_body_schema("TrackEvent"),
+              responses={202: {"model": TrackAccepted, "description": "durably written to Kafka"}, **ERRORS})
+    async def track(request: Request) -> Response:
+        """One event. 202 once Kafka acknowledged it (acks=all)."""
+        started = time.perf_counter()
+        try:
+            ing.check_key(request)
+            body = await read_body(request, limits.max_body_bytes)
+            try:
+                event = TrackEvent.model_validate_json(body)
+            except ValidationError as exc:
+                raise bad_request(*first_error(exc)) from None
+            record = to_record(event, now_ms(), ing.policy)
+            errors = await ing.produce([record])
+            if errors[0] is not None:
+                raise unavailable(f"Kafka refused the event: {errors[0]}", limits.retry_after_seconds)
+            ing.metrics.accepted_total.labels("track").inc()
+            if record.timestamp_adjusted:
+                ing.metrics.adjusted_total.inc()
+            return json_response(202, {"status": "accepted", "id": record.id, "timestamp_adjusted": record.timestamp_adjusted})
+        finally:
+            ing.metrics.request_seconds.labels("track").observe(time.perf_counter() - started)
+
+    @app.post("/v1/analytics/batch", status_code=202, tags=["events"], openapi_extra=_body_schema("BatchRequest"),
+              responses={202: {"model": BatchResult, "description": "every valid item durably written; invalid items rejected"},
+                         **ERRORS, 400: {"model": BatchRejected, "description": "malformed body, or no valid item"},
+                         503: {"model": BatchRejected, "description": "Kafka unavailable; nothing (or not everything) written"}})
+    async def batch(request: Request) -> Response:
+        """Many events with per-item results; a valid item is never dropped because a sibling is bad."""
+        started = time.perf_counter()
+        try:
+            ing.check_key(request)
+            items = batch_items(parse_json(await read_body(request, limits.max_body_bytes)), limits.max_batch_events)
+            received = now_ms()
+            valid, invalid = [], []
+            for i, item in enumerate(items):
+                try:
+                    valid.append((i, to_record(TrackEvent.model_validate(item), received, ing.policy)))
+                except ValidationError as exc:
+                    invalid.append((i, *first_error(exc)))
+            return await ingest_items(ing, "batch", valid, invalid)
+        finally:
+            ing.metrics.request_seconds.labels("batch").observe(time.perf_counter() - started)
+
+
+def segment_records(ing: Ingestion, messages: list[Any], sent_at: Any) -> tuple[list, list]:
+    received = now_ms()
+    valid, invalid = [], []
+    for i, raw in enumerate(messages):
+        try:
+            msg = SegmentMessage.model_validate(raw)
+            valid.append((i, to_record(to_track_event(msg, sent_at, received), received, ing.policy)))
+        except ValidationError as exc:
+            invalid.append((i, *first_error(exc)))
+        except SegmentMappingError as exc:
+            invalid.append((i, str(exc), exc.field))
+    return valid, invalid
+
+
+def add_segment_routes(app: FastAPI, ing: Ingestion) -> None:
+    limits = ing.limits
+    responses = {200: {"model": SegmentResult, "description": "every valid message durably written"}, **ERRORS}
+
+    @app.post("/v1/batch", tags=["segment"], openapi_extra=_body_schema("SegmentBatch"), responses=responses)
+    async def segment_batch(request: Request) -> Response:
+        """Segment-compatible batch (what Segment's libraries send); writeKey as Basic auth username or in the body."""
+        data = parse_json(await read_body(request, limits.max_body_bytes))
+        try:
+            envelope = SegmentBatch.model_validate(data if isinstance(data, dict) else {})
+        except ValidationError as exc:
+            raise bad_request(*first_error(exc)) from None
+        ing.check_key(request, envelope.writeKey)
+        messages = batch_items(data, limits.max_batch_events, "batch")
+        return _segment_status(await ingest_items(ing, "segment", *segment_records(ing, messages, envelope.sentAt), {"success": True}))
+
+    @app.post("/v1/track", tags=["segment"], openapi_extra=_body_schema("SegmentMessage"), responses=responses)
+    async def segment_track(request: Request) -> Response:
+        """One Segment track/page/screen message."""
+        data = parse_json(await read_body(request, limits.max_body_bytes))
+        ing.check_key(request, data.get("writeKey") if isinstance(data, dict) else None)
+        return _segment_status(await ingest_items(ing, "segment", *segment_records(ing, [data], None), {"success": True}))
+
+
+def _segment_status(response: Response) -> Response:
+    """Segment's API answers 200 on success; errors keep their status."""
+    if response.status_code == 202:
+        response.status_code = 200
+    return response
+
+
+def add_ops_routes(app: FastAPI, ing: Ingestion) -> None:
+    @app.get("/healthz", tags=["ops"], response_model=Health, response_model_exclude_none=True)
+    @app.get("/v1/healthz", tags=["ops"], response_model=Health, response_model_exclude_none=True)
+    async def healthz() -> dict[str, Any]:
+        """The process is up (does not touch Kafka)."""
+        return {"status": "ok"}
+
+    @app.get("/v1/readyz", tags=["ops"], response_model=Health, responses={503: {"model": Health, "description": "Kafka unreachable"}})
+    async def readyz() -> Response:
+        """Kafka reachable and the events topic known."""
+        try:
+            partitions = await asyncio.to_thread(ing.producer.partitions, 2.0)
+        except Exception as exc:  # any Kafka failure means not ready
+            return json_response(503, {"status": "unavailable", "error": str(exc)}, {"Retry-After": str(ing.limits.retry_after_seconds)})
+        return json_response(200, {"status": "ready", "partitions": partitions})
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus exposition."""
+        METRICS.queue_depth.set(ing.producer.queue_depth())
+        data, content_type = METRICS.exposition()
+        return Response(data, media_type=content_type)
+
+    @app.get("/v1/schema/event.json", tags=["schema"])
+    async def event_schema() -> Response:
+        """JSON Schema (versioned) of the event record in Kafka topic analytics_events."""
+        return json_response(200, event_json_schema())
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    models = [(m, "validation") for m in (TrackEvent, BatchRequest, SegmentBatch, SegmentMessage)]
+    _, defs = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+    app.openapi_schema = schema
+    return schema

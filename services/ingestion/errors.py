@@ -1,0 +1,74 @@
+"""Every ingest failure is one IngestError, mapped to an HTTP status and a JSON body naming the field.
+
+Body: {"error": "<what is wrong>", "field": "<dotted path, header or 'body'>"}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+
+class IngestError(Exception):
+    def __init__(self, status: int, error: str, field: str, reason: str, headers: dict[str, str] | None = None,
+                 extra: dict[str, Any] | None = None):
+        super().__init__(error)
+        self.status, self.error, self.field, self.reason = status, error, field, reason
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "field": self.field, **self.extra}
+
+
+def bad_request(error: str, field: str) -> IngestError:
+    return IngestError(400, error, field, "invalid")
+
+
+def too_large(error: str, field: str = "body") -> IngestError:
+    return IngestError(413, error, field, "too_large")
+
+
+def unavailable(error: str, retry_after: int, extra: dict[str, Any] | None = None) -> IngestError:
+    return IngestError(503, error, "kafka", "unavailable", {"Retry-After": str(retry_after)}, extra)
+
+
+def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
+    """('user', 'id') -> 'user.id'; ('events', 3, 'user') -> 'events[3].user'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("body",) or out:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def first_error(exc: ValidationError | RequestValidationError, prefix: tuple[Any, ...] = ()) -> tuple[str, str]:
+    """The first validation problem as (message, field)."""
+    err = exc.errors()[0]
+    loc = tuple(err.get("loc", ()))
+    if err.get("type") == "json_invalid":
+        return f"body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}", "body"
+    field = field_path(prefix + loc)
+    return f"{field}: {err['msg']}", field
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+async def ingest_error_handler(request: Request, exc: IngestError) -> Response:
+    request.app.state.ingestion.metrics.rejected(exc.reason)
+    return json_response(exc.status, exc.body(), exc.headers)
+
+
+async def request_validation_handler(request: Request, exc: RequestValidationError) -> Response:
+    message, field = first_error(exc)
+    request.app.state.ingestion.metrics.rejected("invalid")
+    return json_response(422, {"error": message, "field": field})

@@ -1,0 +1,54 @@
+"""Request and response shapes as documented in the OpenAPI schema (the hot path parses bodies itself)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from shared.events import TrackEvent
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what is wrong")
+    field: str = Field(description="the offending field: dotted JSON path, header name, 'body' or 'kafka'")
+
+
+class TrackAccepted(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    id: str = Field(description="event.id as stored: the client's or a server UUIDv7")
+    timestamp_adjusted: bool = Field(description="true when the client timestamp broke the clock-skew policy and was replaced")
+
+
+class ItemResult(BaseModel):
+    index: int
+    status: Literal["accepted", "rejected", "failed"] = Field(description="failed: valid but not acknowledged by Kafka (retry it)")
+    id: str | None = None
+    timestamp_adjusted: bool | None = None
+    error: str | None = None
+    field: str | None = None
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    rejected: int
+    failed: int = 0
+    results: list[ItemResult]
+
+
+class BatchRejected(BatchResult, ErrorBody):
+    pass
+
+
+class BatchRequest(BaseModel):
+    events: list[TrackEvent] = Field(description="1 to RTAP_INGESTION__MAX_BATCH_EVENTS events; a bare JSON array is accepted too")
+
+
+class SegmentResult(BatchResult):
+    success: bool = True
+
+
+class Health(BaseModel):
+    status: str
+    partitions: int | None = None
+    error: str | None = None

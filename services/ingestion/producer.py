@@ -1,0 +1,138 @@
+"""The Kafka sink: confluent-kafka (librdkafka) with durable acks, resolved into asyncio futures.
+
+A poll thread serves delivery callbacks and hands each poll's completions to the event loop in
+one call, so a request awaits exactly its own records' acknowledgements. Nothing here decides
+HTTP semantics; the app maps Unavailable to 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from functools import partial
+from typing import Sequence
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from services.ingestion.records import HEARTBEAT_KEY, Record, heartbeat_value, now_ms
+from shared.logging import get_logger
+from shared.settings import Settings
+
+log = get_logger("ingestion.producer")
+
+
+class Unavailable(Exception):
+    """Kafka did not acknowledge in time, or the producer queue is full."""
+
+
+class _Pending:
+    """The acknowledgements one request waits for; resolves when all have arrived."""
+
+    __slots__ = ("future", "remaining", "errors")
+
+    def __init__(self, future: asyncio.Future, n: int):
+        self.future, self.remaining, self.errors = future, n, [None] * n
+
+    def record(self, index: int, err: KafkaError | None) -> None:
+        self.errors[index] = err
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(self.errors)
+
+
+def producer_config(settings: Settings) -> dict:
+    s = settings.ingestion
+    return {
+        "bootstrap.servers": settings.kafka.bootstrap,
+        "client.id": "rtap-ingestion",
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": s.compression,
+        "linger.ms": s.linger_ms,
+        "queue.buffering.max.messages": s.queue_max_messages,
+        "message.timeout.ms": max(s.produce_timeout_ms, s.linger_ms + 1),
+        "request.timeout.ms": max(s.produce_timeout_ms, 1000),
+        "socket.keepalive.enable": True,
+        "logger": logging.getLogger("ingestion.librdkafka"),
+    }
+
+
+class EventProducer:
+    def __init__(self, settings: Settings, topic: str):
+        self.topic = topic
+        self.timeout_s = settings.ingestion.produce_timeout_ms / 1000
+        self.queue_max = settings.ingestion.queue_max_messages
+        self._producer = Producer(producer_config(settings))
+        self._done: list[tuple[_Pending, int, KafkaError | None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.heartbeat_errors = 0
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self._thread.start()
+
+    def close(self, flush_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        self._producer.flush(flush_s)
+
+    def queue_depth(self) -> int:
+        return len(self._producer)
+
+    async def send(self, records: Sequence[Record]) -> list[KafkaError | None]:
+        """Per-record delivery errors once every record is acknowledged (acks=all), or Unavailable."""
+        if len(self._producer) + len(records) > self.queue_max:
+            raise Unavailable("producer queue is full")
+        pending = _Pending(self._loop.create_future(), len(records))
+        try:
+            for i, r in enumerate(records):
+                self._producer.produce(self.topic, r.value, r.key, headers=r.headers, on_delivery=partial(self._delivered, pending, i))
+        except BufferError:
+            raise Unavailable("producer queue is full") from None
+        try:
+            return await asyncio.wait_for(pending.future, self.timeout_s)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"Kafka did not acknowledge within {self.timeout_s:g}s") from None
+
+    def heartbeat(self, partitions: int) -> None:
+        """One heartbeat record to every partition (fire and forget; counted when it fails)."""
+        value = heartbeat_value(now_ms())
+        for p in range(partitions):
+            try:
+                self._producer.produce(self.topic, value, HEARTBEAT_KEY, partition=p, on_delivery=self._heartbeat_delivered)
+            except BufferError:
+                self.heartbeat_errors += 1
+
+    def partitions(self, timeout_s: float = 5.0) -> int:
+        """Partition count of the topic from broker metadata (blocking: call in a thread)."""
+        meta = self._producer.list_topics(self.topic, timeout=timeout_s).topics[self.topic]
+        if meta.error is not None:
+            raise KafkaException(meta.error)
+        return len(meta.partitions)
+
+    def _delivered(self, pending: _Pending, index: int, err: KafkaError | None, _msg) -> None:
+        self._done.append((pending, index, err))
+
+    def _heartbeat_delivered(self, err: KafkaError | None, _msg) -> None:
+        if err is not None:
+            self.heartbeat_errors += 1
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+            if self._done:
+                done, self._done = self._done, []
+                try:
+                    self._loop.call_soon_threadsafe(_resolve, done)
+                except RuntimeError:  # loop closed during shutdown
+                    return
+
+
+def _resolve(done: list[tuple[_Pending, int, KafkaError | None]]) -> None:
+    for pending, index, err in done:
+        pending.record(index, err)

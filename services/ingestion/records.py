@@ -1,0 +1,77 @@
+"""From a validated event to the Kafka record: id, receive time, clock-skew policy, key and value.
+
+Clock-skew policy: a client timestamp more than max_clock_skew_ms before the receive time, or
+more than max_future_skew_ms after it, is replaced by the receive time. The record then carries
+the header `rtap-original-timestamp` (the client's value) and the response flags the item with
+"timestamp_adjusted": true. A missing timestamp is the receive time, without a flag.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import orjson
+from uuid6 import uuid7
+
+from shared.events import HEARTBEAT_TYPE, TrackEvent
+from shared.settings import IngestionSettings
+
+ORIGINAL_TIMESTAMP_HEADER = "rtap-original-timestamp"
+HEARTBEAT_KEY = HEARTBEAT_TYPE.encode()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class SkewPolicy:
+    max_past_ms: int
+    max_future_ms: int
+
+    @classmethod
+    def from_settings(cls, s: IngestionSettings) -> SkewPolicy:
+        return cls(s.max_clock_skew_ms, s.max_future_skew_ms)
+
+    def bound(self, timestamp: int | None, received_at: int) -> tuple[int, bool]:
+        """(event time to store, whether the client's value was replaced)."""
+        if timestamp is None:
+            return received_at, False
+        if received_at - self.max_past_ms <= timestamp <= received_at + self.max_future_ms:
+            return timestamp, False
+        return received_at, True
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]] | None
+    timestamp_adjusted: bool
+
+
+def to_record(event: TrackEvent, received_at: int, policy: SkewPolicy) -> Record:
+    value = event.model_dump()
+    event_id = value["event"]["id"] or str(uuid7())
+    value["event"]["id"] = event_id
+    timestamp, adjusted = policy.bound(event.timestamp, received_at)
+    value["timestamp"] = timestamp
+    value["received_at"] = received_at
+    headers = [(ORIGINAL_TIMESTAMP_HEADER, str(event.timestamp).encode())] if adjusted else None
+    return Record(event_id, event.context.session_id.encode(), orjson.dumps(value), headers, adjusted)
+
+
+def heartbeat_value(now: int) -> bytes:
+    """A heartbeat in the full wire shape, so every reader parses it like an event."""
+    return orjson.dumps({
+        "event": {"type": HEARTBEAT_TYPE, "id": str(uuid7())},
+        "user": {"id": ""},
+        "device": {"user_agent": "", "screen_width": 0, "screen_height": 0},
+        "context": {"url": "", "referrer": None, "ip_address": None, "session_id": ""},
+        "properties": {},
+        "metrics": {"load_time": None, "interaction_time": None},
+        "timestamp": now,
+        "received_at": now,
+    })

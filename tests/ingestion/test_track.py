@@ -1,0 +1,138 @@
+"""Single events and batches against the real service and broker."""
+
+from __future__ import annotations
+
+import gzip
+import time
+import uuid
+
+import orjson
+import pytest
+
+from services.ingestion.records import ORIGINAL_TIMESTAMP_HEADER
+from tests.ingestion.conftest import event, read_events, with_ids
+
+pytestmark = pytest.mark.kafka
+
+
+def test_accepted_event_is_in_kafka_with_id_key_and_receive_time(client, kafka):
+    body = event()
+    before = int(time.time() * 1000)
+    r = client.post("/v1/analytics/track", json=body)
+    assert r.status_code == 202, r.text
+    event_id = r.json()["id"]
+    assert uuid.UUID(event_id).version == 7
+
+    [rec] = read_events(kafka, with_ids({event_id}), 1)
+    assert rec["key"] == body["context"]["session_id"].encode()
+    value = rec["value"]
+    assert value["event"] == {"type": "page_view", "id": event_id}
+    assert before <= value["received_at"] <= int(time.time() * 1000)
+    assert value["timestamp"] == body["timestamp"]
+    assert value["properties"] == {"plan": "pro", "items": 2, "price": 9.5, "new": True}
+    assert value["metrics"] == {"load_time": 120.5, "interaction_time": None}
+    assert value["context"]["ip_address"] is None and value["context"]["referrer"] is None
+
+
+def test_client_id_is_kept_and_skewed_timestamp_replaced_and_flagged(client, kafka):
+    client_id = f"client-{uuid.uuid4()}"
+    future = int(time.time() * 1000) + 3_600_000
+    r = client.post("/v1/analytics/track", json=event(event={"type": "click", "id": client_id}, timestamp=future))
+    assert r.status_code == 202, r.text
+    assert r.json() == {"status": "accepted", "id": client_id, "timestamp_adjusted": True}
+    [rec] = read_events(kafka, with_ids({client_id}), 1)
+    assert rec["value"]["timestamp"] == rec["value"]["received_at"]
+    assert rec["headers"][ORIGINAL_TIMESTAMP_HEADER] == str(future).encode()
+
+
+def test_batch_with_mixed_items_stores_exactly_the_good_ones(client, kafka):
+    tag = uuid.uuid4().hex
+    good = [event(event={"type": "page_view", "id": f"{tag}-{i}"}) for i in range(3)]
+    bad_user = event(event={"type": "click", "id": f"{tag}-bad1"}, user={})
+    bad_props = event(event={"type": "click", "id": f"{tag}-bad2"}, properties={"nested": {"x": 1}})
+    r = client.post("/v1/analytics/batch", json={"events": [good[0], bad_user, good[1], bad_props, good[2]]})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert (body["accepted"], body["rejected"], body["failed"]) == (3, 2, 0)
+    assert [x["status"] for x in body["results"]] == ["accepted", "rejected", "accepted", "rejected", "accepted"]
+    assert body["results"][1]["field"] == "user.id"
+    assert body["results"][3]["field"].startswith("properties.nested")
+
+    records = read_events(kafka, lambda v: v["event"]["id"].startswith(tag), 5, timeout_s=10)
+    assert sorted(r["value"]["event"]["id"] for r in records) == sorted(f"{tag}-{i}" for i in range(3))
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"user": {"id": "u"}}, "event"),
+    ("CHANGE:user.id", "user.id"),
+    ("CHANGE:device.screen_width", "device.screen_width"),
+    ("CHANGE:context.session_id", "context.session_id"),
+    ("CHANGE:timestamp", "timestamp"),
+])
+def test_invalid_event_gets_400_naming_the_field(client, body, field):
+    if isinstance(body, str):
+        body = event()
+        part, _, name = field.partition(".")
+        if name:
+            body[part] = {**body[part], name: "" if name != "screen_width" else "wide"}
+        else:
+            body[part] = "yesterday"
+    r = client.post("/v1/analytics/track", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == field
+    assert field in r.json()["error"]
+
+
+def test_malformed_json_and_wrong_batch_shape(client):
+    r = client.post("/v1/analytics/track", content=b'{"event":', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["field"] == "body"
+    r = client.post("/v1/analytics/batch", json={"items": []})
+    assert r.status_code == 400 and r.json()["field"] == "events"
+    r = client.post("/v1/analytics/batch", json={"events": [{"user": {}}]})
+    assert r.status_code == 400 and r.json()["rejected"] == 1 and r.json()["field"] == "event"
+
+
+def test_oversized_bodies_get_413(client):
+    big = event(properties={"blob": "x" * 70_000})
+    r = client.post("/v1/analytics/track", json=big)
+    assert r.status_code == 413 and r.json()["field"] == "body"
+    # no Content-Length: the streamed size is checked too
+    r = client.post("/v1/analytics/track", content=iter([orjson.dumps(big)]), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    r = client.post("/v1/analytics/batch", json={"events": [event()] * 101})
+    assert r.status_code == 413 and r.json()["field"] == "events"
+
+
+def test_gzip_body_accepted_and_gzip_bomb_refused(client, kafka):
+    body = event()
+    r = client.post("/v1/analytics/track", content=gzip.compress(orjson.dumps(body)),
+                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status_code == 202, r.text
+    assert read_events(kafka, with_ids({r.json()["id"]}), 1)
+
+    bomb = gzip.compress(b"[" + b" " * 5_000_000 + b"]")  # ~5 KB on the wire, 5 MB inflated
+    r = client.post("/v1/analytics/batch", content=bomb, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status_code == 413, r.text
+    r = client.post("/v1/analytics/track", content=b"not gzip", headers={"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and r.json()["field"] == "Content-Encoding"
+
+
+def test_text_plain_beacon_body_is_accepted(client, kafka):
+    r = client.post("/v1/analytics/track", content=orjson.dumps(event()), headers={"Content-Type": "text/plain;charset=UTF-8"})
+    assert r.status_code == 202, r.text
+    r = client.post("/v1/analytics/track", content=b"<xml/>", headers={"Content-Type": "application/xml"})
+    assert r.status_code == 415 and r.json()["field"] == "Content-Type"
+
+
+def test_cors_preflight_allows_configured_origin_only(client):
+    allowed = client.options("/v1/analytics/track", headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"})
+    assert allowed.headers.get("access-control-allow-origin") == "https://shop.example"
+    other = client.options("/v1/analytics/track", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_heartbeats_reach_every_partition(kafka, ingestion):
+    since = int(time.time() * 1000)
+    beats = read_events(kafka, lambda v: v["event"]["type"] == "__heartbeat" and v["timestamp"] >= since, 8, timeout_s=15)
+    assert {b["partition"] for b in beats} == {0, 1, 2, 3}
+    assert all(b["value"]["timestamp"] == b["value"]["received_at"] for b in beats)
