@@ -18,8 +18,10 @@ Heartbeat records keep event time moving when traffic pauses: ingestion writes o
 partition each RTAP_INGESTION__HEARTBEAT_INTERVAL_MS with event.type == HEARTBEAT_TYPE and
 timestamp == now. Jobs use them for watermarks only and filter them out before aggregating.
 
-The models below are that format as code: TrackEvent is what a client sends (event.id and
-timestamp optional), RawEvent is the Kafka value. RawEvent's JSON Schema is published as
+The TypedDicts below are that format as code (validated by pydantic; TypedDicts rather than
+models because validating straight into dicts is about twice as fast on the ingestion hot path):
+TrackEvent is what a client sends (event.id, timestamp and the nullable parts optional), RawEvent
+is the Kafka value with every key present. RawEvent's JSON Schema is published as
 event_schema_v{EVENT_SCHEMA_VERSION}.json beside this file and served by ingestion at
 /v1/schema/event.json; tests keep the file equal to the model.
 """
@@ -28,77 +30,122 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Union
+from typing import Annotated, Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
+from typing_extensions import NotRequired, TypedDict
 
 HEARTBEAT_TYPE = "__heartbeat"
 EVENT_SCHEMA_VERSION = 1
 EVENT_SCHEMA_FILE = Path(__file__).with_name(f"event_schema_v{EVENT_SCHEMA_VERSION}.json")
 
 PropertyValue = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+EventType = Annotated[str, Field(min_length=1, max_length=128, description="e.g. page_view, product_view, add_to_cart, purchase")]
+EventId = Annotated[str, Field(min_length=1, max_length=128, description="client-supplied (de-duplication) or server UUIDv7")]
+Text = Annotated[str, Field(max_length=8192)]
+ScreenSize = Annotated[int, Field(ge=0, le=100_000)]
+EpochMs = Annotated[int, Field(ge=0, description="epoch milliseconds")]
+Millis = Annotated[Optional[float], Field(ge=0, description="milliseconds")]
+IGNORE_EXTRA = ConfigDict(extra="ignore")
 
 
-class _Part(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class EventInfo(TypedDict):
+    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
+    type: EventType
+    id: NotRequired[Optional[EventId]]
 
 
-class EventInfo(_Part):
-    type: str = Field(min_length=1, max_length=128, description="event type, e.g. page_view, product_view, add_to_cart, purchase")
-    id: str | None = Field(None, min_length=1, max_length=128, description="client-supplied id (de-duplication); server UUIDv7 when absent")
+class User(TypedDict):
+    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
+    id: Annotated[str, Field(min_length=1, max_length=256)]
 
 
-class User(_Part):
-    id: str = Field(min_length=1, max_length=256)
+class Device(TypedDict):
+    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
+    user_agent: Annotated[str, Field(max_length=4096)]
+    screen_width: ScreenSize
+    screen_height: ScreenSize
 
 
-class Device(_Part):
-    user_agent: str = Field(max_length=4096)
-    screen_width: int = Field(ge=0, le=100_000)
-    screen_height: int = Field(ge=0, le=100_000)
+class Context(TypedDict):
+    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
+    url: Text
+    referrer: NotRequired[Optional[Text]]
+    ip_address: NotRequired[Optional[Annotated[str, Field(max_length=64)]]]
+    session_id: Annotated[str, Field(min_length=1, max_length=256, description="Kafka key: a session's events share a partition")]
 
 
-class Context(_Part):
-    url: str = Field(max_length=8192)
-    referrer: str | None = Field(None, max_length=8192)
-    ip_address: str | None = Field(None, max_length=64)
-    session_id: str = Field(min_length=1, max_length=256, description="Kafka key: a session's events share a partition")
+class Metrics(TypedDict):
+    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
+    load_time: NotRequired[Millis]
+    interaction_time: NotRequired[Millis]
 
 
-class Metrics(_Part):
-    load_time: float | None = Field(None, ge=0, description="milliseconds")
-    interaction_time: float | None = Field(None, ge=0, description="milliseconds")
-
-
-class TrackEvent(_Part):
+class TrackEvent(TypedDict):
     """One event as a client sends it to POST /v1/analytics/track."""
 
+    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
     event: EventInfo
     user: User
     device: Device
     context: Context
-    properties: dict[str, PropertyValue] = Field(default_factory=dict, max_length=256)
-    metrics: Metrics = Field(default_factory=Metrics)
-    timestamp: int | None = Field(None, ge=0, description="event time, epoch ms; bounded by the clock-skew policy")
+    properties: NotRequired[Annotated[dict[str, PropertyValue], Field(max_length=256)]]
+    metrics: NotRequired[Metrics]
+    timestamp: NotRequired[Optional[Annotated[EpochMs, Field(description="event time; bounded by the clock-skew policy")]]]
 
 
-class WireEventInfo(EventInfo):
-    id: str = Field(min_length=1, max_length=128)
+class WireEventInfo(TypedDict):
+    type: EventType
+    id: EventId
 
 
-class RawEvent(TrackEvent):
-    """One record value in topic analytics_events."""
+class WireContext(TypedDict):
+    url: Text
+    referrer: Optional[Text]
+    ip_address: Optional[str]
+    session_id: str
 
-    model_config = ConfigDict(title="RawEvent", json_schema_extra={"$id": f"rtap:analytics_events:v{EVENT_SCHEMA_VERSION}"})
 
+class WireMetrics(TypedDict):
+    load_time: Millis
+    interaction_time: Millis
+
+
+class RawEvent(TypedDict):
+    """One record value in topic analytics_events (every key present)."""
+
+    __pydantic_config__ = ConfigDict(title="RawEvent", json_schema_extra={"$id": f"rtap:analytics_events:v{EVENT_SCHEMA_VERSION}"})  # type: ignore[misc]
     event: WireEventInfo
-    timestamp: int = Field(ge=0, description="event time, epoch ms")
-    received_at: int = Field(ge=0, description="receive time at ingestion, epoch ms")
+    user: User
+    device: Device
+    context: WireContext
+    properties: dict[str, PropertyValue]
+    metrics: WireMetrics
+    timestamp: Annotated[int, Field(ge=0, description="event time, epoch ms")]
+    received_at: Annotated[int, Field(ge=0, description="receive time at ingestion, epoch ms")]
+
+
+TRACK_EVENT = TypeAdapter(TrackEvent)
+TRACK_EVENTS = TypeAdapter(list[TrackEvent])
+
+
+def complete(event: dict[str, Any]) -> dict[str, Any]:
+    """A validated TrackEvent with every optional key present (None or empty), as the wire format wants."""
+    event["event"].setdefault("id", None)
+    context = event["context"]
+    context.setdefault("referrer", None)
+    context.setdefault("ip_address", None)
+    event.setdefault("properties", {})
+    metrics = event.setdefault("metrics", {})
+    metrics.setdefault("load_time", None)
+    metrics.setdefault("interaction_time", None)
+    event.setdefault("timestamp", None)
+    return event
 
 
 def event_json_schema() -> dict[str, Any]:
     """The versioned JSON Schema of the Kafka record value."""
-    return RawEvent.model_json_schema()
+    return TypeAdapter(RawEvent).json_schema()
 
 
 def write_event_schema(path: Path = EVENT_SCHEMA_FILE) -> Path:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from uuid6 import uuid7
 
-from shared.events import HEARTBEAT_TYPE, TrackEvent
+from shared.events import HEARTBEAT_TYPE, complete
 from shared.settings import IngestionSettings
 
 ORIGINAL_TIMESTAMP_HEADER = "rtap-original-timestamp"
@@ -52,15 +53,16 @@ class Record:
     timestamp_adjusted: bool
 
 
-def to_record(event: TrackEvent, received_at: int, policy: SkewPolicy) -> Record:
-    value = event.model_dump()
+def to_record(event: dict[str, Any], received_at: int, policy: SkewPolicy) -> Record:
+    """event: a validated TrackEvent (mutated into the wire value)."""
+    value = complete(event)
+    client_timestamp = value["timestamp"]
     event_id = value["event"]["id"] or str(uuid7())
     value["event"]["id"] = event_id
-    timestamp, adjusted = policy.bound(event.timestamp, received_at)
-    value["timestamp"] = timestamp
+    value["timestamp"], adjusted = policy.bound(client_timestamp, received_at)
     value["received_at"] = received_at
-    headers = [(ORIGINAL_TIMESTAMP_HEADER, str(event.timestamp).encode())] if adjusted else None
-    return Record(event_id, event.context.session_id.encode(), orjson.dumps(value), headers, adjusted)
+    headers = [(ORIGINAL_TIMESTAMP_HEADER, str(client_timestamp).encode())] if adjusted else None
+    return Record(event_id, value["context"]["session_id"].encode(), orjson.dumps(value), headers, adjusted)
 
 
 def heartbeat_value(now: int) -> bytes:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.events import TrackEvent
+from shared.events import TRACK_EVENT
 
 SEGMENT_EVENT_TYPES = {
     "Product Viewed": "product_view",
@@ -100,7 +100,7 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def to_track_event(msg: SegmentMessage, batch_sent_at: datetime | None, received_at: int) -> TrackEvent:
+def to_track_event(msg: SegmentMessage, batch_sent_at: datetime | None, received_at: int) -> dict[str, Any]:
     """The Segment message as our event; raises SegmentMappingError or pydantic ValidationError."""
     user_id = msg.userId or msg.anonymousId
     if not user_id:
@@ -109,7 +109,7 @@ def to_track_event(msg: SegmentMessage, batch_sent_at: datetime | None, received
     page = ctx.get("page") if isinstance(ctx.get("page"), dict) else {}
     screen = ctx.get("screen") if isinstance(ctx.get("screen"), dict) else {}
     session = ctx.get("sessionId") or ctx.get("session_id") or props.get("session_id") or msg.anonymousId or user_id
-    return TrackEvent.model_validate({
+    return TRACK_EVENT.validate_python({
         "event": {"type": event_type(msg), "id": msg.messageId},
         "user": {"id": user_id},
         "device": {"user_agent": ctx.get("userAgent") or "", "screen_width": screen.get("width") or 0,
