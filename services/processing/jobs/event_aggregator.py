@@ -1,5 +1,5 @@
 from shared.metrics import Column, MetricSchema
-from services.processing.job import BaseJob
+from services.processing.job import BaseJob, epoch_ms, interval
 
 
 class EventAggregator(BaseJob):
@@ -16,3 +16,16 @@ class EventAggregator(BaseJob):
         ),
         key=("window_start", "event_type", "device_category"),
     )
+
+    def build(self, t_env, events_view: str, settings) -> str:
+        window = settings.processing.window_seconds
+        return f"""
+            SELECT {epoch_ms('w_start')} AS window_start, {epoch_ms('w_end')} AS window_end,
+                   event_type, device_category, events, unique_users
+            FROM (
+                SELECT window_start AS w_start, window_end AS w_end, event_type, device_category,
+                       COUNT(*) AS events, COUNT(DISTINCT user_id) AS unique_users
+                FROM TABLE(TUMBLE(TABLE {events_view}, DESCRIPTOR(event_time), {interval(window)}))
+                GROUP BY window_start, window_end, event_type, device_category
+            )
+        """

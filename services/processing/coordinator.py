@@ -1,0 +1,189 @@
+"""JobCoordinator: one Kafka source, one events view, one upsert-kafka sink per job, one statement set.
+
+Everything here is SQL text except `run`, which needs a PyFlink TableEnvironment; the DDL is
+derived from settings and from each job's MetricSchema, so a new job needs no edit here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from services.processing.device import device_category_sql
+from services.processing.job import BaseJob, interval
+from shared.events import HEARTBEAT_TYPE
+from shared.metrics import FLINK_TYPES, MetricSchema, load_schemas
+from shared.settings import Settings
+
+SOURCE_TABLE = "events_source"
+EVENTS_VIEW = "events"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A bounded run (backfill): event-time range [start_ms, end_ms) and the Kafka record-time range to read."""
+
+    start_ms: int
+    end_ms: int
+    read_from_ms: int
+    read_to_ms: int
+    lookaround_ms: int  # events read beyond the range so sessions touching its edges are seen whole
+
+
+def quote(name: str) -> str:
+    return f"`{name}`"
+
+
+def sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def with_options(options: dict[str, str]) -> str:
+    return ",\n  ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in options.items())
+
+
+class JobCoordinator:
+    def __init__(self, settings: Settings, bounds: Bounds | None = None):
+        self.settings = settings
+        self.bounds = bounds
+        schemas = load_schemas(settings.processing.job_modules)
+        self.jobs: list[BaseJob] = [BaseJob.registry[name]() for name in schemas if name in BaseJob.registry]
+
+    @property
+    def pipeline_name(self) -> str:
+        names = ", ".join(job.name for job in self.jobs)
+        if self.bounds:
+            return f"{self.settings.processing.job_name}-backfill [{self.bounds.start_ms}, {self.bounds.end_ms}): {names}"
+        return f"{self.settings.processing.job_name}: {names}"
+
+    def sink_topic(self, schema: MetricSchema) -> str:
+        return self.settings.processing.metric_topic_prefix + schema.topic
+
+    def source_ddl(self) -> str:
+        p = self.settings.processing
+        options = {
+            "connector": "kafka",
+            "topic": p.events_topic,
+            "properties.bootstrap.servers": self.settings.kafka.bootstrap,
+            "properties.group.id": p.consumer_group,
+            "format": "json",
+            "json.ignore-parse-errors": "true",
+            "json.fail-on-missing-field": "false",
+            "scan.watermark.idle-timeout": f"{p.idle_timeout_ms} ms",
+        }
+        options.update(self._startup_options())
+        return f"""CREATE TABLE {SOURCE_TABLE} (
+  event ROW<`type` STRING, id STRING>,
+  `user` ROW<id STRING>,
+  device ROW<user_agent STRING, screen_width INT, screen_height INT>,
+  context ROW<url STRING, referrer STRING, ip_address STRING, session_id STRING>,
+  properties MAP<STRING, STRING>,
+  metrics ROW<load_time DOUBLE, interaction_time DOUBLE>,
+  `timestamp` BIGINT,
+  received_at BIGINT,
+  event_ms AS COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT)),
+  event_time AS TO_TIMESTAMP_LTZ(COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT)), 3),
+  WATERMARK FOR event_time AS event_time - {interval(p.watermark_delay_ms / 1000)}
+) WITH (
+  {with_options(options)}
+)"""
+
+    def _startup_options(self) -> dict[str, str]:
+        if self.bounds is None:
+            return {"scan.startup.mode": "group-offsets", "properties.auto.offset.reset": "earliest"}
+        return {
+            "scan.startup.mode": "timestamp",
+            "scan.startup.timestamp-millis": str(self.bounds.read_from_ms),
+            "scan.bounded.mode": "timestamp",
+            "scan.bounded.timestamp-millis": str(self.bounds.read_to_ms),
+        }
+
+    def events_view_sql(self) -> str:
+        """Heartbeats pass the watermark assigner (in the source) and are dropped here, before any job sees them."""
+        where = f"event.`type` <> {sql_string(HEARTBEAT_TYPE)}"
+        if self.bounds:
+            b = self.bounds
+            where += f" AND event_ms >= {b.start_ms - b.lookaround_ms} AND event_ms < {b.end_ms + b.lookaround_ms}"
+        category = device_category_sql("device.user_agent", "device.screen_width", "device.screen_height")
+        return f"""CREATE TEMPORARY VIEW {EVENTS_VIEW} AS
+SELECT event.`type` AS event_type, event.id AS event_id, `user`.id AS user_id, context.session_id AS session_id,
+       device.user_agent AS user_agent, device.screen_width AS screen_width, device.screen_height AS screen_height,
+       context.url AS url, context.referrer AS referrer, properties,
+       metrics.load_time AS load_time, metrics.interaction_time AS interaction_time,
+       event_ms AS ts, received_at, {category} AS device_category, event_time
+FROM {SOURCE_TABLE}
+WHERE {where}"""
+
+    def sink_ddl(self, schema: MetricSchema) -> str:
+        columns = ",\n  ".join(f"{quote(c.name)} {FLINK_TYPES[c.type]}" for c in schema.columns)
+        key = ", ".join(quote(k) for k in schema.key)
+        options = {
+            "connector": "upsert-kafka",
+            "topic": self.sink_topic(schema),
+            "properties.bootstrap.servers": self.settings.kafka.bootstrap,
+            "key.format": "json",
+            "value.format": "json",
+            "value.fields-include": "ALL",
+        }
+        return f"""CREATE TABLE {self.sink_table(schema)} (
+  {columns},
+  PRIMARY KEY ({key}) NOT ENFORCED
+) WITH (
+  {with_options(options)}
+)"""
+
+    @staticmethod
+    def sink_table(schema: MetricSchema) -> str:
+        return f"sink_{schema.name}"
+
+    def insert_sql(self, job: BaseJob, query: str) -> str:
+        columns = ", ".join(quote(c) for c in job.schema.column_names)
+        if self.bounds:
+            query = self._within_bounds(job.schema, query)
+        return f"INSERT INTO {self.sink_table(job.schema)} ({columns})\nSELECT {columns} FROM ({query})"
+
+    def _within_bounds(self, schema: MetricSchema, query: str) -> str:
+        """Backfill writes only windows the bounded read saw whole, so it never overwrites a value with a partial one."""
+        b = self.bounds
+        start, end = quote(schema.window_start), quote(schema.window_end)
+        return (f"SELECT * FROM ({query}) WHERE {start} >= {b.start_ms} AND {start} < {b.end_ms}"
+                f" AND {end} <= {b.end_ms + b.lookaround_ms}")
+
+    def table_config(self) -> dict[str, str]:
+        p = self.settings.processing
+        config = {
+            "pipeline.name": self.pipeline_name,
+            "table.local-time-zone": "UTC",
+            "table.exec.source.idle-timeout": f"{p.idle_timeout_ms} ms",
+        }
+        if self.bounds is None:
+            config.update({
+                "execution.checkpointing.interval": f"{p.checkpoint_interval_ms} ms",
+                "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+            })
+        if p.parallelism > 0:
+            config["parallelism.default"] = str(p.parallelism)
+        return config
+
+    def statements(self, t_env: Any) -> list[str]:
+        """Register source, view and sinks on t_env; return one INSERT per job."""
+        t_env.execute_sql(self.source_ddl())
+        t_env.execute_sql(self.events_view_sql())
+        inserts = []
+        for job in self.jobs:
+            t_env.execute_sql(self.sink_ddl(job.schema))
+            query = job.build(t_env, EVENTS_VIEW, self.settings)
+            if not isinstance(query, str):
+                t_env.create_temporary_view(f"{job.name}_result", query)
+                query = f"SELECT * FROM {job.name}_result"
+            inserts.append(self.insert_sql(job, query))
+        return inserts
+
+    def run(self, t_env: Any) -> Any:
+        """Submit every job as ONE Flink job (statement set); return the TableResult."""
+        for key, value in self.table_config().items():
+            t_env.get_config().set(key, value)
+        statement_set = t_env.create_statement_set()
+        for insert in self.statements(t_env):
+            statement_set.add_insert_sql(insert)
+        return statement_set.execute()

@@ -1,0 +1,84 @@
+"""Build the statement set and submit it: to the session cluster over REST (local runtime, backfill),
+or inside `flink run -py` (Compose), where the CLI already chose the cluster.
+
+`python -m services.processing.driver [--savepoint DIR] [--from MS --to MS]` prints one JSON line
+{"job_id": ...} and exits; the job keeps running on the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from services.processing.coordinator import Bounds, JobCoordinator
+from shared.settings import Settings
+
+
+def connector_jar_uri(settings: Settings) -> str:
+    from infrastructure.local import jars
+
+    folder = jars.resolve("flink", settings.state_path / "jars")
+    return jars.find_jar(folder, "flink-sql-connector-kafka").resolve().as_uri()
+
+
+def remote_config(settings: Settings, savepoint: str | None) -> dict[str, str]:
+    config = {
+        "execution.target": "remote",
+        "rest.address": "127.0.0.1",
+        "rest.port": str(settings.flink.rest_port),
+        "pipeline.jars": connector_jar_uri(settings),
+    }
+    if savepoint:
+        config["execution.savepoint.path"] = savepoint
+        config["execution.savepoint.ignore-unclaimed-state"] = "true"
+    return config
+
+
+def table_env(config: dict[str, str]):
+    from pyflink.common import Configuration
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    conf = Configuration()
+    for key, value in config.items():
+        conf.set_string(key, value)
+    return TableEnvironment.create(EnvironmentSettings.new_instance().in_streaming_mode().with_configuration(conf).build())
+
+
+def submit(settings: Settings, savepoint: str | None = None, bounds: Bounds | None = None) -> str:
+    """Submit the jobs to the session cluster; return the Flink job id."""
+    t_env = table_env(remote_config(settings, savepoint))
+    result = JobCoordinator(settings, bounds).run(t_env)
+    return str(result.get_job_client().get_job_id())
+
+
+def run_inside_flink_cli(settings: Settings) -> None:
+    """`flink run -py` entry: the CLI's environment already targets the cluster (and -s for a savepoint)."""
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    JobCoordinator(settings).run(t_env)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.processing.driver")
+    parser.add_argument("--savepoint", help="checkpoint or savepoint directory to resume from")
+    parser.add_argument("--from", dest="start_ms", type=int, help="backfill: event-time range start, epoch ms")
+    parser.add_argument("--to", dest="end_ms", type=int, help="backfill: event-time range end (exclusive), epoch ms")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = Settings()
+    bounds = None
+    if args.start_ms is not None and args.end_ms is not None:
+        from services.processing.backfill import bounds_for
+
+        bounds = bounds_for(settings, args.start_ms, args.end_ms)
+    job_id = submit(settings, args.savepoint, bounds)
+    print(json.dumps({"job_id": job_id}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

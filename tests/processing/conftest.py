@@ -1,0 +1,143 @@
+"""Processing fixtures: a private events topic, private metric topics and a private job per test module.
+
+Each module submits one job (through the real supervisor, `python -m services.processing`) to the
+session's Flink cluster, feeds it events with explicit event times plus heartbeats to every
+partition (what ingestion does), and reads the metric topics back as upserts (last value per key).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, Callable
+
+import httpx
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from infrastructure.local.stack import Service
+from shared.events import HEARTBEAT_TYPE
+from shared.kafka_admin import ensure_topics
+from shared.metrics import load_schemas
+from shared.settings import Settings
+from shared.topics import EVENTS, Topic, metric_topic
+from tests.conftest import free_ports
+
+WINDOW_MS = 10_000
+DESKTOP_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+              "Chrome/124.0.0.0 Safari/537.36")
+IPHONE_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+             "Version/17.4 Mobile/15E148 Safari/604.1")
+
+
+def processing_settings(settings: Settings, **overrides: Any) -> Settings:
+    run = uuid.uuid4().hex[:8]
+    processing = settings.processing.model_copy(update={
+        "port": free_ports(1)[0], "job_name": f"rtap-test-{run}", "events_topic": f"events_{run}",
+        "metric_topic_prefix": f"t{run}_", "consumer_group": f"processing-{run}", "parallelism": 1,
+        "window_seconds": WINDOW_MS // 1000, "session_gap_seconds": 3, "watermark_delay_ms": 2_000,
+        "idle_timeout_ms": 600_000, "checkpoint_interval_ms": 2_000, "watch_interval_seconds": 1.0, **overrides,
+    })
+    return settings.model_copy(update={"processing": processing})
+
+
+def create_topics(s: Settings) -> None:
+    p = s.processing
+    topics = [Topic(p.events_topic, EVENTS.partitions, EVENTS.retention_ms)]
+    topics += [Topic(p.metric_topic_prefix + t.name, t.partitions, t.retention_ms)
+               for t in map(metric_topic, load_schemas(p.job_modules).values())]
+    ensure_topics(s.kafka.bootstrap, topics)
+
+
+def window_base() -> int:
+    """An aligned event time ten minutes ago: recent enough for backfill's record-time range."""
+    now = int(time.time() * 1000) - 600_000
+    return now - now % WINDOW_MS
+
+
+def event(session: str, user: str, event_type: str, ts: int, ua: str = DESKTOP_UA, load: float | None = None,
+          interaction: float | None = None, **properties: Any) -> dict[str, Any]:
+    return {
+        "event": {"type": event_type, "id": uuid.uuid4().hex},
+        "user": {"id": user},
+        "device": {"user_agent": ua, "screen_width": 1920 if ua == DESKTOP_UA else 390,
+                   "screen_height": 1080 if ua == DESKTOP_UA else 844},
+        "context": {"url": "https://shop.example/", "referrer": None, "ip_address": None, "session_id": session},
+        "properties": properties,
+        "metrics": {"load_time": load, "interaction_time": interaction},
+        "timestamp": ts,
+        "received_at": ts,
+    }
+
+
+class Feed:
+    """Writes raw events (keyed by session) and heartbeats (one per partition) to the private events topic."""
+
+    def __init__(self, s: Settings):
+        self.topic = s.processing.events_topic
+        self.producer = Producer({"bootstrap.servers": s.kafka.bootstrap, "acks": "all", "linger.ms": 5})
+
+    def send(self, *events: dict[str, Any]) -> None:
+        for e in events:
+            self.producer.produce(self.topic, key=e["context"]["session_id"], value=json.dumps(e), timestamp=e["timestamp"])
+        assert self.producer.flush(15) == 0
+
+    def heartbeat(self, ts: int) -> None:
+        value = json.dumps({"event": {"type": HEARTBEAT_TYPE, "id": "hb"}, "timestamp": ts, "received_at": ts})
+        for partition in range(EVENTS.partitions):
+            self.producer.produce(self.topic, value=value, partition=partition, timestamp=ts)
+        assert self.producer.flush(15) == 0
+
+
+def read_metrics(s: Settings, job: str, done: Callable[[dict], bool], timeout: float = 90.0) -> dict[tuple, dict]:
+    """Last value per key of a metric topic, read from the start until done(records) or timeout."""
+    schema = load_schemas(s.processing.job_modules)[job]
+    topic = s.processing.metric_topic_prefix + schema.topic
+    consumer = Consumer({"bootstrap.servers": s.kafka.bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition(topic, p) for p in range(2)])
+    records: dict[tuple, dict] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not done(records):
+            for message in consumer.consume(500, timeout=0.5):
+                if message.error() or message.value() is None:
+                    continue
+                value = json.loads(message.value())
+                records[tuple(value[k] for k in schema.key)] = value
+    finally:
+        consumer.close()
+    return records
+
+
+def flink_jobs(s: Settings) -> list[dict]:
+    return httpx.get(f"http://127.0.0.1:{s.flink.rest_port}/jobs/overview", timeout=5).json()["jobs"]
+
+
+def wait_for_running_job(s: Settings, timeout: float = 180.0, not_id: str | None = None) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job in flink_jobs(s):
+            if job["name"].startswith(s.processing.job_name + ":") and job["state"] == "RUNNING" and job["jid"] != not_id:
+                return job["jid"]
+        time.sleep(1)
+    raise AssertionError(f"job {s.processing.job_name} not RUNNING within {timeout}s: {flink_jobs(s)}")
+
+
+@pytest.fixture(scope="module")
+def job_settings(settings, kafka, flink_cluster) -> Settings:
+    s = processing_settings(settings)
+    create_topics(s)
+    return s
+
+
+@pytest.fixture(scope="module")
+def supervisor(job_settings):
+    service = Service(job_settings, "processing")
+    service.start()
+    try:
+        wait_for_running_job(job_settings)
+        yield service
+    finally:
+        service.stop()

@@ -1,0 +1,155 @@
+"""The three built-in jobs on the real Flink session cluster and Kafka, with explicit event times.
+
+Phase 1 sends the first window's events (one out of order, within the watermark delay) and
+heartbeats that close it. Phase 2 sends an event later than the watermark, the second window's
+events, then only heartbeats (a pause in traffic): the last window and sessions still close.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import httpx
+import pytest
+
+from tests.processing.conftest import DESKTOP_UA, IPHONE_UA, WINDOW_MS, Feed, event, read_metrics, window_base
+
+pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.slow]
+
+BASE = window_base()
+W0, W1 = BASE, BASE + WINDOW_MS
+
+
+def at(seconds: float) -> int:
+    return BASE + int(seconds * 1000)
+
+
+def phase1_events() -> list[dict]:
+    rng = random.Random(7)
+    events = [
+        event("s-a", "u1", "page_view", at(0.5), load=100.0),
+        event("s-a", "u1", "product_view", at(1.5), load=200.0),
+        event("s-a", "u1", "add_to_cart", at(3.0), load=300.0, interaction=40.0),
+        event("s-a", "u1", "purchase", at(5.5), load=400.0, revenue="49.5"),
+        event("s-b", "u2", "page_view", at(1.0), ua=IPHONE_UA, load=150.0),
+        event("s-b", "u2", "page_view", at(2.0), ua=IPHONE_UA, load=250.0, interaction=10.0),
+        event("s-c", "u3", "page_view", at(2.0), load=120.0),
+        event("s-d", "u1", "page_view", at(4.0)),
+    ]
+    events += [event("s-perf", "u4", "scroll", at(6.0 + i * 0.04), load=round(rng.uniform(50, 3000), 1),
+                     interaction=round(rng.uniform(1, 300), 1)) for i in range(50)]
+    events += [
+        event("s-c", "u3", "page_view", at(11.0), load=130.0),  # window 1 ...
+        event("s-c", "u3", "click", at(9.5), load=500.0),  # ... then window 0 out of order: watermark is 9.0 < 10
+    ]
+    return events
+
+
+LATE = event("s-late", "u9", "page_view", at(5.0), load=99999.0)  # after the watermark passed 12 s
+PHASE2 = [event("s-e", "u5", "page_view", at(15.0), ua=IPHONE_UA, load=80.0)]
+
+
+def counted_events() -> list[dict]:
+    return phase1_events() + PHASE2
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Linear interpolation between closest ranks (what Flink's PERCENTILE computes)."""
+    ordered = sorted(values)
+    pos = p * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def category(e: dict) -> str:
+    return "mobile" if e["device"]["user_agent"] == IPHONE_UA else "desktop"
+
+
+def window_of(e: dict) -> int:
+    return e["timestamp"] - e["timestamp"] % WINDOW_MS
+
+
+def expected_event_metrics() -> dict[tuple, dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for e in counted_events():
+        groups[(window_of(e), e["event"]["type"], category(e))].append(e)
+    return {key: {"events": len(es), "unique_users": len({e["user"]["id"] for e in es})} for key, es in groups.items()}
+
+
+@pytest.fixture(scope="module")
+def outputs(job_settings, supervisor):
+    feed = Feed(job_settings)
+    feed.send(*phase1_events())
+    feed.heartbeat(at(14.0))
+    first = read_metrics(job_settings, "event_metrics", lambda r: (W0, "click", "desktop") in r)
+    assert (W0, "click", "desktop") in first, "window 0 did not close after heartbeats"
+    feed.send(LATE, *PHASE2)
+    feed.heartbeat(at(30.0))  # then silence: only heartbeats move event time
+    expected = expected_event_metrics()
+    return {
+        "event_metrics": read_metrics(job_settings, "event_metrics", lambda r: expected.keys() <= r.keys()),
+        "performance_metrics": read_metrics(job_settings, "performance_metrics", lambda r: len(r) >= 3),
+        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 7),
+    }
+
+
+def test_event_counts_and_unique_users_per_window(outputs):
+    got = {key: {"events": v["events"], "unique_users": v["unique_users"]} for key, v in outputs["event_metrics"].items()}
+    assert got == expected_event_metrics()
+
+
+def test_window_bounds_are_epoch_ms(outputs):
+    record = outputs["event_metrics"][(W0, "page_view", "desktop")]
+    assert (record["window_start"], record["window_end"]) == (W0, W0 + WINDOW_MS)
+
+
+def test_out_of_order_event_within_delay_is_counted_and_late_event_is_not(outputs):
+    assert outputs["event_metrics"][(W0, "click", "desktop")]["events"] == 1
+    assert outputs["event_metrics"][(W0, "page_view", "desktop")]["events"] == 3  # not 4: the late one is dropped
+    assert ("s-late" not in {k[1] for k in outputs["session_metrics"]})
+
+
+def test_last_window_closes_during_a_pause_in_traffic(outputs):
+    assert outputs["event_metrics"][(W1, "page_view", "mobile")] ["events"] == 1
+
+
+def test_percentiles_match_an_independent_recomputation(outputs):
+    for (window, device), record in outputs["performance_metrics"].items():
+        es = [e for e in counted_events() if window_of(e) == window and category(e) == device]
+        assert record["events"] == len(es)
+        for metric in ("load_time", "interaction_time"):
+            values = [e["metrics"][metric] for e in es if e["metrics"][metric] is not None]
+            assert record[f"{metric}_count"] == len(values)
+            if not values:
+                assert record[f"{metric}_p50"] is None
+                continue
+            assert record[f"{metric}_avg"] == pytest.approx(sum(values) / len(values))
+            for p in (50, 95, 99):
+                assert record[f"{metric}_p{p}"] == pytest.approx(percentile(values, p / 100), rel=1e-9), (window, device, metric, p)
+
+
+def test_session_boundaries_and_ecommerce_stats(outputs):
+    sessions = {key[1]: v for key, v in outputs["session_metrics"].items() if key[1] != "s-c"}
+    s_a = sessions["s-a"]
+    assert (s_a["window_start"], s_a["window_end"], s_a["duration_ms"]) == (at(0.5), at(5.5) + 3_000, 5_000)
+    assert (s_a["events"], s_a["page_views"], s_a["products_viewed"], s_a["cart_adds"], s_a["purchases"]) == (4, 1, 1, 1, 1)
+    assert s_a["revenue"] == pytest.approx(49.5)
+    assert (s_a["user_id"], s_a["device_category"]) == ("u1", "desktop")
+    assert (sessions["s-b"]["events"], sessions["s-b"]["device_category"]) == (2, "mobile")
+    assert sessions["s-perf"]["events"] == 50
+
+
+def test_a_gap_longer_than_the_session_gap_splits_the_session(outputs):
+    s_c = sorted((k[0], v["events"], v["window_end"]) for k, v in outputs["session_metrics"].items() if k[1] == "s-c")
+    assert s_c == [(at(2.0), 1, at(5.0)), (at(9.5), 2, at(14.0))]
+
+
+def test_late_events_are_counted_by_flink(job_settings, outputs):
+    metrics = httpx.get(f"http://127.0.0.1:{job_settings.flink.taskmanager_metrics_port}/metrics", timeout=5).text
+    job = job_settings.processing.job_name
+    dropped = [line for line in metrics.splitlines()
+               if line.startswith("flink_taskmanager_job_task_operator_numLateRecordsDropped") and f'job_name="{job}' in line]
+    assert dropped, "no numLateRecordsDropped series for the job"
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in dropped) >= 1
