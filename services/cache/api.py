@@ -96,7 +96,7 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
         bearer = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
         cache.check_key(x_read_key or bearer or key)
 
-    guarded = [Depends(read_key)]
+    guarded = [Depends(read_key)] if settings.cache.read_keys else []
     add_health_routes(app, cache)
     add_job_routes(app, cache, guarded)
     add_session_routes(app, cache, guarded)

@@ -9,7 +9,22 @@ from redis.asyncio import Redis
 
 from services.cache.layout import JobLayout
 
-LATEST_SCAN = 512  # members read to find every record of the newest window in one round trip
+# One round trip: the newest score, the members that have it, then their records (nil when expired).
+# ARGV[1] is the record key prefix; every key of a job shares it (single Redis, not a cluster).
+LATEST_WINDOW = """
+local top = redis.call('ZRANGE', KEYS[1], 0, 0, 'REV', 'WITHSCORES')
+if #top == 0 then return {} end
+local members = redis.call('ZRANGE', KEYS[1], top[2], top[2], 'BYSCORE')
+local out = {top[2]}
+for i, m in ipairs(members) do out[#out + 1] = m end
+for first = 1, #members, 1000 do
+  local keys = {}
+  for i = first, math.min(first + 999, #members) do keys[#keys + 1] = ARGV[1] .. members[i] end
+  local values = redis.call('MGET', unpack(keys))
+  for i = 1, #keys do out[#out + 1] = values[i] end
+end
+return out
+"""
 
 
 @dataclass
@@ -23,18 +38,17 @@ class Windows:
 class CacheStore:
     def __init__(self, redis: Redis):
         self.redis = redis
+        self._latest_script = redis.register_script(LATEST_WINDOW)
 
     async def latest(self, layout: JobLayout, filters: Mapping[str, Any]) -> tuple[int | None, Windows]:
         """The newest window_start in the index and every record of that window."""
         index = layout.index(filters)
-        top = await self.redis.zrange(index, "+inf", "-inf", byscore=True, desc=True, offset=0, num=LATEST_SCAN, withscores=True)
-        if not top:
+        found = await self._latest_script(keys=[index], args=[layout.record("")])
+        if not found:
             return None, Windows([])
-        newest = top[0][1]
-        members = [m for m, score in top if score == newest]
-        if len(members) == len(top) == LATEST_SCAN:
-            members = await self.redis.zrange(index, newest, newest, byscore=True)
-        return int(newest), await self._records(layout, index, members)
+        n = (len(found) - 1) // 2
+        members, values = found[1:1 + n], found[1 + n:]
+        return int(float(found[0])), await self._present(index, members, values)
 
     async def window_range(self, layout: JobLayout, filters: Mapping[str, Any], start: int, end: int,
                            limit: int, descending: bool) -> Windows:
@@ -60,6 +74,9 @@ class CacheStore:
         if not members:
             return Windows([])
         values = await self.redis.mget([layout.record(m.decode()) for m in members])
+        return await self._present(index, members, values)
+
+    async def _present(self, index: str, members: list[bytes], values: list[bytes | None]) -> Windows:
         gone = [m for m, v in zip(members, values) if v is None]
         if gone:  # expired or deleted windows: drop them from this index too
             await self.redis.zrem(index, *gone)
