@@ -44,7 +44,7 @@ class SkewPolicy:
         return received_at, True
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Record:
     id: str
     key: bytes
