@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
+import psutil  # noqa: E402
 import redis  # noqa: E402
 
 from infrastructure.local.components import Redis  # noqa: E402
@@ -83,26 +84,33 @@ async def connection(port: int, request: bytes, deadline: float, counts: list[in
         writer.close()
 
 
-async def load(port: int, path: str, connections: int, duration: float) -> float:
+async def load(port: int, path: str, connections: int, duration: float) -> tuple[int, float]:
     request = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
     counts = [0]
     start = time.perf_counter()
     deadline = start + duration
     await asyncio.gather(*(connection(port, request, deadline, counts) for _ in range(connections)))
-    return counts[0] / (time.perf_counter() - start)
+    return counts[0], time.perf_counter() - start
 
 
 def client(port: int, path: str, connections: int, duration: float, out: mp.Queue) -> None:
     out.put(asyncio.run(load(port, path, connections, duration)))
 
 
-def run_load(port: int, path: str, connections: int, duration: float) -> float:
+def run_load(server_pid: int, port: int, path: str, connections: int, duration: float) -> tuple[float, float]:
+    """Requests/s seen by the client, and requests per CPU-second the server process used.
+
+    The second is the worker's capacity even when other processes compete for the cores.
+    """
+    server = psutil.Process(server_pid)
     out: mp.Queue = mp.Queue()
     proc = mp.Process(target=client, args=(port, path, connections, duration, out))
+    cpu_before = sum(server.cpu_times()[:2])
     proc.start()
-    result = out.get(timeout=duration + 60)
+    requests, elapsed = out.get(timeout=duration + 60)
+    cpu = sum(server.cpu_times()[:2]) - cpu_before
     proc.join(10)
-    return result
+    return requests / elapsed, requests / cpu
 
 
 def main() -> None:
@@ -111,6 +119,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--windows", type=int, default=500, help="windows seeded (x20 group combinations)")
     args = parser.parse_args()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in psutil.getloadavg())} on {psutil.cpu_count()} cores")
 
     state = Path(tempfile.mkdtemp(prefix="rtap-bench-cache-"))
     settings = Settings(state_dir=state, redis=RedisSettings(port=free_port()),
@@ -140,8 +149,9 @@ def main() -> None:
               f"{args.windows * 20} records seeded")
         for name, path in queries.items():
             body = httpx.get(url + path).json()
-            rps = run_load(settings.cache.port, path, args.connections, args.duration)
-            print(f"  {name:30s} {rps:9,.0f} requests/s   ({len(body['records'])} records per answer)")
+            rps, per_cpu = run_load(server.pid, settings.cache.port, path, args.connections, args.duration)
+            print(f"  {name:30s} {rps:9,.0f} requests/s  {per_cpu:9,.0f} requests per server CPU-second"
+                  f"  ({len(body['records'])} records per answer)")
     finally:
         if server.is_alive():
             server.terminate()
