@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from functools import partial
 from typing import Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -27,18 +26,23 @@ class Unavailable(Exception):
 
 
 class _Pending:
-    """The acknowledgements one request waits for; resolves when all have arrived."""
+    """The acknowledgements one request waits for. Counted on the poll thread; resolved once, on the loop."""
 
-    __slots__ = ("future", "remaining", "errors")
+    __slots__ = ("future", "remaining", "failed", "done")
 
-    def __init__(self, future: asyncio.Future, n: int):
-        self.future, self.remaining, self.errors = future, n, [None] * n
+    def __init__(self, future: asyncio.Future, n: int, done: list):
+        self.future, self.remaining, self.failed, self.done = future, n, [], done
 
-    def record(self, index: int, err: KafkaError | None) -> None:
-        self.errors[index] = err
+    def delivered(self, err: KafkaError | None, msg) -> None:
+        if err is not None:
+            self.failed.append((err, msg.value()))
         self.remaining -= 1
-        if self.remaining == 0 and not self.future.done():
-            self.future.set_result(self.errors)
+        if self.remaining == 0:
+            self.done.append(self)
+
+    def resolve(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self.failed)
 
 
 def producer_config(settings: Settings) -> dict:
@@ -64,7 +68,7 @@ class EventProducer:
         self.timeout_s = settings.ingestion.produce_timeout_ms / 1000
         self.queue_max = settings.ingestion.queue_max_messages
         self._producer = Producer(producer_config(settings))
-        self._done: list[tuple[_Pending, int, KafkaError | None]] = []
+        self._done: list[_Pending] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,16 +92,17 @@ class EventProducer:
         """Per-record delivery errors once every record is acknowledged (acks=all), or Unavailable."""
         if len(self._producer) + len(records) > self.queue_max:
             raise Unavailable("producer queue is full")
-        pending = _Pending(self._loop.create_future(), len(records))
+        pending = _Pending(self._loop.create_future(), len(records), self._done)
         try:
-            for i, r in enumerate(records):
-                self._producer.produce(self.topic, r.value, r.key, headers=r.headers, on_delivery=partial(self._delivered, pending, i))
+            for r in records:
+                self._producer.produce(self.topic, r.value, r.key, headers=r.headers, on_delivery=pending.delivered)
         except BufferError:
             raise Unavailable("producer queue is full") from None
         try:
-            return await asyncio.wait_for(pending.future, self.timeout_s)
+            failed = await asyncio.wait_for(pending.future, self.timeout_s)
         except asyncio.TimeoutError:
             raise Unavailable(f"Kafka did not acknowledge within {self.timeout_s:g}s") from None
+        return per_record_errors(records, failed)
 
     def heartbeat(self, partitions: int) -> None:
         """One heartbeat record to every partition (fire and forget; counted when it fails)."""
@@ -115,9 +120,6 @@ class EventProducer:
             raise KafkaException(meta.error)
         return len(meta.partitions)
 
-    def _delivered(self, pending: _Pending, index: int, err: KafkaError | None, _msg) -> None:
-        self._done.append((pending, index, err))
-
     def _heartbeat_delivered(self, err: KafkaError | None, _msg) -> None:
         if err is not None:
             self.heartbeat_errors += 1
@@ -126,13 +128,23 @@ class EventProducer:
         while not self._stop.is_set():
             self._producer.poll(0.05)
             if self._done:
-                done, self._done = self._done, []
+                done = self._done[:]  # callbacks append on this same thread, so copy-and-clear is safe
+                self._done.clear()
                 try:
                     self._loop.call_soon_threadsafe(_resolve, done)
                 except RuntimeError:  # loop closed during shutdown
                     return
 
 
-def _resolve(done: list[tuple[_Pending, int, KafkaError | None]]) -> None:
-    for pending, index, err in done:
-        pending.record(index, err)
+def _resolve(done: list[_Pending]) -> None:
+    for pending in done:
+        pending.resolve()
+
+
+def per_record_errors(records: Sequence[Record], failed: list[tuple[KafkaError, bytes]]) -> list[KafkaError | None]:
+    errors: list[KafkaError | None] = [None] * len(records)
+    if failed:
+        by_value = {r.value: i for i, r in enumerate(records)}
+        for err, value in failed:
+            errors[by_value[value]] = err
+    return errors
