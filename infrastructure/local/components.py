@@ -389,6 +389,13 @@ class ClickHouse(Component):
         return False
 
     def healthy(self) -> tuple[bool, str]:
+        if ManagedProcess("storage", [], self.state / "run", self.state / "logs").pid():
+            # The storage service owns the chDB path (one process per path): ask it instead of opening chDB.
+            try:
+                body = httpx.get(f"http://127.0.0.1:{self.settings.storage.port}/readyz", timeout=5).json()
+                return bool(body["clickhouse"]["ok"]), f"via storage: {body['clickhouse']['detail']}"
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                return False, f"storage /readyz: {type(exc).__name__}"
         probe = [sys.executable, "-m", "infrastructure.local.clickhouse_probe"]
         env = {**os.environ, "RTAP_STATE_DIR": str(self.state), "RTAP_CLICKHOUSE__URL": self.settings.clickhouse.url}
         try:

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+import orjson
+
 from shared.settings import Settings
 
 
@@ -45,10 +47,11 @@ class ChdbBackend:
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Rows may carry datetimes (sent as ISO 8601, parsed best-effort) and dicts (Map columns)."""
         if not rows:
             return
-        payload = "\n".join(json.dumps(r, separators=(",", ":")) for r in rows)
-        self.session.query(f"INSERT INTO {table} FORMAT JSONEachRow\n{payload}", "Null")
+        payload = b"\n".join(orjson.dumps(r) for r in rows).decode()
+        self.session.query(f"INSERT INTO {table} SETTINGS date_time_input_format = 'best_effort' FORMAT JSONEachRow\n{payload}", "Null")
 
     def close(self) -> None:
         self.session.close()
@@ -73,7 +76,8 @@ class ServerBackend:
         if not rows:
             return
         columns = list(rows[0].keys())
-        self.client.insert(table, [[r.get(c) for c in columns] for r in rows], column_names=columns)
+        database, _, name = table.rpartition(".")
+        self.client.insert(name, [[r.get(c) for c in columns] for r in rows], column_names=columns, database=database or None)
 
     def close(self) -> None:
         self.client.close()

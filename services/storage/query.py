@@ -1,0 +1,128 @@
+"""Read-only queries of the stored metrics: per-job time ranges and a guarded SQL statement.
+
+Values are always bound as ClickHouse query parameters ({name:Type}); SQL text is built only from
+the schema's own column names. User SQL is parsed (sqlglot, ClickHouse dialect) and must be one
+SELECT (or WITH ... SELECT / UNION) without SETTINGS, FORMAT or INTO; it then runs with
+readonly=1 and row and time limits, so even a statement the parser misjudged cannot write.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, TokenError
+
+from services.storage.tables import DELETED, qualified
+from shared.metrics import MetricSchema
+
+PARAM_TYPES = {"string": "String", "int64": "Int64", "float64": "Float64", "timestamp_ms": "Int64"}
+PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+READ_ONLY_ROOTS = (exp.Select, exp.SetOperation)
+
+
+class QueryError(ValueError):
+    """A refused query parameter; `where` and `name` locate it (FastAPI's loc shape)."""
+
+    def __init__(self, where: str, name: str, msg: str):
+        super().__init__(msg)
+        self.where, self.name, self.msg = where, name, msg
+
+
+def parse_time(name: str, value: str) -> int:
+    """Epoch milliseconds, or an ISO-8601 time (UTC unless it says otherwise)."""
+    text = value.strip()
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError("query", name, f"{name!r} must be epoch milliseconds or ISO-8601, got {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return int(parsed.timestamp() * 1000)
+
+
+def _select_list(schema: MetricSchema) -> str:
+    return ", ".join(
+        f"toUnixTimestamp64Milli(`{c.name}`) AS `{c.name}`" if c.type == "timestamp_ms" else f"`{c.name}`"
+        for c in schema.columns
+    )
+
+
+def metric_query(schema: MetricSchema, database: str, start_ms: int, end_ms: int,
+                 filters: dict[str, str], limit: int) -> tuple[str, dict[str, Any]]:
+    """Windows starting in [start_ms, end_ms), de-duplicated with FINAL; filters on group keys only."""
+    ws = schema.window_start
+    where = [f"`{ws}` >= fromUnixTimestamp64Milli({{from_ms:Int64}}, 'UTC')",
+             f"`{ws}` < fromUnixTimestamp64Milli({{to_ms:Int64}}, 'UTC')",
+             f"`{DELETED}` = 0"]
+    params: dict[str, Any] = {"from_ms": start_ms, "to_ms": end_ms, "limit": limit}
+    for i, (name, value) in enumerate(sorted(filters.items())):
+        if name not in schema.group_keys:
+            raise QueryError("query", name, f"unknown parameter {name!r}; filters for {schema.name}: {list(schema.group_keys)}")
+        column = schema.column(name)
+        where.append(f"`{name}` = {{f{i}:{PARAM_TYPES[column.type]}}}")
+        params[f"f{i}"] = _filter_value(name, column.type, value)
+    order = ", ".join(f"`{k}`" for k in schema.key)
+    # Filter in an inner query: an outer alias (window_start AS epoch ms) would shadow the column in WHERE.
+    inner = (f"SELECT * FROM {qualified(database, schema.name)} FINAL "
+             f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {{limit:UInt32}}")
+    sql = f"SELECT {_select_list(schema)} FROM ({inner}) ORDER BY {order}"
+    return sql, params
+
+
+def _filter_value(name: str, logical: str, value: str) -> Any:
+    try:
+        if logical in ("int64", "timestamp_ms"):
+            return int(value)
+        if logical == "float64":
+            return float(value)
+    except ValueError:
+        raise QueryError("query", name, f"{name!r} expects {logical}, got {value!r}") from None
+    return value
+
+
+def guard_select(sql: str) -> str:
+    """The statement, stripped of a trailing ';', if it is exactly one read-only SELECT; else QueryError."""
+    text = sql.strip().rstrip(";").strip()
+    if not text:
+        raise QueryError("body", "sql", "sql is empty")
+    try:
+        statements = [s for s in sqlglot.parse(text, read="clickhouse") if s is not None]
+    except (ParseError, TokenError) as exc:
+        raise QueryError("body", "sql", f"sql could not be parsed as one SELECT: {str(exc).splitlines()[0]}") from None
+    if len(statements) != 1:
+        raise QueryError("body", "sql", f"exactly one statement is allowed, got {len(statements)}")
+    root = statements[0]
+    if not isinstance(root, READ_ONLY_ROOTS):
+        raise QueryError("body", "sql", f"only SELECT (or WITH ... SELECT) is allowed, got {root.key.upper()}")
+    for node in root.walk():
+        if isinstance(node, (exp.Into, exp.Insert, exp.Create, exp.Drop, exp.Alter, exp.Command, exp.Set)):
+            raise QueryError("body", "sql", f"{type(node).__name__.upper()} is not allowed in a read-only query")
+        for clause in ("settings", "format"):
+            if node.args.get(clause):
+                raise QueryError("body", "sql", f"{clause.upper()} is not allowed; limits and output format are fixed by the server")
+    return text
+
+
+def bind_params(params: dict[str, Any]) -> dict[str, Any]:
+    """User parameters for {name:Type} placeholders: names are identifiers, values scalars."""
+    for name, value in params.items():
+        if not PARAM_NAME.match(name):
+            raise QueryError("body", f"params.{name}", f"parameter name {name!r} must be an identifier")
+        if not isinstance(value, (str, int, float, bool)):
+            raise QueryError("body", f"params.{name}", f"parameter {name!r} must be a string, number or boolean")
+    return params
+
+
+def read_only_settings(max_rows: int, max_seconds: int) -> dict[str, Any]:
+    return {
+        "readonly": 1,
+        "max_result_rows": max_rows,
+        "result_overflow_mode": "throw",
+        "max_execution_time": max_seconds,
+    }
