@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import orjson
+import psutil
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -89,11 +90,25 @@ async def load(port: int, request: bytes, connections: int, seconds: float) -> t
     return stats, time.perf_counter() - started
 
 
-def report(name: str, stats: Stats, elapsed: float, events_per_request: int) -> None:
+def cpu_seconds(server: psutil.Process) -> float:
+    times = server.cpu_times()
+    return times.user + times.system
+
+
+def phase(name: str, server: psutil.Process, port: int, request: bytes, connections: int, seconds: float, events_per_request: int) -> None:
+    """Run one load phase and print throughput, latency and the server's own CPU use.
+
+    events per server CPU-second is what one worker could do on a core of its own: on this
+    2-core machine the load client, the broker and the server share the cores."""
+    cpu_before = cpu_seconds(server)
+    stats, elapsed = asyncio.run(load(port, request, connections, seconds))
+    server_cpu = cpu_seconds(server) - cpu_before
     lat = sorted(stats.latencies) or [0.0]
     p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
-    print(f"{name:<8} {stats.ok / elapsed:>10,.0f} req/s {stats.ok * events_per_request / elapsed:>12,.0f} events/s  "
-          f"p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  202s {stats.ok:,}  non-202 {stats.failed:,}  ({elapsed:.1f}s)")
+    events = stats.ok * events_per_request
+    print(f"{name:<7} {stats.ok / elapsed:>8,.0f} req/s {events / elapsed:>10,.0f} events/s | server CPU {server_cpu / elapsed:4.2f} cores, "
+          f"{events / max(server_cpu, 1e-9):>9,.0f} events per server CPU-second | p50 {p50:5.1f} ms p99 {p99:6.1f} ms | "
+          f"202s {stats.ok:,} non-202 {stats.failed:,} ({elapsed:.1f}s)", flush=True)
 
 
 @contextmanager
@@ -126,9 +141,10 @@ def run(args: argparse.Namespace) -> None:
         single = http_request("/v1/analytics/track", orjson.dumps(sample_event(1)))
         batch = http_request("/v1/analytics/batch", orjson.dumps({"events": [sample_event(i) for i in range(args.batch_size)]}))
         print(f"ingestion: {args.workers} worker(s) on {HOST}:{port}; load client: 1 process; {args.duration:g}s per phase")
+        server = psutil.Process(service.pid())
         asyncio.run(load(port, single, args.connections, 2.0))  # warm-up
-        report("single", *asyncio.run(load(port, single, args.connections, args.duration)), 1)
-        report("batch", *asyncio.run(load(port, batch, args.batch_connections, args.duration)), args.batch_size)
+        phase("single", server, port, single, args.connections, args.duration, 1)
+        phase("batch", server, port, batch, args.batch_connections, args.duration, args.batch_size)
 
 
 def main() -> None:
