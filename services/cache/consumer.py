@@ -94,7 +94,7 @@ class CacheConsumer:
         self.thread.join(timeout)
 
     def status(self) -> dict[str, Any]:
-        alive = self.thread.is_alive() and time.monotonic() - self.last_loop < 15
+        alive = self.thread.is_alive() and self.error is None and time.monotonic() - self.last_loop < 15
         return {"running": alive, "lag_records": self.lag, "error": self.error}
 
     def _run(self) -> None:
