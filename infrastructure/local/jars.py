@@ -12,9 +12,9 @@ from infrastructure.local.errors import RuntimeSetupError
 POM_DIR = Path(__file__).parent / "maven"
 
 
-def resolve(bundle: str, jar_root: Path) -> Path:
+def resolve(bundle: str, jar_root: Path, pom_dir: Path = POM_DIR) -> Path:
     """Return the folder holding every jar of `bundle` (a pom under maven/), resolving it if needed."""
-    pom = POM_DIR / f"{bundle}.xml"
+    pom = pom_dir / f"{bundle}.xml"
     target = jar_root / bundle
     stamp = target / ".pom-sha256"
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()
