@@ -159,7 +159,7 @@ def _pending_statements(backend: Backend, database: str, table: Table) -> list[s
     target = qualified(database, table.name)
     statements = [f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS `{c.name}` {c.type}"
                   for c in table.columns if c.name not in have]
-    if table.ttl and _current_ttl(backend, database, table.name) != table.ttl:
+    if table.ttl and _normalized(_current_ttl(backend, database, table.name)) != _normalized(table.ttl):
         statements.append(f"ALTER TABLE {target} MODIFY TTL {table.ttl}")
     return statements
 
@@ -171,6 +171,11 @@ def _current_ttl(backend: Backend, database: str, table: str) -> str | None:
     )
     match = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", rows[0]["q"]) if rows else None
     return match.group(1).strip() if match else None
+
+
+def _normalized(expression: str | None) -> str:
+    """ClickHouse prints a TTL without backquotes; compare without them and without spaces."""
+    return re.sub(r"[`\s]", "", expression or "")
 
 
 def _record(backend: Backend, database: str, table: str, statement: str) -> None:

@@ -1,0 +1,120 @@
+"""Read-only SQL: injection attempts and write statements are refused and change nothing (API and `rtap sql`)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from infrastructure.cli import app as cli
+from tests.storage.conftest import READ_KEY, event_metric, produce_metrics, scalar, sql, unique, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
+BASE_MS = 1_767_312_000_000  # 2026-01-02
+runner = CliRunner()
+
+WRITES = [
+    "INSERT INTO event_metrics (event_type) VALUES ('x')",
+    "ALTER TABLE event_metrics DELETE WHERE 1",
+    "DROP TABLE event_metrics",
+    "TRUNCATE TABLE event_metrics",
+    "SELECT 1; DROP TABLE event_metrics",
+    "SELECT count() FROM event_metrics; DELETE FROM event_metrics WHERE 1",
+    "OPTIMIZE TABLE event_metrics FINAL",
+    "SET readonly = 0",
+    "SELECT 1 SETTINGS readonly = 0",
+    "SELECT * FROM (SELECT 1 SETTINGS readonly = 0)",
+    "SELECT 1 FORMAT TabSeparated",
+    "CREATE TABLE evil (a Int8) ENGINE = Memory",
+    "SYSTEM DROP MARK CACHE",
+]
+
+
+@pytest.fixture(scope="module")
+def seeded(kafka, api) -> tuple[str, int]:
+    event_type = unique("sql")
+    produce_metrics(kafka, "event_metrics", [event_metric(BASE_MS + i * 10_000, event_type, "desktop", 3, 1) for i in range(4)])
+    count = "SELECT count() AS c FROM event_metrics FINAL WHERE event_type = {t:String}"
+    wait_for(lambda: scalar(api, count, t=event_type) == 4)
+    return event_type, scalar(api, "SELECT count() AS c FROM event_metrics")
+
+
+def assert_unchanged(api, seeded) -> None:
+    event_type, total = seeded
+    assert scalar(api, "SELECT count() AS c FROM event_metrics FINAL WHERE event_type = {t:String}", t=event_type) == 4
+    assert scalar(api, "SELECT count() AS c FROM event_metrics") >= total
+    assert scalar(api, "SELECT count() AS c FROM system.tables WHERE database = currentDatabase() AND name = 'evil'") == 0
+
+
+@pytest.mark.parametrize("statement", WRITES)
+def test_write_statements_are_refused_by_the_api(api, seeded, statement):
+    response = sql(api, statement)
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "sql"]
+    assert_unchanged(api, seeded)
+
+
+def test_readonly_setting_stops_what_the_parser_lets_through(api, seeded):
+    """Table functions that read the host's files parse as a SELECT; readonly=1 refuses them."""
+    response = sql(api, "SELECT * FROM file('/etc/passwd', 'LineAsString')")
+    assert response.status_code == 400
+    assert "readonly" in response.text.lower()
+
+
+def test_injection_in_a_bound_parameter_is_just_a_value(api, seeded):
+    event_type, _ = seeded
+    tricky = f"{event_type}' OR '1'='1"
+    statement = "SELECT count() AS c FROM event_metrics FINAL WHERE event_type = {t:String}"
+    assert scalar(api, statement, t=tricky) == 0
+    assert sql(api, "SELECT {n:Int64} AS n", n="1; DROP TABLE event_metrics").status_code == 400
+    response = api.get("/v1/metrics/event_metrics", params={"from": BASE_MS, "to": BASE_MS + 3600_000, "event_type": tricky})
+    assert response.status_code == 200 and response.json()["rows"] == []
+    response = api.get("/v1/metrics/event_metrics", params={"from": BASE_MS, "to": BASE_MS + 3600_000,
+                                                             "event_type": f"{event_type}'; DROP TABLE event_metrics; --"})
+    assert response.status_code == 200 and response.json()["rows"] == []
+    assert_unchanged(api, seeded)
+
+
+def test_limits_apply(api, seeded):
+    response = sql(api, "SELECT number FROM system.numbers LIMIT 1000000")
+    assert response.status_code == 400 and "max rows" in response.text.lower()
+
+
+def test_sql_needs_the_read_key(storage_service):
+    import httpx
+    response = httpx.post(f"{storage_service.url()}/v1/sql", json={"sql": "SELECT 1"})
+    assert response.status_code == 401 and response.json()["detail"][0]["loc"] == ["header", "X-Read-Key"]
+
+
+def rtap_sql(*args: str):
+    return runner.invoke(cli, ["sql", *args, "--key", READ_KEY])
+
+
+def test_rtap_sql_prints_a_table(seeded):
+    event_type, _ = seeded
+    result = rtap_sql("SELECT event_type, sum(events) AS total FROM event_metrics FINAL WHERE event_type = {t:String} "
+                      "GROUP BY event_type", "--param", f"t={event_type}")
+    assert result.exit_code == 0, result.output
+    assert event_type in result.output and "12" in result.output and "1 row(s)" in result.output
+
+
+@pytest.mark.parametrize("statement", ["DROP TABLE event_metrics", "SELECT 1; DROP TABLE event_metrics",
+                                       "INSERT INTO event_metrics (event_type) VALUES ('x')"])
+def test_rtap_sql_refuses_write_statements(api, seeded, statement):
+    result = rtap_sql(statement)
+    assert result.exit_code == 2
+    assert "refused" in result.output
+    assert_unchanged(api, seeded)
+
+
+def test_rtap_sql_injection_in_a_param_changes_nothing(api, seeded):
+    event_type, _ = seeded
+    result = rtap_sql("SELECT count() AS c FROM event_metrics FINAL WHERE event_type = {t:String}",
+                      "--param", f"t={event_type}' OR 1=1; DROP TABLE event_metrics; --")
+    assert result.exit_code == 0, result.output
+    assert "│ 0 " in result.output
+    assert_unchanged(api, seeded)
+
+
+def test_rtap_sql_reports_a_refusal_from_the_server(seeded):
+    result = rtap_sql("SELECT * FROM no_such_table")
+    assert result.exit_code == 2 and "HTTP 400" in result.output

@@ -1,0 +1,170 @@
+"""Tables derived from the schemas, migrations that only add, processors and the SQL guard.
+
+chDB runs in this test process (its own state directory); the ClickHouse server case runs only when
+RTAP_TEST_CLICKHOUSE_URL points at a server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+
+from services.storage.backends import Backend, ChdbBackend, ServerBackend
+from services.storage.processors import BadRecord, metric_processor, process_event
+from services.storage.query import QueryError, guard_select, metric_query, read_only_settings
+from services.storage.tables import Table, events_table, events_ttl, metric_table, migrate
+from shared.metrics import Column, MetricSchema, load_schemas
+from shared.settings import Settings
+from tests.storage.conftest import event_metric, heartbeat, raw_event
+
+SERVER_URL = os.environ.get("RTAP_TEST_CLICKHOUSE_URL", "")
+
+
+def versioned_schema(name: str, extra: bool) -> MetricSchema:
+    columns = [Column("window_start", "timestamp_ms"), Column("window_end", "timestamp_ms"),
+               Column("page", "string"), Column("views", "int64")]
+    if extra:
+        columns.append(Column("p95_ms", "float64"))
+    return MetricSchema(name=name, columns=tuple(columns), key=("window_start", "page"))
+
+
+@pytest.fixture(scope="module")
+def chdb(tmp_path_factory) -> Backend:
+    backend = ChdbBackend(Path(tmp_path_factory.mktemp("chdb")))
+    yield backend
+    backend.close()
+
+
+def backends() -> list:
+    server = pytest.param("server", marks=pytest.mark.skipif(
+        not SERVER_URL, reason="RTAP_TEST_CLICKHOUSE_URL is not set: no ClickHouse server to test against"))
+    return [pytest.param("chdb", marks=pytest.mark.clickhouse), server]
+
+
+@pytest.fixture(params=backends())
+def backend(request, chdb) -> Backend:
+    if request.param == "chdb":
+        yield chdb
+        return
+    server = ServerBackend(SERVER_URL, "default")
+    yield server
+    server.close()
+
+
+def test_every_schema_has_a_table_keyed_by_its_key():
+    for schema in load_schemas().values():
+        table = metric_table(schema)
+        assert table.order_by == schema.key
+        assert table.engine.startswith("ReplacingMergeTree(_version")
+        assert table.column_names[:len(schema.columns)] == schema.column_names
+        assert f"toYYYYMM(`{schema.window_start}`)" == table.partition_by
+
+
+def test_events_table_deduplicates_by_event_id_with_a_ttl():
+    table = events_table(Settings())
+    assert table.order_by == ("event_id",) and "toYYYYMMDD" in table.partition_by
+    assert table.ttl == events_ttl(Settings().storage.raw_events_ttl_days)
+
+
+def test_unsafe_identifiers_are_refused():
+    with pytest.raises(ValueError, match="identifier"):
+        Table("x; DROP TABLE y", (), "MergeTree", ("a",), "tuple()")
+
+
+def test_migration_adds_columns_keeps_data_and_is_idempotent(backend):
+    db = f"mig_{uuid.uuid4().hex[:8]}"
+    v1, v2 = versioned_schema("pages", extra=False), versioned_schema("pages", extra=True)
+    assert migrate(backend, db, [metric_table(v1)])
+    row = metric_processor(v1)(b"", orjson.dumps({"window_start": 1_000, "window_end": 2_000, "page": "/", "views": 3}), 0)
+    backend.insert(f"{db}.pages", [row])
+    applied = migrate(backend, db, [metric_table(v2)])
+    assert applied == [f"ALTER TABLE `{db}`.`pages` ADD COLUMN IF NOT EXISTS `p95_ms` Nullable(Float64)"]
+    assert migrate(backend, db, [metric_table(v2)]) == []
+    rows = backend.query(f"SELECT views, p95_ms FROM `{db}`.pages FINAL")
+    assert rows == [{"views": 3, "p95_ms": None}]
+    recorded = backend.query(f"SELECT count() AS c FROM `{db}`.schema_migrations")
+    assert recorded[0]["c"] == 2
+    backend.command(f"DROP DATABASE `{db}`")
+
+
+def test_ttl_change_is_migrated(backend):
+    db = f"ttl_{uuid.uuid4().hex[:8]}"
+    table = events_table(Settings())
+    migrate(backend, db, [table])
+    shorter = Table(table.name, table.columns, table.engine, table.order_by, table.partition_by, events_ttl(3))
+    assert migrate(backend, db, [shorter]) == [f"ALTER TABLE `{db}`.`{table.name}` MODIFY TTL {events_ttl(3)}"]
+    assert migrate(backend, db, [shorter]) == []
+    backend.command(f"DROP DATABASE `{db}`")
+
+
+def test_replayed_rows_collapse_with_final_and_tombstones_hide(backend):
+    db = f"rep_{uuid.uuid4().hex[:8]}"
+    schema = load_schemas()["event_metrics"]
+    migrate(backend, db, [metric_table(schema)])
+    process = metric_processor(schema)
+    first = event_metric(1_767_225_600_000, "click", "desktop", 5, 2)
+    second = event_metric(1_767_225_610_000, "click", "desktop", 6, 2)
+    rows = [process(b"", orjson.dumps(r), offset) for offset, r in enumerate([first, second, first, {**first, "events": 8}])]
+    for row in rows:  # one insert per row: separate parts, as separate batches would make
+        backend.insert(f"{db}.event_metrics", [row])
+    sql, params = metric_query(schema, db, 0, 2_000_000_000_000, {"event_type": "click"}, 10)
+    assert [r["events"] for r in backend.query(sql, params)] == [8, 6]
+    key = orjson.dumps({k: second[k] for k in schema.key})
+    backend.insert(f"{db}.event_metrics", [process(key, None, 9)])
+    assert [r["events"] for r in backend.query(sql, params)] == [8]
+    backend.command(f"DROP DATABASE `{db}`")
+
+
+def test_read_only_settings_refuse_writes(backend):
+    with pytest.raises(Exception, match="(?i)readonly"):
+        backend.query("SELECT * FROM file('/etc/hostname', 'LineAsString')", None, read_only_settings(10, 5))
+
+
+def test_heartbeat_is_skipped_and_a_real_event_becomes_a_row():
+    assert process_event(b"k", orjson.dumps(heartbeat()), 1) is None
+    row = process_event(b"s", orjson.dumps(raw_event("s1", "e1")), 7)
+    assert row["event_id"] == "e1" and row["session_id"] == "s1" and row["_version"] == 7
+    assert row["properties"]["gift"] == "true"
+
+
+@pytest.mark.parametrize("value,field", [
+    (b"[]", "value"), (b"not json", "value"),
+    (orjson.dumps({**raw_event("s", "e"), "timestamp": "soon"}), "timestamp"),
+    (orjson.dumps({**raw_event("s", "e"), "context": {"url": "/"}}), "context.session_id"),
+])
+def test_bad_raw_events_name_the_field(value, field):
+    with pytest.raises(BadRecord, match=field.replace(".", r"\.")):
+        process_event(b"k", value, 0)
+
+
+def test_bad_metric_records_name_the_column():
+    process = metric_processor(load_schemas()["event_metrics"])
+    with pytest.raises(BadRecord, match="events"):
+        process(b"", orjson.dumps({**event_metric(0, "a", "b", 1, 1), "events": "many"}), 0)
+    with pytest.raises(BadRecord, match="tombstone"):
+        process(b'{"window_start": 0}', None, 0)
+
+
+@pytest.mark.parametrize("statement", [
+    "SELECT 1",
+    "select event_type, sum(events) from event_metrics final where window_start >= {since:DateTime64(3)} group by 1;",
+    "WITH t AS (SELECT 1 AS x) SELECT x FROM t",
+    "SELECT 1 UNION ALL SELECT 2",
+    "SELECT argMax(events, _version) FROM event_metrics GROUP BY event_type -- trailing comment",
+])
+def test_guard_allows_reads(statement):
+    assert guard_select(statement)
+
+
+@pytest.mark.parametrize("statement,words", [
+    ("", "empty"), ("DELETE FROM t WHERE 1", "only SELECT"), ("SELECT 1; SELECT 2", "one statement"),
+    ("SELECT 1 SETTINGS max_threads = 1", "SETTINGS"), ("SELEKT 1", "SELECT"),
+])
+def test_guard_refuses_with_a_reason(statement, words):
+    with pytest.raises(QueryError) as info:
+        guard_select(statement)
+    assert words.lower() in info.value.msg.lower() and info.value.name == "sql"
