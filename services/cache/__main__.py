@@ -13,7 +13,9 @@ def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, json=settings.env == "production")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.cache.host, port=settings.cache.port, log_level="warning", access_log=False)
+    # Open SSE streams never end by themselves: give them a bounded grace period on shutdown.
+    uvicorn.run(app, host=settings.cache.host, port=settings.cache.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=3)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import httpx
 import orjson
@@ -45,3 +46,17 @@ def test_stream_receives_window_written_after_connect(cache, kafka):
             events.append(orjson.loads(rest[0][len("data: "):]))
     stop.set()
     assert events == [pushed], "the filter must drop the other_type window"
+
+
+def test_stop_with_an_open_stream_is_prompt_and_clean(cache):
+    """Runs last in this module: an idle SSE client must not hold the service's shutdown hostage."""
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=read_stream, daemon=True,
+                              args=(f"{cache.url}/v1/jobs/event_metrics/stream", dict(cache.client.headers), {}, lines, threading.Event()))
+    reader.start()
+    assert lines.get(timeout=10)[1] == 200
+    assert lines.get(timeout=10) == ("line", ": subscribed")
+    started = time.monotonic()
+    cache.service.stop()
+    assert time.monotonic() - started < 10, "SIGTERM should end the service within its graceful-shutdown bound"
+    assert cache.service.pid() is None
