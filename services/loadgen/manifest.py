@@ -1,0 +1,128 @@
+"""The manifest of a load run and the metrics expected from it, recomputed independently of the pipeline.
+
+A manifest is JSON lines, one object per distinct event id:
+  id, type, user_id, session_id, timestamp (epoch ms sent), device_category (from the agent table),
+  load_time, interaction_time, revenue (purchases, else null), late (sent with an old timestamp),
+  sends (how many times it was posted; > 1 for duplicate sends), duplicate (sends > 1),
+  accepted (some send was answered "accepted"), status (HTTP status of the last send, 0 = no answer),
+  timestamp_adjusted (ingestion replaced the timestamp by its receive time; such events cannot be
+  placed in a window from the manifest).
+Every function here is pure: entries in, plain dicts out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import orjson
+
+from services.loadgen.agents import expected_category
+
+Entry = dict[str, Any]
+PERCENTILES = (0.5, 0.95, 0.99)
+
+
+def entry_for(event: dict[str, Any], late: bool = False) -> Entry:
+    """The manifest entry of a generated event, before it is sent."""
+    device, props = event["device"], event.get("properties") or {}
+    metrics = event.get("metrics") or {}
+    return {
+        "id": event["event"]["id"], "type": event["event"]["type"], "user_id": event["user"]["id"],
+        "session_id": event["context"]["session_id"], "timestamp": event["timestamp"],
+        "device_category": expected_category(device["user_agent"], device["screen_width"], device["screen_height"]),
+        "load_time": metrics.get("load_time"), "interaction_time": metrics.get("interaction_time"),
+        "revenue": props.get("revenue") if event["event"]["type"] == "purchase" else None,
+        "late": late, "sends": 0, "duplicate": False, "accepted": False, "status": 0, "timestamp_adjusted": False,
+    }
+
+
+def record_send(entry: Entry, status: int, accepted: bool, adjusted: bool = False) -> None:
+    entry["sends"] += 1
+    entry["duplicate"] = entry["sends"] > 1
+    entry["status"] = status
+    entry["accepted"] = entry["accepted"] or accepted
+    entry["timestamp_adjusted"] = entry["timestamp_adjusted"] or (accepted and adjusted)
+
+
+def write_manifest(path: Path, entries: Iterable[Entry]) -> int:
+    count = 0
+    with path.open("wb") as out:
+        for entry in entries:
+            out.write(orjson.dumps(entry) + b"\n")
+            count += 1
+    return count
+
+
+def read_manifest(path: Path) -> list[Entry]:
+    with path.open("rb") as lines:
+        return [orjson.loads(line) for line in lines if line.strip()]
+
+
+def accepted(entries: Iterable[Entry]) -> Iterator[Entry]:
+    """Accepted events, each id once (duplicate sends are one event)."""
+    seen: set[str] = set()
+    for e in entries:
+        if e["accepted"] and e["id"] not in seen:
+            seen.add(e["id"])
+            yield e
+
+
+def window_start(timestamp: int, window_ms: int) -> int:
+    """Tumbling windows aligned to the epoch, as Flink's TUMBLE (offset 0)."""
+    return timestamp - timestamp % window_ms
+
+
+def event_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[int, str, str], dict[str, int]]:
+    """(window_start, event_type, device_category) -> {events, unique_users} over accepted events."""
+    users: dict[tuple[int, str, str], set[str]] = defaultdict(set)
+    counts: dict[tuple[int, str, str], int] = defaultdict(int)
+    for e in accepted(entries):
+        key = (window_start(e["timestamp"], window_ms), e["type"], e["device_category"])
+        counts[key] += 1
+        users[key].add(e["user_id"])
+    return {key: {"events": n, "unique_users": len(users[key])} for key, n in counts.items()}
+
+
+def performance_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[int, str], dict[str, Any]]:
+    """(window_start, device_category) -> events and count/avg/p50/p95/p99 of load_time and interaction_time."""
+    groups: dict[tuple[int, str], list[Entry]] = defaultdict(list)
+    for e in accepted(entries):
+        groups[(window_start(e["timestamp"], window_ms), e["device_category"])].append(e)
+    return {key: {"events": len(rows), **stats(rows, "load_time"), **stats(rows, "interaction_time")}
+            for key, rows in groups.items()}
+
+
+def stats(rows: Sequence[Entry], column: str) -> dict[str, Any]:
+    values = [r[column] for r in rows if r[column] is not None]
+    out: dict[str, Any] = {f"{column}_count": len(values), f"{column}_avg": sum(values) / len(values) if values else None}
+    for q in PERCENTILES:
+        out[f"{column}_p{round(q * 100)}"] = percentile(values, q) if values else None
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Continuous percentile with linear interpolation between the two nearest values (Flink's PERCENTILE,
+    numpy's 'linear'): position q * (n - 1) in the sorted values."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 1:
+        raise ValueError(f"q must be within [0, 1], got {q}")
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summary(entries: Sequence[Entry]) -> dict[str, int]:
+    return {
+        "events": len(entries),
+        "accepted": sum(e["accepted"] for e in entries),
+        "not_accepted": sum(not e["accepted"] for e in entries),
+        "duplicates": sum(e["duplicate"] for e in entries),
+        "sends": sum(e["sends"] for e in entries),
+        "late": sum(e["late"] for e in entries),
+    }

@@ -1,0 +1,166 @@
+"""Realistic traffic as deterministic functions of a seed: users in sessions walking a shop funnel.
+
+A Traffic object holds a seeded random generator and the open sessions; `events(n)` returns the
+next n events (the request body items of POST /v1/analytics/batch), each with a client-supplied
+event.id and an explicit epoch-ms timestamp, so a run can be recomputed from its manifest.
+Timestamps follow a planned schedule (start_ms + i / rate), then optionally move back by up to
+out_of_order_ms (shuffling the order within that bound) and, for late_fraction of the events,
+by late_ms more.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from services.loadgen.agents import AGENTS, CATEGORY_WEIGHTS, Agent
+
+EVENT_TYPES = ("page_view", "click", "product_view", "add_to_cart", "purchase")
+SHOP = "https://shop.example"
+PAGES = ("/", "/search", "/category/shoes", "/category/bags", "/deals", "/help", "/account")
+REFERRERS = (None, None, "https://www.google.com/", "https://www.bing.com/", "https://t.co/x", "https://news.example/")
+# lognormal medians (ms) per device category: phones load slowest; sigma gives the long tail
+LOAD_MEDIAN_MS = {"mobile": 1400.0, "tablet": 1100.0, "desktop": 700.0, "bot": 300.0}
+LOAD_SIGMA = 0.8
+INTERACTION_MEDIAN_MS = 250.0
+INTERACTION_SIGMA = 0.7
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    seed: int
+    start_ms: int
+    rate: float = 1_000.0  # events per second of this generator (sets the timestamp schedule)
+    worker: int = 0  # distinguishes the generators of one run (ids, sessions, users)
+    out_of_order_ms: int = 0
+    late_fraction: float = 0.0
+    late_ms: int = 0
+    users: int = 2_000
+    open_sessions: int = 50
+
+
+@dataclass
+class Session:
+    id: str
+    user_id: str
+    agent: Agent
+    steps: list[str]
+    ip: str
+    cart: list[tuple[str, float]] = field(default_factory=list)
+    page: str = "/"
+
+
+class Traffic:
+    def __init__(self, spec: TrafficSpec):
+        self.spec = spec
+        self.rng = random.Random(f"{spec.seed}:{spec.worker}")
+        self.sessions: list[Session] = []
+        self.user_agents: dict[str, Agent] = {}
+        self.issued = 0
+        self.session_count = 0
+        self.late_ids: set[str] = set()
+
+    def events(self, n: int) -> list[dict[str, Any]]:
+        return [self.next_event() for _ in range(n)]
+
+    def stream(self) -> Iterator[dict[str, Any]]:
+        while True:
+            yield self.next_event()
+
+    def next_event(self) -> dict[str, Any]:
+        while len(self.sessions) < self.spec.open_sessions:
+            self.sessions.append(self.new_session())
+        session = self.rng.choice(self.sessions)
+        kind = session.steps.pop(0)
+        if not session.steps:
+            self.sessions.remove(session)
+        event = self.build(session, kind)
+        self.issued += 1
+        return event
+
+    def new_session(self) -> Session:
+        rng = self.rng
+        user_id = f"u{self.spec.worker}-{rng.randrange(self.spec.users)}"
+        agent = self.user_agents.setdefault(user_id, pick_agent(rng))
+        self.session_count += 1
+        session_id = f"s{self.spec.seed}-{self.spec.worker}-{self.session_count}"
+        ip = f"{rng.choice(('203.0.113', '198.51.100', '192.0.2'))}.{rng.randrange(1, 255)}"
+        return Session(session_id, user_id, agent, session_script(rng, agent.category == "bot"), ip)
+
+    def build(self, session: Session, kind: str) -> dict[str, Any]:
+        rng, agent = self.rng, session.agent
+        properties = step_properties(rng, session, kind)
+        load_time = lognormal(rng, LOAD_MEDIAN_MS[agent.category], LOAD_SIGMA) if kind in ("page_view", "product_view") else None
+        interaction = lognormal(rng, INTERACTION_MEDIAN_MS, INTERACTION_SIGMA) if load_time is None else None
+        event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        timestamp, late = self.timestamp()
+        if late:
+            self.late_ids.add(event_id)
+        return {
+            "event": {"type": kind, "id": event_id},
+            "user": {"id": session.user_id},
+            "device": {"user_agent": agent.user_agent, "screen_width": agent.screen_width, "screen_height": agent.screen_height},
+            "context": {"url": SHOP + session.page, "referrer": rng.choice(REFERRERS), "ip_address": session.ip,
+                        "session_id": session.id},
+            "properties": properties,
+            "metrics": {"load_time": load_time, "interaction_time": interaction},
+            "timestamp": timestamp,
+        }
+
+    def timestamp(self) -> tuple[int, bool]:
+        """(event time, whether it was made late)."""
+        spec, rng = self.spec, self.rng
+        planned = spec.start_ms + int(self.issued * 1000 / spec.rate)
+        jitter = rng.randint(0, spec.out_of_order_ms) if spec.out_of_order_ms else 0
+        late = spec.late_ms if spec.late_fraction and rng.random() < spec.late_fraction else 0
+        return max(0, planned - jitter - late), bool(late)
+
+
+def pick_agent(rng: random.Random) -> Agent:
+    category = rng.choices(list(CATEGORY_WEIGHTS), weights=list(CATEGORY_WEIGHTS.values()))[0]
+    return rng.choice(AGENTS[category])
+
+
+def lognormal(rng: random.Random, median_ms: float, sigma: float) -> float:
+    return round(rng.lognormvariate(math.log(median_ms), sigma), 1)
+
+
+def session_script(rng: random.Random, bot: bool) -> list[str]:
+    """The event types of one session in order: bots crawl pages; people browse, look at products, buy."""
+    if bot:
+        return ["page_view"] * rng.randint(1, 8)
+    steps: list[str] = []
+    carted = False
+    for _ in range(1 + min(int(rng.expovariate(1 / 3)), 15)):
+        steps.append("page_view")
+        steps += ["click"] * rng.choices((0, 1, 2), weights=(0.4, 0.4, 0.2))[0]
+        if rng.random() < 0.5:
+            steps.append("product_view")
+            if rng.random() < 0.3:
+                steps.append("add_to_cart")
+                carted = True
+    if carted and rng.random() < 0.35:
+        steps.append("purchase")
+    return steps
+
+
+def step_properties(rng: random.Random, session: Session, kind: str) -> dict[str, Any]:
+    if kind == "page_view":
+        session.page = rng.choice(PAGES)
+        return {"path": session.page, "title": session.page.strip("/") or "home"}
+    if kind == "click":
+        return {"element": rng.choice(("nav", "banner", "search", "filter", "footer")), "path": session.page}
+    if kind == "product_view":
+        product = f"p-{rng.randrange(500)}"
+        session.page = f"/product/{product}"
+        return {"product_id": product, "price": round(rng.uniform(5, 300), 2), "category": rng.choice(("shoes", "bags", "hats"))}
+    if kind == "add_to_cart":
+        product, price = f"p-{rng.randrange(500)}", round(rng.uniform(5, 300), 2)
+        quantity = rng.choice((1, 1, 1, 2, 3))
+        session.cart.append((product, price * quantity))
+        return {"product_id": product, "price": price, "quantity": quantity}
+    revenue = round(sum(amount for _, amount in session.cart), 2)
+    return {"order_id": f"o-{session.id}", "revenue": revenue, "items": len(session.cart), "currency": "USD"}
