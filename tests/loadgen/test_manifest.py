@@ -1,0 +1,80 @@
+"""Recomputing expected metrics from a hand-made manifest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.loadgen.manifest import (
+    entry_for, event_metrics, performance_metrics, percentile, read_manifest, record_send, summary, window_start,
+    write_manifest,
+)
+from services.loadgen.traffic import Traffic, TrafficSpec
+
+W = 10_000  # window size, ms
+T0 = 1_700_000_000_000  # a multiple of W
+
+
+def entry(id: str, type: str = "page_view", user: str = "u1", ts: int = T0, device: str = "desktop",
+          load: float | None = None, interaction: float | None = None, accepted: bool = True, sends: int = 1) -> dict:
+    return {"id": id, "type": type, "user_id": user, "session_id": "s1", "timestamp": ts, "device_category": device,
+            "load_time": load, "interaction_time": interaction, "revenue": None, "late": False, "sends": sends,
+            "duplicate": sends > 1, "accepted": accepted, "status": 202 if accepted else 503, "timestamp_adjusted": False}
+
+
+MANIFEST = [
+    entry("a", user="u1", ts=T0 + 1, load=100.0),
+    entry("b", user="u1", ts=T0 + 9_999, load=200.0, sends=2),
+    entry("c", user="u2", ts=T0 + 5, load=400.0),
+    entry("d", type="click", user="u2", ts=T0 + 10, interaction=50.0),
+    entry("e", user="u3", ts=T0 + 10_000, device="mobile", load=1_000.0),  # next window
+    entry("f", user="u4", ts=T0 + 20, load=9_999.0, accepted=False),  # answered 503: not expected anywhere
+    entry("a", user="u1", ts=T0 + 1, load=100.0),  # the same id listed twice counts once
+]
+
+
+def test_event_metrics_count_accepted_ids_once_per_window_type_and_device():
+    assert event_metrics(MANIFEST, W) == {
+        (T0, "page_view", "desktop"): {"events": 3, "unique_users": 2},
+        (T0, "click", "desktop"): {"events": 1, "unique_users": 1},
+        (T0 + W, "page_view", "mobile"): {"events": 1, "unique_users": 1},
+    }
+
+
+def test_performance_metrics_per_window_and_device():
+    stats = performance_metrics(MANIFEST, W)
+    assert set(stats) == {(T0, "desktop"), (T0 + W, "mobile")}
+    desktop = stats[(T0, "desktop")]
+    assert desktop["events"] == 4
+    assert (desktop["load_time_count"], desktop["load_time_avg"]) == (3, pytest.approx(700 / 3))
+    assert desktop["load_time_p50"] == 200.0
+    assert desktop["load_time_p95"] == pytest.approx(380.0)  # 200 + 0.9 * (400 - 200)
+    assert (desktop["interaction_time_count"], desktop["interaction_time_p99"]) == (1, 50.0)
+    assert stats[(T0 + W, "mobile")]["interaction_time_avg"] is None
+
+
+def test_percentile_matches_flink_examples_and_numpy_linear():
+    assert percentile([0, 10, 10], 0.3) == pytest.approx(6.0)  # Flink's documented example
+    assert percentile([10, 20, 30, 40], 0.25) == pytest.approx(17.5)
+    values = [3.5, 1.0, 900.0, 42.0, 7.25, 7.25, 130.0]
+    for q in (0, 0.5, 0.95, 0.99, 1):
+        assert percentile(values, q) == pytest.approx(np.percentile(values, q * 100, method="linear"))
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
+
+
+def test_window_start_aligns_to_the_epoch():
+    assert window_start(T0 + 9_999, W) == T0 and window_start(T0 + W, W) == T0 + W
+
+
+def test_entries_round_trip_and_record_sends(tmp_path):
+    event = Traffic(TrafficSpec(seed=1, start_ms=T0)).events(1)[0]
+    e = entry_for(event, late=True)
+    record_send(e, 503, accepted=False)
+    record_send(e, 202, accepted=True, adjusted=False)
+    assert (e["sends"], e["duplicate"], e["accepted"], e["status"], e["late"]) == (2, True, True, 202, True)
+    assert e["device_category"] in {"mobile", "tablet", "desktop", "bot"}
+    path = tmp_path / "m.jsonl"
+    assert write_manifest(path, [e, *MANIFEST]) == 8
+    assert read_manifest(path) == [e, *MANIFEST]
+    assert summary(read_manifest(path))["not_accepted"] == 1
