@@ -95,6 +95,41 @@ def performance_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[
             for key, rows in groups.items()}
 
 
+def session_metrics(entries: Iterable[Entry], gap_ms: int) -> dict[tuple[int, str], dict[str, Any]]:
+    """(window_start, session_id) -> the session job's columns. A session's events split where the next event
+    comes gap_ms or more after the previous one (Flink's SESSION window: each event opens [ts, ts + gap))."""
+    by_session: dict[str, list[Entry]] = defaultdict(list)
+    for e in accepted(entries):
+        by_session[e["session_id"]].append(e)
+    out: dict[tuple[int, str], dict[str, Any]] = {}
+    for session_id, rows in by_session.items():
+        for part in split_sessions(sorted(rows, key=lambda e: e["timestamp"]), gap_ms):
+            out[(part[0]["timestamp"], session_id)] = session_row(part, gap_ms)
+    return out
+
+
+def split_sessions(rows: Sequence[Entry], gap_ms: int) -> list[list[Entry]]:
+    parts: list[list[Entry]] = []
+    for e in rows:
+        if parts and e["timestamp"] < parts[-1][-1]["timestamp"] + gap_ms:
+            parts[-1].append(e)
+        else:
+            parts.append([e])
+    return parts
+
+
+def session_row(rows: Sequence[Entry], gap_ms: int) -> dict[str, Any]:
+    first, last = rows[0]["timestamp"], rows[-1]["timestamp"]
+    types = [e["type"] for e in rows]
+    return {
+        "window_end": last + gap_ms, "user_id": max(e["user_id"] for e in rows),
+        "device_category": max(e["device_category"] for e in rows), "duration_ms": last - first,
+        "page_views": types.count("page_view"), "events": len(rows), "products_viewed": types.count("product_view"),
+        "cart_adds": types.count("add_to_cart"), "purchases": types.count("purchase"),
+        "revenue": sum(e["revenue"] or 0.0 for e in rows if e["type"] == "purchase"),
+    }
+
+
 def stats(rows: Sequence[Entry], column: str) -> dict[str, Any]:
     values = [r[column] for r in rows if r[column] is not None]
     out: dict[str, Any] = {f"{column}_count": len(values), f"{column}_avg": sum(values) / len(values) if values else None}

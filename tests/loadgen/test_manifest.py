@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from services.loadgen.manifest import (
-    entry_for, event_metrics, performance_metrics, percentile, read_manifest, record_send, summary, window_start,
+    entry_for, event_metrics, performance_metrics, percentile, read_manifest, record_send, session_metrics, summary,
+    window_start,
     write_manifest,
 )
 from services.loadgen.traffic import Traffic, TrafficSpec
@@ -78,3 +79,22 @@ def test_entries_round_trip_and_record_sends(tmp_path):
     assert write_manifest(path, [e, *MANIFEST]) == 8
     assert read_manifest(path) == [e, *MANIFEST]
     assert summary(read_manifest(path))["not_accepted"] == 1
+
+
+def test_session_metrics_split_at_the_gap_and_sum_revenue():
+    rows = [
+        {**entry("s1", user="u1", ts=T0), "session_id": "A"},
+        {**entry("s2", type="add_to_cart", user="u1", ts=T0 + 2_999), "session_id": "A"},
+        {**entry("s3", type="purchase", user="u1", ts=T0 + 4_000), "session_id": "A", "revenue": 25.5},
+        {**entry("s4", user="u1", ts=T0 + 7_000), "session_id": "A"},  # exactly gap after the previous: a new session
+        {**entry("s5", type="product_view", user="u2", ts=T0 + 1, device="tablet"), "session_id": "B"},
+        {**entry("s6", user="u2", ts=T0 + 2, device="tablet", accepted=False), "session_id": "B"},
+    ]
+    sessions = session_metrics(rows, gap_ms=3_000)
+    assert set(sessions) == {(T0, "A"), (T0 + 7_000, "A"), (T0 + 1, "B")}
+    first = sessions[(T0, "A")]
+    assert (first["events"], first["page_views"], first["cart_adds"], first["purchases"]) == (3, 1, 1, 1)
+    assert (first["duration_ms"], first["window_end"], first["revenue"]) == (4_000, T0 + 7_000, 25.5)
+    assert sessions[(T0 + 1, "B")] == {
+        "window_end": T0 + 3_001, "user_id": "u2", "device_category": "tablet", "duration_ms": 0, "page_views": 0,
+        "events": 1, "products_viewed": 1, "cart_adds": 0, "purchases": 0, "revenue": 0}
