@@ -233,12 +233,16 @@ class StorageConsumer:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _measure_lag(self) -> dict[str, int]:
-        """High watermark minus what is committed (or, before our first commit there, what is fetched)."""
+        """High watermark minus what is committed (or, before our first commit there, what is fetched).
+
+        Watermarks come from the fetch responses (cached): a broker round trip per partition costs
+        ~0.3 s and would stall the consumer loop.
+        """
         lag: dict[str, int] = {}
         for tp in self.consumer.position(self.consumer.assignment()):
-            _, high = self.consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
             done = self.committed.get((tp.topic, tp.partition), tp.offset)
-            lag[tp.topic] = lag.get(tp.topic, 0) + (max(0, high - done) if done >= 0 else 0)
+            lag[tp.topic] = lag.get(tp.topic, 0) + (max(0, high - done) if done >= 0 and high >= 0 else 0)
         for topic, value in lag.items():
             LAG.labels(topic).set(value)
         return lag
