@@ -63,7 +63,10 @@ class ServerBackend:
     def __init__(self, url: str, database: str):
         import clickhouse_connect
 
-        self.client = clickhouse_connect.get_client(dsn=url, database=database, autogenerate_session_id=False)
+        # Connect to "default" first: a database named at connect time must already exist.
+        self.client = clickhouse_connect.get_client(dsn=url, database="default", autogenerate_session_id=False)
+        self.client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+        self.client.database = database
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self.client.command(sql, parameters=params)

@@ -168,3 +168,48 @@ def test_guard_refuses_with_a_reason(statement, words):
     with pytest.raises(QueryError) as info:
         guard_select(statement)
     assert words.lower() in info.value.msg.lower() and info.value.name == "sql"
+
+
+@pytest.mark.clickhouse
+def test_a_failed_write_is_retried_until_it_succeeds(chdb):
+    """The table is missing at first (a real ClickHouse error); the writer backs off and retries until it exists."""
+    import threading
+    import time
+
+    from services.storage.consumer import RETRIES, Batch, Writer
+
+    db = f"retry_{uuid.uuid4().hex[:8]}"
+    schema = versioned_schema("late_table", extra=False)
+    lock, stop = threading.Lock(), threading.Event()
+    writer = Writer(chdb, lock, stop, max_wait=0.2)
+    batch = Batch(rows={f"{db}.late_table": [metric_processor(schema)(b"", orjson.dumps(
+        {"window_start": 1_000, "window_end": 2_000, "page": "/a", "views": 1}), 0)]})
+    before = RETRIES.labels("late_table")._value.get()
+
+    def create_later() -> None:
+        time.sleep(0.6)
+        with lock:
+            migrate(chdb, db, [metric_table(schema)])
+
+    creator = threading.Thread(target=create_later)
+    creator.start()
+    writer.write(batch)
+    creator.join()
+    assert RETRIES.labels("late_table")._value.get() - before >= 2
+    assert chdb.query(f"SELECT count() AS c FROM `{db}`.late_table")[0]["c"] == 1
+    chdb.command(f"DROP DATABASE `{db}`")
+
+
+@pytest.mark.clickhouse
+def test_a_write_that_never_succeeds_is_never_passed(chdb):
+    """Stopping while a write still fails raises, so flush() never reaches the commit."""
+    import threading
+
+    from services.storage.consumer import Batch, Writer
+
+    stop = threading.Event()
+    writer = Writer(chdb, threading.Lock(), stop, max_wait=0.05)
+    batch = Batch(rows={"no_such_db.no_such_table": [{"a": 1}]})
+    threading.Timer(0.5, stop.set).start()
+    with pytest.raises(Exception, match="(?i)no_such"):
+        writer.write(batch)
