@@ -140,3 +140,11 @@ def test_metric_query_errors_name_the_parameter(api, params, name):
 def test_unknown_job_is_404(api):
     response = api.get("/v1/metrics/no_such_job", params={"from": 0, "to": 1})
     assert response.status_code == 404 and response.json()["detail"][0]["loc"] == ["path", "job"]
+
+
+def test_clickhouse_health_asks_the_storage_service_while_it_owns_chdb(storage_service, api):
+    from infrastructure.local.components import ClickHouse
+
+    wait_for(lambda: api.get("/readyz").status_code == 200)
+    ok, detail = ClickHouse(storage_service.settings).healthy()
+    assert ok and detail.startswith("via storage:"), detail
