@@ -9,6 +9,7 @@ its retained checkpoint (RETAIN_ON_CANCELLATION) is the next resume point.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ SUBMIT_TIMEOUT_S = 300
 MIN_RESUBMIT_INTERVAL_S = 10.0
 
 log = get_logger("processing.supervisor")
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def pipeline_name(settings: Settings) -> str:

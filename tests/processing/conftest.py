@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import httpx
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from infrastructure.local.stack import Service
 from shared.events import HEARTBEAT_TYPE
@@ -96,7 +96,7 @@ def read_metrics(s: Settings, job: str, done: Callable[[dict], bool], timeout: f
     topic = s.processing.metric_topic_prefix + schema.topic
     consumer = Consumer({"bootstrap.servers": s.kafka.bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    consumer.assign([TopicPartition(topic, p) for p in range(2)])
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)])  # no group coordinator needed
     records: dict[tuple, dict] = {}
     deadline = time.monotonic() + timeout
     try:
@@ -123,6 +123,19 @@ def wait_for_running_job(s: Settings, timeout: float = 180.0, not_id: str | None
                 return job["jid"]
         time.sleep(1)
     raise AssertionError(f"job {s.processing.job_name} not RUNNING within {timeout}s: {flink_jobs(s)}")
+
+
+def job_diagnostics(s: Settings) -> str:
+    """Records and watermarks per vertex of the module's running job, for assertion messages."""
+    base = f"http://127.0.0.1:{s.flink.rest_port}"
+    lines = []
+    for job in flink_jobs(s):
+        if job["name"].startswith(s.processing.job_name + ":") and job["state"] == "RUNNING":
+            detail = httpx.get(f"{base}/jobs/{job['jid']}", timeout=5).json()
+            for v in detail["vertices"]:
+                marks = httpx.get(f"{base}/jobs/{job['jid']}/vertices/{v['id']}/watermarks", timeout=5).json()
+                lines.append(f"{v['name'][:60]}: in={v['metrics'].get('read-records')} out={v['metrics'].get('write-records')} wm={marks}")
+    return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")

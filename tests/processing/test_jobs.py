@@ -8,12 +8,13 @@ events, then only heartbeats (a pause in traffic): the last window and sessions 
 from __future__ import annotations
 
 import random
+import re
 from collections import defaultdict
 
 import httpx
 import pytest
 
-from tests.processing.conftest import DESKTOP_UA, IPHONE_UA, WINDOW_MS, Feed, event, read_metrics, window_base
+from tests.processing.conftest import IPHONE_UA, WINDOW_MS, Feed, event, job_diagnostics, read_metrics, window_base
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.slow]
 
@@ -84,7 +85,7 @@ def outputs(job_settings, supervisor):
     feed.send(*phase1_events())
     feed.heartbeat(at(14.0))
     first = read_metrics(job_settings, "event_metrics", lambda r: (W0, "click", "desktop") in r)
-    assert (W0, "click", "desktop") in first, "window 0 did not close after heartbeats"
+    assert (W0, "click", "desktop") in first, f"window 0 did not close after heartbeats:\n{job_diagnostics(job_settings)}"
     feed.send(LATE, *PHASE2)
     feed.heartbeat(at(30.0))  # then silence: only heartbeats move event time
     expected = expected_event_metrics()
@@ -148,7 +149,7 @@ def test_a_gap_longer_than_the_session_gap_splits_the_session(outputs):
 
 def test_late_events_are_counted_by_flink(job_settings, outputs):
     metrics = httpx.get(f"http://127.0.0.1:{job_settings.flink.taskmanager_metrics_port}/metrics", timeout=5).text
-    job = job_settings.processing.job_name
+    job = re.sub(r"[^a-zA-Z0-9_]", "_", job_settings.processing.job_name)  # the reporter's label-value escaping
     dropped = [line for line in metrics.splitlines()
                if line.startswith("flink_taskmanager_job_task_operator_numLateRecordsDropped") and f'job_name="{job}' in line]
     assert dropped, "no numLateRecordsDropped series for the job"
