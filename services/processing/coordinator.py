@@ -92,6 +92,7 @@ class JobCoordinator:
         if self.bounds is None:
             return {"scan.startup.mode": "group-offsets", "properties.auto.offset.reset": "earliest"}
         return {
+            "properties.group.id": f"{self.settings.processing.consumer_group}-backfill",
             "scan.startup.mode": "timestamp",
             "scan.startup.timestamp-millis": str(self.bounds.read_from_ms),
             "scan.bounded.mode": "timestamp",
