@@ -155,6 +155,7 @@ WHERE {where}"""
         config = {
             "pipeline.name": self.pipeline_name,
             "table.local-time-zone": "UTC",
+            "pipeline.object-reuse": "true",
             "table.exec.source.idle-timeout": f"{p.idle_timeout_ms} ms",
         }
         if self.bounds is None:

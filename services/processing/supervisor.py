@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -24,6 +25,7 @@ from shared.logging import get_logger
 from shared.metrics import load_schemas
 from shared.settings import Settings
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ACTIVE_STATES = {"INITIALIZING", "CREATED", "RUNNING", "RESTARTING", "RECONCILING"}
 SUBMIT_TIMEOUT_S = 300
 MIN_RESUBMIT_INTERVAL_S = 10.0
@@ -65,7 +67,8 @@ class FlinkRest:
 def submit_job(savepoint: str | None = None, extra_args: list[str] | None = None, env: dict | None = None) -> str:
     """Run the driver in a child process (its JVM gateway exits with it); return the job id."""
     argv = [sys.executable, "-m", "services.processing.driver", *(["--savepoint", savepoint] if savepoint else []), *(extra_args or [])]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S, env=env or os.environ.copy())
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S, env=env or os.environ.copy(),
+                            cwd=REPO_ROOT)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         detail = [line for line in result.stderr.splitlines() if "Exception" in line or "Error" in line][-3:]

@@ -1,0 +1,84 @@
+"""Sustained throughput of the three built-in jobs together on this machine.
+
+Starts a private Kafka + Flink (state in a temp dir, free ports), preloads N events into a fresh
+topic, runs the jobs bounded over that topic (the backfill path: same SQL, same sinks), and prints
+events/s = N / (job end - job start) as measured by Flink (submission time excluded).
+
+    .venv/bin/python benchmarks/processing.py [--events 500000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from confluent_kafka import Producer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from infrastructure.local.stack import settings_env  # noqa: E402
+from services.processing.supervisor import submit_job  # noqa: E402
+from shared.events import HEARTBEAT_TYPE  # noqa: E402
+from tests.conftest import Harness, isolated_settings  # noqa: E402
+from tests.processing.conftest import DESKTOP_UA, IPHONE_UA, create_topics, processing_settings  # noqa: E402
+
+TYPES = ["page_view"] * 6 + ["product_view"] * 2 + ["click", "add_to_cart", "purchase"]
+
+
+def preload(s, n: int, start_ms: int) -> None:
+    producer = Producer({"bootstrap.servers": s.kafka.bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
+                         "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    rng = random.Random(1)
+    for i in range(n):
+        ts = start_ms + i  # 1,000 events per second of event time
+        session = f"s{rng.randrange(20_000)}"
+        value = {"event": {"type": rng.choice(TYPES), "id": uuid.uuid4().hex}, "user": {"id": f"u{rng.randrange(50_000)}"},
+                 "device": {"user_agent": rng.choice((DESKTOP_UA, IPHONE_UA)), "screen_width": 1920, "screen_height": 1080},
+                 "context": {"url": "https://shop.example/p", "referrer": None, "ip_address": None, "session_id": session},
+                 "properties": {"revenue": 10.5}, "metrics": {"load_time": rng.uniform(50, 3000), "interaction_time": rng.uniform(1, 300)},
+                 "timestamp": ts, "received_at": ts}
+        producer.produce(s.processing.events_topic, key=session, value=json.dumps(value), timestamp=ts)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    hb = json.dumps({"event": {"type": HEARTBEAT_TYPE, "id": "hb"}, "timestamp": start_ms + n, "received_at": start_ms + n})
+    for partition in range(4):
+        producer.produce(s.processing.events_topic, value=hb, partition=partition, timestamp=start_ms + n)
+    assert producer.flush(120) == 0
+
+
+def run(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = isolated_settings(Path(tmp) / "state")
+        harness = Harness(base)
+        try:
+            harness.ensure("kafka", "flink-jobmanager", "flink-taskmanager")
+            s = processing_settings(base, parallelism=0, session_gap_seconds=30)
+            create_topics(s)
+            start_ms = int(time.time() * 1000) - n - 3_600_000
+            t0 = time.perf_counter()
+            preload(s, n, start_ms)
+            print(f"preloaded {n} events in {time.perf_counter() - t0:.1f}s")
+            env = settings_env(s)
+            job_id = submit_job(extra_args=["--from", str(start_ms), "--to", str(start_ms + n)], env={**os.environ, **env})
+            rest = f"http://127.0.0.1:{s.flink.rest_port}/jobs/{job_id}"
+            while (detail := httpx.get(rest, timeout=5).json())["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+                time.sleep(1)
+            seconds = detail["duration"] / 1000
+            print(f"state={detail['state']} parallelism={base.flink.parallelism} events={n} "
+                  f"job_seconds={seconds:.1f} throughput={n / seconds:,.0f} events/s")
+        finally:
+            harness.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=500_000)
+    run(parser.parse_args().events)
