@@ -41,7 +41,8 @@ def pipeline_settings(settings: Settings) -> Settings:
         "ingestion": settings.ingestion.model_copy(update={"heartbeat_interval_ms": 500}),
         "processing": settings.processing.model_copy(update={
             "port": free_ports(1)[0], "job_name": f"rtap-monitoring-{run}", "consumer_group": f"processing-{run}",
-            "parallelism": 1, "checkpoint_interval_ms": 2_000, "watch_interval_seconds": 1.0}),
+            "parallelism": 1, "checkpoint_interval_ms": 2_000, "watch_interval_seconds": 1.0,
+            "session_gap_seconds": 3}),
         "storage": settings.storage.model_copy(update={
             "batch_seconds": 0.2, "consumer_group": f"storage-{run}", "session_timeout_ms": 6_000}),
         "cache": settings.cache.model_copy(update={"consumer_group": f"cache-{run}", "session_timeout_ms": 6_000}),
