@@ -89,3 +89,20 @@ def test_dead_letter_alert_fires_on_a_poison_metric_record(traffic, pipeline, pr
     both = wait_for(lambda: {a["labels"]["job"] for a in firing(prometheus, "DeadLetterRecords")} == {"storage", "cache"}, 60, 2)
     assert both, (f"DeadLetterRecords not firing for storage and cache within 60 s: {firing(prometheus, 'DeadLetterRecords')}; "
                   f"{query(prometheus, DEAD_LETTER_SERIES)}")
+
+
+def alerts_in_state(prometheus: str, alertname: str, states: set[str]) -> list[dict]:
+    alerts = httpx.get(f"{prometheus}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    return [a for a in alerts if a["labels"]["alertname"] == alertname and a["state"] in states]
+
+
+def test_scrape_target_down_alert_goes_pending_when_a_service_stops(traffic, pipeline, prometheus):
+    """The alert waits 2 minutes (`for: 2m`) before firing; pending proves its expression caught the stop."""
+    cache = pipeline.services["cache"]
+    cache.stop()
+    try:
+        down = wait_for(lambda: [a for a in alerts_in_state(prometheus, "ScrapeTargetDown", {"pending", "firing"})
+                                 if a["labels"]["job"] == "cache"], 40, 2)
+        assert down, f"ScrapeTargetDown not pending for cache within 40 s: {query(prometheus, 'up')}"
+    finally:
+        cache.start()
