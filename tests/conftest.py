@@ -47,6 +47,8 @@ def isolated_settings(state_dir: Path, **overrides) -> Settings:
         "RTAP_INGESTION__PORT": str(p[6]),
         "RTAP_STORAGE__PORT": str(p[7]),
         "RTAP_CACHE__PORT": str(p[8]),
+        # Session-wide pipelines (monitoring) and per-module test jobs share one TaskManager.
+        "RTAP_FLINK__TASK_SLOTS": "4",
         "RTAP_KAFKA__JMX_EXPORTER_PORT": str(p[9]),
     }
     env.update(overrides)

@@ -59,7 +59,9 @@ class Pipeline:
         return self.services[name].url()
 
 
-@pytest.fixture(scope="session")
+# Package scope: the services' pid files are per name, so this pipeline must be gone before later
+# test packages start their own processing service.
+@pytest.fixture(scope="package")
 def pipeline(settings, harness, kafka, redis_url, flink_cluster) -> Iterator[Pipeline]:
     s = pipeline_settings(settings)
     services = {name: Service(s, name) for name in ("ingestion", "storage", "cache", "processing")}
