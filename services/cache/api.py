@@ -6,14 +6,13 @@ Errors share FastAPI's validation shape, so every 4xx names the parameter:
 
 from __future__ import annotations
 
-import secrets
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Literal
 
 import orjson
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,6 +21,9 @@ from redis.asyncio import Redis
 from services.cache.consumer import CacheConsumer
 from services.cache.layout import JobLayout, layouts
 from services.cache.store import CacheStore
+from shared.api_keys import read_key_guard
+from shared.consumer_lag import group_lag_registry
+from shared.http_metrics import HttpMetrics
 from shared.metrics import load_schemas
 from shared.settings import Settings
 
@@ -46,6 +48,8 @@ class CacheApp:
         self.redis = Redis.from_url(settings.redis.url)
         self.store = CacheStore(self.redis)
         self.consumer = CacheConsumer(settings, self.layouts) if run_consumer else None
+        self.lag_registry = group_lag_registry(settings.kafka.bootstrap, settings.cache.consumer_group,
+                                               [layout.schema.topic for layout in self.layouts.values()]) if run_consumer else None
 
     def layout(self, job: str) -> JobLayout:
         try:
@@ -64,11 +68,6 @@ class CacheApp:
                 raise param_error(400, "query", name, f"unknown parameter {name!r}; filters for {layout.schema.name}: {sorted(allowed)}")
             out[name] = value
         return out
-
-    def check_key(self, provided: str | None) -> None:
-        keys = self.settings.cache.read_keys
-        if keys and not (provided and any(secrets.compare_digest(provided, k) for k in keys)):
-            raise param_error(401, "header", "X-Read-Key", "a valid read key is required (X-Read-Key header, Bearer token, or ?key= for streams)")
 
 
 def create_app(settings: Settings | None = None, run_consumer: bool = True) -> FastAPI:
@@ -90,13 +89,8 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
     if settings.cache.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cache.cors_origins, allow_methods=["GET"], allow_headers=["*"])
 
-    def read_key(x_read_key: Annotated[str | None, Header()] = None,
-                 authorization: Annotated[str | None, Header()] = None,
-                 key: Annotated[str | None, Query(description="read key, for EventSource and the dashboard page")] = None) -> None:
-        bearer = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
-        cache.check_key(x_read_key or bearer or key)
-
-    guarded = [Depends(read_key)] if settings.cache.read_keys else []
+    app.add_middleware(HttpMetrics)
+    guarded = read_key_guard(settings.cache.read_keys, query_param=True)
     add_health_routes(app, cache)
     add_job_routes(app, cache, guarded)
     add_session_routes(app, cache, guarded)
@@ -122,8 +116,9 @@ def add_health_routes(app: FastAPI, cache: CacheApp) -> None:
         return Response(orjson.dumps(body), 200 if ready else 503, media_type=JSON)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    def metrics() -> Response:  # sync: FastAPI runs it in a thread, the group-lag collector asks the broker
+        lag = generate_latest(cache.lag_registry) if cache.lag_registry else b""
+        return Response(generate_latest() + lag, media_type=CONTENT_TYPE_LATEST)
 
 
 Limit = Annotated[int | None, Query(ge=1, description="maximum records returned (1..cache.max_limit, default 100)")]

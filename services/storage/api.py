@@ -6,12 +6,11 @@ Errors share FastAPI's validation shape, so every 4xx names the parameter:
 
 from __future__ import annotations
 
-import secrets
 import threading
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -20,6 +19,9 @@ from services.storage.backends import Backend, open_backend
 from services.storage.consumer import StorageConsumer
 from services.storage.query import QueryError, bind_params, guard_select, metric_query, parse_time, read_only_settings
 from services.storage.tables import all_tables, migrate
+from shared.api_keys import read_key_guard
+from shared.consumer_lag import group_lag_registry
+from shared.http_metrics import HttpMetrics
 from shared.logging import get_logger
 from shared.metrics import MetricSchema, load_schemas
 from shared.settings import Settings
@@ -63,6 +65,8 @@ class Storage:
         if self.backend.kind == "chdb":  # user SQL names tables without the database
             self.backend.command(f"USE `{settings.clickhouse.database}`")
         self.consumer = StorageConsumer(settings, self.backend, self.lock, self.schemas) if run_consumer else None
+        self.lag_registry = group_lag_registry(settings.kafka.bootstrap, settings.storage.consumer_group,
+                                               list(self.consumer.routes)) if self.consumer else None
 
     def schema(self, job: str) -> MetricSchema:
         try:
@@ -83,11 +87,6 @@ class Storage:
             return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         finally:
             self.lock.release()
-
-    def check_key(self, provided: str | None) -> None:
-        keys = self.settings.storage.read_keys
-        if keys and not (provided and any(secrets.compare_digest(provided, k) for k in keys)):
-            raise param_error(401, "header", "X-Read-Key", "a valid read key is required (X-Read-Key header or Bearer token)")
 
     def close(self) -> None:
         if self.consumer:
@@ -110,14 +109,9 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
     app = FastAPI(title="rtap storage API", version="1", lifespan=lifespan,
                   description="Historical metrics from ClickHouse: per-job time ranges and read-only SQL.")
     app.state.storage = storage
-
-    def read_key(x_read_key: Annotated[str | None, Header()] = None,
-                 authorization: Annotated[str | None, Header()] = None) -> None:
-        bearer = authorization[7:] if authorization and authorization.lower().startswith("bearer ") else None
-        storage.check_key(x_read_key or bearer)
-
+    app.add_middleware(HttpMetrics)
     add_health_routes(app, storage)
-    add_query_routes(app, storage, [Depends(read_key)])
+    add_query_routes(app, storage, read_key_guard(settings.storage.read_keys))
     return app
 
 
@@ -136,7 +130,8 @@ def add_health_routes(app: FastAPI, storage: Storage) -> None:
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
     def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        lag = generate_latest(storage.lag_registry) if storage.lag_registry else b""
+        return Response(generate_latest() + lag, media_type=CONTENT_TYPE_LATEST)
 
 
 def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
