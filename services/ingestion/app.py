@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import secrets
 import time
 from contextlib import asynccontextmanager, suppress
 from typing import Any, AsyncIterator, Sequence
@@ -32,7 +31,9 @@ from services.ingestion.models import (
 from services.ingestion.producer import EventProducer, Unavailable
 from services.ingestion.records import Record, SkewPolicy, now_ms, to_record
 from services.ingestion.segment import SegmentBatch, SegmentMappingError, SegmentMessage, to_track_event
+from shared.api_keys import key_matches
 from shared.events import TRACK_EVENT, TrackEvent, event_json_schema
+from shared.http_metrics import HttpMetrics
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.topics import EVENTS
@@ -62,8 +63,7 @@ class Ingestion:
         keys = self.limits.write_keys
         if not keys:
             return
-        provided = request_key(request) or body_key
-        if not (provided and any(secrets.compare_digest(provided.encode(), k.encode()) for k in keys)):
+        if not key_matches(request_key(request) or body_key, keys):
             raise IngestError(401, f"a valid write key is required ({KEY_HEADER} header, Bearer token, Basic username or ?write_key=)",
                               KEY_HEADER, "unauthorized")
 
@@ -188,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.ingestion.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.ingestion.cors_origins, allow_methods=["POST", "GET", "OPTIONS"],
                            allow_headers=["Content-Type", "Content-Encoding", KEY_HEADER, "Authorization"], max_age=600)
+    app.add_middleware(HttpMetrics)
     add_event_routes(app, ing)
     add_segment_routes(app, ing)
     add_ops_routes(app, ing)
