@@ -12,6 +12,7 @@ An exception that escapes the app is counted as the 500 that Starlette's error m
 from __future__ import annotations
 
 import time
+from functools import lru_cache
 from typing import Any, Awaitable, Callable
 
 from prometheus_client import Counter, Histogram
@@ -39,22 +40,32 @@ class HttpMetrics:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
-        headers_sent = False
+        recorded = False
 
         async def send_counted(message: dict[str, Any]) -> None:
-            nonlocal status, headers_sent
+            nonlocal recorded
             if message["type"] == "http.response.start":
-                status, headers_sent = message["status"], True
-                LATENCY.labels(route_of(scope), method_of(scope)).observe(time.perf_counter() - started)
+                recorded = True
+                record(scope, message["status"], time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, send_counted)
         finally:
-            if not headers_sent:
-                LATENCY.labels(route_of(scope), method_of(scope)).observe(time.perf_counter() - started)
-            REQUESTS.labels(route_of(scope), method_of(scope), str(status)).inc()
+            if not recorded:
+                record(scope, 500, time.perf_counter() - started)
+
+
+@lru_cache(maxsize=4096)
+def children(route: str, method: str, status: int) -> tuple[Any, Any]:
+    """The labelled counter and histogram, looked up once per combination (labels() costs a lock and a dict)."""
+    return REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, method)
+
+
+def record(scope: Scope, status: int, seconds: float) -> None:
+    counter, histogram = children(route_of(scope), method_of(scope), status)
+    counter.inc()
+    histogram.observe(seconds)
 
 
 def route_of(scope: Scope) -> str:
