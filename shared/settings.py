@@ -41,6 +41,7 @@ class RedisSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 6379
     password: str | None = None
+    exporter_port: int = 9121  # prometheus-redis-exporter next to the local redis-server
 
     @property
     def url(self) -> str:
