@@ -122,7 +122,8 @@ def running(component) -> Iterator[None]:
 
 def bench_settings(state_dir: Path, bootstrap: str | None, workers: int) -> Settings:
     kafka_port = free_port()
-    kafka = KafkaSettings(port=kafka_port, bootstrap=bootstrap or f"{HOST}:{kafka_port}", controller_port=free_port(), heap="1g")
+    kafka = KafkaSettings(port=kafka_port, bootstrap=bootstrap or f"{HOST}:{kafka_port}", controller_port=free_port(),
+                          jmx_exporter_port=free_port(), heap="1g")
     return Settings(state_dir=state_dir, kafka=kafka, ingestion=IngestionSettings(port=free_port(), workers=workers, max_batch_events=5000))
 
 

@@ -94,8 +94,7 @@ class EventProducer:
             raise Unavailable("producer queue is full")
         pending = _Pending(self._loop.create_future(), len(records), self._done)
         try:
-            for r in records:
-                self._producer.produce(self.topic, r.value, r.key, headers=r.headers, on_delivery=pending.delivered)
+            self._enqueue(records, pending.delivered)
         except BufferError:
             raise Unavailable("producer queue is full") from None
         try:
@@ -103,6 +102,15 @@ class EventProducer:
         except asyncio.TimeoutError:
             raise Unavailable(f"Kafka did not acknowledge within {self.timeout_s:g}s") from None
         return per_record_errors(records, failed)
+
+    def _enqueue(self, records: Sequence[Record], delivered) -> None:
+        """One produce_batch() call (C loop, key partitioner) for records without headers; produce() for the rest."""
+        plain = [{"value": r.value, "key": r.key} for r in records if r.headers is None]
+        if plain and self._producer.produce_batch(self.topic, plain, on_delivery=delivered) < len(plain):
+            raise BufferError(next((m["_error"] for m in plain if "_error" in m), "not every record was queued"))
+        for r in records:
+            if r.headers is not None:
+                self._producer.produce(self.topic, r.value, r.key, headers=r.headers, on_delivery=delivered)
 
     def heartbeat(self, partitions: int) -> None:
         """One heartbeat record to every partition (fire and forget; counted when it fails)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from uuid6 import uuid7
+from uuid_utils import uuid7
 
 from shared.events import HEARTBEAT_TYPE, complete
 from shared.settings import IngestionSettings

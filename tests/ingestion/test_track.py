@@ -62,6 +62,27 @@ def test_batch_with_mixed_items_stores_exactly_the_good_ones(client, kafka):
     assert sorted(r["value"]["event"]["id"] for r in records) == sorted(f"{tag}-{i}" for i in range(3))
 
 
+def test_a_sessions_events_share_one_partition_whichever_produce_call_wrote_them(client, kafka):
+    """Batches go through produce_batch(), records with a header (skewed timestamp) through produce(): same partitioner."""
+    sessions = [f"partition-test-session-{i}" for i in range(12)]
+    batch = [event(context={"url": "https://shop.example/", "session_id": s}) for s in sessions for _ in range(3)]
+    r = client.post("/v1/analytics/batch", json={"events": batch})
+    assert r.status_code == 202, r.text
+    ids = {x["id"] for x in r.json()["results"]}
+    for s in sessions:
+        skewed = client.post("/v1/analytics/track", json=event(context={"url": "https://shop.example/", "session_id": s}, timestamp=1))
+        assert skewed.status_code == 202 and skewed.json()["timestamp_adjusted"], skewed.text
+        ids.add(skewed.json()["id"])
+
+    records = read_events(kafka, with_ids(ids), len(ids))
+    partitions: dict[bytes, set[int]] = {}
+    for rec in records:
+        partitions.setdefault(rec["key"], set()).add(rec["partition"])
+    assert len(records) == 48 and sorted(partitions) == sorted(s.encode() for s in sessions)
+    assert all(len(p) == 1 for p in partitions.values()), partitions
+    assert len(set.union(*partitions.values())) > 1, "12 sessions should spread over the 4 partitions"
+
+
 @pytest.mark.parametrize("body, field", [
     ({"user": {"id": "u"}}, "event"),
     ("CHANGE:user.id", "user.id"),
