@@ -50,6 +50,8 @@ def isolated_settings(state_dir: Path, **overrides) -> Settings:
         # Session-wide pipelines (monitoring) and per-module test jobs share one TaskManager.
         "RTAP_FLINK__TASK_SLOTS": "4",
         "RTAP_KAFKA__JMX_EXPORTER_PORT": str(p[9]),
+        "RTAP_PROCESSING__PORT": str(p[10]),
+        "RTAP_REDIS__EXPORTER_PORT": str(p[11]),
     }
     env.update(overrides)
     old = dict(os.environ)

@@ -244,6 +244,38 @@ class Redis(Component):
             return False, str(exc)
 
 
+class RedisExporter(Component):
+    """prometheus-redis-exporter (Debian package) for the local redis-server; the password goes by environment."""
+
+    name = "redis-exporter"
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.redis.exporter_port}/metrics"
+
+    def ports(self) -> tuple[int, ...]:
+        return (self.settings.redis.exporter_port,)
+
+    def prepare(self) -> None:
+        if not shutil.which("prometheus-redis-exporter"):
+            raise RuntimeSetupError("prometheus-redis-exporter is not installed; run ./rtap setup (Debian package prometheus-redis-exporter)")
+
+    def argv(self) -> list[str]:
+        r = self.settings.redis
+        return ["prometheus-redis-exporter", f"-redis.addr=redis://{r.host}:{r.port}",
+                f"-web.listen-address=127.0.0.1:{r.exporter_port}", "-redis-only-metrics"]
+
+    def env(self) -> dict[str, str]:
+        password = self.settings.redis.password
+        return {"REDIS_PASSWORD": password} if password else {}
+
+    def healthy(self) -> tuple[bool, str]:
+        try:
+            text = httpx.get(self.url(), timeout=5).text
+        except httpx.HTTPError as exc:
+            return False, type(exc).__name__
+        return True, "redis reachable" if "\nredis_up 1" in text else "redis unreachable (redis_up 0)"
+
+
 class Prometheus(Component):
     name = "prometheus"
 

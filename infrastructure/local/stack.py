@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from infrastructure.local.components import (
-    REPO_ROOT, ClickHouse, Component, FlinkJobManager, FlinkTaskManager, Kafka, Prometheus, Redis, Status, _http_ok,
+    REPO_ROOT, ClickHouse, Component, FlinkJobManager, FlinkTaskManager, Kafka, Prometheus, Redis, RedisExporter, Status,
+    _http_ok,
 )
 from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.process import check_ports_free
@@ -75,7 +76,7 @@ class Stack:
     def __init__(self, settings: Settings, only: list[str] | None = None):
         self.settings = settings
         components: list[Component] = [
-            Kafka(settings), Redis(settings), ClickHouse(settings),
+            Kafka(settings), Redis(settings), RedisExporter(settings), ClickHouse(settings),
             FlinkJobManager(settings), FlinkTaskManager(settings), Prometheus(settings),
         ]
         components += [Service(settings, s) for s in SERVICES if Service.exists(s)]
