@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
-apt_packages=(redis-server prometheus chromium)
+apt_packages=(redis-server prometheus prometheus-redis-exporter chromium)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 
@@ -19,7 +19,7 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The Debian packages start system services on install; the project runs its own copies.
-  for svc in redis-server prometheus; do "${sudo_cmd[@]}" service "$svc" stop >/dev/null 2>&1 || true; done
+  for svc in redis-server prometheus prometheus-redis-exporter; do "${sudo_cmd[@]}" service "$svc" stop >/dev/null 2>&1 || true; done
 fi
 
 command -v java >/dev/null || { say "Java 17+ is required (java not found on PATH)"; exit 1; }

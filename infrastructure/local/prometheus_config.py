@@ -16,9 +16,11 @@ def local_targets(settings: Settings) -> dict[str, str]:
         "ingestion": f"127.0.0.1:{settings.ingestion.port}",
         "storage": f"127.0.0.1:{settings.storage.port}",
         "cache": f"127.0.0.1:{settings.cache.port}",
+        "processing": f"127.0.0.1:{settings.processing.port}",
         "flink-jobmanager": f"127.0.0.1:{settings.flink.jobmanager_metrics_port}",
         "flink-taskmanager": f"127.0.0.1:{settings.flink.taskmanager_metrics_port}",
         "kafka": f"127.0.0.1:{settings.kafka.jmx_exporter_port}",
+        "redis": f"127.0.0.1:{settings.redis.exporter_port}",
     }
 
 
