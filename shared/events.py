@@ -32,26 +32,48 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Optional, Union
 
-from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
 from typing_extensions import NotRequired, TypedDict
 
 HEARTBEAT_TYPE = "__heartbeat"
 EVENT_SCHEMA_VERSION = 1
 EVENT_SCHEMA_FILE = Path(__file__).with_name(f"event_schema_v{EVENT_SCHEMA_VERSION}.json")
 
-PropertyValue = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+INT64_MAX = 2**63 - 1
+Int64 = Annotated[StrictInt, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+PropertyValue = Union[StrictBool, Int64, StrictFloat, StrictStr]
 EventType = Annotated[str, Field(min_length=1, max_length=128, description="e.g. page_view, product_view, add_to_cart, purchase")]
+
+
+def _not_reserved(event_type: str) -> str:
+    if event_type == HEARTBEAT_TYPE:
+        raise ValueError(f"{HEARTBEAT_TYPE!r} is reserved for ingestion's heartbeats")
+    return event_type
+
+
+ClientEventType = Annotated[EventType, AfterValidator(_not_reserved)]
 EventId = Annotated[str, Field(min_length=1, max_length=128, description="client-supplied (de-duplication) or server UUIDv7")]
 Text = Annotated[str, Field(max_length=8192)]
-ScreenSize = Annotated[int, Field(ge=0, le=100_000)]
-EpochMs = Annotated[int, Field(ge=0, description="epoch milliseconds")]
-Millis = Annotated[Optional[float], Field(ge=0, description="milliseconds")]
-IGNORE_EXTRA = ConfigDict(extra="ignore")
+
+
+def _json_number(value: Any) -> Any:
+    """Numbers only: "5" and true are not 5 (5.0 is, as in JSON Schema)."""
+    if isinstance(value, (bool, str, bytes)):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+NUMBERS_ONLY = BeforeValidator(_json_number)
+ScreenSize = Annotated[int, Field(ge=0, le=100_000), NUMBERS_ONLY]
+EpochMs = Annotated[int, Field(ge=0, le=INT64_MAX, description="epoch milliseconds"), NUMBERS_ONLY]
+Millis = Annotated[Optional[float], Field(ge=0, strict=True, description="milliseconds")]
+# NaN, Infinity and 1e400 (parsed as infinity) are not numbers.
+IGNORE_EXTRA = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class EventInfo(TypedDict):
     __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
-    type: EventType
+    type: ClientEventType
     id: NotRequired[Optional[EventId]]
 
 

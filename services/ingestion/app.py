@@ -7,7 +7,7 @@ import base64
 import binascii
 import time
 from contextlib import asynccontextmanager, suppress
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Sequence, Union
 
 import orjson
 from fastapi import FastAPI, Request
@@ -229,7 +229,7 @@ def add_event_routes(app: FastAPI, ing: Ingestion) -> None:
 
     @app.post("/v1/analytics/batch", status_code=202, tags=["events"], openapi_extra=_body_schema("BatchRequest"),
               responses={202: {"model": BatchResult, "description": "every valid item durably written; invalid items rejected"},
-                         **ERRORS, 400: {"model": BatchRejected, "description": "malformed body, or no valid item"},
+                         **ERRORS, 400: {"model": Union[BatchRejected, ErrorBody], "description": "malformed body, or no valid item (with results)"},
                          503: {"model": BatchRejected, "description": "Kafka unavailable; nothing (or not everything) written"}})
     async def batch(request: Request) -> Response:
         """Many events with per-item results; a valid item is never dropped because a sibling is bad."""
@@ -295,7 +295,8 @@ def add_segment_routes(app: FastAPI, ing: Ingestion) -> None:
     async def segment_track(request: Request) -> Response:
         """One Segment track/page/screen message."""
         data = parse_json(await read_body(request, limits.max_body_bytes))
-        ing.check_key(request, data.get("writeKey") if isinstance(data, dict) else None)
+        write_key = data.get("writeKey") if isinstance(data, dict) else None
+        ing.check_key(request, write_key if isinstance(write_key, str) else None)
         return _segment_status(await ingest_items(ing, "segment", *segment_records(ing, [data], None), {"success": True}))
 
 
@@ -344,5 +345,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     track = TRACK_EVENT.json_schema(ref_template=ref)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update({**defs.get("$defs", {}), **track.pop("$defs", {}), "TrackEvent": track})
+    max_items = app.state.ingestion.limits.max_batch_events  # this deployment's limit; more is a 413
+    components["BatchRequest"]["properties"]["events"]["maxItems"] = max_items
+    components["SegmentBatch"]["properties"]["batch"]["maxItems"] = max_items
     app.openapi_schema = schema
     return schema

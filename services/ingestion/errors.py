@@ -49,12 +49,23 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     return out or "body"
 
 
+# pydantic's loc tags for the members of a union (a property value is bool | int | float | str)
+UNION_MEMBERS = {"bool", "int", "constrained-int", "float", "str"}
+TYPE_MISMATCH = {"bool_type", "int_type", "float_type", "string_type"}
+
+
 def first_error(exc: ValidationError | RequestValidationError, prefix: tuple[Any, ...] = ()) -> tuple[str, str]:
-    """The first validation problem as (message, field)."""
-    err = exc.errors()[0]
+    """The first validation problem as (message, field); a failed union is one problem at the union's path."""
+    errors = exc.errors()
+    err = errors[0]
     loc = tuple(err.get("loc", ()))
     if err.get("type") == "json_invalid":
         return f"body is not valid JSON: {err.get('ctx', {}).get('error', err['msg'])}", "body"
+    if loc and loc[-1] in UNION_MEMBERS:
+        members = [e for e in errors if tuple(e["loc"][:-1]) == loc[:-1] and e["loc"][-1] in UNION_MEMBERS]
+        specific = [e["msg"] for e in members if e["type"] not in TYPE_MISMATCH]
+        field = field_path(prefix + loc[:-1])
+        return f"{field}: {specific[0] if specific else 'Input should be a string, number or boolean'}", field
     field = field_path(prefix + loc)
     return f"{field}: {err['msg']}", field
 

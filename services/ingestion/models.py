@@ -41,7 +41,7 @@ class BatchRejected(BatchResult, ErrorBody):
 
 
 class BatchRequest(BaseModel):
-    events: list[TrackEvent] = Field(description="1 to RTAP_INGESTION__MAX_BATCH_EVENTS events; a bare JSON array is accepted too")
+    events: list[TrackEvent] = Field(min_length=1, description="1 to RTAP_INGESTION__MAX_BATCH_EVENTS events; a bare JSON array is accepted too")
 
 
 class SegmentResult(BatchResult):

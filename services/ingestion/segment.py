@@ -53,7 +53,7 @@ class SegmentMessage(BaseModel):
 class SegmentBatch(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    batch: list[dict[str, Any]]
+    batch: list[dict[str, Any]] = Field(min_length=1)
     sentAt: datetime | None = None
     writeKey: str | None = None
 
