@@ -84,6 +84,8 @@ class ProcessingSettings(BaseModel):
     watermark_delay_ms: int = 2_000
     idle_timeout_ms: int = 5_000
     checkpoint_interval_ms: int = 5_000
+    # A repeat of an event id within this many seconds (processing time) is dropped; 0 turns it off.
+    dedup_seconds: int = 600
     job_modules: list[str] = Field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 8070

@@ -118,10 +118,12 @@ def deliver(client: httpx.Client, batch: list[dict[str, Any]], entries: dict[str
 
 def run_worker(plan: WorkerPlan, progress: Any) -> None:
     """One sender process: generate, pace, post, record; writes its manifest part at the end."""
-    traffic = Traffic(plan.spec)
     rng = random.Random(f"duplicates:{plan.spec.seed}:{plan.spec.worker}")
     entries: dict[str, Entry] = {}
     headers = {"Content-Type": "application/json", **({"X-Write-Key": plan.write_key} if plan.write_key else {})}
+    # The schedule starts when this process does (spawning takes seconds on a busy machine): an event's
+    # timestamp is never older than the moment it could first be sent.
+    traffic = Traffic(replace(plan.spec, start_ms=max(plan.spec.start_ms, int(time.time() * 1000))))
     started = time.monotonic()
     posts = accepted = 0
     with httpx.Client(base_url=plan.url, headers=headers, timeout=plan.timeout_s) as client:

@@ -81,6 +81,9 @@ class JobCoordinator:
   metrics ROW<load_time DOUBLE, interaction_time DOUBLE>,
   `timestamp` BIGINT,
   received_at BIGINT,
+  kafka_partition INT METADATA FROM 'partition' VIRTUAL,
+  kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  proc_time AS PROCTIME(),
   event_ms AS COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT)),
   event_time AS TO_TIMESTAMP_LTZ(COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT)), 3),
   WATERMARK FOR event_time AS event_time - {interval(p.watermark_delay_ms / 1000)}
@@ -100,20 +103,34 @@ class JobCoordinator:
         }
 
     def events_view_sql(self) -> str:
-        """Heartbeats pass the watermark assigner (in the source) and are dropped here, before any job sees them."""
+        """The events every job reads: heartbeats removed (they already moved the watermark in the source),
+        repeats of an event id removed (client retries), device category computed."""
         where = f"event.`type` <> {sql_string(HEARTBEAT_TYPE)}"
         if self.bounds:
             b = self.bounds
             where += f" AND event_ms >= {b.start_ms - b.lookaround_ms} AND event_ms < {b.end_ms + b.lookaround_ms}"
         category = device_category_sql("device.user_agent", "device.screen_width", "device.screen_height")
-        return f"""CREATE TEMPORARY VIEW {EVENTS_VIEW} AS
-SELECT event.`type` AS event_type, event.id AS event_id, `user`.id AS user_id, context.session_id AS session_id,
+        columns = f"""event.`type` AS event_type, event.id AS event_id, `user`.id AS user_id, context.session_id AS session_id,
        device.user_agent AS user_agent, device.screen_width AS screen_width, device.screen_height AS screen_height,
        context.url AS url, context.referrer AS referrer, properties,
        metrics.load_time AS load_time, metrics.interaction_time AS interaction_time,
-       event_ms AS ts, received_at, {category} AS device_category, event_time
-FROM {SOURCE_TABLE}
-WHERE {where}"""
+       event_ms AS ts, received_at, {category} AS device_category, event_time"""
+        events = f"SELECT {columns} FROM {SOURCE_TABLE} WHERE {where}"
+        if self.settings.processing.dedup_seconds > 0:
+            events = self._first_of_each_id(columns, where)
+        return f"CREATE TEMPORARY VIEW {EVENTS_VIEW} AS\n{events}"
+
+    @staticmethod
+    def _first_of_each_id(columns: str, where: str) -> str:
+        """Keep the first record of each event id (Flink's proctime deduplication: insert-only, keeps event_time
+        as the rowtime). A record without an id is unique by its Kafka position."""
+        key = "COALESCE(event.id, CONCAT('kafka:', CAST(kafka_partition AS STRING), ':', CAST(kafka_offset AS STRING)))"
+        names = "event_type, event_id, user_id, session_id, user_agent, screen_width, screen_height, url, referrer, " \
+                "properties, load_time, interaction_time, ts, received_at, device_category, event_time"
+        return f"""SELECT {names} FROM (
+  SELECT {columns}, ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY proc_time ASC) AS first_seen
+  FROM {SOURCE_TABLE} WHERE {where}
+) WHERE first_seen = 1"""
 
     def sink_ddl(self, schema: MetricSchema) -> str:
         columns = ",\n  ".join(f"{quote(c.name)} {FLINK_TYPES[c.type]}" for c in schema.columns)
@@ -157,6 +174,8 @@ WHERE {where}"""
             "table.local-time-zone": "UTC",
             "pipeline.object-reuse": "true",
             "table.exec.source.idle-timeout": f"{p.idle_timeout_ms} ms",
+            # Only the deduplication keeps state by key without a window; window state is freed by the watermark.
+            "table.exec.state.ttl": f"{max(p.dedup_seconds, 1)} s",
         }
         if self.bounds is None:
             config.update({

@@ -2,8 +2,7 @@
 -> ClickHouse (storage API) and Redis (cache API), every layer checked against the recomputation from the manifest.
 
 The stack runs on the module's own settings (2 s windows, 3 s session gap) so its timings do not affect other tests.
-The Flink jobs do not de-duplicate by event id (only ClickHouse raw storage does), so the reconciliation workload
-sends no duplicates; duplicate sends are checked on their own against raw storage.
+The workload repeats 5% of its sends with the same event id (client retries): every layer must count them once.
 """
 
 from __future__ import annotations
@@ -84,8 +83,9 @@ def rtap_load(s: Settings, manifest: Path, *args: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def workload(stack: Settings, tmp_path_factory) -> list[dict[str, Any]]:
     entries = rtap_load(stack, tmp_path_factory.mktemp("e2e-load") / "run.jsonl",
-                        "--events", str(EVENTS_SENT), "--rate", "1000", "--duplicate-fraction", "0")
+                        "--events", str(EVENTS_SENT), "--rate", "1000", "--duplicate-fraction", "0.05")
     assert len(entries) == EVENTS_SENT and all(e["accepted"] and not e["timestamp_adjusted"] for e in entries)
+    assert any(e["duplicate"] for e in entries)
     return entries
 
 

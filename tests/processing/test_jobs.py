@@ -1,7 +1,7 @@
 """The three built-in jobs on the real Flink session cluster and Kafka, with explicit event times.
 
-Phase 1 sends the first window's events (one out of order, within the watermark delay) and
-heartbeats that close it. Phase 2 sends an event later than the watermark, the second window's
+Phase 1 sends the first window's events (one out of order, within the watermark delay, and five
+sent twice with the same event id) and heartbeats that close it. Phase 2 sends an event later than the watermark, the second window's
 events, then only heartbeats (a pause in traffic): the last window and sessions still close.
 """
 
@@ -52,12 +52,14 @@ def phase1_events() -> list[dict]:
     return events
 
 
+PHASE1 = phase1_events()
+RETRIES = PHASE1[:4] + PHASE1[-1:]  # sent again with the same event ids: client retries, counted once
 LATE = event("s-late", "u9", "page_view", at(5.0), load=99999.0)  # after the watermark passed 12 s
 PHASE2 = [event("s-e", "u5", "page_view", at(15.0), ua=IPHONE_UA, load=80.0)]
 
 
 def counted_events() -> list[dict]:
-    return phase1_events() + PHASE2
+    return PHASE1 + PHASE2
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -87,7 +89,7 @@ def expected_event_metrics() -> dict[tuple, dict]:
 @pytest.fixture(scope="module")
 def outputs(job_settings, supervisor):
     feed = Feed(job_settings)
-    feed.send(*phase1_events())
+    feed.send(*PHASE1, *RETRIES)
     feed.heartbeat(at(14.0))
     first = read_metrics(job_settings, "event_metrics", lambda r: (W0, "click", "desktop") in r)
     assert (W0, "click", "desktop") in first, f"window 0 did not close after heartbeats:\n{job_diagnostics(job_settings)}"
