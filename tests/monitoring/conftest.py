@@ -1,8 +1,8 @@
 """The whole pipeline running on the session's private ports, so the session's Prometheus scrapes it.
 
-Ingestion, storage and cache keep the session settings' ports (those are Prometheus' scrape targets);
-processing gets a free port and a private Flink job name, and reads the real events topic so its windows
-reach the real metric topics that storage and cache consume.
+Every service keeps the session settings' port (those are Prometheus' scrape targets, the Redis exporter's
+too); processing gets a private Flink job name and reads the real events topic, so its windows reach the
+real metric topics that storage and cache consume.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import pytest
 
 from infrastructure.local.stack import Service
 from shared.settings import Settings
-from tests.conftest import free_ports
 
 
 def wait_for(check: Callable[[], object], timeout: float, interval: float = 1.0) -> object:
@@ -40,7 +39,7 @@ def pipeline_settings(settings: Settings) -> Settings:
     changes = {
         "ingestion": settings.ingestion.model_copy(update={"heartbeat_interval_ms": 500}),
         "processing": settings.processing.model_copy(update={
-            "port": free_ports(1)[0], "job_name": f"rtap-monitoring-{run}", "consumer_group": f"processing-{run}",
+            "job_name": f"rtap-monitoring-{run}", "consumer_group": f"processing-{run}",
             "parallelism": 1, "checkpoint_interval_ms": 2_000, "watch_interval_seconds": 1.0,
             "session_gap_seconds": 3}),
         "storage": settings.storage.model_copy(update={
@@ -64,6 +63,7 @@ class Pipeline:
 @pytest.fixture(scope="package")
 def pipeline(settings, harness, kafka, redis_url, flink_cluster) -> Iterator[Pipeline]:
     s = pipeline_settings(settings)
+    harness.ensure("redis-exporter")
     services = {name: Service(s, name) for name in ("ingestion", "storage", "cache", "processing")}
     started = []
     try:
