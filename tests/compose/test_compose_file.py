@@ -195,3 +195,13 @@ def test_flink_image_matches_the_pyflink_and_connector_versions():
     dockerfile = (cf.COMPOSE_DIR / "flink.Dockerfile").read_text()
     assert f"FROM flink:{version('apache-flink')}-" in dockerfile
     assert "infrastructure/local/maven/flink.xml" in dockerfile
+
+
+def test_redis_exporter_is_pinned_scrapes_redis_and_is_scraped():
+    exporter = cf.services()["redis-exporter"]
+    image, _, tag = exporter["image"].partition(":")
+    assert image == "oliver006/redis_exporter" and re.match(r"v\d+\.\d+\.\d+", tag), f"unpinned image {exporter['image']}"
+    env = cf.environment(exporter)
+    assert env["REDIS_ADDR"] == "redis://redis:6379" and env["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    assert prometheus_targets()["redis"] == ["redis-exporter:9121"]
+    assert Settings.model_fields["redis"].default.exporter_port == 9121
