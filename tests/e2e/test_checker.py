@@ -6,7 +6,7 @@ import copy
 
 from services.loadgen.manifest import event_metrics, performance_metrics
 from shared.metrics import load_schemas
-from tests.e2e.reconcile import reconcile
+from services.loadgen.reconcile import reconcile
 
 WINDOW_MS = 2_000
 

@@ -1,0 +1,172 @@
+"""Reconciliation: what each layer holds, compared with the independent recomputation from a load manifest.
+
+Layers: the raw Kafka topic (event ids), each metric topic (last record per key), ClickHouse through the storage
+API (metrics and raw rows) and Redis through the cache API. Used by the end-to-end and fault tests and by
+`rtap bench`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any, Callable, Iterable, Iterator
+
+import httpx
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from services.loadgen.manifest import Entry, accepted, event_metrics, performance_metrics, session_metrics
+from shared.events import HEARTBEAT_TYPE
+from shared.metrics import MetricSchema
+from shared.settings import Settings
+from shared.topics import EVENTS, metric_topic
+
+Key = tuple
+REL_TOL = 1e-9  # float columns (averages, interpolated percentiles, revenue): same formula, only rounding differs
+ABS_TOL = 1e-6
+
+
+def by_key(schema: MetricSchema, records: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    """Records keyed by the schema key (later records replace earlier ones, as an upsert topic does)."""
+    return {tuple(r[k] for k in schema.key): r for r in records}
+
+
+def same_value(expected: Any, actual: Any, column_type: str) -> bool:
+    if expected is None or actual is None:
+        return expected is None and actual is None
+    if column_type == "float64":
+        return math.isclose(float(expected), float(actual), rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    return expected == actual
+
+
+def reconcile(schema: MetricSchema, expected: dict[Key, dict[str, Any]], actual: dict[Key, dict[str, Any]]) -> list[str]:
+    """Every difference, one line each: missing windows, extra windows, and columns whose value differs."""
+    problems = [f"{schema.name} missing {key}" for key in sorted(expected.keys() - actual.keys())]
+    problems += [f"{schema.name} unexpected {key}: {actual[key]}" for key in sorted(actual.keys() - expected.keys())]
+    types = {c.name: c.type for c in schema.columns}
+    for key in sorted(expected.keys() & actual.keys()):
+        for column, want in expected[key].items():
+            got = actual[key].get(column)
+            if not same_value(want, got, types[column]):
+                problems.append(f"{schema.name} {key} {column}: expected {want!r}, got {got!r}")
+    return problems
+
+
+def expected_metrics(entries: list[Entry], s: Settings) -> dict[str, dict[Key, dict[str, Any]]]:
+    window_ms = s.processing.window_seconds * 1000
+    return {"event_metrics": event_metrics(entries, window_ms), "performance_metrics": performance_metrics(entries, window_ms),
+            "session_metrics": session_metrics(entries, s.processing.session_gap_seconds * 1000)}
+
+
+def within(actual: dict[Key, dict[str, Any]], start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
+    """The records whose window starts in [start_ms, end_ms): one run's share of a layer that holds several runs."""
+    return {key: record for key, record in actual.items() if start_ms <= key[0] < end_ms}
+
+
+def window_range(expected: dict[Key, dict]) -> tuple[int, int]:
+    starts = [key[0] for key in expected]
+    return min(starts), max(starts) + 1
+
+
+def poll(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float, pause: float = 1.0) -> Any:
+    """read() until done(value) or the timeout; returns the last value (the caller shows what was missing)."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(pause)
+        value = read()
+    return value
+
+
+class Layers:
+    """Reads every layer of one running stack."""
+
+    def __init__(self, s: Settings, read_key: str | None = None):
+        self.s = s
+        self.headers = {"X-Read-Key": read_key} if read_key else {}
+
+    def consume_all(self, topic: str, partitions: int, timeout_s: float = 60.0) -> Iterator[Any]:
+        """Every record of a topic from the beginning up to its end offsets at the time of the call (heartbeats keep
+        the raw topic growing, so "until idle" would never end)."""
+        consumer = Consumer({"bootstrap.servers": self.s.kafka.bootstrap, "group.id": f"reconcile-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False})
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
+        pending = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
+        deadline = time.monotonic() + timeout_s
+        try:
+            while pending and time.monotonic() < deadline:
+                for m in consumer.consume(1_000, timeout=0.5):
+                    if m.error():
+                        continue
+                    if m.offset() >= ends[m.partition()] - 1:
+                        pending.discard(m.partition())
+                    if m.offset() < ends[m.partition()]:
+                        yield m
+        finally:
+            consumer.close()
+
+    def raw_ids(self) -> list[str]:
+        values = (orjson.loads(m.value()) for m in self.consume_all(self.s.processing.events_topic, EVENTS.partitions))
+        return [v["event"]["id"] for v in values if v["event"]["type"] != HEARTBEAT_TYPE]
+
+    def topic_metrics(self, schema: MetricSchema) -> dict[Key, dict[str, Any]]:
+        """The final value per key of a metric topic (the last record of each Kafka key)."""
+        topic = self.s.processing.metric_topic_prefix + schema.topic
+        records = (orjson.loads(m.value()) for m in self.consume_all(topic, metric_topic(schema).partitions)
+                   if m.value() is not None)
+        return by_key(schema, records)
+
+    def storage_sql(self, sql: str, **params: Any) -> list[dict[str, Any]]:
+        response = httpx.post(f"http://127.0.0.1:{self.s.storage.port}/v1/sql", json={"sql": sql, "params": params},
+                              headers=self.headers, timeout=30)
+        response.raise_for_status()
+        return response.json()["rows"]
+
+    def storage_metrics(self, schema: MetricSchema, start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
+        response = httpx.get(f"http://127.0.0.1:{self.s.storage.port}/v1/metrics/{schema.name}", headers=self.headers,
+                             params={"from": start_ms, "to": end_ms, "limit": self.s.storage.max_limit}, timeout=30)
+        response.raise_for_status()
+        return by_key(schema, response.json()["rows"])
+
+    def cache_windows(self, schema: MetricSchema, start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
+        response = httpx.get(f"http://127.0.0.1:{self.s.cache.port}/v1/jobs/{schema.name}/windows", headers=self.headers,
+                             params={"from": start_ms, "to": end_ms, "limit": self.s.cache.max_limit}, timeout=30)
+        response.raise_for_status()
+        return by_key(schema, response.json()["records"])
+
+    def raw_rows_between(self, start_ms: int, end_ms: int) -> dict[str, int]:
+        """Rows and distinct event ids in raw storage (FINAL) with start_ms <= timestamp < end_ms."""
+        sql = ("SELECT count() AS rows, uniqExact(event_id) AS ids FROM analytics_events FINAL "
+               "WHERE timestamp >= fromUnixTimestamp64Milli({lo:Int64}) AND timestamp < fromUnixTimestamp64Milli({hi:Int64})")
+        return self.storage_sql(sql, lo=start_ms, hi=end_ms)[0]
+
+    def metric_readers(self, schema: MetricSchema, expected: dict[Key, dict]) -> dict[str, Callable[[], dict]]:
+        """One reader per layer that holds this job's metrics, each limited to the windows of `expected`."""
+        start, end = window_range(expected)
+        return {"kafka": lambda: within(self.topic_metrics(schema), start, end),
+                "clickhouse": lambda: self.storage_metrics(schema, start, end),
+                "cache": lambda: self.cache_windows(schema, start, end)}
+
+
+def time_span(entries: list[Entry]) -> tuple[int, int]:
+    stamps = [e["timestamp"] for e in entries]
+    return min(stamps), max(stamps) + 1
+
+
+def reconcile_run(layers: Layers, schemas: dict[str, MetricSchema], entries: list[Entry], timeout: float) -> list[str]:
+    """Every difference between the stack and the manifest once each layer settled (or `timeout` per layer passed)."""
+    counted = list(accepted(entries))
+    problems: list[str] = []
+    wanted = {e["id"] for e in counted}
+    seen = poll(lambda: set(layers.raw_ids()), lambda ids: wanted <= ids, timeout)
+    problems += [f"raw topic: {len(wanted - seen)} accepted ids missing"] if wanted - seen else []
+    rows = poll(lambda: layers.raw_rows_between(*time_span(counted)), lambda r: r["rows"] >= len(wanted), timeout)
+    if rows != {"rows": len(wanted), "ids": len(wanted)}:
+        problems.append(f"clickhouse raw: {rows}, expected {len(wanted)} rows, one per id")
+    for job, expected in expected_metrics(counted, layers.s).items():
+        for layer, read in layers.metric_readers(schemas[job], expected).items():
+            actual = poll(read, lambda a: not reconcile(schemas[job], expected, a), timeout)
+            problems += [f"{layer}: {p}" for p in reconcile(schemas[job], expected, actual)]
+    return problems
