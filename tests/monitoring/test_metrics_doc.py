@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import httpx
@@ -45,3 +46,16 @@ def test_doc_lists_exactly_the_exported_metric_names(pipeline, service):
     assert exported, f"{service} exports no rtap_* metric"
     assert exported - documented == set(), f"{service} exports metrics the doc does not list"
     assert documented - exported == set(), f"the doc lists {service} metrics that /metrics does not serve"
+
+
+def test_http_requests_are_counted_by_route_template_not_by_path(pipeline):
+    cache = pipeline.url("cache")
+    assert httpx.get(f"{cache}/v1/jobs/event_metrics/latest", timeout=10).status_code == 200
+    assert httpx.get(f"{cache}/no/such/path/{uuid.uuid4().hex}", timeout=10).status_code == 404
+    assert httpx.request("PROPFIND", f"{cache}/v1/jobs", timeout=10).status_code == 405
+    text = httpx.get(f"{cache}/metrics", timeout=10).text
+    counted = {(s.labels["route"], s.labels["method"], s.labels["status"])
+               for f in text_string_to_metric_families(text) if f.name == "rtap_http_requests"
+               for s in f.samples if s.name == "rtap_http_requests_total"}
+    assert {("/v1/jobs/{job}/latest", "GET", "200"), ("unmatched", "GET", "404"), ("/v1/jobs", "other", "405")} <= counted
+    assert not [route for route, _, _ in counted if "no/such" in route]
