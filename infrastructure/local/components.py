@@ -171,10 +171,10 @@ class Kafka(Component):
             return
         if any(data.iterdir()):
             raise RuntimeSetupError(f"Kafka data directory {data} holds files but no meta.properties: corrupt or foreign state")
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")  # may start with "-": pass it with "="
         result = subprocess.run(
             [java(), "-cp", self._classpath(), f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
-             "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.dir / "server.properties")],
+             "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(self.dir / "server.properties")],
             capture_output=True, text=True,
         )
         if result.returncode != 0:
