@@ -10,15 +10,18 @@ import threading
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator
 
-from fastapi import FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.storage.backends import Backend, open_backend
 from services.storage.consumer import StorageConsumer
 from services.storage.query import QueryError, bind_params, guard_select, metric_query, parse_time, read_only_settings
 from services.storage.tables import all_tables, migrate
+from shared.api_errors import error_responses
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
 from shared.http_metrics import HttpMetrics
@@ -35,9 +38,12 @@ def param_error(status: int, where: str, name: str, msg: str) -> HTTPException:
 
 
 class SqlRequest(BaseModel):
-    sql: str = Field(description="One SELECT (or WITH ... SELECT); values as {name:Type} placeholders",
-                     examples=["SELECT event_type, sum(events) AS events FROM event_metrics FINAL "
-                               "WHERE window_start >= {since:DateTime64(3)} GROUP BY event_type"])
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "sql": "SELECT event_type, sum(events) AS events FROM event_metrics FINAL "
+               "WHERE window_start >= {since:DateTime64(3)} GROUP BY event_type",
+        "params": {"since": "2026-01-01 00:00:00"}}]})
+
+    sql: str = Field(description="One SELECT (or WITH ... SELECT); values as {name:Type} placeholders")
     params: dict[str, Any] = Field(default_factory=dict, description="values bound to the {name:Type} placeholders")
 
 
@@ -110,9 +116,17 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
                   description="Historical metrics from ClickHouse: per-job time ranges and read-only SQL.")
     app.state.storage = storage
     app.add_middleware(HttpMetrics)
+    app.add_exception_handler(StarletteHTTPException, name_the_body)
     add_health_routes(app, storage)
     add_query_routes(app, storage, read_key_guard(settings.storage.read_keys))
     return app
+
+
+async def name_the_body(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's own 400 for a body it cannot decode (invalid UTF-8) gets the validation shape naming the body."""
+    if exc.status_code == 400 and isinstance(exc.detail, str):
+        exc = HTTPException(400, [{"loc": ["body"], "msg": exc.detail, "type": "body_invalid"}])
+    return await http_exception_handler(request, exc)
 
 
 def add_health_routes(app: FastAPI, storage: Storage) -> None:
@@ -120,7 +134,8 @@ def add_health_routes(app: FastAPI, storage: Storage) -> None:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="ClickHouse reachable and the consumer has partitions assigned")
+    @app.get("/readyz", tags=["health"], summary="ClickHouse reachable and the consumer has partitions assigned",
+             responses={503: {"description": "not ready; the same body says why"}})
     def readyz() -> JSONResponse:
         ok, detail = storage.clickhouse_ok()
         consumer = storage.consumer.status() if storage.consumer else {"running": False, "assigned_partitions": 0}
@@ -128,7 +143,7 @@ def add_health_routes(app: FastAPI, storage: Storage) -> None:
         body = {"status": "ready" if ready else "not ready", "clickhouse": {"ok": ok, "detail": detail}, "consumer": consumer}
         return JSONResponse(body, 200 if ready else 503)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         lag = generate_latest(storage.lag_registry) if storage.lag_registry else b""
         return Response(generate_latest() + lag, media_type=CONTENT_TYPE_LATEST)
@@ -138,13 +153,14 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
     max_limit = storage.settings.storage.max_limit
 
     @app.get("/v1/metrics/{job}", tags=["query"], dependencies=guarded, response_model=MetricRows,
+             responses=error_responses(400, 401, 404),
              summary="A job's windows with window_start in [from, to), filtered by group keys (exact, de-duplicated)")
     def job_metrics(
-        job: str,
         request: Request,
         from_: Annotated[str, Query(alias="from", description="epoch ms or ISO-8601, inclusive")],
         to: Annotated[str, Query(description="epoch ms or ISO-8601, exclusive")],
         limit: Annotated[int, Query(ge=1, description="at most storage.max_limit")] = 1000,
+        job: str = Path(description="a metric job (others: 404)", json_schema_extra={"enum": sorted(storage.schemas)}),
     ) -> dict[str, Any]:
         schema = storage.schema(job)
         if limit > max_limit:
@@ -161,6 +177,7 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
         return {"job": job, "rows": rows, "row_count": len(rows)}
 
     @app.post("/v1/sql", tags=["query"], dependencies=guarded, response_model=SqlResult,
+              responses=error_responses(400, 401, 503),
               summary="One read-only SELECT with bound parameters, readonly=1, row and time limits")
     def sql(body: SqlRequest) -> dict[str, Any]:
         try:

@@ -8,6 +8,7 @@ readonly=1 and row and time limits, so even a statement the parser misjudged can
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -21,6 +22,8 @@ from shared.metrics import MetricSchema
 
 PARAM_TYPES = {"string": "String", "int64": "Int64", "float64": "Float64", "timestamp_ms": "Int64"}
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+INT64 = range(-2**63, 2**63)
+BOUND_INTS = range(-2**63, 2**64)  # Int64 and UInt64; chDB silently turns a wider Python int into 0
 READ_ONLY_ROOTS = (exp.Select, exp.SetOperation)
 
 
@@ -35,7 +38,9 @@ class QueryError(ValueError):
 def parse_time(name: str, value: str) -> int:
     """Epoch milliseconds, or an ISO-8601 time (UTC unless it says otherwise)."""
     text = value.strip()
-    if re.fullmatch(r"-?\d+", text):
+    if re.fullmatch(r"-?[0-9]+", text):
+        if len(text) > 20 or int(text) not in INT64:
+            raise QueryError("query", name, f"{name!r} is outside the 64-bit range of epoch milliseconds")
         return int(text)
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -91,10 +96,13 @@ def guard_select(sql: str) -> str:
     text = sql.strip().rstrip(";").strip()
     if not text:
         raise QueryError("body", "sql", "sql is empty")
+    _check_text("sql", text)
     try:
         statements = [s for s in sqlglot.parse(text, read="clickhouse") if s is not None]
     except (ParseError, TokenError) as exc:
         raise QueryError("body", "sql", f"sql could not be parsed as one SELECT: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise QueryError("body", "sql", "sql nests too deeply to be checked") from None
     if len(statements) != 1:
         raise QueryError("body", "sql", f"exactly one statement is allowed, got {len(statements)}")
     root = statements[0]
@@ -116,7 +124,21 @@ def bind_params(params: dict[str, Any]) -> dict[str, Any]:
             raise QueryError("body", f"params.{name}", f"parameter name {name!r} must be an identifier")
         if not isinstance(value, (str, int, float, bool)):
             raise QueryError("body", f"params.{name}", f"parameter {name!r} must be a string, number or boolean")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise QueryError("body", f"params.{name}", f"parameter {name!r} must be a finite number")
+        if isinstance(value, int) and value not in BOUND_INTS:
+            raise QueryError("body", f"params.{name}", f"parameter {name!r} must fit in 64 bits")
+        if isinstance(value, str):
+            _check_text(f"params.{name}", value)
     return params
+
+
+def _check_text(name: str, value: str) -> None:
+    """Refuse text that is not UTF-8-encodable (a lone surrogate from a JSON escape like \\ud800)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise QueryError("body", name, f"{name} is not valid Unicode text: lone surrogate at position {exc.start}") from None
 
 
 def read_only_settings(max_rows: int, max_seconds: int) -> dict[str, Any]:
@@ -125,4 +147,5 @@ def read_only_settings(max_rows: int, max_seconds: int) -> dict[str, Any]:
         "max_result_rows": max_rows,
         "result_overflow_mode": "throw",
         "max_execution_time": max_seconds,
+        "output_format_json_validate_utf8": 1,  # bytes that are not UTF-8 come back as U+FFFD, not as broken JSON
     }
