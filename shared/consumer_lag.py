@@ -21,7 +21,8 @@ NAME = "rtap_consumer_group_lag_records"
 
 class GroupLag(Collector):
     def __init__(self, bootstrap: str, group: str, topics: Iterable[str], timeout_s: float = 2.0):
-        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        # log_level 2: the consumer in the same process already logs a broker outage.
+        self.admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
         self.group = group
         self.topics = sorted(set(topics))
         self.timeout_s = timeout_s
@@ -29,7 +30,7 @@ class GroupLag(Collector):
     def collect(self) -> Iterator[Metric]:
         try:
             lag = self.measure()
-        except KafkaException:
+        except (KafkaException, TimeoutError):
             return  # broker unreachable: no sample rather than a stale one (ScrapeTargetDown/Kafka alerts cover it)
         family = GaugeMetricFamily(NAME, "Records past the consumer group's committed offsets, read from the broker at scrape time",
                                    labels=["group", "topic"])
