@@ -30,7 +30,7 @@ from confluent_kafka import Producer
 from infrastructure.local.components import MONITORING_DIR, Prometheus
 from shared.metrics import load_schemas
 from shared.settings import Settings
-from tests.conftest import Harness, isolated_settings
+from tests.conftest import Harness, free_ports, isolated_settings
 from tests.monitoring.test_live_pipeline import events
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
@@ -83,7 +83,9 @@ class FaultStack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[FaultStack]:
-    settings = isolated_settings(tmp_path_factory.mktemp("alerts") / "state", RTAP_INGESTION__PRODUCE_TIMEOUT_MS="1500")
+    flink = free_ports(2)  # no Flink here; keeps this Prometheus off the session's Flink reporters
+    settings = isolated_settings(tmp_path_factory.mktemp("alerts") / "state", RTAP_INGESTION__PRODUCE_TIMEOUT_MS="1500",
+                                 RTAP_FLINK__JOBMANAGER_METRICS_PORT=str(flink[0]), RTAP_FLINK__TASKMANAGER_METRICS_PORT=str(flink[1]))
     harness = Harness(settings)
     prometheus = AlertTestPrometheus(settings)
     try:
@@ -107,13 +109,16 @@ def query(prometheus: str, expr: str) -> list[dict]:
 def until_firing(prometheus: str, alertname: str, provoke: Callable[[], None] = lambda: None,
                  labels: dict[str, str] | None = None) -> float:
     """Seconds until the alert fires (with these labels), calling provoke() about once a second meanwhile."""
+    def found() -> list[dict]:
+        return [a for a in alerts(prometheus, alertname) if labels is None or labels.items() <= a["labels"].items()]
+
+    assert not found(), f"{alertname} was firing before the test provoked it: {found()}"
     started = time.monotonic()
     while time.monotonic() - started < FIRING_TIMEOUT:
         provoke()
-        found = [a for a in alerts(prometheus, alertname) if labels is None or labels.items() <= a["labels"].items()]
-        if found:
+        if found():
             elapsed = time.monotonic() - started
-            print(f"\n{alertname} firing after {elapsed:.0f} s: {found[0]['labels']}")
+            print(f"\n{alertname} firing after {elapsed:.0f} s: {found()[0]['labels']}")
             return elapsed
         time.sleep(1)
     pending = alerts(prometheus, alertname, "pending")
