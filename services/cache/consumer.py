@@ -14,11 +14,12 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge
 
 from services.cache.layout import JobLayout, delete_record, write_record
 from shared.logging import get_logger
+from shared.retry import until_stopped
 from shared.settings import Settings
 from shared.topics import DEAD_LETTER
 
@@ -116,7 +117,7 @@ class CacheConsumer:
 
     def process(self, messages: list[Message]) -> None:
         started = time.perf_counter()
-        pipe = self.redis.pipeline(transaction=False)
+        decoded: list[Decoded] = []
         written: dict[str, int] = {}
         for msg in messages:
             if msg.error():
@@ -125,16 +126,28 @@ class CacheConsumer:
                 continue
             layout = self.layouts[msg.topic()]
             try:
-                self._queue(pipe, decode(layout, msg.key(), msg.value()))
+                decoded.append(decode(layout, msg.key(), msg.value()))
                 written[layout.schema.name] = written.get(layout.schema.name, 0) + 1
             except BadRecord as exc:
                 self._dead_letter(msg, str(exc))
-        pipe.execute()
-        self.producer.flush(10)
+        self._write(decoded)
+        for attempt in until_stopped(self.stop_event, "dead-letter delivery"):
+            with attempt:
+                if self.producer.flush(10):
+                    raise KafkaException("dead letters not delivered")
         self._commit(messages)
         for job, n in written.items():
             RECORDS.labels(job).inc(n)
         BATCH_SECONDS.set(time.perf_counter() - started)
+
+    def _write(self, decoded: list[Decoded]) -> None:
+        """One pipeline per attempt (redis-py empties a pipeline that failed); Redis down: retry until it is back."""
+        for attempt in until_stopped(self.stop_event, "redis write"):
+            with attempt:
+                pipe = self.redis.pipeline(transaction=False)
+                for d in decoded:
+                    self._queue(pipe, d)
+                pipe.execute()
 
     def _queue(self, pipe: Any, decoded: Decoded) -> None:
         cache = self.settings.cache
@@ -158,9 +171,19 @@ class CacheConsumer:
                 last[(msg.topic(), msg.partition())] = msg.offset()
         if last:
             offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            try:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:  # written but not committed: a replay rewrites the same keys, which is harmless
+                log.warning("commit failed; the next commit covers these offsets", error=str(exc))
 
     def _measure_lag(self) -> int | None:
+        try:
+            return self._lag_from_broker()
+        except KafkaException as exc:  # broker unreachable: keep the last figure, keep consuming
+            log.warning("lag measurement failed", error=str(exc))
+            return self.lag
+
+    def _lag_from_broker(self) -> int | None:
         assignment = self.consumer.assignment()
         if not assignment:
             return None

@@ -19,11 +19,11 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
-from tenacity import RetryCallState, Retrying, stop_when_event_set, wait_exponential
 
 from services.storage.backends import Backend
 from services.storage.processors import BadRecord, Processor, Row, metric_processor, process_event
 from shared.logging import get_logger
+from shared.retry import until_stopped
 from shared.metrics import MetricSchema
 from shared.settings import Settings
 from shared.topics import DEAD_LETTER, EVENTS
@@ -93,14 +93,8 @@ class Writer:
             ROWS.labels(table.rpartition(".")[2]).inc(len(rows))
 
     def _insert_with_retry(self, table: str, rows: list[Row]) -> None:
-        def on_retry(state: RetryCallState) -> None:
-            RETRIES.labels(table.rpartition(".")[2]).inc()
-            log.warning("write failed, retrying", table=table, attempt=state.attempt_number,
-                        error=str(state.outcome.exception()).splitlines()[0][:300])
-
-        retrying = Retrying(wait=wait_exponential(multiplier=0.1, max=self.max_wait),
-                            stop=stop_when_event_set(self.stop), before_sleep=on_retry, reraise=True)
-        for attempt in retrying:
+        short = table.rpartition(".")[2]
+        for attempt in until_stopped(self.stop, f"write to {table}", self.max_wait, RETRIES.labels(short).inc):
             with attempt, self.lock:
                 self.backend.insert(table, rows)
 
@@ -209,10 +203,15 @@ class StorageConsumer:
             return
         started = time.perf_counter()
         self.writer.write(batch)
-        self.dead_letters.flush()
+        for attempt in until_stopped(self.stop_event, "dead-letter delivery"):
+            with attempt:
+                self.dead_letters.flush()
         self._fault_hook()
-        self.consumer.commit(offsets=batch.topic_partitions(), asynchronous=False)
-        self.committed.update(batch.next_offsets)
+        try:
+            self.consumer.commit(offsets=batch.topic_partitions(), asynchronous=False)
+            self.committed.update(batch.next_offsets)
+        except KafkaException as exc:  # written but not committed: a replay rewrites the same rows, which is harmless
+            log.warning("commit failed; the next commit covers these offsets", error=str(exc))
         BATCH_SECONDS.observe(time.perf_counter() - started)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

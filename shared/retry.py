@@ -1,0 +1,24 @@
+"""Retrying a step a consumer must not skip (a write to its sink) until it succeeds or the consumer stops."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from tenacity import RetryCallState, Retrying, stop_when_event_set, wait_exponential
+
+from shared.logging import get_logger
+
+log = get_logger("retry")
+
+
+def until_stopped(stop: threading.Event, what: str, max_wait: float = 5.0,
+                  on_retry: Callable[[], None] = lambda: None) -> Retrying:
+    """Exponential backoff (0.1 s doubling up to max_wait), forever; once `stop` is set the last error is raised."""
+    def before_sleep(state: RetryCallState) -> None:
+        on_retry()
+        log.warning(f"{what} failed, retrying", attempt=state.attempt_number,
+                    error=str(state.outcome.exception()).splitlines()[0][:300])
+
+    return Retrying(wait=wait_exponential(multiplier=0.1, max=max_wait), stop=stop_when_event_set(stop),
+                    before_sleep=before_sleep, reraise=True)
