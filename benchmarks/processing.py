@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,6 +55,11 @@ def preload(s, n: int, start_ms: int) -> None:
     assert producer.flush(120) == 0
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system + sum(c.cpu_times().user + c.cpu_times().system for c in process.children(recursive=True))
+
+
 def run(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = isolated_settings(Path(tmp) / "state")
@@ -67,13 +73,18 @@ def run(n: int) -> None:
             preload(s, n, start_ms)
             print(f"preloaded {n} events in {time.perf_counter() - t0:.1f}s")
             env = settings_env(s)
+            taskmanager = psutil.Process(harness.stack.component("flink-taskmanager").pid())
+            cpu_before = cpu_seconds(taskmanager)
             job_id = submit_job(extra_args=["--from", str(start_ms), "--to", str(start_ms + n)], env={**os.environ, **env})
             rest = f"http://127.0.0.1:{s.flink.rest_port}/jobs/{job_id}"
             while (detail := httpx.get(rest, timeout=5).json())["state"] not in ("FINISHED", "FAILED", "CANCELED"):
                 time.sleep(1)
             seconds = detail["duration"] / 1000
+            cpu = cpu_seconds(taskmanager) - cpu_before
             print(f"state={detail['state']} parallelism={base.flink.parallelism} events={n} "
-                  f"job_seconds={seconds:.1f} throughput={n / seconds:,.0f} events/s")
+                  f"job_seconds={seconds:.1f} throughput={n / seconds:,.0f} events/s "
+                  f"taskmanager_cpu={cpu:.1f}s ({n / cpu:,.0f} events per TaskManager CPU-second) "
+                  f"load_average={os.getloadavg()[0]:.1f}")
         finally:
             harness.close()
 

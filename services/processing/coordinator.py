@@ -16,6 +16,8 @@ from shared.metrics import FLINK_TYPES, MetricSchema, load_schemas
 from shared.settings import Settings
 
 SOURCE_TABLE = "events_source"
+RAW_COLUMNS = ("event_type", "event_id", "user_id", "session_id", "user_agent", "screen_width", "screen_height", "url",
+               "referrer", "properties", "load_time", "interaction_time", "ts", "received_at")
 EVENTS_VIEW = "events"
 
 
@@ -109,28 +111,22 @@ class JobCoordinator:
         if self.bounds:
             b = self.bounds
             where += f" AND event_ms >= {b.start_ms - b.lookaround_ms} AND event_ms < {b.end_ms + b.lookaround_ms}"
-        category = device_category_sql("device.user_agent", "device.screen_width", "device.screen_height")
-        columns = f"""event.`type` AS event_type, event.id AS event_id, `user`.id AS user_id, context.session_id AS session_id,
-       device.user_agent AS user_agent, device.screen_width AS screen_width, device.screen_height AS screen_height,
-       context.url AS url, context.referrer AS referrer, properties,
-       metrics.load_time AS load_time, metrics.interaction_time AS interaction_time,
-       event_ms AS ts, received_at, {category} AS device_category, event_time"""
-        events = f"SELECT {columns} FROM {SOURCE_TABLE} WHERE {where}"
+        fields = f"""SELECT event.`type` AS event_type, event.id AS event_id, `user`.id AS user_id,
+       context.session_id AS session_id, device.user_agent AS user_agent, device.screen_width AS screen_width,
+       device.screen_height AS screen_height, context.url AS url, context.referrer AS referrer, properties,
+       metrics.load_time AS load_time, metrics.interaction_time AS interaction_time, event_ms AS ts, received_at,
+       LOWER(COALESCE(device.user_agent, '')) AS ua_lower, event_time"""
         if self.settings.processing.dedup_seconds > 0:
-            events = self._first_of_each_id(columns, where)
-        return f"CREATE TEMPORARY VIEW {EVENTS_VIEW} AS\n{events}"
-
-    @staticmethod
-    def _first_of_each_id(columns: str, where: str) -> str:
-        """Keep the first record of each event id (Flink's proctime deduplication: insert-only, keeps event_time
-        as the rowtime). A record without an id is unique by its Kafka position."""
-        key = "COALESCE(event.id, CONCAT('kafka:', CAST(kafka_partition AS STRING), ':', CAST(kafka_offset AS STRING)))"
-        names = "event_type, event_id, user_id, session_id, user_agent, screen_width, screen_height, url, referrer, " \
-                "properties, load_time, interaction_time, ts, received_at, device_category, event_time"
-        return f"""SELECT {names} FROM (
-  SELECT {columns}, ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY proc_time ASC) AS first_seen
-  FROM {SOURCE_TABLE} WHERE {where}
-) WHERE first_seen = 1"""
+            key = "COALESCE(event.id, CONCAT('kafka:', CAST(kafka_partition AS STRING), ':', CAST(kafka_offset AS STRING)))"
+            fields += f", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY proc_time ASC) AS seen"
+            events = (f"SELECT {', '.join(RAW_COLUMNS)}, ua_lower, event_time\n"  # not `seen`: Flink plans a dedup only without it
+                      f"FROM ({fields} FROM {SOURCE_TABLE} WHERE {where}) WHERE seen = 1")
+        else:
+            events = f"{fields} FROM {SOURCE_TABLE} WHERE {where}"
+        category = device_category_sql("ua_lower", "screen_width", "screen_height", lowered=True)
+        return f"""CREATE TEMPORARY VIEW {EVENTS_VIEW} AS
+SELECT {', '.join(RAW_COLUMNS)}, {category} AS device_category, event_time
+FROM ({events})"""
 
     def sink_ddl(self, schema: MetricSchema) -> str:
         columns = ",\n  ".join(f"{quote(c.name)} {FLINK_TYPES[c.type]}" for c in schema.columns)
@@ -174,6 +170,8 @@ class JobCoordinator:
             "table.local-time-zone": "UTC",
             "pipeline.object-reuse": "true",
             "table.exec.source.idle-timeout": f"{p.idle_timeout_ms} ms",
+            # Plan the events view once for all jobs (one dedup, one device category), not once per job.
+            "table.optimizer.reuse-optimize-block-with-digest-enabled": "true",
             # Only the deduplication keeps state by key without a window; window state is freed by the watermark.
             "table.exec.state.ttl": f"{max(p.dedup_seconds, 1)} s",
         }

@@ -12,7 +12,7 @@ import pytest
 from services.loadgen.agents import AGENTS, CATEGORY_BY_AGENT, expected_category
 from services.loadgen.sender import item_outcomes, plan_batches, worker_plans, LoadConfig
 from services.loadgen.traffic import EVENT_TYPES, LOAD_MEDIAN_MS, Traffic, TrafficSpec
-from services.processing.device import BOT_PATTERN, PHONE_PATTERN, TABLET_MIN_SIDE_PX, TABLET_PATTERN
+from services.processing.device import BOT_MARKERS, PHONE_MARKERS, TABLET_MARKERS, TABLET_MIN_SIDE_PX, TABLET_MODEL_PATTERNS
 from shared.events import TRACK_EVENTS
 
 START = 1_700_000_000_000
@@ -25,11 +25,12 @@ def events(n: int = 4_000, **spec) -> list[dict]:
 def pipeline_category(ua: str, width: int, height: int) -> str:
     """The processing job's CASE expression (services/processing/device.py) evaluated in Python."""
     ua, short = ua.lower(), min(width, height)
-    if re.search(BOT_PATTERN, ua):
+    if any(m in ua for m in BOT_MARKERS):
         return "bot"
-    if re.search(TABLET_PATTERN, ua) or ("android" in ua and "mobile" not in ua):
+    if (any(m in ua for m in TABLET_MARKERS) or any(re.search(p, ua) for _, p in TABLET_MODEL_PATTERNS)
+            or ("android" in ua and "mobile" not in ua)):
         return "tablet"
-    if re.search(PHONE_PATTERN, ua):
+    if any(m in ua for m in PHONE_MARKERS):
         return "tablet" if short >= TABLET_MIN_SIDE_PX else "mobile"
     return "mobile" if ua == "" and 0 < short < TABLET_MIN_SIDE_PX else "desktop"
 
