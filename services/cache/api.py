@@ -13,6 +13,8 @@ from typing import Annotated, Any, AsyncIterator, Literal
 
 import orjson
 from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as PathParam
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,6 +23,7 @@ from redis.asyncio import Redis
 from services.cache.consumer import CacheConsumer
 from services.cache.layout import JobLayout, layouts
 from services.cache.store import CacheStore
+from shared.api_errors import error_responses
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
 from shared.http_metrics import HttpMetrics
@@ -99,7 +102,7 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
 
 
 def add_health_routes(app: FastAPI, cache: CacheApp) -> None:
-    @app.get("/healthz", tags=["health"], summary="Redis reachable")
+    @app.get("/healthz", tags=["health"], summary="Redis reachable", responses={503: {"description": "Redis does not answer"}})
     async def healthz() -> Response:
         try:
             await cache.redis.ping()
@@ -107,7 +110,8 @@ def add_health_routes(app: FastAPI, cache: CacheApp) -> None:
             return Response(orjson.dumps({"status": "unhealthy", "redis": str(exc)}), 503, media_type=JSON)
         return json_response(b'{"status":"ok"}')
 
-    @app.get("/readyz", tags=["health"], summary="Consumer running and its lag below cache.max_lag_records")
+    @app.get("/readyz", tags=["health"], summary="Consumer running and its lag below cache.max_lag_records",
+             responses={503: {"description": "not ready; the same body says why"}})
     async def readyz() -> Response:
         status = cache.consumer.status() if cache.consumer else {"running": False, "lag_records": None, "error": "no consumer"}
         lag = status["lag_records"]
@@ -115,43 +119,44 @@ def add_health_routes(app: FastAPI, cache: CacheApp) -> None:
         body = {"ready": ready, **status, "max_lag_records": cache.settings.cache.max_lag_records}
         return Response(orjson.dumps(body), 200 if ready else 503, media_type=JSON)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
     def metrics() -> Response:  # sync: FastAPI runs it in a thread, the group-lag collector asks the broker
         lag = generate_latest(cache.lag_registry) if cache.lag_registry else b""
         return Response(generate_latest() + lag, media_type=CONTENT_TYPE_LATEST)
 
 
-Limit = Annotated[int | None, Query(ge=1, description="maximum records returned (1..cache.max_limit, default 100)")]
+def limit_query(settings: Settings) -> Any:
+    return Query(None, ge=1, le=settings.cache.max_limit, description="maximum records returned (1..cache.max_limit, default 100)")
 
 
 def bounded(limit: int | None, settings: Settings) -> int:
-    if limit is None:
-        return min(100, settings.cache.max_limit)
-    if limit > settings.cache.max_limit:
-        raise param_error(422, "query", "limit", f"limit must be <= {settings.cache.max_limit}")
-    return limit
+    return min(100, settings.cache.max_limit) if limit is None else limit
+
+
+def job_path(cache: CacheApp) -> Any:
+    return PathParam(description="a metric job (others: 404)", json_schema_extra={"enum": sorted(cache.layouts)})
 
 
 def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
-    @app.get("/v1/jobs", tags=["jobs"], dependencies=guarded, summary="Jobs and their metric schemas")
+    @app.get("/v1/jobs", tags=["jobs"], dependencies=guarded, responses=error_responses(401), summary="Jobs and their metric schemas")
     async def jobs() -> dict[str, Any]:
         return {"jobs": [{**layout.schema.to_json(), "filters": list(layout.filter_columns)} for layout in cache.layouts.values()]}
 
-    @app.get("/v1/jobs/{job}/latest", tags=["jobs"], dependencies=guarded,
+    @app.get("/v1/jobs/{job}/latest", tags=["jobs"], dependencies=guarded, responses=error_responses(400, 401, 404),
              summary="Every record of the newest window; group-key filters as query parameters (e.g. ?device_category=mobile)")
-    async def latest(job: str, request: Request) -> Response:
+    async def latest(request: Request, job: str = job_path(cache)) -> Response:
         layout = cache.layout(job)
         filters = cache.filters(layout, request, {"key"})
         window_start, windows = await cache.store.latest(layout, filters)
         head = orjson.dumps({"job": job, "window_start": window_start})[:-1]
         return json_response(head + b',"records":' + windows.json() + b"}")
 
-    @app.get("/v1/jobs/{job}/windows", tags=["jobs"], dependencies=guarded,
+    @app.get("/v1/jobs/{job}/windows", tags=["jobs"], dependencies=guarded, responses=error_responses(400, 401, 404),
              summary="Records with from <= window_start < to (epoch ms), group-key filters as query parameters")
-    async def windows(job: str, request: Request,
+    async def windows(request: Request, job: str = job_path(cache),
                       from_: Annotated[int, Query(alias="from", ge=0, description="window_start lower bound, epoch ms (inclusive)")] = 0,
                       to: Annotated[int | None, Query(ge=0, description="window_start upper bound, epoch ms (exclusive); default: no bound")] = None,
-                      limit: Limit = None,
+                      limit: int | None = limit_query(cache.settings),
                       order: Annotated[Literal["asc", "desc"], Query(description="by window_start")] = "asc") -> Response:
         layout = cache.layout(job)
         filters = cache.filters(layout, request, {"from", "to", "limit", "order", "key"})
@@ -164,8 +169,9 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         return json_response(head + b',"records":' + found.json() + b"}")
 
     @app.get("/v1/jobs/{job}/stream", tags=["jobs"], dependencies=guarded, response_class=EventSourceResponse,
+             responses=error_responses(400, 401, 404),
              summary="Server-Sent Events: each new or updated window of the job (event 'window', data = the record)")
-    async def stream(job: str, request: Request) -> AsyncIterator[ServerSentEvent]:
+    async def stream(request: Request, job: str = job_path(cache)) -> AsyncIterator[ServerSentEvent]:
         layout = cache.layout(job)
         filters = cache.filters(layout, request, {"key"})
         pubsub = cache.redis.pubsub()
@@ -192,26 +198,28 @@ def add_session_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         return cache.layout(cache.settings.cache.sessions_job)
 
     @app.get("/v1/sessions/recent", tags=["sessions"], dependencies=guarded, summary="Newest sessions first")
-    async def recent(limit: Limit = None) -> Response:
+    async def recent(limit: int | None = limit_query(cache.settings)) -> Response:
         found = await cache.store.newest(sessions(), {}, bounded(limit, cache.settings))
         return json_response(b'{"sessions":' + found.json() + b"}")
 
-    @app.get("/v1/sessions/{session_id}", tags=["sessions"], dependencies=guarded, summary="Windows of one session, newest first")
+    @app.get("/v1/sessions/{session_id}", tags=["sessions"], dependencies=guarded, responses=error_responses(401, 404),
+             summary="Windows of one session, newest first")
     async def session(session_id: str) -> Response:
         found = await cache.store.newest(sessions(), {"session_id": session_id}, cache.settings.cache.max_limit)
         if not found.records:
             raise param_error(404, "path", "session_id", f"no session {session_id!r} in the cache")
         return json_response(orjson.dumps({"session_id": session_id})[:-1] + b',"windows":' + found.json() + b"}")
 
-    @app.get("/v1/users/{user_id}/sessions", tags=["sessions"], dependencies=guarded, summary="Sessions of one user, newest first")
-    async def user_sessions(user_id: str, limit: Limit = None) -> Response:
+    @app.get("/v1/users/{user_id}/sessions", tags=["sessions"], dependencies=guarded, responses=error_responses(401, 404),
+             summary="Sessions of one user, newest first")
+    async def user_sessions(user_id: str, limit: int | None = limit_query(cache.settings)) -> Response:
         layout = sessions()
         if "user_id" not in layout.filter_columns:
             raise param_error(404, "path", "user_id", f"{layout.schema.name} is not indexed by user_id (cache.index_columns)")
         found = await cache.store.newest(layout, {"user_id": user_id}, bounded(limit, cache.settings))
         return json_response(orjson.dumps({"user_id": user_id})[:-1] + b',"sessions":' + found.json() + b"}")
 
-    @app.get("/v1/overview", tags=["overview"], dependencies=guarded,
+    @app.get("/v1/overview", tags=["overview"], dependencies=guarded, responses=error_responses(401),
              summary="Per job: newest window, its records and numeric totals; active sessions; consumer state")
     async def overview() -> dict[str, Any]:
         now_ms = int(time.time() * 1000)
@@ -236,7 +244,8 @@ async def job_overview(cache: CacheApp, layout: JobLayout) -> dict[str, Any]:
 def add_page_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
     page = DASHBOARD.read_bytes()
 
-    @app.get("/", tags=["dashboard"], dependencies=guarded, summary="Live dashboard page (HTML, no build step)")
+    @app.get("/", tags=["dashboard"], dependencies=guarded, response_class=HTMLResponse, responses=error_responses(401),
+             summary="Live dashboard page (HTML, no build step)")
     @app.get("/dashboard", tags=["dashboard"], dependencies=guarded, include_in_schema=False)
     async def dashboard() -> Response:
         return Response(page, media_type="text/html; charset=utf-8")
