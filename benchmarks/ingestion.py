@@ -95,7 +95,7 @@ def cpu_seconds(server: psutil.Process) -> float:
     return times.user + times.system
 
 
-def phase(name: str, server: psutil.Process, port: int, request: bytes, connections: int, seconds: float, events_per_request: int) -> None:
+def phase(name: str, server: psutil.Process, port: int, request: bytes, connections: int, seconds: float, events_per_request: int) -> dict:
     """Run one load phase and print throughput, latency and the server's own CPU use.
 
     events per server CPU-second is what one worker could do on a core of its own: on this
@@ -109,6 +109,9 @@ def phase(name: str, server: psutil.Process, port: int, request: bytes, connecti
     print(f"{name:<7} {stats.ok / elapsed:>8,.0f} req/s {events / elapsed:>10,.0f} events/s | server CPU {server_cpu / elapsed:4.2f} cores, "
           f"{events / max(server_cpu, 1e-9):>9,.0f} events per server CPU-second | p50 {p50:5.1f} ms p99 {p99:6.1f} ms | "
           f"202s {stats.ok:,} non-202 {stats.failed:,} ({elapsed:.1f}s)", flush=True)
+    return {"name": name, "requests_per_s": stats.ok / elapsed, "events_per_s": events / elapsed,
+            "server_cpu_cores": server_cpu / elapsed, "events_per_server_cpu_second": events / max(server_cpu, 1e-9),
+            "p50_ms": p50, "p99_ms": p99, "non_202": stats.failed}
 
 
 @contextmanager
@@ -144,8 +147,10 @@ def run(args: argparse.Namespace) -> None:
         print(f"ingestion: {args.workers} worker(s) on {HOST}:{port}; load client: 1 process; {args.duration:g}s per phase")
         server = psutil.Process(service.pid())
         asyncio.run(load(port, single, args.connections, 2.0))  # warm-up
-        phase("single", server, port, single, args.connections, args.duration, 1)
-        phase("batch", server, port, batch, args.batch_connections, args.duration, args.batch_size)
+        results = [phase("single", server, port, single, args.connections, args.duration, 1),
+                   phase("batch", server, port, batch, args.batch_connections, args.duration, args.batch_size)]
+        if args.json:
+            Path(args.json).write_bytes(orjson.dumps({"phases": results}, option=orjson.OPT_INDENT_2))
 
 
 def main() -> None:
@@ -156,6 +161,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="events per batch request")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--bootstrap", help="use this broker instead of starting a private one (topics must exist)")
+    parser.add_argument("--json", help="also write the phase results to this file as JSON (used by rtap bench)")
     args = parser.parse_args()
     args.duration = min(args.duration, 120.0)
     uvloop.install()
