@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Literal
 
 import orjson
-from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.middleware.cors import CORSMiddleware
@@ -32,6 +32,7 @@ from shared.settings import Settings
 
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 JSON = "application/json"
+EPOCH_MS_MAX = 2**63 - 1
 
 
 def param_error(status: int, where: str, name: str, msg: str) -> HTTPException:
@@ -154,13 +155,13 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
     @app.get("/v1/jobs/{job}/windows", tags=["jobs"], dependencies=guarded, responses=error_responses(400, 401, 404),
              summary="Records with from <= window_start < to (epoch ms), group-key filters as query parameters")
     async def windows(request: Request, job: str = job_path(cache),
-                      from_: Annotated[int, Query(alias="from", ge=0, description="window_start lower bound, epoch ms (inclusive)")] = 0,
-                      to: Annotated[int | None, Query(ge=0, description="window_start upper bound, epoch ms (exclusive); default: no bound")] = None,
+                      from_: Annotated[int, Query(alias="from", ge=0, le=EPOCH_MS_MAX, description="window_start lower bound, epoch ms (inclusive)")] = 0,
+                      to: Annotated[int | None, Query(ge=0, le=EPOCH_MS_MAX, description="window_start upper bound, epoch ms (exclusive); default: no bound")] = None,
                       limit: int | None = limit_query(cache.settings),
                       order: Annotated[Literal["asc", "desc"], Query(description="by window_start")] = "asc") -> Response:
         layout = cache.layout(job)
         filters = cache.filters(layout, request, {"from", "to", "limit", "order", "key"})
-        end = 2**63 - 1 if to is None else to
+        end = EPOCH_MS_MAX if to is None else to
         if end <= from_:
             raise param_error(422, "query", "to", "to must be greater than from")
         n = bounded(limit, cache.settings)
@@ -168,12 +169,16 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         head = orjson.dumps({"job": job, "from": from_, "to": to, "limit": n, "order": order})[:-1]
         return json_response(head + b',"records":' + found.json() + b"}")
 
+    def stream_subject(request: Request, job: str = job_path(cache)) -> tuple[JobLayout, dict[str, str]]:
+        """Checked before the stream starts: a bad job or filter is a 404/400, not a 200 cut off mid-stream."""
+        layout = cache.layout(job)
+        return layout, cache.filters(layout, request, {"key"})
+
     @app.get("/v1/jobs/{job}/stream", tags=["jobs"], dependencies=guarded, response_class=EventSourceResponse,
              responses=error_responses(400, 401, 404),
              summary="Server-Sent Events: each new or updated window of the job (event 'window', data = the record)")
-    async def stream(request: Request, job: str = job_path(cache)) -> AsyncIterator[ServerSentEvent]:
-        layout = cache.layout(job)
-        filters = cache.filters(layout, request, {"key"})
+    async def stream(request: Request, subject: tuple = Depends(stream_subject)) -> AsyncIterator[ServerSentEvent]:
+        layout, filters = subject
         pubsub = cache.redis.pubsub()
         await pubsub.subscribe(layout.channel)
         try:
