@@ -78,8 +78,8 @@ class RunningService:
         self.service.stop()
 
 
-def own_state(settings: Settings, state_dir: Path, **section_changes: Any) -> Settings:
-    return settings.model_copy(update={"state_dir": state_dir, **section_changes})
+def own_state(settings: Settings, state_dir: Path) -> Settings:
+    return settings.model_copy(update={"state_dir": state_dir})
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +167,6 @@ def assert_valid_record(key: bytes | None, record: dict[str, Any]) -> None:
     assert not errors, f"record in {EVENTS.name} breaks event_schema_v1.json: {errors[:3]}; record: {record!r:.500}"
     RAW_EVENT.validate_python(record, strict=True)
     assert key == record["context"]["session_id"].encode(), f"key {key!r} is not context.session_id of {record!r:.300}"
-
-
-@pytest.fixture
-def events_window(kafka: str) -> EventsWindow:
-    return EventsWindow(kafka)
 
 
 def accepted_ids(status: int, body: dict[str, Any]) -> list[str]:
