@@ -13,10 +13,11 @@ log = get_logger("retry")
 
 
 def until_stopped(stop: threading.Event, what: str, max_wait: float = 5.0,
-                  on_retry: Callable[[], None] = lambda: None) -> Retrying:
-    """Exponential backoff (0.1 s doubling up to max_wait), forever; once `stop` is set the last error is raised."""
+                  on_retry: Callable[[BaseException], None] = lambda exc: None) -> Retrying:
+    """Exponential backoff (0.1 s doubling up to max_wait), forever; once `stop` is set the last error is raised.
+    on_retry gets each failure (to count it, or to report it in a readiness check)."""
     def before_sleep(state: RetryCallState) -> None:
-        on_retry()
+        on_retry(state.outcome.exception())
         log.warning(f"{what} failed, retrying", attempt=state.attempt_number,
                     error=str(state.outcome.exception()).splitlines()[0][:300])
 

@@ -142,12 +142,17 @@ class CacheConsumer:
 
     def _write(self, decoded: list[Decoded]) -> None:
         """One pipeline per attempt (redis-py empties a pipeline that failed); Redis down: retry until it is back."""
-        for attempt in until_stopped(self.stop_event, "redis write"):
+        for attempt in until_stopped(self.stop_event, "redis write", on_retry=self._failing):
             with attempt:
                 pipe = self.redis.pipeline(transaction=False)
                 for d in decoded:
                     self._queue(pipe, d)
                 pipe.execute()
+        self.error = None
+
+    def _failing(self, exc: BaseException) -> None:
+        """Readiness reports the failing write while it is retried."""
+        self.error = f"{type(exc).__name__}: {exc}"
 
     def _queue(self, pipe: Any, decoded: Decoded) -> None:
         cache = self.settings.cache

@@ -94,7 +94,8 @@ class Writer:
 
     def _insert_with_retry(self, table: str, rows: list[Row]) -> None:
         short = table.rpartition(".")[2]
-        for attempt in until_stopped(self.stop, f"write to {table}", self.max_wait, RETRIES.labels(short).inc):
+        for attempt in until_stopped(self.stop, f"write to {table}", self.max_wait,
+                                     lambda exc: RETRIES.labels(short).inc()):
             with attempt, self.lock:
                 self.backend.insert(table, rows)
 

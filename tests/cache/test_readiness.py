@@ -1,4 +1,4 @@
-"""/readyz turns unready when the consumer thread dies (here: its Redis is unreachable), and says why."""
+"""/readyz turns unready while the consumer cannot write (here: its Redis is unreachable), and says why."""
 
 from __future__ import annotations
 
