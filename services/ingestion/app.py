@@ -8,6 +8,7 @@ import binascii
 import gc
 import time
 from contextlib import asynccontextmanager, suppress
+from operator import itemgetter
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, Union
 
 import orjson
@@ -134,15 +135,18 @@ def batch_items(data: Any, max_events: int, field: str = "events") -> list[Any]:
 
 
 def item_results(valid: list[tuple[int, Record]], invalid: list[tuple[int, str, str]], errors: list[Any]) -> dict[str, Any]:
-    results: list[dict[str, Any]] = [{"index": i, "status": "rejected", "error": msg, "field": f} for i, msg, f in invalid]
-    for (i, record), err in zip(valid, errors):
-        if err is None:
-            results.append({"index": i, "status": "accepted", "id": record.id, "timestamp_adjusted": record.timestamp_adjusted})
-        else:
-            results.append({"index": i, "status": "failed", "id": record.id, "error": str(err), "field": "kafka"})
-    results.sort(key=lambda r: r["index"])
-    counts = {s: sum(r["status"] == s for r in results) for s in ("accepted", "rejected", "failed")}
-    return {**counts, "results": results}
+    results = [_item_result(i, record, err) for (i, record), err in zip(valid, errors)]
+    failed = sum(r["status"] == "failed" for r in results) if any(errors) else 0
+    if invalid:
+        results += [{"index": i, "status": "rejected", "error": msg, "field": f} for i, msg, f in invalid]
+        results.sort(key=itemgetter("index"))
+    return {"accepted": len(results) - len(invalid) - failed, "rejected": len(invalid), "failed": failed, "results": results}
+
+
+def _item_result(index: int, record: Record, err: Any) -> dict[str, Any]:
+    if err is None:
+        return {"index": index, "status": "accepted", "id": record.id, "timestamp_adjusted": record.timestamp_adjusted}
+    return {"index": index, "status": "failed", "id": record.id, "error": str(err), "field": "kafka"}
 
 
 async def ingest_items(ing: Ingestion, endpoint: str, valid: list[tuple[int, Record]], invalid: list[tuple[int, str, str]],
@@ -218,6 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     add_event_routes(app, ing)
     add_segment_routes(app, ing)
     add_ops_routes(app, ing)
+    app.router.routes.sort(key=lambda route: not isinstance(route, DirectRoute))  # hot routes matched first (stable sort)
     app.openapi = lambda: _openapi(app)
     return app
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import psutil
 import pytest
 
+from infrastructure.local.stack import Service
 from shared.events import EVENT_SCHEMA_FILE, event_json_schema
-from tests.ingestion.conftest import WRITE_KEY, event
+from tests.conftest import free_ports
+from tests.ingestion.conftest import WRITE_KEY, event, ingestion_settings
 
 pytestmark = pytest.mark.kafka
 
@@ -67,3 +71,25 @@ def test_api_docs_list_every_served_endpoint(client):
             for status in op["responses"]:
                 if status != "422":
                     assert status in section, f"{status} of {method.upper()} {path} not documented"
+
+
+def test_two_workers_answer_metrics_with_one_process_wide_view(settings, kafka, tmp_path_factory):
+    """RTAP_INGESTION__WORKERS=2: requests spread over both workers, and /metrics from either counts them all."""
+    two = ingestion_settings(settings, workers=2, port=free_ports(1)[0])
+    svc = Service(two.model_copy(update={"state_dir": tmp_path_factory.mktemp("two-workers")}), "ingestion")
+    svc.start()
+    try:
+        workers = [p for p in psutil.Process(svc.pid()).children() if "multiprocessing.spawn" in " ".join(p.cmdline())]
+        assert len(workers) == 2, [p.cmdline() for p in psutil.Process(svc.pid()).children()]
+        with ThreadPoolExecutor(8) as pool:  # a new connection per request, so the kernel hands them to both workers
+            statuses = list(pool.map(lambda _: httpx.post(f"{svc.url()}/v1/analytics/track", json=event(), timeout=15).status_code, range(40)))
+        assert statuses == [202] * 40
+        totals = [accepted_track(httpx.get(f"{svc.url()}/metrics", timeout=15).text) for _ in range(10)]
+        assert totals == [40.0] * 10
+    finally:
+        svc.stop()
+
+
+def accepted_track(exposition: str) -> float:
+    line = next(x for x in exposition.splitlines() if x.startswith('rtap_ingestion_events_accepted_total{endpoint="track"}'))
+    return float(line.rsplit(" ", 1)[1])
