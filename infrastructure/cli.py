@@ -123,7 +123,8 @@ def test(ctx: typer.Context) -> None:
 # Services add their own commands (sql, backfill, load, bench) in services/<name>/commands.py,
 # each exposing register(app); the CLI stays free of service code.
 COMMAND_MODULES = ("services.ingestion.commands", "services.processing.commands",
-                   "services.storage.commands", "services.cache.commands", "services.loadgen.commands")
+                   "services.storage.commands", "services.cache.commands", "services.loadgen.commands",
+                   "services.bench.commands")
 for _module in COMMAND_MODULES:
     try:
         importlib.import_module(_module).register(app)

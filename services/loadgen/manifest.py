@@ -3,8 +3,8 @@
 A manifest is JSON lines, one object per distinct event id:
   id, type, user_id, session_id, timestamp (epoch ms sent), device_category (from the agent table),
   load_time, interaction_time, revenue (purchases, else null), late (sent with an old timestamp),
-  sends (how many times it was posted; > 1 for duplicate sends), duplicate (sends > 1),
-  accepted (some send was answered "accepted"), status (HTTP status of the last send, 0 = no answer),
+  sends (how many times it was posted: duplicate sends and retries), duplicate (sends > 1),
+  failed_sends (posts not answered "accepted": no answer, 5xx, 503 while Kafka was down), accepted (some send was answered "accepted"), status (HTTP status of the last send, 0 = no answer),
   timestamp_adjusted (ingestion replaced the timestamp by its receive time; such events cannot be
   placed in a window from the manifest).
 Every function here is pure: entries in, plain dicts out.
@@ -35,13 +35,14 @@ def entry_for(event: dict[str, Any], late: bool = False) -> Entry:
         "device_category": expected_category(device["user_agent"], device["screen_width"], device["screen_height"]),
         "load_time": metrics.get("load_time"), "interaction_time": metrics.get("interaction_time"),
         "revenue": props.get("revenue") if event["event"]["type"] == "purchase" else None,
-        "late": late, "sends": 0, "duplicate": False, "accepted": False, "status": 0, "timestamp_adjusted": False,
+        "late": late, "sends": 0, "duplicate": False, "failed_sends": 0, "accepted": False, "status": 0, "timestamp_adjusted": False,
     }
 
 
 def record_send(entry: Entry, status: int, accepted: bool, adjusted: bool = False) -> None:
     entry["sends"] += 1
     entry["duplicate"] = entry["sends"] > 1
+    entry["failed_sends"] += not accepted
     entry["status"] = status
     entry["accepted"] = entry["accepted"] or accepted
     entry["timestamp_adjusted"] = entry["timestamp_adjusted"] or (accepted and adjusted)

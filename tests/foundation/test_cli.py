@@ -41,6 +41,12 @@ def processes_under(state_dir: Path) -> list[int]:
     return found
 
 
+def log_tails(s, lines: int = 15) -> str:
+    """The end of every component's log: why something the status shows stopped went away."""
+    logs = sorted((s.state_path / "logs").glob("*.log"))
+    return "".join(f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) for log in logs)
+
+
 @pytest.mark.slow
 def test_up_status_down_and_state_survives(tmp_path):
     s = isolated_settings(tmp_path / "state")
@@ -48,10 +54,10 @@ def test_up_status_down_and_state_survives(tmp_path):
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         status = rtap(s, "status")
-        assert status.returncode == 0, status.stdout
+        assert status.returncode == 0 and "stopped" not in status.stdout, status.stdout + log_tails(s)
         for name in INFRA:
             assert name in status.stdout
-        assert "unhealthy" not in status.stdout and "stopped" not in status.stdout
+        assert "unhealthy" not in status.stdout
         assert f"http://127.0.0.1:{s.flink.rest_port}" in status.stdout
 
         producer = KafkaProducer(bootstrap_servers=s.kafka.bootstrap, acks="all")

@@ -20,7 +20,7 @@ def entry(id: str, type: str = "page_view", user: str = "u1", ts: int = T0, devi
           load: float | None = None, interaction: float | None = None, accepted: bool = True, sends: int = 1) -> dict:
     return {"id": id, "type": type, "user_id": user, "session_id": "s1", "timestamp": ts, "device_category": device,
             "load_time": load, "interaction_time": interaction, "revenue": None, "late": False, "sends": sends,
-            "duplicate": sends > 1, "accepted": accepted, "status": 202 if accepted else 503, "timestamp_adjusted": False}
+            "duplicate": sends > 1, "failed_sends": 0 if accepted else sends, "accepted": accepted, "status": 202 if accepted else 503, "timestamp_adjusted": False}
 
 
 MANIFEST = [
@@ -74,6 +74,7 @@ def test_entries_round_trip_and_record_sends(tmp_path):
     record_send(e, 503, accepted=False)
     record_send(e, 202, accepted=True, adjusted=False)
     assert (e["sends"], e["duplicate"], e["accepted"], e["status"], e["late"]) == (2, True, True, 202, True)
+    assert e["failed_sends"] == 1  # the 503; the retry that was accepted is not a failure
     assert e["device_category"] in {"mobile", "tablet", "desktop", "bot"}
     path = tmp_path / "m.jsonl"
     assert write_manifest(path, [e, *MANIFEST]) == 8
