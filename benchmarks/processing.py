@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infrastructure.local.stack import settings_env  # noqa: E402
 from services.processing.supervisor import submit_job  # noqa: E402
 from shared.events import HEARTBEAT_TYPE  # noqa: E402
-from tests.conftest import Harness, isolated_settings  # noqa: E402
+from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
 from tests.processing.conftest import DESKTOP_UA, IPHONE_UA, create_topics, processing_settings  # noqa: E402
 
 TYPES = ["page_view"] * 6 + ["product_view"] * 2 + ["click", "add_to_cart", "purchase"]

@@ -44,7 +44,8 @@ class ChdbBackend:
             sql = f"{sql}\nSETTINGS " + ", ".join(f"{k} = {_setting_literal(v)}" for k, v in settings.items())
         result = self.session.query(sql, "JSONEachRow", params=params or None)
         text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        # one row per "\n": str.splitlines() would also split inside values holding U+0085, which ClickHouse writes raw
+        return [json.loads(line) for line in text.split("\n") if line.strip()]
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
         """Rows may carry datetimes (sent as ISO 8601, parsed best-effort) and dicts (Map columns)."""

@@ -119,6 +119,13 @@ def test_replayed_rows_collapse_with_final_and_tombstones_hide(backend):
     backend.command(f"DROP DATABASE `{db}`")
 
 
+@pytest.mark.parametrize("odd", ["\x85", "\u2028", "\u2029", "\x1c", "\r", "\x00", "\x0b"])
+def test_values_with_line_separators_come_back_whole(backend, odd):
+    """ClickHouse writes U+0085 raw in JSON output: a value holding it must not split its row in two."""
+    value = f"a{odd}b"
+    assert backend.query("SELECT {v:String} AS v, 2 AS n", {"v": value}) == [{"v": value, "n": 2}]
+
+
 def test_read_only_settings_refuse_writes(backend):
     with pytest.raises(Exception, match="(?i)readonly"):
         backend.query("SELECT * FROM file('/etc/hostname', 'LineAsString')", None, read_only_settings(10, 5))
