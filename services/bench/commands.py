@@ -34,13 +34,14 @@ def register(app: typer.Typer) -> None:
         session_gap: Annotated[int, typer.Option(min=1, help="session gap (s) of the bench stack, so sessions close within the run")] = 5,
         settle_timeout: Annotated[float, typer.Option(min=10, help="seconds each layer may take to settle after the load")] = 180,
         warmup: Annotated[float, typer.Option(min=0, max=120, help="seconds of warm-up load before the measured run (0: none)")] = 10,
+        watermark_delay: Annotated[int, typer.Option(min=0, max=600_000, help="bounded out-of-orderness (ms) of the bench stack; events later than this are late by policy and fail the reconciliation")] = 5_000,
         out: Annotated[Path, typer.Option(help="directory for results.json, bench.png and the logs")] = Path("bench-results"),
     ) -> None:
         """Benchmark a private local stack (free ports, temporary state): ingest, end-to-end throughput with
         reconciliation, freshness of cache and ClickHouse, memory of every process."""
         config = BenchConfig(rate=rate, duration=duration, ingest_duration=ingest_duration, skip_ingest=skip_ingest,
                              processes=processes, batch_size=batch_size, session_gap_s=session_gap, settle_timeout_s=settle_timeout,
-                             warmup_s=warmup)
+                             warmup_s=warmup, watermark_delay_ms=watermark_delay)
         signal.signal(signal.SIGTERM, raise_interrupt)  # stop everything on SIGTERM as on Ctrl-C
         started = time.monotonic()
 

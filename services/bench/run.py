@@ -40,6 +40,7 @@ class BenchConfig:
     session_gap_s: int = 5
     settle_timeout_s: float = 180
     warmup_s: float = 10
+    watermark_delay_ms: int = 5_000
     seed: int = 1
 
 
@@ -48,10 +49,12 @@ Tick = Callable[[float, float, float], None]  # seconds into the load, accepted 
 
 
 def bench_env(config: BenchConfig) -> dict[str, str]:
-    """Settings of the bench stack that differ from `rtap up`: a short session gap (sessions close within the run)
+    """Settings of the bench stack that differ from `rtap up`: a short session gap (sessions close within the run),
+    the watermark delay (senders that fall behind their schedule on a saturated machine send events that much late),
     and read limits large enough to reconcile every session window through the APIs."""
     limit = str(max(100_000, int(config.rate * config.duration)))
     return {"RTAP_PROCESSING__SESSION_GAP_SECONDS": str(config.session_gap_s), "RTAP_FLINK__TASK_SLOTS": str(FlinkSettings().task_slots),
+            "RTAP_PROCESSING__WATERMARK_DELAY_MS": str(config.watermark_delay_ms),
             "RTAP_CACHE__MAX_LIMIT": limit, "RTAP_CACHE__WINDOWS_PER_KEY": limit, "RTAP_STORAGE__MAX_LIMIT": limit}
 
 

@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka import Producer
 
 from infrastructure.local.stack import Service
-from shared.events import HEARTBEAT_TYPE
+from services.ingestion.records import heartbeat_value
 from shared.metrics import load_schemas
 from shared.settings import Settings
 from shared.topics import EVENTS
@@ -97,8 +97,8 @@ def produce_events(bootstrap: str, events: Iterable[dict[str, Any]]) -> None:
 
 
 def heartbeat() -> dict[str, Any]:
-    event = raw_event("heartbeat", f"hb-{uuid.uuid4().hex}", HEARTBEAT_TYPE)
-    return event
+    """Exactly what ingestion writes (empty user and session ids, which no client event may have)."""
+    return orjson.loads(heartbeat_value(int(time.time() * 1000)))
 
 
 def sql(api: httpx.Client, statement: str, **params: Any) -> httpx.Response:
