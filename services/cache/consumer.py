@@ -103,7 +103,7 @@ class CacheConsumer:
             next_lag = 0.0
             while not self.stop_event.is_set():
                 self.last_loop = time.monotonic()
-                messages = self.consumer.consume(self.settings.cache.batch_records, timeout=0.5)
+                messages = self.next_batch()
                 if messages:
                     self.process(messages)
                 if time.monotonic() >= next_lag:
@@ -114,6 +114,13 @@ class CacheConsumer:
             log.exception("cache consumer stopped")
         finally:
             self.consumer.close()
+
+    def next_batch(self) -> list[Message]:
+        """Wait up to 0.5 s for the first record, then take what is already fetched (up to batch_records): a record
+        is written as soon as it arrives, never held back waiting for a full batch."""
+        first = self.consumer.consume(1, timeout=0.5)
+        room = self.settings.cache.batch_records - 1
+        return first + self.consumer.consume(room, timeout=0) if first and room > 0 else first
 
     def process(self, messages: list[Message]) -> None:
         started = time.perf_counter()
