@@ -19,10 +19,15 @@ def read_stream(url: str, headers: dict, params: dict, lines: queue.Queue, stop:
     with httpx.Client(timeout=httpx.Timeout(10, read=30)) as client:
         with client.stream("GET", url, headers=headers, params=params) as response:
             lines.put(("status", response.status_code, response.headers.get("content-type")))
-            for line in response.iter_lines():
-                lines.put(("line", line))
-                if stop.is_set():
-                    return
+            try:
+                for line in response.iter_lines():
+                    lines.put(("line", line))
+                    if stop.is_set():
+                        return
+            except httpx.RemoteProtocolError:  # the service shut down mid-stream; EventSource clients reconnect
+                lines.put(("closed", "cut"))
+                return
+            lines.put(("closed", "ended"))
 
 
 def test_stream_receives_window_written_after_connect(cache, kafka):
@@ -60,3 +65,6 @@ def test_stop_with_an_open_stream_is_prompt_and_clean(cache):
     cache.service.stop()
     assert time.monotonic() - started < 10, "SIGTERM should end the service within its graceful-shutdown bound"
     assert cache.service.pid() is None
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "the open stream was not closed by the shutdown"
+    assert list(lines.queue)[-1][0] == "closed", list(lines.queue)[-3:]
