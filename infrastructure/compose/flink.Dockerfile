@@ -7,7 +7,7 @@ RUN mvn -q -B -f /build/pom.xml dependency:copy-dependencies -DoutputDirectory=/
 
 FROM ghcr.io/astral-sh/uv:0.8 AS uv
 
-FROM flink:2.0.2-java17
+FROM flink:2.2.1-java17
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_PYTHON_INSTALL_DIR=/opt/python UV_LINK_MODE=copy UV_NO_CACHE=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH PYTHONDONTWRITEBYTECODE=1
