@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infrastructure.local.isolated import Harness, free_ports, isolated_settings  # noqa: F401 (tests import them from here)
+from infrastructure.local.isolated import Harness, isolated_settings
 from infrastructure.local.stack import settings_env
 from shared.settings import Settings
 

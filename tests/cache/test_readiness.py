@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from services.cache.api import create_app
 from tests.cache.conftest import cache_settings, event_record, produce, wait_for, window_base
-from tests.conftest import free_ports
+from infrastructure.local.isolated import free_ports
 
 pytestmark = [pytest.mark.kafka]
 

@@ -29,7 +29,7 @@ from shared.events import EVENT_SCHEMA_FILE, HEARTBEAT_TYPE, RawEvent
 from shared.settings import Settings
 from shared.topics import EVENTS
 from tests.cache.conftest import RunningCache, cache_settings
-from tests.conftest import free_ports
+from infrastructure.local.isolated import free_ports
 from tests.ingestion.conftest import ingestion_settings
 from tests.storage.conftest import storage_settings
 

@@ -12,7 +12,7 @@ import pytest
 
 from infrastructure.local.stack import Service
 from shared.events import EVENT_SCHEMA_FILE, event_json_schema
-from tests.conftest import free_ports
+from infrastructure.local.isolated import free_ports
 from tests.ingestion.conftest import WRITE_KEY, event, ingestion_settings
 
 pytestmark = pytest.mark.kafka

@@ -19,7 +19,7 @@ from services.loadgen.manifest import read_manifest, summary
 from shared.events import HEARTBEAT_TYPE
 from shared.settings import Settings
 from shared.topics import EVENTS
-from tests.conftest import free_ports
+from infrastructure.local.isolated import free_ports
 
 pytestmark = pytest.mark.kafka
 WRITE_KEY = "loadgen-test-key-91c2"

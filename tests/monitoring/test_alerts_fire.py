@@ -30,7 +30,7 @@ from confluent_kafka import Producer
 from infrastructure.local.components import MONITORING_DIR, Prometheus
 from shared.metrics import load_schemas
 from shared.settings import Settings
-from tests.conftest import Harness, free_ports, isolated_settings
+from infrastructure.local.isolated import Harness, free_ports, isolated_settings
 from tests.monitoring.test_live_pipeline import events
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]

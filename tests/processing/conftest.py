@@ -22,7 +22,7 @@ from shared.kafka_admin import ensure_topics
 from shared.metrics import load_schemas
 from shared.settings import Settings
 from shared.topics import EVENTS, Topic, metric_topic
-from tests.conftest import free_ports
+from infrastructure.local.isolated import free_ports
 
 WINDOW_MS = 10_000
 DESKTOP_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
