@@ -41,7 +41,7 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def setup(quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
-    """Resolve the Maven jars (Kafka broker, Flink Kafka connector) into the state directory."""
+    """Resolve the Maven jars (Kafka broker, Flink Kafka connector) and build the Java functions into the state directory."""
     settings = _settings()
     try:
         Stack(settings).check_state_dir()
@@ -49,6 +49,9 @@ def setup(quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None
             folder = jars.resolve(bundle, settings.state_path / "jars")
             if not quiet:
                 console.print(f"{bundle}: {len(list(folder.glob('*.jar')))} jars in {folder}")
+        udf = jars.build_udf(settings.state_path / "jars")
+        if not quiet:
+            console.print(f"processing functions: {udf}")
     except RuntimeSetupError as exc:
         _fail(exc)
 

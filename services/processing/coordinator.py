@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.processing.device import device_category_sql
+from services.processing.device import device_category_sql, function_ddl
 from services.processing.job import BaseJob, interval
 from shared.events import HEARTBEAT_TYPE
 from shared.metrics import FLINK_TYPES, MetricSchema, load_schemas
@@ -115,15 +115,15 @@ class JobCoordinator:
        context.session_id AS session_id, device.user_agent AS user_agent, device.screen_width AS screen_width,
        device.screen_height AS screen_height, context.url AS url, context.referrer AS referrer, properties,
        metrics.load_time AS load_time, metrics.interaction_time AS interaction_time, event_ms AS ts, received_at,
-       LOWER(COALESCE(device.user_agent, '')) AS ua_lower, event_time"""
+       event_time"""
         if self.settings.processing.dedup_seconds > 0:
             key = "COALESCE(event.id, CONCAT('kafka:', CAST(kafka_partition AS STRING), ':', CAST(kafka_offset AS STRING)))"
             fields += f", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY proc_time ASC) AS seen"
-            events = (f"SELECT {', '.join(RAW_COLUMNS)}, ua_lower, event_time\n"  # not `seen`: Flink plans a dedup only without it
+            events = (f"SELECT {', '.join(RAW_COLUMNS)}, event_time\n"  # not `seen`: Flink plans a dedup only without it
                       f"FROM ({fields} FROM {SOURCE_TABLE} WHERE {where}) WHERE seen = 1")
         else:
             events = f"{fields} FROM {SOURCE_TABLE} WHERE {where}"
-        category = device_category_sql("ua_lower", "screen_width", "screen_height", lowered=True)
+        category = device_category_sql("user_agent", "screen_width", "screen_height")
         return f"""CREATE TEMPORARY VIEW {EVENTS_VIEW} AS
 SELECT {', '.join(RAW_COLUMNS)}, {category} AS device_category, event_time
 FROM ({events})"""
@@ -186,6 +186,7 @@ FROM ({events})"""
 
     def statements(self, t_env: Any) -> list[str]:
         """Register source, view and sinks on t_env; return one INSERT per job."""
+        t_env.execute_sql(function_ddl())
         t_env.execute_sql(self.source_ddl())
         t_env.execute_sql(self.events_view_sql())
         inserts = []

@@ -1,54 +1,46 @@
-"""Device category as one Flink SQL expression (runs in the JVM, no Python per row).
+"""Device category: `device_category(user_agent, screen_width, screen_height)` in the jobs' SQL, a Java scalar
+function (services/processing/udf, rtap.udf.DeviceCategory) that runs in Flink's JVM, not a Python function.
 
-Order matters: bots first (Googlebot's smartphone agent also says "Android ... Mobile"), then
-tablets (iPad, Android without "Mobile", Kindle/Silk, tablet words, or a touch agent on a
-screen whose short side is at least 600 CSS px), then phones, then desktop. An empty agent
-falls back to the screen size alone.
-
-Markers are plain substrings tested with POSITION (an indexOf): a profile of the jobs showed half
-of the TaskManager's CPU in java.util.regex trying long alternations at every character. The few
-markers that need a pattern are tried only after their literal prefix was found.
+Order matters: bots first (Googlebot's smartphone agent also says "Android ... Mobile"), then tablets (iPad,
+Android without "Mobile", Kindle/Silk, tablet words and models, or a phone agent on a screen whose short side
+is at least the tablet minimum in CSS px), then phones, then desktop. An empty agent falls back to the screen
+size alone. The markers live in one file, device-rules.tsv, read by the Java function and by `load_rules`.
 """
 
 from __future__ import annotations
 
-BOT_MARKERS = (
-    "bot", "crawl", "spider", "slurp", "headless", "phantomjs", "lighthouse", "facebookexternalhit", "bingpreview",
-    "mediapartners", "adsbot", "feedfetcher", "python-requests", "python-urllib", "curl/", "wget/", "go-http-client",
-    "java/", "libwww", "scrapy", "httpclient", "pingdom", "uptimerobot", "archiver",
-)
-TABLET_MARKERS = ("ipad", "tablet", "kindle", "silk/", "playbook", "kfapwi", "kftt", "lenovo tab", "mi pad")
-TABLET_MODEL_PATTERNS = (("nexus ", "nexus (7|9|10)"), ("sm-t", "sm-t[0-9]"), ("sm-x", "sm-x[0-9]"), ("gt-p", "gt-p[0-9]"))
-PHONE_MARKERS = ("mobi", "iphone", "ipod", "android", "windows phone", "iemobile", "blackberry", "bb10", "opera mini",
-                 "webos", "symbian")
-TABLET_MIN_SIDE_PX = 600
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+FUNCTION = "device_category"
+FUNCTION_CLASS = "rtap.udf.DeviceCategory"
+RULES_FILE = Path(__file__).parent / "udf" / "src" / "main" / "resources" / "rtap" / "udf" / "device-rules.tsv"
 
 
-def contains_any(text: str, markers: tuple[str, ...]) -> str:
-    return "(" + " OR ".join(f"POSITION('{m}' IN {text}) > 0" for m in markers) + ")"
+def function_ddl() -> str:
+    return f"CREATE TEMPORARY SYSTEM FUNCTION IF NOT EXISTS {FUNCTION} AS '{FUNCTION_CLASS}' LANGUAGE JAVA"
 
 
-def matches_any(text: str, prefixed_patterns: tuple[tuple[str, str], ...]) -> str:
-    return "(" + " OR ".join(f"(POSITION('{prefix}' IN {text}) > 0 AND REGEXP({text}, '{pattern}'))"
-                             for prefix, pattern in prefixed_patterns) + ")"
+def device_category_sql(user_agent: str, screen_width: str, screen_height: str) -> str:
+    return f"{FUNCTION}({user_agent}, {screen_width}, {screen_height})"
 
 
-def device_category_sql(user_agent: str, screen_width: str, screen_height: str, lowered: bool = False) -> str:
-    """A SQL expression yielding 'bot' | 'tablet' | 'mobile' | 'desktop' from the given column expressions.
+@dataclass(frozen=True)
+class Rules:
+    bot: tuple[str, ...]
+    tablet: tuple[str, ...]
+    tablet_models: tuple[tuple[str, str], ...]  # (marker, regex tried only when the marker is present)
+    phone: tuple[str, ...]
+    tablet_min_side: int
 
-    lowered: `user_agent` is already LOWER(COALESCE(agent, '')). Flink does not share a repeated subexpression,
-    so a caller that can lower the agent in an earlier operator saves one LOWER per marker.
-    """
-    ua = user_agent if lowered else f"LOWER(COALESCE({user_agent}, ''))"
-    short_side = f"LEAST(COALESCE({screen_width}, 0), COALESCE({screen_height}, 0))"
-    phone = contains_any(ua, PHONE_MARKERS)
-    return (
-        "CASE"
-        f" WHEN {contains_any(ua, BOT_MARKERS)} THEN 'bot'"
-        f" WHEN {contains_any(ua, TABLET_MARKERS)} OR {matches_any(ua, TABLET_MODEL_PATTERNS)} THEN 'tablet'"
-        f" WHEN POSITION('android' IN {ua}) > 0 AND POSITION('mobile' IN {ua}) = 0 THEN 'tablet'"
-        f" WHEN {phone} AND {short_side} >= {TABLET_MIN_SIDE_PX} THEN 'tablet'"
-        f" WHEN {phone} THEN 'mobile'"
-        f" WHEN {ua} = '' AND {short_side} > 0 AND {short_side} < {TABLET_MIN_SIDE_PX} THEN 'mobile'"
-        " ELSE 'desktop' END"
-    )
+
+@cache
+def load_rules(path: Path = RULES_FILE) -> Rules:
+    kinds: dict[str, list] = {"bot": [], "tablet": [], "tablet-model": [], "phone": [], "tablet-min-side": []}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            kind, *values = line.split("\t")
+            kinds[kind].append(values[0] if len(values) == 1 else tuple(values))
+    return Rules(tuple(kinds["bot"]), tuple(kinds["tablet"]), tuple(kinds["tablet-model"]), tuple(kinds["phone"]),
+                 int(kinds["tablet-min-side"][0]))

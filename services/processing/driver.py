@@ -15,11 +15,14 @@ from services.processing.coordinator import Bounds, JobCoordinator
 from shared.settings import Settings
 
 
-def connector_jar_uri(settings: Settings) -> str:
+def pipeline_jars(settings: Settings) -> str:
+    """The Kafka connector and the project's Java functions, as Flink's `pipeline.jars` value."""
     from infrastructure.local import jars
 
     folder = jars.resolve("flink", settings.state_path / "jars")
-    return jars.find_jar(folder, "flink-sql-connector-kafka").resolve().as_uri()
+    connector = jars.find_jar(folder, "flink-sql-connector-kafka")
+    functions = jars.build_udf(settings.state_path / "jars")
+    return ";".join(jar.resolve().as_uri() for jar in (connector, functions))
 
 
 def remote_config(settings: Settings, savepoint: str | None) -> dict[str, str]:
@@ -27,7 +30,7 @@ def remote_config(settings: Settings, savepoint: str | None) -> dict[str, str]:
         "execution.target": "remote",
         "rest.address": "127.0.0.1",
         "rest.port": str(settings.flink.rest_port),
-        "pipeline.jars": connector_jar_uri(settings),
+        "pipeline.jars": pipeline_jars(settings),
     }
     if savepoint:
         config["execution.savepoint.path"] = savepoint

@@ -12,7 +12,7 @@ import pytest
 from services.loadgen.agents import AGENTS, CATEGORY_BY_AGENT, expected_category
 from services.loadgen.sender import item_outcomes, plan_batches, worker_plans, LoadConfig
 from services.loadgen.traffic import EVENT_TYPES, LOAD_MEDIAN_MS, Traffic, TrafficSpec
-from services.processing.device import BOT_MARKERS, PHONE_MARKERS, TABLET_MARKERS, TABLET_MIN_SIDE_PX, TABLET_MODEL_PATTERNS
+from services.processing.device import load_rules
 from shared.events import TRACK_EVENTS
 
 START = 1_700_000_000_000
@@ -23,16 +23,16 @@ def events(n: int = 4_000, **spec) -> list[dict]:
 
 
 def pipeline_category(ua: str, width: int, height: int) -> str:
-    """The processing job's CASE expression (services/processing/device.py) evaluated in Python."""
-    ua, short = ua.lower(), min(width, height)
-    if any(m in ua for m in BOT_MARKERS):
+    """The processing job's device rules (services/processing/device.py, DeviceCategory.java) in Python."""
+    rules, ua, short = load_rules(), ua.lower(), min(width, height)
+    if any(m in ua for m in rules.bot):
         return "bot"
-    if (any(m in ua for m in TABLET_MARKERS) or any(re.search(p, ua) for _, p in TABLET_MODEL_PATTERNS)
+    if (any(m in ua for m in rules.tablet) or any(re.search(p, ua) for _, p in rules.tablet_models)
             or ("android" in ua and "mobile" not in ua)):
         return "tablet"
-    if any(m in ua for m in PHONE_MARKERS):
-        return "tablet" if short >= TABLET_MIN_SIDE_PX else "mobile"
-    return "mobile" if ua == "" and 0 < short < TABLET_MIN_SIDE_PX else "desktop"
+    if any(m in ua for m in rules.phone):
+        return "tablet" if short >= rules.tablet_min_side else "mobile"
+    return "mobile" if ua == "" and 0 < short < rules.tablet_min_side else "desktop"
 
 
 def test_same_seed_same_events_other_seed_other_ids():

@@ -1,11 +1,13 @@
-"""The device-category SQL expression, run by Flink itself (batch mode over VALUES) on real user agents."""
+"""The device_category Java function, run by Flink itself (batch mode over VALUES) on real user agents."""
 
 from __future__ import annotations
 
 import pytest
 
 from services.processing.coordinator import sql_string
-from services.processing.device import device_category_sql
+from services.processing.device import device_category_sql, function_ddl
+from services.processing.driver import pipeline_jars
+from shared.settings import Settings
 
 pytestmark = pytest.mark.flink
 
@@ -47,6 +49,8 @@ def test_real_user_agents_get_the_right_category():
 
     t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
     t_env.get_config().set("parallelism.default", "1")
+    t_env.get_config().set("pipeline.jars", pipeline_jars(Settings()))
+    t_env.execute_sql(function_ddl())
     rows = ", ".join(f"({i}, {sql_string(ua)}, {w}, {h})" for i, (ua, w, h, _) in enumerate(AGENTS))
     query = (f"SELECT i, {device_category_sql('ua', 'w', 'h')} FROM (VALUES {rows}) AS t(i, ua, w, h)")
     with t_env.execute_sql(query).collect() as results:
