@@ -1,9 +1,13 @@
 # Flink JobManager / TaskManager / job submitter: the official Flink image plus Python 3.11, PyFlink and
-# this project (the jobs), and the Kafka SQL connector resolved by Maven from the same pom as the local runtime.
+# this project (the jobs), the Kafka SQL connector resolved by Maven from the same pom as the local runtime, and
+# the jobs' Java functions (services/processing/udf) built by Maven.
 # Build context: the repository root (see docker-compose.yml).
 FROM maven:3.9-eclipse-temurin-17 AS connector
 COPY infrastructure/local/maven/flink.xml /build/pom.xml
 RUN mvn -q -B -f /build/pom.xml dependency:copy-dependencies -DoutputDirectory=/jars -DincludeScope=runtime
+COPY services/processing/udf /build/udf
+RUN mvn -q -B -f /build/udf/pom.xml package -DskipTests -Dudf.build.dir=/build/udf-target \
+ && cp /build/udf-target/rtap-udf.jar /jars/
 
 FROM ghcr.io/astral-sh/uv:0.8 AS uv
 

@@ -195,6 +195,9 @@ def test_flink_image_matches_the_pyflink_and_connector_versions():
     dockerfile = (cf.COMPOSE_DIR / "flink.Dockerfile").read_text()
     assert f"FROM flink:{version('apache-flink')}-" in dockerfile
     assert "infrastructure/local/maven/flink.xml" in dockerfile
+    assert "COPY services/processing/udf " in dockerfile and "rtap-udf.jar /jars/" in dockerfile
+    udf_pom = (cf.REPO_ROOT / "services" / "processing" / "udf" / "pom.xml").read_text()
+    assert re.search(r"flink-table-common</artifactId><version>([^<]+)<", udf_pom).group(1) == version("apache-flink")
 
 
 def test_redis_exporter_is_pinned_scrapes_redis_and_is_scraped():
