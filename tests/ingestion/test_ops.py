@@ -32,6 +32,22 @@ def test_health_ready_and_metrics(client):
         assert name in text
 
 
+def http_requests(client, route: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {s.labels["status"]: s.value for f in text_string_to_metric_families(client.get("/metrics").text)
+            if f.name == "rtap_http_requests" for s in f.samples
+            if s.name == "rtap_http_requests_total" and s.labels["route"] == route and s.labels["method"] == "POST"}
+
+
+def test_event_posts_skip_the_middleware_stack_but_are_still_counted(client):
+    before = http_requests(client, "/v1/analytics/track")
+    assert client.post("/v1/analytics/track", json=event()).status_code == 202
+    assert client.post("/v1/analytics/track", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+    after = http_requests(client, "/v1/analytics/track")
+    assert after["202"] - before.get("202", 0) == 1 and after["400"] - before.get("400", 0) == 1
+
+
 def test_served_and_committed_event_schema_match_the_model(client):
     assert client.get("/v1/schema/event.json").json() == event_json_schema()
     assert json.loads(EVENT_SCHEMA_FILE.read_text()) == event_json_schema(), "run python -m shared.events to regenerate"
