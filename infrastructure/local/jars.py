@@ -50,7 +50,7 @@ def build_udf(jar_root: Path, module: Path = UDF_MODULE) -> Path:
 
 def fresh_folder(target: Path) -> None:
     if not shutil.which("mvn"):
-        raise RuntimeSetupError("Maven (mvn) is required to resolve and build the Kafka and Flink jars, and is not on PATH")
+        raise RuntimeSetupError("Maven (mvn) is required to resolve the Kafka and Flink jars and to build the Java functions, and is not on PATH")
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
