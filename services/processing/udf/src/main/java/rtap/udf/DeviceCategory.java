@@ -16,8 +16,8 @@ import org.apache.flink.table.functions.ScalarFunction;
  * {@code device_category(user_agent, screen_width, screen_height)}: 'bot' | 'tablet' | 'mobile' | 'desktop'.
  *
  * <p>The markers are in device-rules.tsv beside this class. A Java function rather than a SQL CASE of
- * POSITION calls: Flink's POSITION compares at every byte through MemorySegment, and the same rules as
- * SQL cost ~23 us per event against ~0.7 us with String.contains (docs/benchmarks.md).
+ * POSITION calls: Flink's POSITION compares at every byte through MemorySegment, ~30 us per event for these
+ * markers against ~1 us with String.contains (benchmarks/DeviceCategoryMatch.java, docs/benchmarks.md).
  */
 public class DeviceCategory extends ScalarFunction {
     private static final Rules RULES = Rules.load("device-rules.tsv");
