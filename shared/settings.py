@@ -33,6 +33,9 @@ class FlinkSettings(BaseModel):
     taskmanager_metrics_port: int = 9250
     jobmanager_memory: str = "1024m"
     taskmanager_memory: str = "1536m"
+    # Keyed state lives on the JVM heap (hashmap backend); managed memory only buffers window records.
+    # Flink's default (0.4) leaves the heap so small that de-duplication state drives the GC into thrashing.
+    taskmanager_managed_fraction: float = 0.1
     task_slots: int = 2
     parallelism: int = 2
 
