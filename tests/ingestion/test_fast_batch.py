@@ -1,0 +1,131 @@
+"""The msgspec batch decoder against the pydantic schema it is derived from (pure logic, no services).
+
+Contract: the fast path may refuse what pydantic accepts (that batch then takes the pydantic path), but
+whatever it accepts, pydantic accepts too, with the same values and types.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Annotated, Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from pydantic import AfterValidator, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
+
+from services.ingestion import fast_batch
+from services.ingestion.records import SkewPolicy, to_record
+from shared.events import HEARTBEAT_TYPE, TrackEvent
+
+FULL = {
+    "event": {"type": "purchase", "id": "evt-1"},
+    "user": {"id": "u-1"},
+    "device": {"user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X)", "screen_width": 390, "screen_height": 844},
+    "context": {"url": "https://shop.example/checkout", "referrer": None, "ip_address": "203.0.113.9", "session_id": "s-1"},
+    "properties": {"revenue": 42.5, "items": 2, "gift": False, "coupon": "SPRING"},
+    "metrics": {"load_time": 812.0, "interaction_time": 35},
+    "timestamp": 1_764_000_000_000,
+}
+MINIMAL = {"event": {"type": "page_view"}, "user": {"id": "u-2"},
+           "device": {"user_agent": "", "screen_width": 0, "screen_height": 0}, "context": {"url": "", "session_id": "s-2"}}
+PATHS = [(), ("event",), ("event", "type"), ("event", "id"), ("user",), ("user", "id"), ("device",), ("device", "user_agent"),
+         ("device", "screen_width"), ("device", "screen_height"), ("context",), ("context", "url"), ("context", "referrer"),
+         ("context", "ip_address"), ("context", "session_id"), ("properties",), ("properties", "revenue"), ("properties", "k"),
+         ("metrics",), ("metrics", "load_time"), ("metrics", "interaction_time"), ("timestamp",), ("extra",), ("device", "extra")]
+OUT_OF_RANGE = "__1e400__"  # replaced by the raw JSON number 1e400 (a float Python cannot hold)
+TRICKY = [None, True, False, 0, -1, 5, 5.0, 5.5, -0.0, 1e308, OUT_OF_RANGE, 2**63, 2**63 - 1, -(2**63) - 1, 100_001, "", "x",
+          "5", "true", HEARTBEAT_TYPE, "a" * 64, "a" * 65, "a" * 128, "a" * 129, "a" * 257, "é" * 128, "\ud800", "\x00",
+          [], [1], {}, {"k": "v"}, {"k": None}, {"k": [1]}, {"k": 2**64}, {"type": "x"}, {"id": "y"}]
+DELETE = object()
+POLICY = SkewPolicy(max_past_ms=10**15, max_future_ms=10**15)
+
+
+def mutate(event: Any, path: tuple[str, ...], value: Any) -> Any:
+    if not path:
+        return {} if value is DELETE else value
+    if not isinstance(event, dict):
+        return event
+    event = copy.deepcopy(event)
+    parent = event
+    for key in path[:-1]:
+        if not isinstance(parent.get(key), dict):
+            return event
+        parent = parent[key]
+    if value is DELETE:
+        parent.pop(path[-1], None)
+    else:
+        parent[path[-1]] = value
+    return event
+
+
+def body_of(events: Any) -> bytes:
+    return json.dumps({"events": events}).replace(f'"{OUT_OF_RANGE}"', "1e400").encode()
+
+
+ENVELOPE = TypeAdapter(TypedDict("BatchEnvelope", {"events": list[TrackEvent]}))
+
+
+def pydantic_path(body: bytes) -> list[dict] | None:
+    """The same body validated by the pydantic schema (pydantic's own JSON parser)."""
+    try:
+        return ENVELOPE.validate_json(body)["events"]
+    except ValidationError:
+        return None
+
+
+def canonical(events: list[dict]) -> bytes:
+    return orjson.dumps(events, option=orjson.OPT_SORT_KEYS)  # 5 and 5.0 differ here, as on the wire
+
+
+mutations = st.lists(st.tuples(st.sampled_from(PATHS), st.sampled_from([DELETE, *TRICKY])), min_size=1, max_size=3)
+
+
+@settings(max_examples=600, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=st.sampled_from([FULL, MINIMAL]), changes=mutations, siblings=st.integers(0, 2))
+def test_fast_path_never_accepts_what_pydantic_refuses_nor_changes_a_value(base, changes, siblings):
+    event = base
+    for path, value in changes:
+        event = mutate(event, path, value)
+    body = body_of([FULL] * siblings + [event])
+    fast = fast_batch.decode(body, max_events=100)
+    if fast is not None:
+        reference = pydantic_path(body)
+        assert reference is not None, f"fast path accepted a batch pydantic refuses: {body[-500:]!r}"
+        assert canonical(fast) == canonical(reference)
+        for event in fast:
+            assert orjson.loads(to_record(event, 1_764_000_000_000, POLICY).value)["event"]["id"]
+
+
+@pytest.mark.parametrize("events", [[FULL], [MINIMAL], [FULL, MINIMAL] * 50])
+def test_fast_path_takes_valid_batches_with_the_values_pydantic_gives(events):
+    body = body_of(events)
+    fast = fast_batch.decode(body, max_events=100)
+    assert fast is not None
+    assert canonical(fast) == canonical(pydantic_path(body))
+
+
+def test_a_bare_array_is_a_batch_too():
+    assert fast_batch.decode(orjson.dumps([FULL, MINIMAL]), max_events=100) is not None
+
+
+@pytest.mark.parametrize("body", [
+    body_of([]),                                                   # empty: the pydantic path names the error
+    body_of([FULL] * 101),                                         # over the limit: 413 from the pydantic path
+    body_of([FULL, mutate(FULL, ("event", "type"), HEARTBEAT_TYPE)]),  # reserved type, named by pydantic
+    body_of([mutate(FULL, ("device", "screen_width"), 390.0)]),    # valid for pydantic, refused here: still accepted there
+    b'{"events": [',
+    b'{"events": [' + b'{"a": ' * 10_000 + b"1" + b"}" * 10_000 + b"]}",  # msgspec raises RecursionError here
+])
+def test_batches_the_fast_path_leaves_to_pydantic(body):
+    assert fast_batch.decode(body, max_events=100) is None
+
+
+def test_a_validator_without_a_fast_path_equivalent_fails_at_import():
+    class Strange(TypedDict):
+        name: Annotated[str, AfterValidator(str.strip)]
+
+    with pytest.raises(TypeError, match="strip"):
+        fast_batch.msgspec_type(Strange)
