@@ -112,9 +112,6 @@ class StorageSettings(BaseModel):
     events_table: str = "analytics_events"
     retry_max_seconds: float = 30.0
     session_timeout_ms: int = 10_000
-    # Records fetched ahead of the writer. librdkafka's default (64 MB) queues ~100,000 raw events when the
-    # writer falls behind, and a metric record fetched after them waits for all of them.
-    prefetch_kbytes: int = 2_048
     max_limit: int = 10_000
     sql_max_rows: int = 10_000
     sql_max_seconds: int = 10

@@ -132,8 +132,6 @@ class StorageConsumer:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": settings.storage.session_timeout_ms,
-            "queued.max.messages.kbytes": settings.storage.prefetch_kbytes,
-            "queued.min.messages": 1_000,
         })
         producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "acks": "all", "enable.idempotence": True})
         self.dead_letters = DeadLetters(producer)
