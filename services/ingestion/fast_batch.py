@@ -72,7 +72,15 @@ def _constrain(tp: Any, meta: msgspec.Meta) -> Any:
     return Annotated[tp, meta]
 
 
+def _check_config(cls: type) -> None:
+    """msgspec ignores unknown keys and refuses out-of-range numbers; any other model setting has no equivalent here."""
+    config = dict(getattr(cls, "__pydantic_config__", None) or {})
+    if config.pop("extra", "ignore") != "ignore" or set(config) - {"allow_inf_nan", "title", "json_schema_extra"}:
+        raise TypeError(f"{cls.__name__}'s pydantic config {getattr(cls, '__pydantic_config__')} has no fast-path equivalent")
+
+
 def _typeddict(cls: type) -> Any:
+    _check_config(cls)
     hints = get_type_hints(cls, include_extras=True)
     fields = {name: msgspec_type(hint) for name, hint in hints.items()}
     return TypedDict(cls.__name__, fields)  # type: ignore[operator]

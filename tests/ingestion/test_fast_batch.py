@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from pydantic import AfterValidator, TypeAdapter, ValidationError
+from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from services.ingestion import fast_batch
@@ -121,6 +121,15 @@ def test_a_bare_array_is_a_batch_too():
 ])
 def test_batches_the_fast_path_leaves_to_pydantic(body):
     assert fast_batch.decode(body, max_events=100) is None
+
+
+def test_a_model_setting_without_a_fast_path_equivalent_fails_at_import():
+    class Closed(TypedDict):
+        __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+        name: str
+
+    with pytest.raises(TypeError, match="Closed"):
+        fast_batch.msgspec_type(Closed)
 
 
 def test_a_validator_without_a_fast_path_equivalent_fails_at_import():
