@@ -1,4 +1,4 @@
-"""The batch fast path: msgspec validates an all-valid batch about 2.5x faster than pydantic.
+"""The batch fast path: msgspec validates an all-valid batch 3-5x faster than pydantic (benchmarks/batch_validation.py).
 
 The event schema stays defined once, as the pydantic TypedDicts of shared/events.py; the msgspec types
 are derived from them here, at import. The fast decoder may be stricter than pydantic, never looser: a
