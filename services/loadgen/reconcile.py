@@ -142,6 +142,24 @@ class Layers:
                "WHERE timestamp >= fromUnixTimestamp64Milli({lo:Int64}) AND timestamp < fromUnixTimestamp64Milli({hi:Int64})")
         return self.storage_sql(sql, lo=start_ms, hi=end_ms)[0]
 
+    def late_records_dropped(self) -> float | None:
+        """Flink's count of records left out of closed windows (late by policy), None when the TaskManager's
+        metrics endpoint does not answer."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.s.flink.taskmanager_metrics_port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            return None
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("flink_taskmanager_job_task_operator_numLateRecordsDropped"))
+
+    def explain_late(self) -> list[str]:
+        """A line for a failed reconciliation when Flink dropped late records: their windows differ by policy."""
+        late = self.late_records_dropped()
+        if not late:
+            return []
+        return [f"flink: {late:.0f} records arrived after their window closed (numLateRecordsDropped; late by "
+                f"policy, still in Kafka and raw storage: senders fell behind by more than the watermark delay)"]
+
     def metric_readers(self, schema: MetricSchema, expected: dict[Key, dict]) -> dict[str, Callable[[], dict]]:
         """One reader per layer that holds this job's metrics, each limited to the windows of `expected`."""
         start, end = window_range(expected)
@@ -169,4 +187,6 @@ def reconcile_run(layers: Layers, schemas: dict[str, MetricSchema], entries: lis
         for layer, read in layers.metric_readers(schemas[job], expected).items():
             actual = poll(read, lambda a: not reconcile(schemas[job], expected, a), timeout)
             problems += [f"{layer}: {p}" for p in reconcile(schemas[job], expected, actual)]
+    if problems:
+        problems += layers.explain_late()
     return problems

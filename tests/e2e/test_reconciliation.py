@@ -21,7 +21,9 @@ from tests.e2e.stack import full_stack, rtap_load
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mark.redis, pytest.mark.clickhouse]
 
 WINDOW_S, GAP_S = 2, 3
-WATERMARK_DELAY_MS = 2_000  # room for a busy 2-core machine: a sender behind its schedule must not make events late
+# The senders stamp planned send times; a CI machine once stalled a sender by more than 2 s and ~10 events of one
+# window were late by policy. This module checks exactness, not the lateness policy (tests/processing covers that).
+WATERMARK_DELAY_MS = 10_000
 EVENTS_SENT = 3_000
 SETTLE_TIMEOUT_S = 120
 
@@ -59,7 +61,8 @@ def assert_reconciled(job: str, workload: list, layer: str, layers: Layers) -> N
     schema = load_schemas()[job]
     expected = expected_metrics(workload, layers.s)[job]
     problems = reconciled(schema, expected, layers.metric_readers(schema, expected)[layer])
-    assert problems == [], f"{len(problems)} differences of {len(expected)} windows:\n" + "\n".join(problems[:20])
+    assert problems == [], (f"{len(problems)} differences of {len(expected)} windows:\n"
+                            + "\n".join(problems[:20] + layers.explain_late()))
 
 
 JOBS = ("event_metrics", "performance_metrics", "session_metrics")

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from infrastructure.local.stack import settings_env
+from services.loadgen.reconcile import Layers
 from tests.conftest import REPO_ROOT
 from tests.processing.conftest import IPHONE_UA, WINDOW_MS, Feed, event, job_diagnostics, read_metrics, window_base
 
@@ -161,6 +162,7 @@ def test_late_events_are_counted_by_flink(job_settings, outputs):
                if line.startswith("flink_taskmanager_job_task_operator_numLateRecordsDropped") and f'job_name="{job}' in line]
     assert dropped, "no numLateRecordsDropped series for the job"
     assert sum(float(line.rsplit(" ", 1)[1]) for line in dropped) >= 1
+    assert Layers(job_settings).late_records_dropped() >= 1  # what a failed reconciliation reports
 
 
 def test_backfill_recomputes_the_range_with_the_same_keys_including_late_events(job_settings, outputs):
