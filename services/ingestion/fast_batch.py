@@ -1,9 +1,11 @@
-"""The batch fast path: msgspec validates an all-valid batch 3-5x faster than pydantic (benchmarks/batch_validation.py).
+"""The batch fast path: msgspec decodes an all-valid batch into structs and encodes their Kafka values, 2-3x
+less CPU per event than pydantic dicts plus orjson (benchmarks/batch_validation.py).
 
-The event schema stays defined once, as the pydantic TypedDicts of shared/events.py; the msgspec types
-are derived from them here, at import. The fast decoder may be stricter than pydantic, never looser: a
-batch it refuses (5.0 for an integer, a reserved event type, any invalid item) takes the pydantic path,
-which names the offending field. tests/ingestion/test_fast_batch.py runs both decoders on generated events.
+The event schema stays defined once, as the pydantic TypedDicts of shared/events.py; the msgspec structs
+are derived from them here, at import, with the defaults shared.events.complete() fills in. The fast
+decoder may be stricter than pydantic, never looser: a batch it refuses (5.0 for an integer, a reserved
+event type, any invalid item) takes the pydantic path, which names the offending field.
+tests/ingestion/test_fast_batch.py runs both paths on generated events and compares the Kafka values.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic.functional_validators import AfterValidator, BeforeValidator
 from pydantic.types import Strict
 from typing_extensions import NotRequired, TypedDict, is_typeddict
 
+from services.ingestion.records import Record, SkewPolicy, make_record, new_event_id
 from shared import events
 
 CONSTRAINTS = {at.MinLen: "min_length", at.MaxLen: "max_length", at.Ge: "ge", at.Le: "le", at.Gt: "gt", at.Lt: "lt"}
@@ -79,24 +82,56 @@ def _check_config(cls: type) -> None:
         raise TypeError(f"{cls.__name__}'s pydantic config {getattr(cls, '__pydantic_config__')} has no fast-path equivalent")
 
 
-def _typeddict(cls: type) -> Any:
+def _typeddict(cls: type, *extra: tuple[str, type, Any]) -> Any:
+    """A struct with the TypedDict's fields in order; an optional key defaults to what complete() puts there."""
     _check_config(cls)
     hints = get_type_hints(cls, include_extras=True)
-    fields = {name: msgspec_type(hint) for name, hint in hints.items()}
-    return TypedDict(cls.__name__, fields)  # type: ignore[operator]
+    fields = [_field(name, msgspec_type(hint)) for name, hint in hints.items()]
+    return msgspec.defstruct(cls.__name__, [*fields, *extra], kw_only=True)
 
 
-EVENTS = list[msgspec_type(events.TrackEvent)]  # type: ignore[misc]
+def _field(name: str, tp: Any) -> tuple[str, Any] | tuple[str, Any, Any]:
+    if get_origin(tp) is not NotRequired:
+        return name, tp
+    tp = get_args(tp)[0]
+    base = get_args(tp)[0] if get_origin(tp) is Annotated else tp
+    if type(None) in get_args(base):
+        return name, tp, None
+    if get_origin(base) is dict:
+        return name, tp, msgspec.field(default_factory=dict)
+    if isinstance(base, type) and issubclass(base, msgspec.Struct):
+        return name, tp, msgspec.field(default_factory=base)  # fails here unless all its fields are optional
+    raise TypeError(f"no fast-path default for the optional key {name!r} of type {tp!r}")
+
+
+FastEvent = _typeddict(events.TrackEvent, ("received_at", int, 0))
+EVENTS = list[FastEvent]  # type: ignore[valid-type]
 BATCH_DECODER = msgspec.json.Decoder(Union[TypedDict("BatchEnvelope", {"events": EVENTS}), EVENTS])  # type: ignore[misc]
+ENCODE = msgspec.json.Encoder().encode
 
 
-def decode(body: bytes, max_events: int) -> list[dict[str, Any]] | None:
+def decode(body: bytes, max_events: int) -> list[Any] | None:
     """The batch's events when every one is valid and the count is within limits; None means: use pydantic."""
     try:
         decoded = BATCH_DECODER.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):  # too deep: pydantic names the error
         return None
     items = decoded if isinstance(decoded, list) else decoded["events"]
-    if not 0 < len(items) <= max_events or any(item["event"]["type"] == events.HEARTBEAT_TYPE for item in items):
+    if not 0 < len(items) <= max_events or any(item.event.type == events.HEARTBEAT_TYPE for item in items):
         return None
     return items
+
+
+def records(body: bytes, max_events: int, received_at: int, policy: SkewPolicy) -> list[Record] | None:
+    """The Kafka records of an all-valid batch, as records.to_record() builds them; None means: use pydantic."""
+    decoded = decode(body, max_events)
+    return None if decoded is None else [_record(event, received_at, policy) for event in decoded]
+
+
+def _record(event: Any, received_at: int, policy: SkewPolicy) -> Record:
+    info = event.event
+    info.id = info.id or new_event_id()
+    client_timestamp = event.timestamp
+    event.timestamp, adjusted = policy.bound(client_timestamp, received_at)
+    event.received_at = received_at
+    return make_record(info.id, event.context.session_id, ENCODE(event), client_timestamp, adjusted)

@@ -54,15 +54,23 @@ class Record:
 
 
 def to_record(event: dict[str, Any], received_at: int, policy: SkewPolicy) -> Record:
-    """event: a validated TrackEvent (mutated into the wire value)."""
+    """event: a validated TrackEvent (mutated into the wire value). The batch fast path mirrors this for structs."""
     value = complete(event)
+    info = value["event"]
+    info["id"] = info["id"] or new_event_id()
     client_timestamp = value["timestamp"]
-    event_id = value["event"]["id"] or str(uuid7())
-    value["event"]["id"] = event_id
     value["timestamp"], adjusted = policy.bound(client_timestamp, received_at)
     value["received_at"] = received_at
+    return make_record(info["id"], value["context"]["session_id"], orjson.dumps(value), client_timestamp, adjusted)
+
+
+def new_event_id() -> str:
+    return str(uuid7())
+
+
+def make_record(event_id: str, session_id: str, value: bytes, client_timestamp: int | None, adjusted: bool) -> Record:
     headers = [(ORIGINAL_TIMESTAMP_HEADER, str(client_timestamp).encode())] if adjusted else None
-    return Record(event_id, value["context"]["session_id"].encode(), orjson.dumps(value), headers, adjusted)
+    return Record(event_id, session_id.encode(), value, headers, adjusted)
 
 
 def heartbeat_value(now: int) -> bytes:

@@ -1,13 +1,15 @@
-"""The msgspec batch decoder against the pydantic schema it is derived from (pure logic, no services).
+"""The msgspec batch path against the pydantic schema it is derived from (pure logic, no services).
 
 Contract: the fast path may refuse what pydantic accepts (that batch then takes the pydantic path), but
-whatever it accepts, pydantic accepts too, with the same values and types.
+whatever it accepts, pydantic accepts too, and both write the same Kafka records: values (with the same
+types), keys and headers. Only a server-assigned event id differs (a fresh UUIDv7 on each path).
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import uuid
 from typing import Annotated, Any
 
 import orjson
@@ -17,7 +19,7 @@ from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from services.ingestion import fast_batch
-from services.ingestion.records import SkewPolicy, to_record
+from services.ingestion.records import Record, SkewPolicy, to_record
 from shared.events import HEARTBEAT_TYPE, TrackEvent
 
 FULL = {
@@ -76,8 +78,32 @@ def pydantic_path(body: bytes) -> list[dict] | None:
         return None
 
 
-def canonical(events: list[dict]) -> bytes:
-    return orjson.dumps(events, option=orjson.OPT_SORT_KEYS)  # 5 and 5.0 differ here, as on the wire
+RECEIVED = 1_765_000_000_000  # FULL was stamped 11.6 days before
+
+
+def wire(records: list[Record]) -> list[tuple[bytes, Any, bytes]]:
+    """Key, headers and canonical value of each record; a server-assigned id (UUIDv7) becomes "assigned"."""
+    out = []
+    for record in records:
+        value = orjson.loads(record.value)
+        if value["event"]["id"] == record.id and _is_uuid7(record.id):
+            value["event"]["id"] = "assigned"
+        out.append((record.key, record.headers, orjson.dumps(value, option=orjson.OPT_SORT_KEYS)))  # 5 != 5.0 here
+    return out
+
+
+def _is_uuid7(text: str) -> bool:
+    try:
+        return uuid.UUID(text).version == 7
+    except ValueError:
+        return False
+
+
+def both_paths(body: bytes, policy: SkewPolicy = POLICY) -> tuple[list | None, list | None]:
+    fast = fast_batch.records(body, 100, RECEIVED, policy)
+    reference = pydantic_path(body)
+    return (None if fast is None else wire(fast),
+            None if reference is None else wire([to_record(e, RECEIVED, policy) for e in reference]))
 
 
 mutations = st.lists(st.tuples(st.sampled_from(PATHS), st.sampled_from([DELETE, *TRICKY])), min_size=1, max_size=3)
@@ -90,21 +116,25 @@ def test_fast_path_never_accepts_what_pydantic_refuses_nor_changes_a_value(base,
     for path, value in changes:
         event = mutate(event, path, value)
     body = body_of([FULL] * siblings + [event])
-    fast = fast_batch.decode(body, max_events=100)
+    fast, reference = both_paths(body)
     if fast is not None:
-        reference = pydantic_path(body)
         assert reference is not None, f"fast path accepted a batch pydantic refuses: {body[-500:]!r}"
-        assert canonical(fast) == canonical(reference)
-        for event in fast:
-            assert orjson.loads(to_record(event, 1_764_000_000_000, POLICY).value)["event"]["id"]
+        assert fast == reference
 
 
 @pytest.mark.parametrize("events", [[FULL], [MINIMAL], [FULL, MINIMAL] * 50])
-def test_fast_path_takes_valid_batches_with_the_values_pydantic_gives(events):
-    body = body_of(events)
-    fast = fast_batch.decode(body, max_events=100)
+def test_fast_path_takes_valid_batches_and_writes_the_records_pydantic_gives(events):
+    fast, reference = both_paths(body_of(events))
     assert fast is not None
-    assert canonical(fast) == canonical(pydantic_path(body))
+    assert fast == reference
+
+
+def test_the_clock_skew_policy_is_applied_the_same_way():
+    strict = SkewPolicy(max_past_ms=1_000, max_future_ms=1_000)
+    fast, reference = both_paths(body_of([FULL, MINIMAL]), strict)
+    assert fast == reference
+    assert fast[0][1] == [("rtap-original-timestamp", str(FULL["timestamp"]).encode())]
+    assert orjson.loads(fast[0][2])["timestamp"] == RECEIVED
 
 
 def test_a_bare_array_is_a_batch_too():
