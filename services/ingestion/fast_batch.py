@@ -108,6 +108,7 @@ FastEvent = _typeddict(events.TrackEvent, ("received_at", int, 0))
 EVENTS = list[FastEvent]  # type: ignore[valid-type]
 BATCH_DECODER = msgspec.json.Decoder(Union[TypedDict("BatchEnvelope", {"events": EVENTS}), EVENTS])  # type: ignore[misc]
 ENCODE = msgspec.json.Encoder().encode
+EVENT_DECODER = msgspec.json.Decoder(FastEvent)
 
 
 def decode(body: bytes, max_events: int) -> list[Any] | None:
@@ -126,6 +127,15 @@ def records(body: bytes, max_events: int, received_at: int, policy: SkewPolicy) 
     """The Kafka records of an all-valid batch, as records.to_record() builds them; None means: use pydantic."""
     decoded = decode(body, max_events)
     return None if decoded is None else [_record(event, received_at, policy) for event in decoded]
+
+
+def record(body: bytes, received_at: int, policy: SkewPolicy) -> Record | None:
+    """The Kafka record of one valid event (POST /v1/analytics/track); None means: use pydantic."""
+    try:
+        event = EVENT_DECODER.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+    return None if event.event.type == events.HEARTBEAT_TYPE else _record(event, received_at, policy)
 
 
 def _record(event: Any, received_at: int, policy: SkewPolicy) -> Record:

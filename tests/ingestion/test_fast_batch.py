@@ -20,7 +20,7 @@ from typing_extensions import TypedDict
 
 from services.ingestion import fast_batch
 from services.ingestion.records import Record, SkewPolicy, to_record
-from shared.events import HEARTBEAT_TYPE, TrackEvent
+from shared.events import HEARTBEAT_TYPE, TRACK_EVENT, TrackEvent
 
 FULL = {
     "event": {"type": "purchase", "id": "evt-1"},
@@ -109,6 +109,17 @@ def both_paths(body: bytes, policy: SkewPolicy = POLICY) -> tuple[list | None, l
 mutations = st.lists(st.tuples(st.sampled_from(PATHS), st.sampled_from([DELETE, *TRICKY])), min_size=1, max_size=3)
 
 
+def single_paths(body: bytes) -> tuple[list | None, list | None]:
+    """POST /v1/analytics/track: one event, fast path and pydantic path."""
+    fast = fast_batch.record(body, RECEIVED, POLICY)
+    try:
+        reference = TRACK_EVENT.validate_json(body)
+    except ValidationError:
+        reference = None
+    return (None if fast is None else wire([fast]),
+            None if reference is None else wire([to_record(reference, RECEIVED, POLICY)]))
+
+
 @settings(max_examples=600, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(base=st.sampled_from([FULL, MINIMAL]), changes=mutations, siblings=st.integers(0, 2))
 def test_fast_path_never_accepts_what_pydantic_refuses_nor_changes_a_value(base, changes, siblings):
@@ -120,6 +131,11 @@ def test_fast_path_never_accepts_what_pydantic_refuses_nor_changes_a_value(base,
     if fast is not None:
         assert reference is not None, f"fast path accepted a batch pydantic refuses: {body[-500:]!r}"
         assert fast == reference
+    single = body_of(event)[len(b'{"events": '):-1]
+    fast_single, reference_single = single_paths(single)
+    if fast_single is not None:
+        assert reference_single is not None, f"fast path accepted an event pydantic refuses: {single[-500:]!r}"
+        assert fast_single == reference_single
 
 
 @pytest.mark.parametrize("events", [[FULL], [MINIMAL], [FULL, MINIMAL] * 50])
@@ -135,6 +151,19 @@ def test_the_clock_skew_policy_is_applied_the_same_way():
     assert fast == reference
     assert fast[0][1] == [("rtap-original-timestamp", str(FULL["timestamp"]).encode())]
     assert orjson.loads(fast[0][2])["timestamp"] == RECEIVED
+
+
+@pytest.mark.parametrize("event", [FULL, MINIMAL])
+def test_a_single_valid_event_takes_the_fast_path_with_the_record_pydantic_gives(event):
+    fast, reference = single_paths(orjson.dumps(event))
+    assert fast is not None
+    assert fast == reference
+
+
+@pytest.mark.parametrize("body", [orjson.dumps(mutate(FULL, ("event", "type"), HEARTBEAT_TYPE)),
+                                  orjson.dumps(mutate(FULL, ("device", "screen_width"), 390.0)), orjson.dumps([FULL]), b"{"])
+def test_single_events_the_fast_path_leaves_to_pydantic(body):
+    assert fast_batch.record(body, RECEIVED, POLICY) is None
 
 
 def test_a_bare_array_is_a_batch_too():
