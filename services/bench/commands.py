@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         processes: Annotated[int, typer.Option(min=1, max=16, help="rtap load sender processes")] = 2,
         batch_size: Annotated[int, typer.Option(min=1, max=1_000, help="events per batch request of rtap load")] = 500,
         session_gap: Annotated[int, typer.Option(min=1, help="session gap (s) of the bench stack, so sessions close within the run")] = 5,
-        settle_timeout: Annotated[float, typer.Option(min=10, help="seconds each layer may take to settle after the load")] = 180,
+        settle_timeout: Annotated[float, typer.Option(min=10, help="seconds every layer may take to settle after the load (one deadline for all)")] = 180,
         warmup: Annotated[float, typer.Option(min=0, max=120, help="seconds of warm-up load before the measured run (0: none)")] = 10,
         watermark_delay: Annotated[int, typer.Option(min=0, max=600_000, help="bounded out-of-orderness (ms) of the bench stack; events later than this are late by policy and fail the reconciliation")] = 5_000,
         out: Annotated[Path, typer.Option(help="directory for results.json, bench.png and the logs")] = Path("bench-results"),

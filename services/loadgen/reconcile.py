@@ -174,18 +174,24 @@ def time_span(entries: list[Entry]) -> tuple[int, int]:
 
 
 def reconcile_run(layers: Layers, schemas: dict[str, MetricSchema], entries: list[Entry], timeout: float) -> list[str]:
-    """Every difference between the stack and the manifest once each layer settled (or `timeout` per layer passed)."""
+    """Every difference between the stack and the manifest once every layer settled, or as they are `timeout` seconds
+    from now (the layers settle concurrently, so one deadline for all: a layer read after it is read once)."""
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(0.0, deadline - time.monotonic())
+
     counted = list(accepted(entries))
     problems: list[str] = []
     wanted = {e["id"] for e in counted}
-    seen = poll(lambda: set(layers.raw_ids()), lambda ids: wanted <= ids, timeout)
+    seen = poll(lambda: set(layers.raw_ids()), lambda ids: wanted <= ids, left())
     problems += [f"raw topic: {len(wanted - seen)} accepted ids missing"] if wanted - seen else []
-    rows = poll(lambda: layers.raw_rows_between(*time_span(counted)), lambda r: r["rows"] >= len(wanted), timeout)
+    rows = poll(lambda: layers.raw_rows_between(*time_span(counted)), lambda r: r["rows"] >= len(wanted), left())
     if rows != {"rows": len(wanted), "ids": len(wanted)}:
         problems.append(f"clickhouse raw: {rows}, expected {len(wanted)} rows, one per id")
     for job, expected in expected_metrics(counted, layers.s).items():
         for layer, read in layers.metric_readers(schemas[job], expected).items():
-            actual = poll(read, lambda a: not reconcile(schemas[job], expected, a), timeout)
+            actual = poll(read, lambda a: not reconcile(schemas[job], expected, a), left())
             problems += [f"{layer}: {p}" for p in reconcile(schemas[job], expected, actual)]
     if problems:
         problems += layers.explain_late()

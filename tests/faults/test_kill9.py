@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mar
 RATE = 400  # events/s, steady, for LOAD_SECONDS
 LOAD_SECONDS = 20
 KILL_AFTER_EVENTS = 2_000  # accepted by ingestion before the kill: the load is really flowing
-SETTLE_TIMEOUT_S = 150
+SETTLE_TIMEOUT_S = 300  # for every layer together (one deadline): watermark delay + a Flink restart + storage
 # processing is the supervisor that submits the Flink job; flink-jobmanager loses the job (no HA), the supervisor
 # resubmits it from the newest retained checkpoint
 COMPONENTS = ("ingestion", "flink-taskmanager", "flink-jobmanager", "processing", "storage", "cache", "kafka", "redis")

@@ -1,0 +1,47 @@
+"""reconcile_run's waiting (pure logic: a stand-in for the layers of a stack that never settles)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+from services.loadgen.reconcile import reconcile_run
+from shared.metrics import load_schemas
+from shared.settings import Settings
+from tests.loadgen.test_manifest import MANIFEST
+
+
+class StuckLayers:
+    """Raw layers complete; every metric layer empty for ever; Flink reports 3 late records."""
+
+    def __init__(self) -> None:
+        self.s = Settings()
+        self.reads: Counter[str] = Counter()
+
+    def raw_ids(self) -> list[str]:
+        return [e["id"] for e in MANIFEST if e["accepted"]]
+
+    def raw_rows_between(self, start_ms: int, end_ms: int) -> dict[str, int]:
+        ids = len({e["id"] for e in MANIFEST if e["accepted"]})
+        return {"rows": ids, "ids": ids}
+
+    def metric_readers(self, schema: Any, expected: dict) -> dict[str, Callable[[], dict]]:
+        def reader(layer: str) -> Callable[[], dict]:
+            def read() -> dict:
+                self.reads[f"{schema.name}/{layer}"] += 1
+                return {}
+            return read
+        return {layer: reader(layer) for layer in ("kafka", "clickhouse", "cache")}
+
+    def explain_late(self) -> list[str]:
+        return ["flink: 3 records arrived after their window closed"]
+
+
+def test_layers_share_one_deadline_so_a_stuck_stack_is_read_once_per_layer_after_it():
+    layers = StuckLayers()
+    problems = reconcile_run(layers, load_schemas(), MANIFEST, timeout=1.5)  # type: ignore[arg-type]
+    assert len(layers.reads) == 9, layers.reads  # 3 jobs x 3 layers, all read
+    first, *rest = layers.reads.values()
+    assert first >= 2 and all(n == 1 for n in rest), layers.reads  # only the first layer waited
+    assert any(p.startswith("kafka: event_metrics") for p in problems)
+    assert problems[-1].startswith("flink: 3 records"), "the late-record count closes a failed reconciliation"
