@@ -1,7 +1,8 @@
 """CPU per event of a batch body's validation and record building, in-process (no HTTP, no Kafka): pydantic's
 whole-batch JSON validation (the fast path before msgspec); msgspec decoding alone; the fast path as the app runs it
 (msgspec structs, values encoded by msgspec); and pydantic's validation plus its record building (dicts
-encoded by orjson: what the fast path did before 2026-11-30 after validating).
+encoded by orjson: what the fast path did before 2026-11-30 after validating). Then the same two paths for the
+body of one event, as the track endpoint takes it.
 
     .venv/bin/python benchmarks/batch_validation.py [--events 500] [--rounds 5]
 
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ingestion import sample_event  # noqa: E402
 from services.ingestion import fast_batch  # noqa: E402
 from services.ingestion.records import SkewPolicy, now_ms, to_record  # noqa: E402
-from shared.events import TrackEvent  # noqa: E402
+from shared.events import TRACK_EVENT, TrackEvent  # noqa: E402
 from shared.settings import IngestionSettings  # noqa: E402
 
 PYDANTIC_BATCH = TypeAdapter(TypedDict("BatchEnvelope", {"events": list[TrackEvent]}))
@@ -59,6 +60,11 @@ def main() -> None:
                        ("fast path: decode + records", lambda: fast_batch.records(body, args.events, now_ms(), policy)),
                        ("pydantic + dict records (orjson)", dict_records)):
         print(f"{name:34} {best_us_per_event(work, args.events, args.rounds):6.2f} us/event")
+    one = orjson.dumps(sample_event(0))
+    print("one event (POST /v1/analytics/track), per request:")
+    for name, work in (("pydantic + to_record", lambda: to_record(TRACK_EVENT.validate_json(one), now_ms(), policy)),
+                       ("fast path: fast_batch.record", lambda: fast_batch.record(one, now_ms(), policy))):
+        print(f"{name:34} {best_us_per_event(work, 1, args.rounds, repeats=20_000):6.2f} us")
 
 
 if __name__ == "__main__":
