@@ -95,22 +95,28 @@ def cpu_seconds(server: psutil.Process) -> float:
     return times.user + times.system
 
 
+def event_loop_seconds(server: psutil.Process) -> float:
+    """CPU of the server's main thread, which runs the event loop (one worker; the Kafka client has its own threads)."""
+    return next((t.user_time + t.system_time for t in server.threads() if t.id == server.pid), 0.0)
+
+
 def phase(name: str, server: psutil.Process, port: int, request: bytes, connections: int, seconds: float, events_per_request: int) -> dict:
     """Run one load phase and print throughput, latency and the server's own CPU use.
 
     events per server CPU-second is what one worker could do on a core of its own: on this
     2-core machine the load client, the broker and the server share the cores."""
-    cpu_before = cpu_seconds(server)
+    cpu_before, loop_before = cpu_seconds(server), event_loop_seconds(server)
     stats, elapsed = asyncio.run(load(port, request, connections, seconds))
-    server_cpu = cpu_seconds(server) - cpu_before
+    server_cpu, loop_cpu = cpu_seconds(server) - cpu_before, event_loop_seconds(server) - loop_before
     lat = sorted(stats.latencies) or [0.0]
     p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
     events = stats.ok * events_per_request
     print(f"{name:<7} {stats.ok / elapsed:>8,.0f} req/s {events / elapsed:>10,.0f} events/s | server CPU {server_cpu / elapsed:4.2f} cores, "
           f"{events / max(server_cpu, 1e-9):>9,.0f} events per server CPU-second | p50 {p50:5.1f} ms p99 {p99:6.1f} ms | "
-          f"202s {stats.ok:,} non-202 {stats.failed:,} ({elapsed:.1f}s)", flush=True)
+          f"202s {stats.ok:,} non-202 {stats.failed:,} ({elapsed:.1f}s)\n"
+          f"{'':7} event-loop thread {loop_cpu / elapsed:4.2f} cores, {loop_cpu / max(events, 1) * 1e6:5.1f} us per event", flush=True)
     return {"name": name, "requests_per_s": stats.ok / elapsed, "events_per_s": events / elapsed,
-            "server_cpu_cores": server_cpu / elapsed, "events_per_server_cpu_second": events / max(server_cpu, 1e-9),
+            "server_cpu_cores": server_cpu / elapsed, "event_loop_cores": loop_cpu / elapsed, "events_per_server_cpu_second": events / max(server_cpu, 1e-9),
             "p50_ms": p50, "p99_ms": p99, "non_202": stats.failed}
 
 
