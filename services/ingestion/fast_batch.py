@@ -1,9 +1,9 @@
-"""The batch fast path: msgspec decodes an all-valid batch into structs and encodes their Kafka values, 2-3x
-less CPU per event than pydantic dicts plus orjson (benchmarks/batch_validation.py).
+"""The fast path of the event endpoints: msgspec decodes a valid track body or an all-valid batch into structs and
+encodes their Kafka values, 2-3x less CPU per event than pydantic dicts plus orjson (benchmarks/batch_validation.py).
 
 The event schema stays defined once, as the pydantic TypedDicts of shared/events.py; the msgspec structs
 are derived from them here, at import, with the defaults shared.events.complete() fills in. The fast
-decoder may be stricter than pydantic, never looser: a batch it refuses (5.0 for an integer, a reserved
+decoder may be stricter than pydantic, never looser: a body it refuses (5.0 for an integer, a reserved
 event type, any invalid item) takes the pydantic path, which names the offending field.
 tests/ingestion/test_fast_batch.py runs both paths on generated events and compares the Kafka values.
 """
@@ -62,7 +62,7 @@ def msgspec_type(tp: Any) -> Any:
     if origin in (dict, list):
         return origin[tuple(msgspec_type(arg) for arg in args)]
     if is_typeddict(tp):
-        return _typeddict(tp)
+        return _struct(tp)
     if tp in (str, int, float, bool, type(None)):
         return tp
     raise TypeError(f"no fast-path equivalent for the type {tp!r}")
@@ -82,7 +82,7 @@ def _check_config(cls: type) -> None:
         raise TypeError(f"{cls.__name__}'s pydantic config {getattr(cls, '__pydantic_config__')} has no fast-path equivalent")
 
 
-def _typeddict(cls: type, *extra: tuple[str, type, Any]) -> Any:
+def _struct(cls: type, *extra: tuple[str, type, Any]) -> Any:
     """A struct with the TypedDict's fields in order; an optional key defaults to what complete() puts there."""
     _check_config(cls)
     hints = get_type_hints(cls, include_extras=True)
@@ -106,7 +106,8 @@ def _field(name: str, tp: Any) -> tuple[str, Any] | tuple[str, Any, Any]:
     raise TypeError(f"no fast-path default for the optional key {name!r} of type {tp!r}")
 
 
-FastEvent = _typeddict(events.TrackEvent, ("received_at", int, 0))
+# received_at: the Kafka value's receive time, set by _record (a client's received_at key is overwritten)
+FastEvent = _struct(events.TrackEvent, ("received_at", int, 0))
 EVENTS = list[FastEvent]  # type: ignore[valid-type]
 BATCH_DECODER = msgspec.json.Decoder(Union[TypedDict("BatchEnvelope", {"events": EVENTS}), EVENTS])  # type: ignore[misc]
 ENCODE = msgspec.json.Encoder().encode

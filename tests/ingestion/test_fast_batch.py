@@ -36,7 +36,8 @@ MINIMAL = {"event": {"type": "page_view"}, "user": {"id": "u-2"},
 PATHS = [(), ("event",), ("event", "type"), ("event", "id"), ("user",), ("user", "id"), ("device",), ("device", "user_agent"),
          ("device", "screen_width"), ("device", "screen_height"), ("context",), ("context", "url"), ("context", "referrer"),
          ("context", "ip_address"), ("context", "session_id"), ("properties",), ("properties", "revenue"), ("properties", "k"),
-         ("metrics",), ("metrics", "load_time"), ("metrics", "interaction_time"), ("timestamp",), ("extra",), ("device", "extra")]
+         ("metrics",), ("metrics", "load_time"), ("metrics", "interaction_time"), ("timestamp",), ("extra",), ("device", "extra"),
+         ("received_at",)]
 OUT_OF_RANGE = "__1e400__"  # replaced by the raw JSON number 1e400 (a float Python cannot hold)
 TRICKY = [None, True, False, 0, -1, 5, 5.0, 5.5, -0.0, 1e308, OUT_OF_RANGE, 2**63, 2**63 - 1, -(2**63) - 1, 100_001, "", "x",
           "5", "true", HEARTBEAT_TYPE, "a" * 64, "a" * 65, "a" * 128, "a" * 129, "a" * 257, "é" * 128, "\ud800", "\x00",
