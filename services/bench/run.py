@@ -82,7 +82,7 @@ def run_bench(config: BenchConfig, out_dir: Path, step: Step, tick: Tick) -> dic
 def end_to_end(s: Settings, config: BenchConfig, processes: dict, tmp: Path, out_dir: Path, step: Step, tick: Tick) -> dict[str, Any]:
     schemas = load_schemas()
     fresh = {job: schemas[job] for job in FRESHNESS_JOBS}
-    watch_s = config.duration + LOAD_GRACE_S + 12 * config.settle_timeout_s
+    watch_s = config.duration + LOAD_GRACE_S + 2 * config.settle_timeout_s  # the reconciliation deadline and its last reads
     window_ms, delay_ms = s.processing.window_seconds * 1000, s.processing.watermark_delay_ms
     memory = MemorySampler(processes).start()
     if config.warmup_s > 0:
