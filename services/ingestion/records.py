@@ -54,7 +54,7 @@ class Record:
 
 
 def to_record(event: dict[str, Any], received_at: int, policy: SkewPolicy) -> Record:
-    """event: a validated TrackEvent (mutated into the wire value). The batch fast path mirrors this for structs."""
+    """event: a validated TrackEvent (mutated into the wire value). fast_batch._record mirrors this for structs."""
     value = complete(event)
     info = value["event"]
     info["id"] = info["id"] or new_event_id()

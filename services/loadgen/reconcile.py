@@ -158,7 +158,7 @@ class Layers:
         if not late:
             return []
         return [f"flink: {late:.0f} records arrived after their window closed (numLateRecordsDropped; late by "
-                f"policy, still in Kafka and raw storage: senders fell behind by more than the watermark delay)"]
+                f"policy and still in Kafka and raw storage, e.g. a sender behind its schedule by more than the watermark delay)"]
 
     def metric_readers(self, schema: MetricSchema, expected: dict[Key, dict]) -> dict[str, Callable[[], dict]]:
         """One reader per layer that holds this job's metrics, each limited to the windows of `expected`."""
