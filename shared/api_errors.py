@@ -26,7 +26,9 @@ DESCRIPTIONS = {
     400: "a parameter is refused; `loc` names it",
     401: "read key missing or wrong (only when read keys are configured)",
     404: "unknown job or resource; `loc` names the path parameter",
-    503: "backend unavailable",
+    413: "body over the service's size limit",
+    429: "too many at once (for example open streams); `msg` names the limit, Retry-After says when to try again",
+    503: "backend unavailable, or too many queries running; retry after Retry-After seconds",
 }
 
 

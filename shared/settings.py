@@ -10,11 +10,15 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "password", "test"}
+# A record's key (context.session_id: at most 256 characters, 1 KiB of UTF-8), its headers, the record and
+# batch framing and the produce request header fit in this.
+RECORD_FRAMING_BYTES = 4_096
 
 
 class KafkaSettings(BaseModel):
@@ -24,6 +28,17 @@ class KafkaSettings(BaseModel):
     heap: str = "512m"
     replication_factor: int = 1
     jmx_exporter_port: int = 9404
+    # How often storage and cache read their consumer group's lag from the broker (served by /metrics).
+    group_lag_interval_seconds: float = Field(default=5.0, gt=0)
+    # The largest record Kafka accepts: the broker's message.max.bytes (local and Compose) and the ingestion
+    # producer's. Ingestion answers 413 for an event whose value exceeds max_event_bytes (this less room for
+    # the key, headers and batch framing), so nothing a client sends can reach Kafka and be refused there.
+    max_record_bytes: int = Field(default=1_000_000, ge=65_536)
+
+    @property
+    def max_event_bytes(self) -> int:
+        """The largest event value (the JSON record) that fits in max_record_bytes with any key and headers."""
+        return self.max_record_bytes - RECORD_FRAMING_BYTES
 
 
 class FlinkSettings(BaseModel):
@@ -45,10 +60,13 @@ class RedisSettings(BaseModel):
     port: int = 6379
     password: str | None = None
     exporter_port: int = 9121  # prometheus-redis-exporter next to the local redis-server
+    # Local redis-server and Compose's redis (its environment holds the same variable). Policy noeviction: a full
+    # Redis refuses writes, the cache consumer retries them without committing (docs/operations.md, Redis memory).
+    maxmemory: str = Field(default="256mb", pattern=r"^[1-9][0-9]*(b|kb|mb|gb)?$")
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/0"
 
 
@@ -57,6 +75,25 @@ class ClickHouseSettings(BaseModel):
     # for example http://default:secret@clickhouse:8123/rtap
     url: str = ""
     database: str = "rtap"
+    # The password of `url`'s user, kept out of the URL (any character works); set, it overrides one in the URL.
+    password: str = ""
+    # The storage API's read-only user on a ClickHouse server (its settings profile holds the SQL limits as
+    # constraints; see docs/security.md). Empty: the API uses `url` with the limits sent per query.
+    reader_url: str = ""
+    reader_password: str = ""  # the password of reader_url's user, kept out of the URL like `password`
+
+
+class HttpServerSettings(BaseModel):
+    """Limits of the HTTP server of every service (ingestion, storage, cache), per process (shared/http_server.py)."""
+
+    limit_concurrency: int = Field(default=1_000, ge=1)  # open connections and running requests; beyond: 503
+    retry_after_seconds: int = Field(default=1, ge=0)  # Retry-After of that 503
+    keep_alive_seconds: int = Field(default=5, ge=1)  # an idle keep-alive connection is closed after this
+    header_read_seconds: float = Field(default=10.0, gt=0)  # request head, from connect or its first byte; beyond: 408
+    body_read_seconds: float = Field(default=30.0, gt=0)  # request body, from the end of the head; beyond: 408
+    max_header_bytes: int = Field(default=32_768, ge=1_024)  # request line and header fields; beyond: 431
+    backlog: int = Field(default=1_024, ge=1)  # connections the kernel queues before the server accepts them
+    shutdown_grace_seconds: int = Field(default=3, ge=0)  # open requests and streams get this long on SIGTERM
 
 
 class PrometheusSettings(BaseModel):
@@ -71,8 +108,10 @@ class IngestionSettings(BaseModel):
     max_body_bytes: int = 1_048_576
     max_batch_events: int = 1_000
     cors_origins: list[str] = Field(default_factory=list)
-    max_clock_skew_ms: int = 24 * 3600 * 1000
-    max_future_skew_ms: int = 5 * 60 * 1000
+    # Clock-skew policy (services/ingestion/records.py): a client timestamp older than max_clock_skew_ms or later
+    # than max_future_skew_ms, relative to the receive time, is replaced by the receive time.
+    max_clock_skew_ms: int = Field(default=24 * 3600 * 1000, ge=0)
+    max_future_skew_ms: int = Field(default=500, ge=0)  # at most half of processing.watermark_delay_ms
     produce_timeout_ms: int = 5_000
     heartbeat_interval_ms: int = 1_000
     retry_after_seconds: int = 5
@@ -84,7 +123,7 @@ class IngestionSettings(BaseModel):
 class ProcessingSettings(BaseModel):
     window_seconds: int = 10
     session_gap_seconds: int = 1_800
-    watermark_delay_ms: int = 2_000
+    watermark_delay_ms: int = Field(default=2_000, ge=0)
     idle_timeout_ms: int = 5_000
     checkpoint_interval_ms: int = 5_000
     # A repeat of an event id within this many seconds (processing time) is dropped; 0 turns it off.
@@ -106,6 +145,8 @@ class StorageSettings(BaseModel):
     port: int = 8090
     batch_rows: int = 10_000
     batch_seconds: float = 1.0
+    # Kafka record bytes (key + value) in one batch; also bounds what librdkafka prefetches.
+    batch_bytes: int = Field(default=32 * 1024 * 1024, ge=1_048_576)
     raw_events_ttl_days: int = 30
     read_keys: list[str] = Field(default_factory=list)
     consumer_group: str = "rtap-storage"
@@ -113,8 +154,13 @@ class StorageSettings(BaseModel):
     retry_max_seconds: float = 30.0
     session_timeout_ms: int = 10_000
     max_limit: int = 10_000
+    max_body_bytes: int = 65_536
     sql_max_rows: int = 10_000
     sql_max_seconds: int = 10
+    sql_max_memory_bytes: int = 512 * 1024 * 1024
+    sql_max_result_bytes: int = 64 * 1024 * 1024
+    sql_max_rows_to_read: int = 100_000_000
+    sql_max_concurrent: int = 2  # read-only connections per query route; a query finding none free gets 503
 
 
 class CacheSettings(BaseModel):
@@ -133,6 +179,10 @@ class CacheSettings(BaseModel):
     active_session_seconds: int = 300
     cors_origins: list[str] = Field(default_factory=list)
     session_timeout_ms: int = 10_000
+    max_streams: int = Field(default=200, ge=1)  # open SSE streams per process; beyond: 429 with Retry-After
+    stream_queue: int = Field(default=1_000, ge=1)  # windows a stream may fall behind before it is ended
+    redis_max_connections: int = Field(default=32, ge=2)  # the API's pool, its one pub/sub connection included
+    redis_timeout_seconds: float = Field(default=5.0, gt=0)  # wait for a pooled connection, and for a Redis reply
 
 
 class Settings(BaseSettings):
@@ -150,6 +200,7 @@ class Settings(BaseSettings):
     processing: ProcessingSettings = ProcessingSettings()
     storage: StorageSettings = StorageSettings()
     cache: CacheSettings = CacheSettings()
+    http: HttpServerSettings = HttpServerSettings()
 
     @model_validator(mode="after")
     def _keys_required_in_production(self) -> Settings:
@@ -163,6 +214,23 @@ class Settings(BaseSettings):
             if not keys or any(k.lower() in PLACEHOLDER_SECRETS for k in keys):
                 raise ValueError(f"{name} must be set to real keys when RTAP_ENV=production")
         return self
+
+    @model_validator(mode="after")
+    def _future_skew_leaves_half_the_watermark_delay(self) -> Settings:
+        future, delay = self.ingestion.max_future_skew_ms, self.processing.watermark_delay_ms
+        if 2 * future > delay:
+            raise ValueError(
+                f"RTAP_INGESTION__MAX_FUTURE_SKEW_MS ({future}) must be at most half of"
+                f" RTAP_PROCESSING__WATERMARK_DELAY_MS ({delay}): one client stamping its events {future} ms ahead"
+                f" moves the watermark that far and leaves every other client only {self.lateness_allowance_ms} ms before its"
+                f" events are late (docs/operations.md, Event time and clock skew)")
+        return self
+
+    @property
+    def lateness_allowance_ms(self) -> int:
+        """How long after its own timestamp an event may reach ingestion and still be counted in its window, whatever
+        timestamps other clients send: the watermark delay minus the future skew ingestion keeps."""
+        return self.processing.watermark_delay_ms - self.ingestion.max_future_skew_ms
 
     @property
     def state_path(self) -> Path:

@@ -151,7 +151,7 @@ class Kafka(Component):
                 "min.insync.replicas=1",
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=false",
-                "message.max.bytes=10485760",
+                f"message.max.bytes={k.max_record_bytes}",  # one limit with ingestion (KafkaSettings.max_record_bytes)
                 "",
             ])
         )
@@ -228,7 +228,8 @@ class Redis(Component):
     def argv(self) -> list[str]:
         r = self.settings.redis
         argv = ["redis-server", "--port", str(r.port), "--bind", "127.0.0.1", "--dir", str(self.state / "redis"),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no", "--save", "60 1"]
+                "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no", "--save", "60 1",
+                "--maxmemory", r.maxmemory, "--maxmemory-policy", "noeviction"]
         if r.password:
             argv += ["--requirepass", r.password]
         return argv
@@ -397,7 +398,10 @@ def write_flink_conf(settings: Settings, conf_dir: Path) -> None:
             "factory": {"class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"},
             "port": f"{f.jobmanager_metrics_port}-{f.taskmanager_metrics_port}",
         }}},
-        "web": {"submit": {"enable": True}, "cancel": {"enable": True}},
+        # No jar upload or run over REST (/jars/*). Jobs are submitted with POST /jobs (the driver's REST client and
+        # `flink run`), which this does not touch; the supervisor cancels with PATCH /jobs/:id, which web.cancel.enable
+        # does not touch either (it only hides the web UI's button).
+        "web": {"submit": {"enable": False}, "cancel": {"enable": False}},
     })
     (conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
     for name in ("log4j-console.properties", "log4j.properties", "log4j-cli.properties", "logback-console.xml"):
@@ -430,7 +434,8 @@ class ClickHouse(Component):
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                 return False, f"storage /readyz: {type(exc).__name__}"
         probe = [sys.executable, "-m", "infrastructure.local.clickhouse_probe"]
-        env = {**os.environ, "RTAP_STATE_DIR": str(self.state), "RTAP_CLICKHOUSE__URL": self.settings.clickhouse.url}
+        env = {**os.environ, "RTAP_STATE_DIR": str(self.state), "RTAP_CLICKHOUSE__URL": self.settings.clickhouse.url,
+               "RTAP_CLICKHOUSE__PASSWORD": self.settings.clickhouse.password}
         try:
             result = subprocess.run(probe, capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT)
         except subprocess.TimeoutExpired:

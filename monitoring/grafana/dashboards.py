@@ -60,9 +60,13 @@ def pipeline_health() -> Dashboard:
         prom_panel("Dead-letter records (5m)", {"{{job}}": "rtap:dead_letters:increase5m"}, (0, 32)),
         prom_panel("Kafka messages in by topic (msg/s)", {"{{topic}}": "rtap:kafka_messages_in:rate1m"}, (12, 32), "ops"),
         prom_panel("API requests by status (req/s)", {"{{job}} {{status}}": "rtap:http_requests:rate5m"}, (0, 40), "reqps"),
-        prom_panel("Redis memory used", {"used": "redis_memory_used_bytes"}, (12, 40), "bytes"),
+        prom_panel("Redis memory used", {"used": "redis_memory_used_bytes",
+                                          "maxmemory (writes refused at it)": "redis_memory_max_bytes > 0"}, (12, 40), "bytes"),
         prom_panel("Redis commands (ops/s)", {"commands": "rate(redis_commands_processed_total[1m])"}, (0, 48), "ops"),
         prom_panel("Flink job running (processing supervisor)", {"running": "rtap_processing_job_running"}, (12, 48)),
+        prom_panel("Event time: timestamps replaced, late records (per 5 min)",
+                   {"timestamps replaced by the receive time": "rtap:timestamps_adjusted:increase5m",
+                    "late records dropped by Flink": "rtap:late_records_dropped:increase5m"}, (0, 56)),
     ]
     return Dashboard(title="RTAP pipeline health", uid="rtap-pipeline-health", panels=panels, refresh="10s",
                      time=Time("now-1h", "now"), tags=["rtap"]).auto_panel_ids()

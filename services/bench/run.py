@@ -140,9 +140,7 @@ def warm_up(s: Settings, config: BenchConfig, tmp: Path, out_dir: Path, step: St
     warm = replace(config, rate=rate, duration=config.warmup_s, seed=config.seed + 1_000)
     run_load(s, warm, tmp / "warmup.jsonl", out_dir / "warmup.log", lambda *_: None)
     window_ms = s.processing.window_seconds * 1000
-    # events are stamped up to one batch ahead of the clock
-    ahead_ms = 1000 * config.batch_size / max(rate / config.processes, 1) + 1000
-    next_window = ((time.time() * 1000 + ahead_ms) // window_ms + 1) * window_ms
+    next_window = (time.time() * 1000 // window_ms + 1) * window_ms  # the sender posts no event before its timestamp
     time.sleep(max(0.0, next_window / 1000 - time.time()))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from services.cache.api import create_app
+from shared.http_server import server_options
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -13,9 +14,9 @@ def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, json=settings.env == "production")
     app = create_app(settings)
-    # Open SSE streams never end by themselves: give them a bounded grace period on shutdown.
+    # Open SSE streams never end by themselves: http.shutdown_grace_seconds bounds them on shutdown.
     uvicorn.run(app, host=settings.cache.host, port=settings.cache.port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=3)
+                **server_options(settings.http))
 
 
 if __name__ == "__main__":

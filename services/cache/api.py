@@ -18,11 +18,13 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
 
 from services.cache.consumer import CacheConsumer
 from services.cache.layout import JobLayout, layouts
 from services.cache.store import CacheStore
+from services.cache.streams import Stream, StreamHub, SubscriptionUnavailable, TooManyStreams
 from shared.api_errors import error_responses
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
@@ -33,6 +35,7 @@ from shared.settings import Settings
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 JSON = "application/json"
 EPOCH_MS_MAX = 2**63 - 1
+STREAM_RETRY_AFTER_SECONDS = 5
 
 
 def param_error(status: int, where: str, name: str, msg: str) -> HTTPException:
@@ -43,17 +46,29 @@ def json_response(body: bytes) -> Response:
     return Response(body, media_type=JSON)
 
 
+def redis_pool(settings: Settings) -> BlockingConnectionPool:
+    """At most cache.redis_max_connections connections, whatever the clients do: a request waits for a free one
+    (up to cache.redis_timeout_seconds) instead of opening another."""
+    c = settings.cache
+    return BlockingConnectionPool.from_url(settings.redis.url, max_connections=c.redis_max_connections,
+                                           timeout=c.redis_timeout_seconds, socket_timeout=c.redis_timeout_seconds,
+                                           socket_connect_timeout=c.redis_timeout_seconds)
+
+
 class CacheApp:
     """Holds what the routes share: settings, job layouts, the Redis store and the consumer."""
 
     def __init__(self, settings: Settings, run_consumer: bool = True):
         self.settings = settings
         self.layouts: dict[str, JobLayout] = layouts(settings.cache.key_prefix, load_schemas().values(), settings.cache.index_columns)
-        self.redis = Redis.from_url(settings.redis.url)
+        self.redis = Redis.from_pool(redis_pool(settings))
         self.store = CacheStore(self.redis)
+        self.streams = StreamHub(self.redis, [layout.channel for layout in self.layouts.values()], settings.cache.max_streams,
+                                 settings.cache.stream_queue, settings.cache.redis_timeout_seconds)
         self.consumer = CacheConsumer(settings, self.layouts) if run_consumer else None
         self.lag_registry = group_lag_registry(settings.kafka.bootstrap, settings.cache.consumer_group,
-                                               [layout.schema.topic for layout in self.layouts.values()]) if run_consumer else None
+                                               [layout.schema.topic for layout in self.layouts.values()],
+                                               settings.kafka.group_lag_interval_seconds) if run_consumer else None
 
     def layout(self, job: str) -> JobLayout:
         try:
@@ -83,8 +98,11 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
         if cache.consumer:
             cache.consumer.start()
         yield
+        await cache.streams.close()
         if cache.consumer:
             cache.consumer.stop()
+        if cache.lag_registry:
+            cache.lag_registry.close()
         await cache.redis.aclose()
 
     app = FastAPI(title="rtap cache API", version="1", lifespan=lifespan,
@@ -94,12 +112,19 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
         app.add_middleware(CORSMiddleware, allow_origins=settings.cache.cors_origins, allow_methods=["GET"], allow_headers=["*"])
 
     app.add_middleware(HttpMetrics)
+    app.add_exception_handler(RedisError, redis_unavailable)
     guarded = read_key_guard(settings.cache.read_keys, query_param=True)
     add_health_routes(app, cache)
     add_job_routes(app, cache, guarded)
     add_session_routes(app, cache, guarded)
     add_page_routes(app, cache, guarded)
     return app
+
+
+async def redis_unavailable(request: Request, exc: Exception) -> Response:
+    """Redis down or every pooled connection busy: a 503 the client may retry, never a 500."""
+    body = {"detail": f"Redis unavailable ({type(exc).__name__}); retry later"}
+    return Response(orjson.dumps(body), 503, media_type=JSON, headers={"Retry-After": "1"})
 
 
 def add_health_routes(app: FastAPI, cache: CacheApp) -> None:
@@ -121,7 +146,7 @@ def add_health_routes(app: FastAPI, cache: CacheApp) -> None:
         return Response(orjson.dumps(body), 200 if ready else 503, media_type=JSON)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
-    def metrics() -> Response:  # sync: FastAPI runs it in a thread, the group-lag collector asks the broker
+    async def metrics() -> Response:  # the group lag is measured in the background: nothing here waits on the broker
         lag = generate_latest(cache.lag_registry) if cache.lag_registry else b""
         return Response(generate_latest() + lag, media_type=CONTENT_TYPE_LATEST)
 
@@ -174,28 +199,33 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         layout = cache.layout(job)
         return layout, cache.filters(layout, request, {"key"})
 
-    @app.get("/v1/jobs/{job}/stream", tags=["jobs"], dependencies=guarded, response_class=EventSourceResponse,
-             responses=error_responses(400, 401, 404),
-             summary="Server-Sent Events: each new or updated window of the job (event 'window', data = the record)")
-    async def stream(request: Request, subject: tuple = Depends(stream_subject)) -> AsyncIterator[ServerSentEvent]:
+    async def stream_slot(subject: tuple = Depends(stream_subject)) -> AsyncIterator[Stream]:
+        """Held for the whole response, so the refusal (429 at cache.max_streams, 503 without Redis) comes before it."""
         layout, filters = subject
-        pubsub = cache.redis.pubsub()
-        await pubsub.subscribe(layout.channel)
         try:
-            yield ServerSentEvent(comment="subscribed", retry=2000)
-            while not await request.is_disconnected():
-                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if msg and matches(msg["data"], filters):
-                    yield ServerSentEvent(raw_data=msg["data"].decode(), event="window")
-        finally:
-            await pubsub.aclose()
+            async with cache.streams.open(layout.channel, filters) as stream:
+                yield stream
+        except TooManyStreams:
+            raise too_many_streams(cache.settings) from None
+        except SubscriptionUnavailable as exc:
+            raise HTTPException(503, f"Redis unavailable ({exc}); retry later", headers={"Retry-After": "1"}) from None
+
+    @app.get("/v1/jobs/{job}/stream", tags=["jobs"], dependencies=guarded, response_class=EventSourceResponse,
+             responses=error_responses(400, 401, 404, 429, 503),
+             summary="Server-Sent Events: each new or updated window of the job (event 'window', data = the record)")
+    async def stream(request: Request, slot: Stream = Depends(stream_slot)) -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(comment="subscribed", retry=2000)
+        while not slot.ended and not await request.is_disconnected():
+            payload = await slot.next(timeout=1.0)
+            if payload is not None:
+                yield ServerSentEvent(raw_data=payload.decode(), event="window")
 
 
-def matches(payload: bytes, filters: dict[str, str]) -> bool:
-    if not filters:
-        return True
-    record = orjson.loads(payload)
-    return all(str(record.get(k)) == v for k, v in filters.items())
+def too_many_streams(settings: Settings) -> HTTPException:
+    limit = settings.cache.max_streams
+    problem = {"loc": ["path", "job"], "msg": f"{limit} streams are open, the limit of this server (cache.max_streams); "
+               f"retry after {STREAM_RETRY_AFTER_SECONDS} s", "type": "too_many_streams"}
+    return HTTPException(429, [problem], headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)})
 
 
 def add_session_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:

@@ -17,7 +17,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge
 
-from services.cache.layout import JobLayout, delete_record, write_record
+from services.cache.layout import JobLayout, delete_record, publish_record, write_record
 from shared.logging import get_logger
 from shared.retry import until_stopped
 from shared.settings import Settings
@@ -29,6 +29,10 @@ RECORDS = Counter("rtap_cache_records_written_total", "Metric records written to
 DEAD = Counter("rtap_cache_dead_letter_total", "Metric records sent to the dead-letter topic", ["job"])
 LAG = Gauge("rtap_cache_consumer_lag_records", "Records in the metric topics not yet written to Redis")
 BATCH_SECONDS = Gauge("rtap_cache_last_batch_seconds", "Duration of the last Redis write + commit")
+WRITE_RETRIES = Counter("rtap_cache_write_retries_total",
+                        "Failed Redis batch writes that were retried, by error (OutOfMemoryError: Redis is at maxmemory)",
+                        ["error"])
+WRITE_BLOCKED = Gauge("rtap_cache_write_blocked", "1 while a batch write to Redis fails and is retried (offsets not committed)")
 
 
 class BadRecord(ValueError):
@@ -148,25 +152,38 @@ class CacheConsumer:
         BATCH_SECONDS.set(time.perf_counter() - started)
 
     def _write(self, decoded: list[Decoded]) -> None:
-        """One pipeline per attempt (redis-py empties a pipeline that failed); Redis down: retry until it is back."""
+        """One pipeline per attempt (redis-py empties a pipeline that failed); Redis down or full (noeviction refuses
+        writes at maxmemory): retry until it takes them, committing nothing meanwhile."""
         for attempt in until_stopped(self.stop_event, "redis write", on_retry=self._failing):
             with attempt:
                 pipe = self.redis.pipeline(transaction=False)
                 for d in decoded:
                     self._queue(pipe, d)
                 pipe.execute()
+                self._publish(decoded)
         self.error = None
+        WRITE_BLOCKED.set(0)
 
     def _failing(self, exc: BaseException) -> None:
-        """Readiness reports the failing write while it is retried."""
+        """Readiness and metrics report the failing write while it is retried."""
         self.error = f"{type(exc).__name__}: {exc}"
+        WRITE_RETRIES.labels(type(exc).__name__).inc()
+        WRITE_BLOCKED.set(1)
 
     def _queue(self, pipe: Any, decoded: Decoded) -> None:
         cache = self.settings.cache
         if decoded.record is None:
             delete_record(pipe, decoded.layout, decoded.key)
         else:
-            write_record(pipe, decoded.layout, decoded.record, cache.windows_per_key, cache.ttl_seconds)
+            write_record(pipe, decoded.layout, decoded.record, cache.windows_per_key, cache.ttl_seconds, publish=False)
+
+    def _publish(self, decoded: list[Decoded]) -> None:
+        """Streams hear of a window only once all of the batch is stored (a refused write publishes nothing)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for d in decoded:
+            if d.record is not None:
+                publish_record(pipe, d.layout, d.record)
+        pipe.execute()
 
     def _dead_letter(self, msg: Message, reason: str) -> None:
         DEAD.labels(msg.topic()).inc()

@@ -71,8 +71,10 @@ class JobLayout:
         return out + [self.index({c: record[c]}) for c in extra]
 
 
-def write_record(pipe: Any, layout: JobLayout, record: dict[str, Any], windows_per_key: int, ttl: int) -> None:
-    """Queue the idempotent write of one validated record on a Redis pipeline."""
+def write_record(pipe: Any, layout: JobLayout, record: dict[str, Any], windows_per_key: int, ttl: int,
+                 publish: bool = True) -> None:
+    """Queue the idempotent write of one validated record on a Redis pipeline (and its publication, unless the
+    caller publishes once the write succeeded: publish_record)."""
     schema = layout.schema
     member = schema.record_key(record)
     payload = orjson.dumps(record)
@@ -84,7 +86,13 @@ def write_record(pipe: Any, layout: JobLayout, record: dict[str, Any], windows_p
     pipe.zadd(layout.end_index, {member: record[schema.window_end]})
     pipe.zremrangebyrank(layout.end_index, 0, -windows_per_key - 1)
     pipe.expire(layout.end_index, ttl)
-    pipe.publish(layout.channel, payload)
+    if publish:
+        pipe.publish(layout.channel, payload)
+
+
+def publish_record(pipe: Any, layout: JobLayout, record: dict[str, Any]) -> None:
+    """Queue the publication of a written record on the job's channel (the SSE streams)."""
+    pipe.publish(layout.channel, orjson.dumps(record))
 
 
 def delete_record(pipe: Any, layout: JobLayout, key_columns: dict[str, Any]) -> None:

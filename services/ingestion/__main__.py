@@ -11,6 +11,7 @@ import shutil
 
 import uvicorn
 
+from shared.http_server import server_options
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -26,7 +27,7 @@ def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, json=settings.env == "production")
     options = dict(host=settings.ingestion.host, port=settings.ingestion.port, log_level="warning", access_log=False,
-                   loop="uvloop", http="httptools")
+                   loop="uvloop", **server_options(settings.http))
     if settings.ingestion.workers > 1:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_metrics_dir(settings)
         uvicorn.run("services.ingestion.app:create_app", factory=True, workers=settings.ingestion.workers, **options)

@@ -7,8 +7,9 @@ import base64
 import binascii
 import gc
 import time
+from collections import Counter
 from contextlib import asynccontextmanager, suppress
-from operator import itemgetter
+from operator import attrgetter
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, Union
 
 import orjson
@@ -20,18 +21,19 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from pydantic.json_schema import models_json_schema
+from starlette.requests import ClientDisconnect
 
-from services.ingestion import fast_batch
+from services.ingestion import fast_batch, record_size
 from services.ingestion.body import read_body
 from services.ingestion.errors import (
-    IngestError, bad_request, first_error, ingest_error_handler, json_response, request_validation_handler, too_large,
-    unavailable,
+    CLIENT_CLOSED, IngestError, Rejection, bad_request, first_error, ingest_error_handler, json_response, kafka_refusal,
+    request_validation_handler, too_large, unavailable,
 )
 from services.ingestion.metrics import METRICS
 from services.ingestion.models import (
-    BatchRejected, BatchRequest, BatchResult, ErrorBody, Health, SegmentResult, TrackAccepted,
+    BatchRejected, BatchRequest, BatchResult, ErrorBody, Health, SegmentResult, TrackAccepted, TrackUnavailable,
 )
-from services.ingestion.producer import EventProducer, Unavailable
+from services.ingestion.producer import EventProducer, Unavailable, is_permanent
 from services.ingestion.records import Record, SkewPolicy, now_ms, to_record
 from services.ingestion.segment import SegmentBatch, SegmentMappingError, SegmentMessage, to_track_event
 from shared.api_keys import key_matches
@@ -46,7 +48,7 @@ NO_OPENTELEMETRY = {"tracing": False, "metrics": False, "logs": False}  # Promet
 KEY_HEADER = "X-Write-Key"
 ERRORS = {400: {"model": ErrorBody, "description": "invalid body; `field` names the offending field"},
           401: {"model": ErrorBody, "description": "write key missing or wrong (only when write keys are configured)"},
-          413: {"model": ErrorBody, "description": "body (or decompressed body, or batch) too large"},
+          413: {"model": ErrorBody, "description": "body (or decompressed body, or batch, or one event's Kafka record) too large"},
           415: {"model": ErrorBody, "description": "unsupported Content-Type or Content-Encoding"},
           503: {"model": ErrorBody, "description": "Kafka unavailable or producer queue full; retry after Retry-After seconds"}}
 
@@ -57,18 +59,34 @@ class Ingestion:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.limits = settings.ingestion
+        self.max_event_bytes = settings.kafka.max_event_bytes
         self.producer = EventProducer(settings, EVENTS.name)
         self.policy = SkewPolicy.from_settings(settings.ingestion)
         self.metrics = METRICS
         self.partitions = EVENTS.partitions
 
-    def check_key(self, request: Request, body_key: str | None = None) -> None:
+    def check_key(self, request: Request) -> None:
+        """401 unless no write keys are configured or the request carries a valid one outside its body."""
+        if not self.header_key_checked(request):
+            raise unauthorized()
+
+    def header_key_checked(self, request: Request) -> bool:
+        """Check a write key given outside the body (header, Basic username, ?write_key=), before the body is read.
+        True: none is needed, or a valid one was given; False: none was given. A wrong one is a 401."""
         keys = self.limits.write_keys
         if not keys:
-            return
-        if not key_matches(request_key(request) or body_key, keys):
-            raise IngestError(401, f"a valid write key is required ({KEY_HEADER} header, Bearer token, Basic username or ?write_key=)",
-                              KEY_HEADER, "unauthorized")
+            return True
+        key = request_key(request)
+        if not key:
+            return False
+        if not key_matches(key, keys):
+            raise unauthorized()
+        return True
+
+    def check_body_key(self, body_key: str | None) -> None:
+        """Segment's body writeKey, for a request that carried no key outside its body."""
+        if not key_matches(body_key, self.limits.write_keys):
+            raise unauthorized()
 
     async def produce(self, records: Sequence[Record]) -> list[Any]:
         started = time.perf_counter()
@@ -93,6 +111,11 @@ class Ingestion:
     async def _refresh_partitions(self) -> None:
         with suppress(Exception):
             self.partitions = await asyncio.to_thread(self.producer.partitions, 2.0)
+
+
+def unauthorized() -> IngestError:
+    return IngestError(401, f"a valid write key is required ({KEY_HEADER} header, Bearer token, Basic username or ?write_key=)",
+                       KEY_HEADER, "unauthorized")
 
 
 def _count() -> Any:
@@ -133,12 +156,13 @@ def batch_items(data: Any, max_events: int, field: str = "events") -> list[Any]:
     return items
 
 
-def item_results(valid: list[tuple[int, Record]], invalid: list[tuple[int, str, str]], errors: list[Any]) -> dict[str, Any]:
+def item_results(valid: list[tuple[int, Record]], invalid: list[Rejection], errors: list[Any]) -> dict[str, Any]:
+    """errors: per valid item, None (written) or why it was not (a retry may write it)."""
     results = [_item_result(i, record, err) for (i, record), err in zip(valid, errors)]
     failed = sum(r["status"] == "failed" for r in results) if any(errors) else 0
     if invalid:
-        results += [{"index": i, "status": "rejected", "error": msg, "field": f} for i, msg, f in invalid]
-        results.sort(key=itemgetter("index"))
+        results += [rejection.result() for rejection in invalid]
+        results.sort(key=lambda r: r["index"])
     return {"accepted": len(results) - len(invalid) - failed, "rejected": len(invalid), "failed": failed, "results": results}
 
 
@@ -148,27 +172,55 @@ def _item_result(index: int, record: Record, err: Any) -> dict[str, Any]:
     return {"index": index, "status": "failed", "id": record.id, "error": str(err), "field": "kafka"}
 
 
-async def ingest_items(ing: Ingestion, endpoint: str, valid: list[tuple[int, Record]], invalid: list[tuple[int, str, str]],
+async def ingest_items(ing: Ingestion, endpoint: str, valid: list[tuple[int, Record]], invalid: list[Rejection],
                        extra: dict[str, Any] | None = None) -> Response:
-    """Write the valid items, answer with per-item results: 202, 400 (none valid) or 503 (not all written)."""
-    if invalid:
-        ing.metrics.rejected("invalid", len(invalid))
-    if not valid:
-        body = {"error": f"no valid events; first problem: {invalid[0][1]}", "field": invalid[0][2], **item_results([], invalid, [])}
-        return json_response(400, body)
-    try:
-        errors = await ing.produce([r for _, r in valid])
-    except IngestError as exc:
-        exc.extra = item_results([], invalid, [exc.error] * len(valid))
-        raise
-    body = {**item_results(valid, invalid, errors), **(extra or {})}
+    """Write the items that are valid and within the record limit, and answer with per-item results: 503 when one was
+    not written and may be on retry, else 202 when any was written, else the first rejection's status (400, 413).
+    Nothing is produced for an item rejected here, and a rejected item never stops its siblings."""
+    valid, oversize = record_size.split(valid, ing.max_event_bytes)
+    written: list[Any] = []
+    if valid:
+        try:
+            written = await ing.produce([r for _, r in valid])
+        except IngestError as exc:
+            exc.extra = item_results(valid, sorted(invalid + oversize, key=attrgetter("index")), [exc.error] * len(valid))
+            raise
+        valid, written, refused = kafka_rejections(ing, valid, written)
+        oversize += refused
+    invalid = sorted(invalid + oversize, key=attrgetter("index"))
+    count_rejections(ing, invalid)
+    body = item_results(valid, invalid, written)
     ing.metrics.accepted_total.labels(endpoint).inc(body["accepted"])
     ing.metrics.adjusted_total.inc(sum(r.timestamp_adjusted for _, r in valid))
     if body["failed"]:
         ing.metrics.rejected("unavailable", body["failed"])
         retry = str(ing.limits.retry_after_seconds)
         return json_response(503, {"error": "Kafka did not acknowledge every event", "field": "kafka", **body}, {"Retry-After": retry})
-    return json_response(202, body)
+    if not body["accepted"]:
+        first = invalid[0]
+        return json_response(first.status, {"error": f"no valid events; first problem: {first.error}", "field": first.field, **body})
+    return json_response(202, {**body, **(extra or {})})
+
+
+def kafka_rejections(ing: Ingestion, valid: list[tuple[int, Record]], errors: list[Any]) -> tuple[list, list, list[Rejection]]:
+    """Items Kafka refused for what they are leave (valid, errors) as rejections: a retry cannot write them."""
+    if not any(errors):
+        return valid, errors, []
+    kept, kept_errors, refused = [], [], []
+    for (i, record), err in zip(valid, errors):
+        if err is not None and is_permanent(err):
+            refused.append(kafka_refusal(err, ing.limits.retry_after_seconds).rejection(i))
+        else:
+            kept.append((i, record))
+            kept_errors.append(err)
+    return kept, kept_errors, refused
+
+
+def count_rejections(ing: Ingestion, rejections: list[Rejection]) -> None:
+    if not rejections:
+        return
+    for reason, n in Counter(r.reason for r in rejections).items():
+        ing.metrics.rejected(reason, n)
 
 
 class DirectRoute(APIRoute):
@@ -218,11 +270,26 @@ class IngestionApp(FastAPI):
             response = await route.endpoint(request)
         except IngestError as exc:
             response = await ingest_error_handler(request, exc)
+        except ClientDisconnect:  # nobody to answer; counted, not an error of ours
+            count_client_disconnect(self)
+            record_http(scope, CLIENT_CLOSED, time.perf_counter() - started)
+            return
         except Exception:  # what Starlette's error middleware would answer, with the JSON error shape
             log.exception("ingestion request failed", path=scope["path"])
             response = json_response(500, {"error": "internal error", "field": "body"})
         record_http(scope, response.status_code, time.perf_counter() - started)
         await response(scope, receive, send)
+
+
+def count_client_disconnect(app: FastAPI) -> None:
+    app.state.ingestion.metrics.rejected("client_disconnect")
+    log.debug("client disconnected before its body was read")
+
+
+async def client_disconnect_handler(request: Request, _exc: ClientDisconnect) -> Response:
+    """The full middleware stack's answer (never sent: the client is gone), counted as CLIENT_CLOSED, not as a 5xx."""
+    count_client_disconnect(request.app)
+    return Response(status_code=CLIENT_CLOSED)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -246,6 +313,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ingestion = ing
     app.add_exception_handler(IngestError, ingest_error_handler)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
+    app.add_exception_handler(ClientDisconnect, client_disconnect_handler)
     if settings.ingestion.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.ingestion.cors_origins, allow_methods=["POST", "GET", "OPTIONS"],
                            allow_headers=["Content-Type", "Content-Encoding", KEY_HEADER, "Authorization"], max_age=600)
@@ -271,16 +339,16 @@ def add_event_routes(app: FastAPI, ing: Ingestion) -> None:
     track_accepted = ing.metrics.accepted_total.labels("track")
 
     @direct_post(app, "/v1/analytics/track", status_code=202, tags=["events"], openapi_extra=_body_schema("TrackEvent"),
-                 responses={202: {"model": TrackAccepted, "description": "durably written to Kafka"}, **ERRORS})
+                 responses={202: {"model": TrackAccepted, "description": "durably written to Kafka"}, **ERRORS,
+                            503: {"model": TrackUnavailable, "description": "not written; retry with its `id` after Retry-After seconds"}})
     async def track(request: Request) -> Response:
-        """One event. 202 once Kafka acknowledged it (acks=all)."""
+        """One event. 202 once Kafka acknowledged it (acks=all); a 503 carries the event's id, to retry it with."""
         started = time.perf_counter()
         try:
             ing.check_key(request)
             record = track_record(ing, await read_body(request, limits.max_body_bytes))
-            errors = await ing.produce([record])
-            if errors[0] is not None:
-                raise unavailable(f"Kafka refused the event: {errors[0]}", limits.retry_after_seconds)
+            record_size.check(record, ing.max_event_bytes)
+            await produce_one(ing, record)
             track_accepted.inc()
             if record.timestamp_adjusted:
                 ing.metrics.adjusted_total.inc()
@@ -301,6 +369,18 @@ def add_event_routes(app: FastAPI, ing: Ingestion) -> None:
             return await ingest_items(ing, "batch", valid, invalid)
         finally:
             batch_seconds.observe(time.perf_counter() - started)
+
+
+async def produce_one(ing: Ingestion, record: Record) -> None:
+    """Write one event, or raise its IngestError (a 503 carries the id it was given, so a retry keeps it single)."""
+    try:
+        [err] = await ing.produce([record])
+        if err is not None:
+            raise kafka_refusal(err, ing.limits.retry_after_seconds)
+    except IngestError as exc:
+        if exc.status == 503:
+            exc.extra = {"id": record.id}
+        raise
 
 
 def track_record(ing: Ingestion, body: bytes) -> Record:
@@ -327,11 +407,12 @@ def batch_records(ing: Ingestion, body: bytes) -> tuple[list, list]:
         try:
             valid.append((i, to_record(TRACK_EVENT.validate_python(item), received, ing.policy)))
         except ValidationError as exc:
-            invalid.append((i, *first_error(exc)))
+            invalid.append(Rejection(i, *first_error(exc)))
     return valid, invalid
 
 
 def segment_records(ing: Ingestion, messages: list[Any], sent_at: Any) -> tuple[list, list]:
+    """Each message mapped to our record on its own; one that cannot be mapped is rejected with its reason."""
     received = now_ms()
     valid, invalid = [], []
     for i, raw in enumerate(messages):
@@ -339,9 +420,12 @@ def segment_records(ing: Ingestion, messages: list[Any], sent_at: Any) -> tuple[
             msg = SegmentMessage.model_validate(raw)
             valid.append((i, to_record(to_track_event(msg, sent_at, received), received, ing.policy)))
         except ValidationError as exc:
-            invalid.append((i, *first_error(exc)))
+            invalid.append(Rejection(i, *first_error(exc)))
         except SegmentMappingError as exc:
-            invalid.append((i, str(exc), exc.field))
+            invalid.append(Rejection(i, str(exc), exc.field))
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # a case the mapping does not name yet
+            log.warning("segment message not mapped", index=i, error=repr(exc)[:200])
+            invalid.append(Rejection(i, f"message cannot be mapped: {exc}", "body"))
     return valid, invalid
 
 
@@ -351,23 +435,43 @@ def add_segment_routes(app: FastAPI, ing: Ingestion) -> None:
 
     @direct_post(app, "/v1/batch", tags=["segment"], openapi_extra=_body_schema("SegmentBatch"), responses=responses)
     async def segment_batch(request: Request) -> Response:
-        """Segment-compatible batch (what Segment's libraries send); writeKey as Basic auth username or in the body."""
+        """Segment-compatible batch (what Segment's libraries send).
+
+        Write key: a key outside the body (Basic auth username as Segment's libraries send it, X-Write-Key, Bearer,
+        ?write_key=) is checked before the body is read, and a wrong one is a 401 with nothing parsed. Only a request
+        without one has its body parsed for Segment's body `writeKey`, which is then checked before anything else
+        of the body is validated.
+        """
+        header_key_ok = ing.header_key_checked(request)
         data = parse_json(await read_body(request, limits.max_body_bytes))
+        if not header_key_ok:
+            ing.check_body_key(body_write_key(data, strict=True))
         try:
             envelope = SegmentBatch.model_validate(data if isinstance(data, dict) else {})
         except ValidationError as exc:
             raise bad_request(*first_error(exc)) from None
-        ing.check_key(request, envelope.writeKey)
         messages = batch_items(data, limits.max_batch_events, "batch")
         return _segment_status(await ingest_items(ing, "segment", *segment_records(ing, messages, envelope.sentAt), {"success": True}))
 
     @direct_post(app, "/v1/track", tags=["segment"], openapi_extra=_body_schema("SegmentMessage"), responses=responses)
     async def segment_track(request: Request) -> Response:
-        """One Segment track/page/screen message."""
+        """One Segment track/page/screen message. Write key as for /v1/batch: one outside the body is checked before
+        the body is read; only without one is the body parsed, for its `writeKey`."""
+        header_key_ok = ing.header_key_checked(request)
         data = parse_json(await read_body(request, limits.max_body_bytes))
-        write_key = data.get("writeKey") if isinstance(data, dict) else None
-        ing.check_key(request, write_key if isinstance(write_key, str) else None)
+        if not header_key_ok:
+            ing.check_body_key(body_write_key(data, strict=False))
         return _segment_status(await ingest_items(ing, "segment", *segment_records(ing, [data], None), {"success": True}))
+
+
+def body_write_key(data: Any, strict: bool) -> str | None:
+    """Segment's body writeKey. Not a string: 400 when strict (the batch envelope's schema says string), else no key."""
+    key = data.get("writeKey") if isinstance(data, dict) else None
+    if key is None or isinstance(key, str):
+        return key
+    if strict:
+        raise bad_request("writeKey: must be a string", "writeKey")
+    return None
 
 
 def _segment_status(response: Response) -> Response:

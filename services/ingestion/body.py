@@ -15,7 +15,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The decoded body, refusing anything whose wire or decompressed size exceeds limit bytes."""
     _check_content_type(request.headers.get("content-type", ""))
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:  # "²" is a digit to isdigit()
         raise too_large(f"body is {declared} bytes; the limit is {limit}")
     body = await _read_bounded(request, limit)
     encoding = request.headers.get("content-encoding", "").strip().lower()

@@ -5,13 +5,19 @@ Body: {"error": "<what is wrong>", "field": "<dotted path, header or 'body'>"}
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from confluent_kafka import KafkaError
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
+
+from services.ingestion.producer import SIZE_ERRORS, is_permanent
+
+CLIENT_CLOSED = 499  # the status counted (never sent) for a client that disconnected before its body was read
 
 
 class IngestError(Exception):
@@ -25,6 +31,23 @@ class IngestError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": self.error, "field": self.field, **self.extra}
 
+    def rejection(self, index: int) -> Rejection:
+        return Rejection(index, self.error, self.field, self.status, self.reason)
+
+
+@dataclass(slots=True)
+class Rejection:
+    """One batch item refused on its own: the problem, its field (relative to the item) and the status it would get alone."""
+
+    index: int
+    error: str
+    field: str
+    status: int = 400
+    reason: str = "invalid"
+
+    def result(self) -> dict[str, Any]:
+        return {"index": self.index, "status": "rejected", "error": self.error, "field": self.field}
+
 
 def bad_request(error: str, field: str) -> IngestError:
     return IngestError(400, error, field, "invalid")
@@ -36,6 +59,16 @@ def too_large(error: str, field: str = "body") -> IngestError:
 
 def unavailable(error: str, retry_after: int, extra: dict[str, Any] | None = None) -> IngestError:
     return IngestError(503, error, "kafka", "unavailable", {"Retry-After": str(retry_after)}, extra)
+
+
+def kafka_refusal(err: KafkaError, retry_after: int) -> IngestError:
+    """A record Kafka did not write. Refused for what it is (retrying cannot help): 413 when too large, else 400, for
+    that event alone. Anything else (queue full, broker down, timeout): 503, retry later."""
+    if not is_permanent(err):
+        return unavailable(f"Kafka did not write the event: {err.str()}", retry_after)
+    if err.code() in SIZE_ERRORS:
+        return too_large(f"Kafka refuses the event's record as too large: {err.str()}", "event")
+    return bad_request(f"Kafka refuses the event's record: {err.str()}", "event")
 
 
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -20,6 +20,10 @@ class TrackAccepted(BaseModel):
     timestamp_adjusted: bool = Field(description="true when the client timestamp broke the clock-skew policy and was replaced")
 
 
+class TrackUnavailable(ErrorBody):
+    id: str = Field(description="event.id the event was given (the client's or a server UUIDv7): retry with it, and it is stored once")
+
+
 class ItemResult(BaseModel):
     index: int
     status: Literal["accepted", "rejected", "failed"] = Field(description="failed: valid but not acknowledged by Kafka (retry it)")

@@ -2,7 +2,7 @@
 
 A poll thread serves delivery callbacks and hands each poll's completions to the event loop in
 one call, so a request awaits exactly its own records' acknowledgements. Nothing here decides
-HTTP semantics; the app maps Unavailable to 503.
+HTTP semantics: the app maps Unavailable to 503 and each per-record KafkaError by is_permanent().
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from typing import Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -21,12 +22,25 @@ from shared.settings import Settings
 log = get_logger("ingestion.producer")
 
 
+# Errors that retrying the same record can never fix: the record itself is refused.
+PERMANENT_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG, KafkaError.INVALID_TIMESTAMP,
+})
+SIZE_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
 class Unavailable(Exception):
     """Kafka did not acknowledge in time, or the producer queue is full."""
 
 
+def is_permanent(err: KafkaError) -> bool:
+    """True when Kafka refuses the record itself (a retry gets the same answer); False when a retry may succeed."""
+    return err.code() in PERMANENT_ERRORS
+
+
 class _Pending:
-    """The acknowledgements one request waits for. Counted on the poll thread; resolved once, on the loop."""
+    """The acknowledgements one request waits for. Counted on the poll thread only; resolved once, on the loop."""
 
     __slots__ = ("future", "remaining", "failed", "done")
 
@@ -36,7 +50,10 @@ class _Pending:
     def delivered(self, err: KafkaError | None, msg) -> None:
         if err is not None:
             self.failed.append((err, msg.value()))
-        self.remaining -= 1
+        self.count_off(1)
+
+    def count_off(self, n: int) -> None:
+        self.remaining -= n
         if self.remaining == 0:
             self.done.append(self)
 
@@ -55,6 +72,7 @@ def producer_config(settings: Settings) -> dict:
         "compression.type": s.compression,
         "linger.ms": s.linger_ms,
         "queue.buffering.max.messages": s.queue_max_messages,
+        "message.max.bytes": settings.kafka.max_record_bytes,  # the broker's limit too: one setting
         "message.timeout.ms": max(s.produce_timeout_ms, s.linger_ms + 1),
         "request.timeout.ms": max(s.produce_timeout_ms, 1000),
         "socket.keepalive.enable": True,
@@ -69,6 +87,7 @@ class EventProducer:
         self.queue_max = settings.ingestion.queue_max_messages
         self._producer = Producer(producer_config(settings))
         self._done: list[_Pending] = []
+        self._unqueued: deque[tuple[_Pending, int]] = deque()  # counted off on the poll thread, like deliveries
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,28 +108,40 @@ class EventProducer:
         return len(self._producer)
 
     async def send(self, records: Sequence[Record]) -> list[KafkaError | None]:
-        """Per-record delivery errors once every record is acknowledged (acks=all), or Unavailable."""
+        """Per-record errors once every queued record is acknowledged (acks=all): None for a written record, else
+        the KafkaError of its delivery report, or of librdkafka refusing to queue it. Unavailable when Kafka did not
+        acknowledge in time or the queue is full before anything was queued."""
         if len(self._producer) + len(records) > self.queue_max:
             raise Unavailable("producer queue is full")
         pending = _Pending(self._loop.create_future(), len(records), self._done)
-        try:
-            self._enqueue(records, pending.delivered)
-        except BufferError:
-            raise Unavailable("producer queue is full") from None
+        refused = self._enqueue(records, pending.delivered)
+        if len(refused) == len(records):
+            return [refused[i] for i in range(len(records))]
+        if refused:
+            self._unqueued.append((pending, len(refused)))
         try:
             failed = await asyncio.wait_for(pending.future, self.timeout_s)
         except asyncio.TimeoutError:
             raise Unavailable(f"Kafka did not acknowledge within {self.timeout_s:g}s") from None
-        return per_record_errors(records, failed)
+        return per_record_errors(records, failed, refused)
 
-    def _enqueue(self, records: Sequence[Record], delivered) -> None:
-        """One produce_batch() call (C loop, key partitioner) for records without headers; produce() for the rest."""
+    def _enqueue(self, records: Sequence[Record], delivered) -> dict[int, KafkaError]:
+        """Queue the records: one produce_batch() call (C loop, key partitioner) for records without headers, produce()
+        for the rest. Returns the records librdkafka refused to queue (no delivery report comes for them), by index."""
         plain = [{"value": r.value, "key": r.key} for r in records if r.headers is None]
+        refused: dict[int, KafkaError] = {}
         if plain and self._producer.produce_batch(self.topic, plain, on_delivery=delivered) < len(plain):
-            raise BufferError(next((m["_error"] for m in plain if "_error" in m), "not every record was queued"))
-        for r in records:
+            plain_indexes = (i for i, r in enumerate(records) if r.headers is None)
+            refused.update((i, m["_error"]) for i, m in zip(plain_indexes, plain) if "_error" in m)
+        for i, r in enumerate(records):
             if r.headers is not None:
-                self._producer.produce(self.topic, r.value, r.key, headers=r.headers, on_delivery=delivered)
+                try:
+                    self._producer.produce(self.topic, r.value, r.key, headers=r.headers, on_delivery=delivered)
+                except BufferError:
+                    refused[i] = KafkaError(KafkaError._QUEUE_FULL)
+                except KafkaException as exc:
+                    refused[i] = exc.args[0]
+        return refused
 
     def heartbeat(self, partitions: int) -> None:
         """One heartbeat record to every partition (fire and forget; counted when it fails)."""
@@ -118,7 +149,7 @@ class EventProducer:
         for p in range(partitions):
             try:
                 self._producer.produce(self.topic, value, HEARTBEAT_KEY, partition=p, on_delivery=self._heartbeat_delivered)
-            except BufferError:
+            except (BufferError, KafkaException):
                 self.heartbeat_errors += 1
 
     def partitions(self, timeout_s: float = 5.0) -> int:
@@ -135,6 +166,9 @@ class EventProducer:
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
             self._producer.poll(0.05)
+            while self._unqueued:
+                pending, n = self._unqueued.popleft()
+                pending.count_off(n)
             if self._done:
                 done = self._done[:]  # callbacks append on this same thread, so copy-and-clear is safe
                 self._done.clear()
@@ -149,10 +183,18 @@ def _resolve(done: list[_Pending]) -> None:
         pending.resolve()
 
 
-def per_record_errors(records: Sequence[Record], failed: list[tuple[KafkaError, bytes]]) -> list[KafkaError | None]:
+def per_record_errors(records: Sequence[Record], failed: list[tuple[KafkaError, bytes]],
+                      refused: dict[int, KafkaError]) -> list[KafkaError | None]:
+    """Each record's error: its refusal to queue, or its failed delivery report (matched by value; equal values
+    share their reports)."""
     errors: list[KafkaError | None] = [None] * len(records)
     if failed:
-        by_value = {r.value: i for i, r in enumerate(records)}
+        by_value: dict[bytes, list[int]] = {}
+        for i, r in enumerate(records):
+            if i not in refused:
+                by_value.setdefault(r.value, []).append(i)
         for err, value in failed:
-            errors[by_value[value]] = err
+            errors[by_value[value].pop()] = err
+    for i, err in refused.items():
+        errors[i] = err
     return errors

@@ -2,8 +2,16 @@
 
 Clock-skew policy: a client timestamp more than max_clock_skew_ms before the receive time, or
 more than max_future_skew_ms after it, is replaced by the receive time. The record then carries
-the header `rtap-original-timestamp` (the client's value) and the response flags the item with
-"timestamp_adjusted": true. A missing timestamp is the receive time, without a flag.
+the header `rtap-original-timestamp` (the client's value), the response flags the item with
+"timestamp_adjusted": true and rtap_ingestion_timestamps_adjusted_total counts it. A missing
+timestamp is the receive time, without a flag. The value written is the one the jobs window by and
+raw storage keeps.
+
+The future bound is what keeps one client's clock from closing everyone's windows early: the
+watermark trails the newest event time by watermark_delay_ms, so an event time at most
+max_future_skew_ms ahead of the receive time leaves every other client at least
+Settings.lateness_allowance_ms (watermark_delay_ms - max_future_skew_ms); the settings model
+refuses a future bound above half the watermark delay.
 """
 
 from __future__ import annotations

@@ -5,16 +5,18 @@ Mapping (Segment -> ours):
   page -> page_view; screen -> screen_view; userId (else anonymousId) -> user.id;
   context.userAgent, context.screen.{width,height} -> device (missing: "" and 0);
   context.page.{url,referrer} (else properties.url/referrer) -> context.url/referrer; context.ip -> ip_address;
-  context.sessionId / context.session_id / properties.session_id, else anonymousId, else userId -> session_id;
-  properties: scalars kept, nested values JSON-encoded, nulls dropped; properties.load_time/interaction_time -> metrics;
-  timestamp (ISO-8601) corrected by sentAt like Segment does: receive time - (sentAt - timestamp).
-identify, group and alias carry no event for the jobs and are rejected per item.
+  context.sessionId / context.session_id / properties.session_id (a string or number), else anonymousId, else userId
+  -> session_id;
+  properties: scalars kept, nested values JSON-encoded (at most MAX_NESTING levels), nulls dropped;
+  properties.load_time/interaction_time -> metrics;
+  timestamp (ISO-8601; without an offset: UTC) corrected by sentAt like Segment does: receive time - (sentAt - timestamp).
+identify, group and alias carry no event for the jobs and are rejected per item, as is a message that cannot be mapped.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import orjson
@@ -29,6 +31,9 @@ SEGMENT_EVENT_TYPES = {
     "Page Viewed": "page_view",
 }
 TYPE_FOR_MESSAGE = {"page": "page_view", "screen": "screen_view"}
+SESSION_SOURCES = (("context", "sessionId"), ("context", "session_id"), ("properties", "session_id"))
+MAX_NESTING = 254  # orjson encodes no deeper
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class SegmentMessage(BaseModel):
@@ -75,7 +80,9 @@ def event_type(msg: SegmentMessage) -> str:
 
 
 def to_epoch_ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
+    """Epoch milliseconds; a timestamp without a UTC offset is UTC (never the server's local time)."""
+    aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return (aware - EPOCH) // timedelta(milliseconds=1)
 
 
 def corrected_timestamp(msg: SegmentMessage, batch_sent_at: datetime | None, received_at: int) -> int | None:
@@ -88,12 +95,31 @@ def corrected_timestamp(msg: SegmentMessage, batch_sent_at: datetime | None, rec
 
 
 def flat_properties(properties: dict[str, Any]) -> dict[str, Any]:
+    """Scalars as they are, nested values as JSON text, nulls dropped; SegmentMappingError for a value nested too deep."""
     out = {}
     for name, value in properties.items():
         if value is None:
             continue
-        out[str(name)] = value if isinstance(value, (str, int, float, bool)) else orjson.dumps(value).decode()
+        out[str(name)] = value if isinstance(value, (str, int, float, bool)) else _json_text(f"properties.{name}", value)
     return out
+
+
+def _json_text(field: str, value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        raise SegmentMappingError(f"{field}: nested deeper than {MAX_NESTING} levels", field) from None
+
+
+def session_id(msg: SegmentMessage, user_id: str) -> str:
+    """The first session id the message carries, as text; SegmentMappingError for an object or array."""
+    for part, name in SESSION_SOURCES:
+        value = getattr(msg, part).get(name)
+        if value:
+            if isinstance(value, (dict, list)):
+                raise SegmentMappingError(f"{part}.{name} must be a string or number", f"{part}.{name}")
+            return str(value)
+    return msg.anonymousId or user_id
 
 
 def _number(value: Any) -> float | None:
@@ -108,14 +134,13 @@ def to_track_event(msg: SegmentMessage, batch_sent_at: datetime | None, received
     ctx, props = msg.context, msg.properties
     page = ctx.get("page") if isinstance(ctx.get("page"), dict) else {}
     screen = ctx.get("screen") if isinstance(ctx.get("screen"), dict) else {}
-    session = ctx.get("sessionId") or ctx.get("session_id") or props.get("session_id") or msg.anonymousId or user_id
     return TRACK_EVENT.validate_python({
         "event": {"type": event_type(msg), "id": msg.messageId},
         "user": {"id": user_id},
         "device": {"user_agent": ctx.get("userAgent") or "", "screen_width": screen.get("width") or 0,
                    "screen_height": screen.get("height") or 0},
         "context": {"url": page.get("url") or props.get("url") or "", "referrer": page.get("referrer") or props.get("referrer"),
-                    "ip_address": ctx.get("ip"), "session_id": str(session)},
+                    "ip_address": ctx.get("ip"), "session_id": session_id(msg, user_id)},
         "properties": flat_properties(props),
         "metrics": {"load_time": _number(props.get("load_time")), "interaction_time": _number(props.get("interaction_time"))},
         "timestamp": corrected_timestamp(msg, batch_sent_at, received_at),

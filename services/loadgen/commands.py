@@ -56,7 +56,7 @@ def summary_table(summary: dict[str, int], seconds: float) -> Table:
 def register(app: typer.Typer) -> None:
     @app.command("load")
     def load(
-        rate: Annotated[float, typer.Option(min=0, help="events per second in total (0 = as fast as possible)")] = 1_000,
+        rate: Annotated[float, typer.Option(min=0, help="events per second in total (0 = as fast as possible, up to 10,000 per process: no event is posted before its timestamp)")] = 1_000,
         duration: Annotated[Optional[float], typer.Option(min=0, help="seconds of traffic (events = rate x duration)")] = None,
         events: Annotated[Optional[int], typer.Option(min=1, help="number of distinct events (overrides --duration)")] = None,
         processes: Annotated[int, typer.Option(min=1, max=64, help="sender processes")] = 1,

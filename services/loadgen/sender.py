@@ -32,7 +32,7 @@ class WorkerPlan:
     url: str
     write_key: str | None
     events: int
-    rate: float  # events/s of this worker; 0 = as fast as possible
+    rate: float  # events/s of this worker; 0 = as fast as the schedule of SCHEDULE_RATE_WHEN_UNPACED allows
     batch_size: int
     duplicate_fraction: float
     deadline_s: float  # stop sending after this many seconds
@@ -133,12 +133,20 @@ def run_worker(plan: WorkerPlan, progress: Any) -> None:
             for event in batch:
                 if event["event"]["id"] not in entries:
                     entries[event["event"]["id"]] = entry_for(event, event["event"]["id"] in traffic.late_ids)
+            wait_until_past(max(event["timestamp"] for event in batch))
             sent, newly = deliver(client, batch, entries, plan.retries)
             posts, accepted = posts + sent, accepted + newly
             progress.put(Progress(plan.spec.worker, posts, accepted, len(entries) - accepted, done=False))
             pace(started, len(entries), plan.rate)
     write_manifest(plan.manifest_part, entries.values())
     progress.put(Progress(plan.spec.worker, posts, accepted, len(entries) - accepted, done=True))
+
+
+def wait_until_past(timestamp_ms: int) -> None:
+    """Return once the wall clock has reached timestamp_ms. A batch holds a stretch of the schedule; posted before
+    its newest timestamp has passed, it would carry future timestamps, which ingestion replaces by its receive time
+    beyond RTAP_INGESTION__MAX_FUTURE_SKEW_MS (and the manifest could no longer place those events in windows)."""
+    time.sleep(max(0.0, timestamp_ms / 1000 - time.time()))
 
 
 def pace(started: float, sent: int, rate: float) -> None:

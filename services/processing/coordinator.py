@@ -19,6 +19,8 @@ SOURCE_TABLE = "events_source"
 RAW_COLUMNS = ("event_type", "event_id", "user_id", "session_id", "user_agent", "screen_width", "screen_height", "url",
                "referrer", "properties", "load_time", "interaction_time", "ts", "received_at")
 EVENTS_VIEW = "events"
+EVENT_MS = "COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT))"
+RECEIVED_MS = "COALESCE(received_at, `timestamp`, CAST(0 AS BIGINT))"
 
 
 @dataclass(frozen=True)
@@ -86,12 +88,21 @@ class JobCoordinator:
   kafka_partition INT METADATA FROM 'partition' VIRTUAL,
   kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
   proc_time AS PROCTIME(),
-  event_ms AS COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT)),
-  event_time AS TO_TIMESTAMP_LTZ(COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT)), 3),
-  WATERMARK FOR event_time AS event_time - {interval(p.watermark_delay_ms / 1000)}
+  event_ms AS {EVENT_MS},
+  event_time AS TO_TIMESTAMP_LTZ({EVENT_MS}, 3),
+  WATERMARK FOR event_time AS {self.watermark_sql()}
 ) WITH (
   {with_options(options)}
 )"""
+
+    def watermark_sql(self) -> str:
+        """Event time minus the watermark delay, where event time counts for at most max_future_skew_ms past the
+        record's receive time. Ingestion already bounds every timestamp it writes that way (clock-skew policy), so
+        this changes nothing for its records; a record from another writer, or from an ingestion configured with a
+        larger bound, still cannot move the watermark further. The record keeps its event time for its window."""
+        delay = interval(self.settings.processing.watermark_delay_ms / 1000)
+        bounded_ms = f"LEAST({EVENT_MS}, {RECEIVED_MS} + {self.settings.ingestion.max_future_skew_ms})"
+        return f"TO_TIMESTAMP_LTZ({bounded_ms}, 3) - {delay}"
 
     def _startup_options(self) -> dict[str, str]:
         if self.bounds is None:

@@ -8,6 +8,7 @@ import signal
 import uvicorn
 
 from services.storage.api import create_app
+from shared.http_server import server_options
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -17,7 +18,8 @@ def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, json=settings.env == "production")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.storage.host, port=settings.storage.port, log_level="warning", access_log=False)
+    uvicorn.run(app, host=settings.storage.host, port=settings.storage.port, log_level="warning", access_log=False,
+                **server_options(settings.http))
 
 
 if __name__ == "__main__":

@@ -6,20 +6,26 @@ Errors share FastAPI's validation shape, so every 4xx names the parameter:
 
 from __future__ import annotations
 
+import json
+import queue
 import threading
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, AsyncIterator
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from services.storage.backends import Backend, open_backend
+from services.storage.backends import Backend, open_backend, open_reader
 from services.storage.consumer import StorageConsumer
-from services.storage.query import QueryError, bind_params, guard_select, metric_query, parse_time, read_only_settings
+from services.storage.query import QueryError, bind_params, check_text, metric_query, parse_time
+from services.storage.sandbox import SandboxError, Tables, canonical_statement
 from services.storage.tables import all_tables, migrate
 from shared.api_errors import error_responses
 from shared.api_keys import read_key_guard
@@ -35,6 +41,10 @@ RESERVED = {"from", "to", "limit"}
 
 def param_error(status: int, where: str, name: str, msg: str) -> HTTPException:
     return HTTPException(status, [{"loc": [where, name], "msg": msg, "type": "value_error"}])
+
+
+def body_error(status: int, msg: str) -> HTTPException:
+    return HTTPException(status, [{"loc": ["body"], "msg": msg, "type": "value_error"}])
 
 
 class SqlRequest(BaseModel):
@@ -59,20 +69,58 @@ class MetricRows(BaseModel):
     row_count: int
 
 
+class ReaderPool:
+    """Read-only connections (a chDB connection runs one query at a time); a read that finds none free is a 503."""
+
+    def __init__(self, settings: Settings):
+        self.size = settings.storage.sql_max_concurrent
+        self.free: queue.SimpleQueue[Backend] = queue.SimpleQueue()
+        for _ in range(self.size):
+            self.free.put(open_reader(settings))
+
+    def read(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        try:
+            reader = self.free.get_nowait()
+        except queue.Empty:
+            raise HTTPException(503, f"{self.size} queries are already running (storage.sql_max_concurrent); retry shortly",
+                                headers={"Retry-After": "1"}) from None
+        try:
+            return reader.query(sql, params)
+        finally:
+            self.free.put(reader)
+
+    def close(self) -> None:
+        for _ in range(self.size):
+            self.free.get().close()
+
+
+def sandbox_tables(backend: Backend, database: str, pipeline: frozenset[str]) -> Tables:
+    """The sandbox's view of the database: pipeline tables, the other tables there, the engine's function names."""
+    functions = backend.query("SELECT lower(name) AS name FROM system.functions")
+    present = backend.query("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database})
+    return Tables(database, pipeline, frozenset(r["name"] for r in functions), frozenset(r["name"] for r in present) - pipeline)
+
+
 class Storage:
-    """What the routes share: one backend guarded by a lock (a chDB session has one owner), and the consumer."""
+    """What the routes share: the writer backend (the consumer's, behind a lock), read-only readers, the consumer.
+
+    Reads go to connections of their own (a chDB connection runs one query at a time), so a long query never
+    delays a write; there are storage.sql_max_concurrent of them, and a read that finds none free is refused.
+    """
 
     def __init__(self, settings: Settings, run_consumer: bool = True):
         self.settings = settings
         self.schemas: dict[str, MetricSchema] = load_schemas()
         self.lock = threading.Lock()
         self.backend: Backend = open_backend(settings)
-        migrate(self.backend, settings.clickhouse.database, all_tables(settings, self.schemas))
-        if self.backend.kind == "chdb":  # user SQL names tables without the database
-            self.backend.command(f"USE `{settings.clickhouse.database}`")
+        tables = all_tables(settings, self.schemas)
+        migrate(self.backend, settings.clickhouse.database, tables)
+        self.readers = {route: ReaderPool(settings) for route in ("sql", "metrics")}
+        self.tables = sandbox_tables(self.backend, settings.clickhouse.database, frozenset(t.name for t in tables))
         self.consumer = StorageConsumer(settings, self.backend, self.lock, self.schemas) if run_consumer else None
         self.lag_registry = group_lag_registry(settings.kafka.bootstrap, settings.storage.consumer_group,
-                                               list(self.consumer.routes)) if self.consumer else None
+                                               list(self.consumer.routes),
+                                               settings.kafka.group_lag_interval_seconds) if self.consumer else None
 
     def schema(self, job: str) -> MetricSchema:
         try:
@@ -80,15 +128,16 @@ class Storage:
         except KeyError:
             raise param_error(404, "path", "job", f"unknown job {job!r}; known: {sorted(self.schemas)}") from None
 
-    def query(self, sql: str, params: dict[str, Any], settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        with self.lock:
-            return self.backend.query(sql, params, settings)
+    def checked_sql(self, sql: str, params: dict[str, Any]) -> str:
+        """The statement ClickHouse formatted from sql, once its syntax tree passed the sandbox (services/storage/sandbox.py)."""
+        return canonical_statement(self.readers["sql"].read, sql, params, self.tables)
 
     def clickhouse_ok(self) -> tuple[bool, str]:
         if not self.lock.acquire(timeout=5):
             return True, "busy writing"
         try:
-            return True, str(self.backend.query("SELECT version() AS v")[0]["v"])
+            self.backend.query("SELECT 1 AS ok")
+            return True, "answers"
         except Exception as exc:
             return False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
         finally:
@@ -99,6 +148,8 @@ class Storage:
             self.consumer.stop()
         with self.lock:
             self.backend.close()
+        for pool in self.readers.values():
+            pool.close()
 
 
 def create_app(settings: Settings | None = None, run_consumer: bool = True) -> FastAPI:
@@ -119,7 +170,16 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
     app.add_exception_handler(StarletteHTTPException, name_the_body)
     add_health_routes(app, storage)
     add_query_routes(app, storage, read_key_guard(settings.storage.read_keys))
+    app.openapi = lambda: openapi_with_sql_request(app)  # type: ignore[method-assign]
     return app
+
+
+def openapi_with_sql_request(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus SqlRequest: /v1/sql reads its own body (after the key check), so no route names the model."""
+    if app.openapi_schema is None:
+        schema = FastAPI.openapi(app)
+        schema["components"]["schemas"]["SqlRequest"] = SqlRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    return app.openapi_schema
 
 
 async def name_the_body(request: Request, exc: StarletteHTTPException) -> Response:
@@ -144,7 +204,7 @@ def add_health_routes(app: FastAPI, storage: Storage) -> None:
         return JSONResponse(body, 200 if ready else 503)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
-    def metrics() -> Response:
+    async def metrics() -> Response:  # on the event loop, not behind queries in the thread pool; nothing here blocks
         lag = generate_latest(storage.lag_registry) if storage.lag_registry else b""
         return Response(generate_latest() + lag, media_type=CONTENT_TYPE_LATEST)
 
@@ -153,7 +213,7 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
     max_limit = storage.settings.storage.max_limit
 
     @app.get("/v1/metrics/{job}", tags=["query"], dependencies=guarded, response_model=MetricRows,
-             responses=error_responses(400, 401, 404),
+             responses=error_responses(400, 401, 404, 503),
              summary="A job's windows with window_start in [from, to), filtered by group keys (exact, de-duplicated)")
     def job_metrics(
         request: Request,
@@ -161,7 +221,7 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
         to: Annotated[str, Query(description="epoch ms or ISO-8601, exclusive")],
         limit: Annotated[int, Query(ge=1, description="at most storage.max_limit")] = 1000,
         job: str = Path(description="a metric job (others: 404)", json_schema_extra={"enum": sorted(storage.schemas)}),
-    ) -> dict[str, Any]:
+    ) -> Response:
         schema = storage.schema(job)
         if limit > max_limit:
             raise param_error(400, "query", "limit", f"limit must be at most {max_limit}")
@@ -173,27 +233,106 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
             sql, params = metric_query(schema, storage.settings.clickhouse.database, start, end, filters, limit)
         except QueryError as exc:
             raise param_error(400, exc.where, exc.name, exc.msg) from None
-        rows = storage.query(sql, params)
-        return {"job": job, "rows": rows, "row_count": len(rows)}
+        rows = clickhouse_answer(lambda: storage.readers["metrics"].read(sql, params), "query", "from")
+        return json_rows({"job": job, "rows": rows, "row_count": len(rows)})
 
     @app.post("/v1/sql", tags=["query"], dependencies=guarded, response_model=SqlResult,
-              responses=error_responses(400, 401, 503),
-              summary="One read-only SELECT with bound parameters, readonly=1, row and time limits")
-    def sql(body: SqlRequest) -> dict[str, Any]:
+              responses=error_responses(400, 401, 413, 503), openapi_extra=SQL_REQUEST_BODY,
+              summary="One read-only SELECT over the pipeline's tables, checked on ClickHouse's own syntax tree, with limits")
+    async def sql(request: Request) -> Response:
+        body = sql_request(request.headers.get("content-type", ""), await bounded_body(request, storage.settings.storage.max_body_bytes))
         try:
-            text = guard_select(body.sql)
+            check_text("sql", body.sql)
             params = bind_params(body.params)
         except QueryError as exc:
             raise param_error(400, exc.where, exc.name, exc.msg) from None
-        limits = read_only_settings(storage.settings.storage.sql_max_rows, storage.settings.storage.sql_max_seconds)
-        try:
-            rows = storage.query(text, params, limits)
-        except Exception as exc:
-            if "DB::Exception" not in str(exc):
-                raise HTTPException(503, f"ClickHouse unavailable: {_first_line(exc)}") from None
-            # ClickHouse refused it: unknown table, bad parameter, limit exceeded, readonly
-            raise param_error(400, "body", "sql", f"ClickHouse refused the query: {_first_line(exc)}") from None
-        return {"columns": list(rows[0].keys()) if rows else [], "rows": rows, "row_count": len(rows)}
+        rows = await run_in_threadpool(run_sql, storage, body.sql, params)
+        return json_rows({"columns": list(rows[0].keys()) if rows else [], "rows": rows, "row_count": len(rows)})
+
+
+def run_sql(storage: Storage, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Check, then run the checked text; every refusal is a 400 naming body.sql."""
+    try:
+        checked = clickhouse_answer(lambda: storage.checked_sql(sql, params), "body", "sql")
+    except SandboxError as exc:
+        raise param_error(400, "body", "sql", f"refused by the SQL sandbox: {exc}") from None
+    return clickhouse_answer(lambda: storage.readers["sql"].read(checked, params), "body", "sql")
+
+
+def clickhouse_answer(read: Any, where: str, name: str) -> Any:
+    """read(): ClickHouse's refusal (unknown table, bad parameter, a limit, readonly) is a 400; no answer at all a 503."""
+    try:
+        return read()
+    except (HTTPException, SandboxError):
+        raise
+    except RecursionError:
+        raise param_error(400, where, name, "the result nests too deeply to be read") from None
+    except Exception as exc:
+        if "DB::Exception" not in str(exc):
+            raise HTTPException(503, f"ClickHouse unavailable: {_first_line(exc)}") from None
+        raise param_error(400, where, name, f"ClickHouse refused the query: {refusal(exc)}") from None
+
+
+def refusal(exc: Exception) -> str:
+    """ClickHouse's reason, without what only helps someone map the server: its version, spelling hints that name
+    tables the API does not serve, and the sandbox's own wrapping query."""
+    text = _first_line(exc)
+    for tail in (" Maybe you meant", " In scope SELECT formatQuery(", " (version "):
+        text = text.split(tail, 1)[0]
+    return text
+
+
+def json_rows(body: dict[str, Any]) -> Response:
+    """The result as JSON, values as ClickHouse sent them (integers wider than 64 bits included)."""
+    try:
+        return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), media_type="application/json")
+    except RecursionError:
+        raise param_error(400, "body", "sql", "the result nests too deeply to be sent as JSON") from None
+
+
+SQL_REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/SqlRequest"}}}}}
+
+
+async def bounded_body(request: Request, limit: int) -> bytes:
+    """The body, read only up to limit bytes (413 beyond); the read key was checked before the first byte."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise body_error(413, f"body is {declared} bytes; the limit is {limit} (storage.max_body_bytes)")
+    chunks, size = [], 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise body_error(413, f"body exceeds the limit of {limit} bytes (storage.max_body_bytes)")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise body_error(400, "the client closed the connection before sending the whole body") from None
+    return b"".join(chunks)
+
+
+def sql_request(content_type: str, body: bytes) -> SqlRequest:
+    """The JSON body as a SqlRequest; errors in FastAPI's validation shape (422 naming the field, 400 for bad UTF-8)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "input": None,
+                                       "msg": f"send a JSON object with Content-Type application/json, not {media!r}"}])
+    if not body:
+        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "input": {},
+                                       "msg": "JSON nests too deeply"}]) from None
+    except UnicodeDecodeError as exc:
+        raise body_error(400, f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
+                                       "input": {}, "ctx": {"error": exc.msg}}]) from None
+    try:
+        return SqlRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
 def _first_line(exc: Exception) -> str:

@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.storage.query import QueryError, guard_select
 from shared.settings import Settings
 
 console = Console()
@@ -55,11 +54,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a read-only SQL query on the stored metrics and print the result as a table."""
         settings = Settings()
-        try:
-            guard_select(statement)
-        except QueryError as exc:
-            err_console.print(f"[red]refused:[/red] {exc.msg}")
-            raise typer.Exit(2) from None
         base = url or f"http://{settings.storage.host}:{settings.storage.port}"
         key = key or (settings.storage.read_keys[0] if settings.storage.read_keys else None)
         headers = {"X-Read-Key": key} if key else {}

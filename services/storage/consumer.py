@@ -1,7 +1,8 @@
 """Metric topics and the raw events topic -> ClickHouse, as small steps: decode -> batch -> write -> commit.
 
 - decode: a pure processor per topic turns a record into a row, None (heartbeat) or BadRecord.
-- batch: rows per table plus the next offset per partition; closed by size or age, whichever first.
+- batch: rows per table plus the next offset per partition; closed by record count, record bytes or age,
+  whichever first (a record is added before the check, so a batch holds at most one record past its byte bound).
 - write: one insert per table, retried with exponential backoff until it succeeds (or the process
   stops); the consumer never moves past a batch that is not written.
 - commit: dead letters flushed, then offsets committed synchronously. Auto-commit is off, so a crash
@@ -60,19 +61,24 @@ class Batch:
     rows: dict[str, list[Row]] = field(default_factory=dict)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     records: int = 0
+    bytes: int = 0  # Kafka record bytes (key + value) of every record added
     opened_at: float = field(default_factory=time.monotonic)
 
     def add(self, msg: Message, table: str | None = None, row: Row | None = None) -> None:
-        """Every consumed record moves the offset; only rows are written."""
+        """Every consumed record moves the offset and counts its bytes; only rows are written."""
         if self.records == 0:
             self.opened_at = time.monotonic()
         self.records += 1
+        self.bytes += len(msg.key() or b"") + len(msg.value() or b"")
         self.next_offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
         if table and row is not None:
             self.rows.setdefault(table, []).append(row)
 
-    def ready(self, max_rows: int, max_seconds: float) -> bool:
-        return self.records >= max_rows or (self.records > 0 and time.monotonic() - self.opened_at >= max_seconds)
+    def full(self, max_rows: int, max_bytes: int) -> bool:
+        return self.records >= max_rows or self.bytes >= max_bytes
+
+    def ready(self, max_rows: int, max_bytes: int, max_seconds: float) -> bool:
+        return self.full(max_rows, max_bytes) or (self.records > 0 and time.monotonic() - self.opened_at >= max_seconds)
 
     def topic_partitions(self) -> list[TopicPartition]:
         return [TopicPartition(t, p, o) for (t, p), o in self.next_offsets.items()]
@@ -132,6 +138,8 @@ class StorageConsumer:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": settings.storage.session_timeout_ms,
+            # librdkafka's prefetch queue holds at most one batch's worth of record bytes.
+            "queued.max.messages.kbytes": settings.storage.batch_bytes // 1024,
         })
         producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "acks": "all", "enable.idempotence": True})
         self.dead_letters = DeadLetters(producer)
@@ -176,7 +184,9 @@ class StorageConsumer:
             room = max(1, storage.batch_rows - self.batch.records)
             for msg in self.consumer.consume(min(room, 5_000), timeout=min(0.2, storage.batch_seconds)):
                 self.decode_into_batch(msg)
-            if self.batch.ready(storage.batch_rows, storage.batch_seconds):
+                if self.batch.full(storage.batch_rows, storage.batch_bytes):
+                    self.flush()
+            if self.batch.ready(storage.batch_rows, storage.batch_bytes, storage.batch_seconds):
                 self.flush()
             if time.monotonic() >= next_lag:
                 self.lag = self._measure_lag()

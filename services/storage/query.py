@@ -1,9 +1,7 @@
-"""Read-only queries of the stored metrics: per-job time ranges and a guarded SQL statement.
+"""Read-only queries of the stored metrics: per-job time ranges, and the parameters of user SQL.
 
 Values are always bound as ClickHouse query parameters ({name:Type}); SQL text is built only from
-the schema's own column names. User SQL is parsed (sqlglot, ClickHouse dialect) and must be one
-SELECT (or WITH ... SELECT / UNION) without SETTINGS, FORMAT or INTO; it then runs with
-readonly=1 and row and time limits, so even a statement the parser misjudged cannot write.
+the schema's own column names. User SQL itself is checked by services/storage/sandbox.py.
 """
 
 from __future__ import annotations
@@ -13,10 +11,6 @@ import re
 from datetime import datetime, timezone
 from typing import Any
 
-import sqlglot
-from sqlglot import exp
-from sqlglot.errors import ParseError, TokenError
-
 from services.storage.tables import DELETED, qualified
 from shared.metrics import MetricSchema
 
@@ -24,7 +18,6 @@ PARAM_TYPES = {"string": "String", "int64": "Int64", "float64": "Float64", "time
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 INT64 = range(-2**63, 2**63)
 BOUND_INTS = range(-2**63, 2**64)  # Int64 and UInt64; chDB silently turns a wider Python int into 0
-READ_ONLY_ROOTS = (exp.Select, exp.SetOperation)
 
 
 class QueryError(ValueError):
@@ -91,32 +84,6 @@ def _filter_value(name: str, logical: str, value: str) -> Any:
     return value
 
 
-def guard_select(sql: str) -> str:
-    """The statement, stripped of a trailing ';', if it is exactly one read-only SELECT; else QueryError."""
-    text = sql.strip().rstrip(";").strip()
-    if not text:
-        raise QueryError("body", "sql", "sql is empty")
-    _check_text("sql", text)
-    try:
-        statements = [s for s in sqlglot.parse(text, read="clickhouse") if s is not None]
-    except (ParseError, TokenError) as exc:
-        raise QueryError("body", "sql", f"sql could not be parsed as one SELECT: {str(exc).splitlines()[0]}") from None
-    except RecursionError:
-        raise QueryError("body", "sql", "sql nests too deeply to be checked") from None
-    if len(statements) != 1:
-        raise QueryError("body", "sql", f"exactly one statement is allowed, got {len(statements)}")
-    root = statements[0]
-    if not isinstance(root, READ_ONLY_ROOTS):
-        raise QueryError("body", "sql", f"only SELECT (or WITH ... SELECT) is allowed, got {root.key.upper()}")
-    for node in root.walk():
-        if isinstance(node, (exp.Into, exp.Insert, exp.Create, exp.Drop, exp.Alter, exp.Command, exp.Set)):
-            raise QueryError("body", "sql", f"{type(node).__name__.upper()} is not allowed in a read-only query")
-        for clause in ("settings", "format"):
-            if node.args.get(clause):
-                raise QueryError("body", "sql", f"{clause.upper()} is not allowed; limits and output format are fixed by the server")
-    return text
-
-
 def bind_params(params: dict[str, Any]) -> dict[str, Any]:
     """User parameters for {name:Type} placeholders: names are identifiers, values scalars."""
     for name, value in params.items():
@@ -129,23 +96,13 @@ def bind_params(params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, int) and value not in BOUND_INTS:
             raise QueryError("body", f"params.{name}", f"parameter {name!r} must fit in 64 bits")
         if isinstance(value, str):
-            _check_text(f"params.{name}", value)
+            check_text(f"params.{name}", value)
     return params
 
 
-def _check_text(name: str, value: str) -> None:
+def check_text(name: str, value: str) -> None:
     """Refuse text that is not UTF-8-encodable (a lone surrogate from a JSON escape like \\ud800)."""
     try:
         value.encode()
     except UnicodeEncodeError as exc:
         raise QueryError("body", name, f"{name} is not valid Unicode text: lone surrogate at position {exc.start}") from None
-
-
-def read_only_settings(max_rows: int, max_seconds: int) -> dict[str, Any]:
-    return {
-        "readonly": 1,
-        "max_result_rows": max_rows,
-        "result_overflow_mode": "throw",
-        "max_execution_time": max_seconds,
-        "output_format_json_validate_utf8": 1,  # bytes that are not UTF-8 come back as U+FFFD, not as broken JSON
-    }

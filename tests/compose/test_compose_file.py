@@ -101,7 +101,8 @@ def test_settings_load_from_the_compose_environment(service, monkeypatch):
     assert settings.kafka.bootstrap == "kafka:9092"
     assert settings.redis.host == "redis" and settings.redis.password == DUMMY["REDIS_PASSWORD"]
     url = urlsplit(settings.clickhouse.url)
-    assert (url.hostname, url.port, url.password) == ("clickhouse", 8123, DUMMY["CLICKHOUSE_PASSWORD"])
+    assert (url.hostname, url.port, url.password) == ("clickhouse", 8123, None)
+    assert settings.clickhouse.password == DUMMY["CLICKHOUSE_PASSWORD"]
     assert settings.ingestion.write_keys == [DUMMY["INGESTION_WRITE_KEY"]]
     assert settings.cache.read_keys == [DUMMY["CACHE_READ_KEY"]]
     assert settings.storage.read_keys == [DUMMY["STORAGE_READ_KEY"]]

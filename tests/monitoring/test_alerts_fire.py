@@ -163,6 +163,16 @@ def test_no_windows_emitted_fires_while_events_arrive_and_no_flink_job_runs(stac
     until_firing(stack.prometheus, "NoWindowsEmitted", send_events)
 
 
+def test_timestamps_adjusted_fires_while_a_client_sends_future_timestamps(stack):
+    """Events stamped an hour ahead: ingestion replaces every timestamp, far over 5% of the accepted events."""
+    def send_future_events() -> None:
+        future = [{**e, "timestamp": e["timestamp"] + 3_600_000} for e in events(5)]
+        response = httpx.post(f"{stack.url('ingestion')}/v1/analytics/batch", json={"events": future}, timeout=10)
+        assert response.status_code == 202 and all(r["timestamp_adjusted"] for r in response.json()["results"]), response.text
+
+    until_firing(stack.prometheus, "TimestampsAdjusted", send_future_events)
+
+
 def test_api_5xx_errors_fires_when_the_cache_loses_redis(stack):
     latest = f"{stack.url('cache')}/v1/jobs/event_metrics/latest"
     assert httpx.get(latest, timeout=5).status_code == 200  # the ratio's denominator has successes too

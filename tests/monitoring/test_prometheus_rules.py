@@ -12,7 +12,8 @@ import yaml
 from infrastructure.local.prometheus_config import local_targets, write_local_config
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus"
-ALERTS = {"ConsumerLagGrowing", "DeadLetterRecords", "NoWindowsEmitted", "Api5xxErrors", "KafkaProduceFailures"}
+ALERTS = {"ConsumerLagGrowing", "DeadLetterRecords", "NoWindowsEmitted", "Api5xxErrors", "KafkaProduceFailures",
+          "LateEventsDropped", "TimestampsAdjusted", "RedisMemoryNearLimit", "CacheWritesRefused"}
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> str:

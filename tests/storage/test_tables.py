@@ -13,9 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.storage.backends import Backend, ChdbBackend, ServerBackend
+from services.storage.backends import Backend, ChdbBackend, ServerBackend, reader_limits
 from services.storage.processors import BadRecord, metric_processor, process_event
-from services.storage.query import QueryError, guard_select, metric_query, read_only_settings
+from services.storage.query import metric_query
 from services.storage.tables import Table, events_table, events_ttl, metric_table, migrate
 from shared.metrics import Column, MetricSchema, load_schemas
 from shared.settings import Settings
@@ -126,9 +126,17 @@ def test_values_with_line_separators_come_back_whole(backend, odd):
     assert backend.query("SELECT {v:String} AS v, 2 AS n", {"v": value}) == [{"v": value, "n": 2}]
 
 
-def test_read_only_settings_refuse_writes(backend):
-    with pytest.raises(Exception, match="(?i)readonly"):
-        backend.query("SELECT * FROM file('/etc/hostname', 'LineAsString')", None, read_only_settings(10, 5))
+def test_the_readers_connection_refuses_writes_and_setting_changes(chdb):
+    """The storage API's chDB connection: readonly=1 and the limits are its own, beside the writer's connection."""
+    reader = ChdbBackend(chdb.path, {"readonly": 1, **reader_limits(Settings())})
+    try:
+        with pytest.raises(Exception, match="(?i)readonly"):
+            reader.command("CREATE TABLE evil (a Int8) ENGINE = Memory")
+        with pytest.raises(Exception, match="(?i)readonly"):
+            reader.query("SELECT 1 SETTINGS max_result_rows = 0")
+        chdb.command("CREATE TABLE IF NOT EXISTS writable (a Int8) ENGINE = Memory")
+    finally:
+        reader.close()
 
 
 def test_heartbeat_is_skipped_and_a_real_event_becomes_a_row():
@@ -154,27 +162,6 @@ def test_bad_metric_records_name_the_column():
         process(b"", orjson.dumps({**event_metric(0, "a", "b", 1, 1), "events": "many"}), 0)
     with pytest.raises(BadRecord, match="tombstone"):
         process(b'{"window_start": 0}', None, 0)
-
-
-@pytest.mark.parametrize("statement", [
-    "SELECT 1",
-    "select event_type, sum(events) from event_metrics final where window_start >= {since:DateTime64(3)} group by 1;",
-    "WITH t AS (SELECT 1 AS x) SELECT x FROM t",
-    "SELECT 1 UNION ALL SELECT 2",
-    "SELECT argMax(events, _version) FROM event_metrics GROUP BY event_type -- trailing comment",
-])
-def test_guard_allows_reads(statement):
-    assert guard_select(statement)
-
-
-@pytest.mark.parametrize("statement,words", [
-    ("", "empty"), ("DELETE FROM t WHERE 1", "only SELECT"), ("SELECT 1; SELECT 2", "one statement"),
-    ("SELECT 1 SETTINGS max_threads = 1", "SETTINGS"), ("SELEKT 1", "SELECT"),
-])
-def test_guard_refuses_with_a_reason(statement, words):
-    with pytest.raises(QueryError) as info:
-        guard_select(statement)
-    assert words.lower() in info.value.msg.lower() and info.value.name == "sql"
 
 
 @pytest.mark.clickhouse
