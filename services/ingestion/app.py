@@ -191,7 +191,7 @@ async def ingest_items(ing: Ingestion, endpoint: str, valid: list[tuple[int, Rec
     count_rejections(ing, invalid)
     body = item_results(valid, invalid, written)
     ing.metrics.accepted_total.labels(endpoint).inc(body["accepted"])
-    ing.metrics.adjusted_total.inc(sum(r.timestamp_adjusted for _, r in valid))
+    ing.metrics.adjusted_total.inc(sum(r.timestamp_adjusted for (_, r), err in zip(valid, written) if err is None))
     if body["failed"]:
         ing.metrics.rejected("unavailable", body["failed"])
         retry = str(ing.limits.retry_after_seconds)

@@ -20,7 +20,7 @@ class Backend(Protocol):
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None: ...
 
-    def query(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]: ...
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None: ...
 
@@ -44,9 +44,7 @@ class ChdbBackend:
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self.session.query(sql, "Null", params=_escaped(params) or None)
 
-    def query(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        if settings:
-            sql = f"{sql}\nSETTINGS " + ", ".join(f"{k} = {_setting_literal(v)}" for k, v in settings.items())
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         result = self.session.query(sql, "JSONEachRow", params=_escaped(params) or None)
         text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
         # one row per "\n": str.splitlines() would also split inside values holding U+0085, which ClickHouse writes raw
@@ -83,8 +81,8 @@ class ServerBackend:
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
         self.client.command(sql, parameters=params)
 
-    def query(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        result = self.client.query(sql, parameters=params, settings={**self.query_settings, **(settings or {})})
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        result = self.client.query(sql, parameters=params, settings=self.query_settings)
         return list(result.named_results())
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -105,14 +103,6 @@ def _escaped(params: dict[str, Any] | None) -> dict[str, Any]:
 
 def _escape_text(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def _setting_literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def open_backend(settings: Settings) -> Backend:

@@ -16,7 +16,7 @@ from services.loadgen.manifest import accepted
 from services.loadgen.reconcile import Layers, by_key, expected_metrics, poll, reconcile, time_span
 from shared.metrics import MetricSchema, load_schemas
 from shared.settings import Settings
-from tests.e2e.stack import full_stack, rtap_load
+from tests.e2e.stack import full_stack, reconciled_env, rtap_load
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mark.redis, pytest.mark.clickhouse]
 
@@ -30,11 +30,7 @@ SETTLE_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Settings]:
-    with full_stack(tmp_path_factory.mktemp("e2e") / "state",
-                    RTAP_PROCESSING__WINDOW_SECONDS=str(WINDOW_S), RTAP_PROCESSING__SESSION_GAP_SECONDS=str(GAP_S),
-                    RTAP_PROCESSING__WATERMARK_DELAY_MS=str(WATERMARK_DELAY_MS),
-                    RTAP_PROCESSING__CHECKPOINT_INTERVAL_MS="2000",
-                    RTAP_CACHE__MAX_LIMIT="50000", RTAP_CACHE__WINDOWS_PER_KEY="100000") as (s, _, _):
+    with full_stack(tmp_path_factory.mktemp("e2e") / "state", **reconciled_env(WINDOW_S, GAP_S, WATERMARK_DELAY_MS)) as (s, _, _):
         yield s
 
 

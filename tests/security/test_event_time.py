@@ -34,7 +34,7 @@ from shared.events import INT64_MAX
 from shared.metrics import load_schemas
 from shared.settings import Settings
 from shared.topics import EVENTS
-from tests.e2e.stack import INFRASTRUCTURE, full_stack
+from tests.e2e.stack import INFRASTRUCTURE, full_stack, reconciled_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mark.redis, pytest.mark.clickhouse]
 
@@ -221,10 +221,7 @@ def firing(s: Settings, alertname: str) -> bool:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Settings]:
     with full_stack(tmp_path_factory.mktemp("event-time") / "state", INFRASTRUCTURE + ("prometheus",),
-                    RTAP_PROCESSING__WINDOW_SECONDS=str(WINDOW_S), RTAP_PROCESSING__SESSION_GAP_SECONDS=str(GAP_S),
-                    RTAP_PROCESSING__WATERMARK_DELAY_MS=str(WATERMARK_DELAY_MS),
-                    RTAP_PROCESSING__CHECKPOINT_INTERVAL_MS="2000",
-                    RTAP_CACHE__MAX_LIMIT="50000", RTAP_CACHE__WINDOWS_PER_KEY="100000") as (s, _, _):
+                    **reconciled_env(WINDOW_S, GAP_S, WATERMARK_DELAY_MS)) as (s, _, _):
         yield s
 
 
