@@ -12,6 +12,9 @@ httptools does not limit the size of a request head. BoundedHttpTools adds what 
 - a head over `max_header_bytes` is refused with 431;
 - over `limit_concurrency` open connections or running requests: 503 with Retry-After.
 
+Deadlines are checked by one sweep per server, so a late head or body is refused up to a quarter of the shorter
+deadline after it is due.
+
 Every refusal is a JSON body in the APIs' error shape naming the setting, followed by closing the connection, and
 is counted in rtap_http_server_refused_total{limit}.
 """
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from typing import Any
 
 import orjson
 from prometheus_client import Counter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 from shared.settings import HttpServerSettings
 
@@ -48,23 +53,26 @@ def refusal(status: int, loc: str, msg: str, kind: str, retry_after: int | None 
 
 
 class BoundedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus a request-receipt deadline, a head size cap and a JSON over-capacity answer."""
+    """uvicorn's httptools protocol plus a request-receipt deadline, a head size cap and a JSON over-capacity answer.
+
+    A request only records when its head or body is due; one sweep per server (every `SWEEP_FRACTION` of the shorter
+    deadline) refuses the connections past it, so no timer is armed or cancelled per request."""
 
     def __init__(self, *args: Any, limits: HttpServerSettings, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.limits = limits
         self.limit_concurrency = None  # checked here, so the refusal is JSON with Retry-After
-        self._deadline: asyncio.TimerHandle | None = None
+        self._due: float | None = None  # loop time by which the pending head or body must have arrived
         self._head_pending = True
         self._head_bytes = 0  # raw bytes received while the head is incomplete
-        self._head_done_at = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(self.limits.header_read_seconds)
+        self._due = self.loop.time() + self.limits.header_read_seconds
+        _ensure_sweep(self.server_state, self.loop, self.limits)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._due = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -78,15 +86,16 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._deadline is None:
-            self._arm(self.limits.header_read_seconds)
+        if self._due is None:
+            self._due = self.loop.time() + self.limits.header_read_seconds
 
     def on_headers_complete(self) -> None:
+        over_cap = self._head_bytes > self.limits.max_header_bytes  # that read may also hold body bytes: parse to know
         self._head_pending, self._head_bytes = False, 0
-        self._head_done_at = self.loop.time()
+        self._due = self.loop.time() + self.limits.body_read_seconds
         if self.transport.is_closing():
             return
-        if self._parsed_head_size() > self.limits.max_header_bytes:
+        if over_cap and self._parsed_head_size() > self.limits.max_header_bytes:
             self._refuse("max_header_bytes", refusal(431, "header", self._head_too_large(), "too_large"))
             return
         if self._over_capacity():
@@ -101,13 +110,13 @@ class BoundedHttpTools(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._due = None
         self._head_pending = True
         if not self.transport.is_closing():
             super().on_message_complete()
 
     def _parsed_head_size(self) -> int:
-        """The request target and header fields as parsed (a head that arrived in one read is counted here)."""
+        """The request target and header fields as parsed."""
         return len(self.url) + sum(len(name) + len(value) for name, value in self.headers) + 4 * len(self.headers)
 
     def _head_too_large(self) -> str:
@@ -117,28 +126,15 @@ class BoundedHttpTools(HttpToolsProtocol):
         limit = self.limits.limit_concurrency
         return len(self.connections) > limit or len(self.tasks) >= limit
 
-    def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._overdue)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _overdue(self) -> None:
-        """The head or the body is late: refuse it (or re-arm for the rest of the body's own time)."""
-        self._deadline = None
-        if self.transport.is_closing():
+    def overdue(self, now: float) -> None:
+        """Refuse the head or the body if it is past its deadline."""
+        if self._due is None or now < self._due or self.transport.is_closing():
             return
+        self._due = None
         if self._head_pending:
             silent = self._head_bytes == 0 and self.cycle is None  # connected and never sent a byte: nothing to answer
             msg = f"the request head did not arrive within {self.limits.header_read_seconds:g} s (http.header_read_seconds)"
             self._refuse("header_read_seconds", None if silent else refusal(408, "header", msg, "request_timeout"))
-            return
-        remaining = self._head_done_at + self.limits.body_read_seconds - self.loop.time()
-        if remaining > 0:
-            self._deadline = self.loop.call_later(remaining, self._overdue)
             return
         msg = f"the request body did not arrive within {self.limits.body_read_seconds:g} s (http.body_read_seconds)"
         self._refuse("body_read_seconds", refusal(408, "body", msg, "request_timeout"))
@@ -146,11 +142,32 @@ class BoundedHttpTools(HttpToolsProtocol):
     def _refuse(self, limit: str, response: bytes | None) -> None:
         """Answer (unless the app already started its response) and close; a running app sees a disconnect."""
         REFUSED.labels(limit).inc()
-        self._disarm()
+        self._due = None
         answered = self.cycle is not None and self.cycle.response_started and self.cycle.scope is self.scope
         if response is not None and not answered:
             self.transport.write(response)
         self.transport.close()
+
+
+SWEEP_FRACTION = 0.25  # a late head or body is refused within its deadline plus this fraction of the shorter one
+_sweeping: weakref.WeakSet[ServerState] = weakref.WeakSet()
+
+
+def _ensure_sweep(state: ServerState, loop: asyncio.AbstractEventLoop, limits: HttpServerSettings) -> None:
+    """Start the server's deadline sweep on its first connection; it runs for as long as the loop does."""
+    if state in _sweeping:
+        return
+    _sweeping.add(state)
+    interval = SWEEP_FRACTION * min(limits.header_read_seconds, limits.body_read_seconds)
+
+    def sweep() -> None:
+        now = loop.time()
+        for connection in list(state.connections):
+            if isinstance(connection, BoundedHttpTools):
+                connection.overdue(now)
+        loop.call_later(interval, sweep)
+
+    loop.call_later(interval, sweep)
 
 
 def server_options(limits: HttpServerSettings) -> dict[str, Any]:
