@@ -162,6 +162,14 @@ class StorageSettings(BaseModel):
     sql_max_rows_to_read: int = 100_000_000
     sql_max_concurrent: int = 2  # read-only connections per query route; a query finding none free gets 503
 
+    @model_validator(mode="after")
+    def metric_reads_fit_the_reader_limits(self) -> StorageSettings:
+        """/v1/metrics runs on the same read-only connections as /v1/sql, under their result-row limit."""
+        if self.max_limit > self.sql_max_rows:
+            raise ValueError(f"storage.max_limit ({self.max_limit}) must not exceed storage.sql_max_rows "
+                             f"({self.sql_max_rows}): a /v1/metrics read runs under the SQL result-row limit")
+        return self
+
 
 class CacheSettings(BaseModel):
     host: str = "127.0.0.1"

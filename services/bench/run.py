@@ -55,7 +55,8 @@ def bench_env(config: BenchConfig) -> dict[str, str]:
     limit = str(max(100_000, int(config.rate * config.duration)))
     return {"RTAP_PROCESSING__SESSION_GAP_SECONDS": str(config.session_gap_s), "RTAP_FLINK__TASK_SLOTS": str(FlinkSettings().task_slots),
             "RTAP_PROCESSING__WATERMARK_DELAY_MS": str(config.watermark_delay_ms),
-            "RTAP_CACHE__MAX_LIMIT": limit, "RTAP_CACHE__WINDOWS_PER_KEY": limit, "RTAP_STORAGE__MAX_LIMIT": limit}
+            "RTAP_CACHE__MAX_LIMIT": limit, "RTAP_CACHE__WINDOWS_PER_KEY": limit, "RTAP_STORAGE__MAX_LIMIT": limit,
+            "RTAP_STORAGE__SQL_MAX_ROWS": limit, "RTAP_STORAGE__SQL_MAX_RESULT_BYTES": str(1 << 30)}
 
 
 def run_bench(config: BenchConfig, out_dir: Path, step: Step, tick: Tick) -> dict[str, Any]:
