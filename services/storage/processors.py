@@ -7,13 +7,14 @@ topic). A heartbeat of the raw events topic becomes no row at all.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Callable
+from operator import attrgetter
+from typing import Annotated, Any, Callable
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 
 from services.storage.tables import DELETED, VERSION
-from shared.events import HEARTBEAT_TYPE
+from shared.events import EPOCH_MS, EVENT, HEARTBEAT_TYPE, PROPERTIES, TYPE_PATH, EventField, EventSchema
 from shared.metrics import MetricSchema
 
 Row = dict[str, Any]
@@ -64,91 +65,89 @@ def metric_processor(schema: MetricSchema) -> Processor:
     return process
 
 
-class _Event(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    type: str = Field(min_length=1)
-    id: str = Field(min_length=1)
-
-
-class _User(BaseModel):
-    id: str = ""
-
-
-class _Device(BaseModel):
-    user_agent: str = ""
-    screen_width: int = 0
-    screen_height: int = 0
-
-
-class _Context(BaseModel):
-    url: str = ""
-    referrer: str | None = None
-    ip_address: str | None = None
-    session_id: str = Field(min_length=1)
-
-
-class _Metrics(BaseModel):
-    load_time: float | None = None
-    interaction_time: float | None = None
-
-
-class RawEvent(BaseModel):
-    """The wire format of shared/events.py, as storage reads it."""
-
-    model_config = ConfigDict(extra="ignore")
-    event: _Event
-    user: _User = _User()
-    device: _Device = _Device()
-    context: _Context
-    properties: dict[str, str | bool | int | float] = Field(default_factory=dict)
-    metrics: _Metrics = _Metrics()
-    timestamp: int
-    received_at: int
-
-
 def _property_text(value: str | bool | int | float) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
+def _property_texts(properties: dict[str, str | bool | int | float]) -> dict[str, str]:
+    return {k: _property_text(v) for k, v in properties.items()}
+
+
+STORED_TYPES: dict[str, Any] = {  # what a value becomes in a row, by logical type name
+    EPOCH_MS.name: Annotated[int, AfterValidator(ms_to_datetime)],
+    PROPERTIES.name: Annotated[dict[str, str | bool | int | float], AfterValidator(_property_texts)],
+}
+
+
+def event_model(event: EventSchema) -> type[BaseModel]:
+    """A pydantic model of the Kafka value validating straight into row values; lenient where a row can do
+    without a value (an absent one is empty or null), strict where it cannot (a required one)."""
+    tree = event.nest({f.path: f for f in event.fields})
+    return _model("RawEvent", tree)
+
+
+def _model(name: str, tree: dict[str, Any]) -> type[BaseModel]:
+    members: dict[str, Any] = {}
+    for key, node in tree.items():
+        if isinstance(node, EventField):
+            members[key] = _member(node)
+            continue
+        nested = _model(f"{name}_{key}", node)
+        required = any(f.required for f in _fields(node))
+        members[key] = (nested, ...) if required else (nested, Field(default_factory=nested))
+    return create_model(name, **members)
+
+
+def _fields(tree: dict[str, Any]) -> list[EventField]:
+    return [f for node in tree.values() for f in (_fields(node) if isinstance(node, dict) else [node])]
+
+
+def _member(f: EventField) -> tuple[Any, Any]:
+    stored = STORED_TYPES.get(f.type.name, f.type.python)
+    if f.required:
+        return stored, Field(min_length=1) if f.type.python is str else ...
+    if f.nullable:
+        return stored | None, None
+    return stored, Field(default_factory=f.type.empty)
+
+
+def event_processor(event: EventSchema = EVENT) -> Processor:
+    """Raw events into rows of the events table (a heartbeat into None); the row builder is made once."""
+    model = event_model(event)
+    columns = tuple(f.column for f in event.fields)
+    values = attrgetter(*(f.path for f in event.fields))
+    event_type = attrgetter(TYPE_PATH)
+
+    def process(key: bytes | None, value: bytes | None, offset: int) -> Row | None:
+        if value is None:
+            raise BadRecord("raw event without a value")
+        try:
+            record = model.model_validate_json(value)
+        except ValidationError as exc:
+            if is_heartbeat(value):  # ingestion's heartbeats carry empty session ids, which no real event may
+                return None
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "value"
+            raise BadRecord(f"raw event field {field!r}: {first['msg']}") from None
+        if event_type(record) == HEARTBEAT_TYPE:
+            return None
+        row = dict(zip(columns, values(record), strict=True))
+        row[VERSION] = offset
+        return row
+
+    return process
+
+
 def is_heartbeat(value: bytes) -> bool:
     try:
-        event = orjson.loads(value).get("event")
+        found: Any = orjson.loads(value)
+        for key in TYPE_PATH.split("."):
+            found = found.get(key)
     except (orjson.JSONDecodeError, AttributeError):
         return False
-    return isinstance(event, dict) and event.get("type") == HEARTBEAT_TYPE
+    return found == HEARTBEAT_TYPE
 
 
-def process_event(key: bytes | None, value: bytes | None, offset: int) -> Row | None:
-    """A raw event into a row of the events table; a heartbeat into None."""
-    if value is None:
-        raise BadRecord("raw event without a value")
-    try:
-        event = RawEvent.model_validate_json(value)
-    except ValidationError as exc:
-        if is_heartbeat(value):  # ingestion's heartbeats carry empty ids, which no real event may
-            return None
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "value"
-        raise BadRecord(f"raw event field {field!r}: {first['msg']}") from None
-    if event.event.type == HEARTBEAT_TYPE:
-        return None
-    return {
-        "event_id": event.event.id,
-        "event_type": event.event.type,
-        "user_id": event.user.id,
-        "session_id": event.context.session_id,
-        "url": event.context.url,
-        "referrer": event.context.referrer,
-        "ip": event.context.ip_address,
-        "user_agent": event.device.user_agent,
-        "screen_width": event.device.screen_width,
-        "screen_height": event.device.screen_height,
-        "properties": {k: _property_text(v) for k, v in event.properties.items()},
-        "load_time": event.metrics.load_time,
-        "interaction_time": event.metrics.interaction_time,
-        "timestamp": ms_to_datetime(event.timestamp),
-        "received_at": ms_to_datetime(event.received_at),
-        VERSION: offset,
-    }
+process_event = event_processor()
