@@ -4,7 +4,7 @@
   Flink source and events view, storage's row), so existing tables, data and checkpoints keep working.
 - A field added to a copy of the schema reaches the Flink source, the events view (resolved by Flink
   itself), the raw table's DDL and migration, and the row stored in chDB through storage's processor.
-- docs/adding-a-job.md quotes the derived list of the view's columns.
+- docs/adding-a-job.md quotes the derived list of the columns (view and raw table).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import orjson
 import pytest
 from typing_extensions import TypedDict
 
-from services.processing import view_doc
 from services.processing.coordinator import EVENTS_VIEW, JobCoordinator
 from services.storage.backends import ChdbBackend
 from services.storage.processors import event_processor, process_event
 from services.storage.tables import events_table, migrate
+from shared import event_doc
 from shared.events import EVENT, EVENT_FIELDS, FLOAT64, INT32, Device, EventField, EventSchema, RawEvent
 from shared.settings import Settings
 from tests.storage.conftest import raw_event
@@ -158,7 +158,7 @@ def test_a_new_field_reaches_the_flink_source_the_view_the_raw_table_and_the_sto
     view = coordinator.events_view_sql()
     assert "`device`.`pixel_ratio` AS `pixel_ratio`" in view
     assert view.split("\n")[1].startswith("SELECT ") and "`pixel_ratio`" in view.split("\n")[1]
-    assert "| `pixel_ratio` | `DOUBLE` | `device.pixel_ratio` |" in view_doc.column_list(extended)
+    assert "| `device.pixel_ratio` | `pixel_ratio` `DOUBLE` |" in event_doc.column_list(extended)
 
     db = f"fields_{uuid.uuid4().hex[:8]}"
     table = events_table(settings).name
@@ -215,7 +215,7 @@ def test_a_heartbeat_has_every_value_of_the_schema():
     assert EVENT.heartbeat("id-1", 5)["event"] == {"type": "__heartbeat", "id": "id-1"}
 
 
-def test_the_guide_lists_the_derived_view_columns():
-    assert view_doc.documented(view_doc.DOC.read_text()) == view_doc.column_list(), (
-        "docs/adding-a-job.md lists other view columns than shared/events.py declares: "
-        "run .venv/bin/python -m services.processing.view_doc --write")
+def test_the_guide_lists_the_derived_columns():
+    assert event_doc.documented(event_doc.DOC.read_text()) == event_doc.column_list(), (
+        "docs/adding-a-job.md lists other raw event columns than shared/events.py declares: "
+        "run .venv/bin/python -m shared.event_doc --write")
