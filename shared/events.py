@@ -11,7 +11,9 @@ bounded by the clock-skew policy, else the receive time) and received_at (receiv
 EVENT is the only description of the event's values downstream: EVENT_FIELDS gives each value of
 RawEvent its column name, logical type and nullability, and the Flink source, the jobs' events view,
 the raw ClickHouse table and storage's row are derived from it (EventSchema checks at import that
-EVENT_FIELDS covers RawEvent exactly). A new field: add it to the TypedDicts and one EventField.
+EVENT_FIELDS covers RawEvent exactly). A new field: add it to TrackEvent and RawEvent (and to
+complete() when clients may leave it out), append one EventField, then regenerate the JSON Schema
+(`python -m shared.events`) and the documented column list (`python -m shared.event_doc --write`).
 
 Heartbeat records keep event time moving when traffic pauses: ingestion writes one to every
 partition each RTAP_INGESTION__HEARTBEAT_INTERVAL_MS with event.type == HEARTBEAT_TYPE and
