@@ -13,7 +13,7 @@ import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import get_type_hints
+from typing import Any, get_type_hints
 
 import orjson
 import pytest
@@ -92,13 +92,17 @@ FROM ({VIEW_SELECTION} FROM events_source WHERE event.`type` <> '__heartbeat')""
 PIXEL_RATIO = EventField("pixel_ratio", "device.pixel_ratio", FLOAT64, nullable=True)
 
 
+def wire_with_device_value(key: str, hint: Any) -> Any:
+    """RawEvent's TypedDict with one more value in its device."""
+    device_hints = get_type_hints(Device, include_extras=True)
+    device = TypedDict("Device", {**device_hints, key: hint})  # type: ignore[misc]
+    wire_hints = get_type_hints(RawEvent, include_extras=True)
+    return TypedDict("RawEvent", {**wire_hints, "device": device})  # type: ignore[misc]
+
+
 def with_pixel_ratio() -> EventSchema:
     """A copy of the event schema with one more value, device.pixel_ratio (the TypedDicts extended alike)."""
-    device_hints = get_type_hints(Device, include_extras=True)
-    device = TypedDict("Device", {**device_hints, "pixel_ratio": float | None})  # type: ignore[misc]
-    wire_hints = get_type_hints(RawEvent, include_extras=True)
-    wire = TypedDict("RawEvent", {**wire_hints, "device": device})  # type: ignore[misc]
-    return EventSchema((*EVENT_FIELDS, PIXEL_RATIO), wire)
+    return EventSchema((*EVENT_FIELDS, PIXEL_RATIO), wire_with_device_value("pixel_ratio", float | None))
 
 
 def flink_text(sql: str) -> str:
@@ -219,3 +223,10 @@ def test_the_guide_lists_the_derived_columns():
     assert event_doc.documented(event_doc.DOC.read_text()) == event_doc.column_list(), (
         "docs/adding-a-job.md lists other raw event columns than shared/events.py declares: "
         "run .venv/bin/python -m shared.event_doc --write")
+
+
+def test_the_row_builder_refuses_a_path_that_is_not_python_names():
+    wire = wire_with_device_value("pixel-ratio", float)
+    odd = EventSchema((*EVENT_FIELDS, EventField("pixel_ratio", "device.pixel-ratio", FLOAT64)), wire)
+    with pytest.raises(ValueError, match="identifier"):
+        event_processor(odd)
