@@ -4,15 +4,16 @@ Ingestion owns validation (see services/ingestion); this module fixes the wire f
 every reader relies on.
 
 Key: context.session_id (UTF-8), so one session's events stay in one partition.
-Value: JSON object
-  event      {type: str, id: str}            id: client-supplied or server UUIDv7
-  user       {id: str}
-  device     {user_agent: str, screen_width: int, screen_height: int}
-  context    {url: str, referrer: str|null, ip_address: str|null, session_id: str}
-  properties {str: str|int|float|bool}
-  metrics    {load_time: float|null, interaction_time: float|null}   milliseconds
-  timestamp  int   event time, epoch ms (client value bounded by the clock-skew policy, else receive time)
-  received_at int  receive time at ingestion, epoch ms
+Value: a JSON object, RawEvent below: the event's identity and type, user, device, context, properties
+(str -> str|int|float|bool), metrics (milliseconds), timestamp (event time, epoch ms: the client's value
+bounded by the clock-skew policy, else the receive time) and received_at (receive time, epoch ms).
+
+EVENT is the only description of the event's values downstream: EVENT_FIELDS gives each value of
+RawEvent its column name, logical type and nullability, and the Flink source, the jobs' events view,
+the raw ClickHouse table and storage's row are derived from it (EventSchema checks at import that
+EVENT_FIELDS covers RawEvent exactly). A new field: add it to TrackEvent and RawEvent (and to
+complete() when clients may leave it out), append one EventField, then regenerate the JSON Schema
+(`python -m shared.events`) and the documented column list (`python -m shared.event_doc --write`).
 
 Heartbeat records keep event time moving when traffic pauses: ingestion writes one to every
 partition each RTAP_INGESTION__HEARTBEAT_INTERVAL_MS with event.type == HEARTBEAT_TYPE and
@@ -29,11 +30,14 @@ event_schema_v{EVENT_SCHEMA_VERSION}.json beside this file and served by ingesti
 from __future__ import annotations
 
 import json
+import types
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
-from typing_extensions import NotRequired, TypedDict
+from pydantic.fields import FieldInfo
+from typing_extensions import NotRequired, TypedDict, is_typeddict
 
 HEARTBEAT_TYPE = "__heartbeat"
 EVENT_SCHEMA_VERSION = 1
@@ -145,6 +149,177 @@ class RawEvent(TypedDict):
     metrics: WireMetrics
     timestamp: Annotated[int, Field(ge=0, description="event time, epoch ms")]
     received_at: Annotated[int, Field(ge=0, description="receive time at ingestion, epoch ms")]
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """A logical type of a raw event value: its Python, ClickHouse and Flink SQL types."""
+
+    name: str
+    python: type
+    clickhouse: str
+    flink: str
+
+    def empty(self) -> Any:
+        """The value an absent non-nullable field stands for: "", 0, 0.0 or {}."""
+        return self.python()
+
+
+STRING = FieldType("string", str, "String", "STRING")
+CATEGORY = FieldType("category", str, "LowCardinality(String)", "STRING")  # few distinct values
+INT32 = FieldType("int32", int, "Int32", "INT")
+FLOAT64 = FieldType("float64", float, "Float64", "DOUBLE")
+EPOCH_MS = FieldType("epoch_ms", int, "DateTime64(3, 'UTC')", "BIGINT")
+PROPERTIES = FieldType("properties", dict, "Map(String, String)", "MAP<STRING, STRING>")  # values as text
+
+
+@dataclass(frozen=True)
+class EventField:
+    """One value of RawEvent: where it sits in the Kafka value (`path`, dotted) and its column downstream.
+
+    required: a record without it, or with it empty, can never be stored. in_view: whether the jobs' events
+    view shows it, as `view` when given (else as `column`). leads_view: listed first there (the ids and the
+    type, the view's order since before the schema: the same order keeps the same Flink plan).
+    """
+
+    column: str
+    path: str
+    type: FieldType
+    nullable: bool = False
+    required: bool = False
+    in_view: bool = True
+    view: str | None = None
+    leads_view: bool = False
+
+    @property
+    def view_column(self) -> str:
+        return self.view or self.column
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(self.path.split("."))
+
+
+TYPE_PATH, ID_PATH, EVENT_TIME_PATH, RECEIVED_PATH = "event.type", "event.id", "timestamp", "received_at"
+
+
+@dataclass(frozen=True)
+class EventSchema:
+    """The raw event's fields in the raw table's column order (a new field goes last) and the wire TypedDict.
+
+    Construction fails unless the fields cover the TypedDict's values exactly, with matching types and
+    nullability. `wire_fields` is the TypedDict's order (the Kafka value's and the Flink source's).
+    """
+
+    fields: tuple[EventField, ...]
+    wire: type
+    wire_fields: tuple[EventField, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        leaves = dict(_leaves(self.wire))
+        declared = {f.path: f for f in self.fields}
+        if len(declared) != len(self.fields) or len({f.column for f in self.fields}) != len(self.fields):
+            raise TypeError("event fields: a path or a column is declared twice")
+        if set(declared) != set(leaves):
+            unknown, undeclared = sorted(set(declared) - set(leaves)), sorted(set(leaves) - set(declared))
+            raise TypeError(f"event fields {unknown} are not values of {self.wire.__name__}; "
+                            f"its values {undeclared} have no field")
+        for path, hint in leaves.items():
+            _check_field(declared[path], hint)
+        object.__setattr__(self, "wire_fields", tuple(declared[path] for path in leaves))
+        for path in (TYPE_PATH, ID_PATH, EVENT_TIME_PATH, RECEIVED_PATH):
+            self.at(path)
+
+    @property
+    def view_fields(self) -> tuple[EventField, ...]:
+        """The events view's columns: wire order, the leading ones first."""
+        shown = [f for f in self.wire_fields if f.in_view]
+        return tuple(sorted(shown, key=lambda f: not f.leads_view))
+
+    def at(self, path: str) -> EventField:
+        found = [f for f in self.fields if f.path == path]
+        if not found:
+            raise KeyError(f"the raw event has no field at {path!r}")
+        return found[0]
+
+    def description(self, path: str) -> str:
+        """The wire TypedDict's description of the value at `path` ("" when it has none)."""
+        return next((_description(hint) for p, hint in _leaves(self.wire) if p == path), "")
+
+    def nest(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A Kafka value (nested, wire order) from one value per path."""
+        out: dict[str, Any] = {}
+        for f in self.wire_fields:
+            *groups, leaf = f.keys
+            target = out
+            for group in groups:
+                target = target.setdefault(group, {})
+            target[leaf] = values[f.path]
+        return out
+
+    def heartbeat(self, event_id: str, now: int) -> dict[str, Any]:
+        """A heartbeat in the full wire shape: every value empty or null but its type, id and times."""
+        values = {f.path: None if f.nullable else f.type.empty() for f in self.fields}
+        values |= {TYPE_PATH: HEARTBEAT_TYPE, ID_PATH: event_id, EVENT_TIME_PATH: now, RECEIVED_PATH: now}
+        return self.nest(values)
+
+
+def _leaves(typed_dict: type, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted path, type hint) of every non-TypedDict value, in declaration order."""
+    found: list[tuple[str, Any]] = []
+    for name, hint in get_type_hints(typed_dict, include_extras=True).items():
+        base, _ = _base(hint)
+        if is_typeddict(base):
+            found += _leaves(base, f"{prefix}{name}.")
+        else:
+            found.append((prefix + name, hint))
+    return found
+
+
+def _base(hint: Any) -> tuple[Any, bool]:
+    """The type under Annotated and Optional, and whether it was Optional."""
+    while get_origin(hint) is Annotated:
+        hint = get_args(hint)[0]
+    if get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint):
+        members = [arg for arg in get_args(hint) if arg is not type(None)]
+        return (_base(members[0])[0] if len(members) == 1 else hint), True
+    return hint, False
+
+
+def _check_field(declared: EventField, hint: Any) -> None:
+    base, nullable = _base(hint)
+    if nullable != declared.nullable or (get_origin(base) or base) is not declared.type.python:
+        raise TypeError(f"event field {declared.path!r}: declared {declared.type.name}"
+                        f"{' (nullable)' if declared.nullable else ''}, the wire type is {hint!r}")
+
+
+def _description(hint: Any) -> str:
+    while get_origin(hint) in (Annotated, Union, types.UnionType):
+        for item in getattr(hint, "__metadata__", ()):
+            if isinstance(item, FieldInfo) and item.description:
+                return item.description
+        hint = get_args(hint)[0]
+    return ""
+
+
+EVENT_FIELDS = (
+    EventField("event_id", ID_PATH, STRING, required=True, leads_view=True),
+    EventField("event_type", TYPE_PATH, CATEGORY, required=True, leads_view=True),
+    EventField("user_id", "user.id", STRING, leads_view=True),
+    EventField("session_id", "context.session_id", STRING, required=True, leads_view=True),
+    EventField("url", "context.url", STRING),
+    EventField("referrer", "context.referrer", STRING, nullable=True),
+    EventField("ip", "context.ip_address", STRING, nullable=True, in_view=False),  # no job needs it
+    EventField("user_agent", "device.user_agent", STRING),
+    EventField("screen_width", "device.screen_width", INT32),
+    EventField("screen_height", "device.screen_height", INT32),
+    EventField("properties", "properties", PROPERTIES),
+    EventField("load_time", "metrics.load_time", FLOAT64, nullable=True),
+    EventField("interaction_time", "metrics.interaction_time", FLOAT64, nullable=True),
+    EventField("timestamp", EVENT_TIME_PATH, EPOCH_MS, required=True, view="ts"),
+    EventField("received_at", RECEIVED_PATH, EPOCH_MS, required=True),
+)
+EVENT = EventSchema(EVENT_FIELDS, RawEvent)
 
 
 TRACK_EVENT = TypeAdapter(TrackEvent)

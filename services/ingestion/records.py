@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 from uuid_utils import uuid7
 
-from shared.events import HEARTBEAT_TYPE, complete
+from shared.events import EVENT, HEARTBEAT_TYPE, complete
 from shared.settings import IngestionSettings
 
 ORIGINAL_TIMESTAMP_HEADER = "rtap-original-timestamp"
@@ -83,13 +83,4 @@ def make_record(event_id: str, session_id: str, value: bytes, client_timestamp: 
 
 def heartbeat_value(now: int) -> bytes:
     """A heartbeat in the full wire shape, so every reader parses it like an event."""
-    return orjson.dumps({
-        "event": {"type": HEARTBEAT_TYPE, "id": str(uuid7())},
-        "user": {"id": ""},
-        "device": {"user_agent": "", "screen_width": 0, "screen_height": 0},
-        "context": {"url": "", "referrer": None, "ip_address": None, "session_id": ""},
-        "properties": {},
-        "metrics": {"load_time": None, "interaction_time": None},
-        "timestamp": now,
-        "received_at": now,
-    })
+    return orjson.dumps(EVENT.heartbeat(str(uuid7()), now))

@@ -1,7 +1,8 @@
 """JobCoordinator: one Kafka source, one events view, one upsert-kafka sink per job, one statement set.
 
 Everything here is SQL text except `run`, which needs a PyFlink TableEnvironment; the DDL is
-derived from settings and from each job's MetricSchema, so a new job needs no edit here.
+derived from settings, from the raw event's schema (shared.events.EVENT) and from each job's
+MetricSchema, so neither a new job nor a new event field needs an edit here.
 """
 
 from __future__ import annotations
@@ -11,16 +12,13 @@ from typing import Any
 
 from services.processing.device import device_category_sql, function_ddl
 from services.processing.job import BaseJob, interval
-from shared.events import HEARTBEAT_TYPE
+from shared.events import (EVENT, EVENT_TIME_PATH, HEARTBEAT_TYPE, ID_PATH, RECEIVED_PATH, TYPE_PATH,
+                           EventSchema)
 from shared.metrics import FLINK_TYPES, MetricSchema, load_schemas
 from shared.settings import Settings
 
 SOURCE_TABLE = "events_source"
-RAW_COLUMNS = ("event_type", "event_id", "user_id", "session_id", "user_agent", "screen_width", "screen_height", "url",
-               "referrer", "properties", "load_time", "interaction_time", "ts", "received_at")
 EVENTS_VIEW = "events"
-EVENT_MS = "COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT))"
-RECEIVED_MS = "COALESCE(received_at, `timestamp`, CAST(0 AS BIGINT))"
 
 
 @dataclass(frozen=True)
@@ -46,10 +44,42 @@ def with_options(options: dict[str, str]) -> str:
     return ",\n  ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in options.items())
 
 
+def source_path(path: str) -> str:
+    """A raw event value in the source table: `context`.`url` for context.url."""
+    return ".".join(quote(key) for key in path.split("."))
+
+
+EVENT_MS = f"COALESCE({source_path(EVENT_TIME_PATH)}, {source_path(RECEIVED_PATH)}, CAST(0 AS BIGINT))"
+RECEIVED_MS = f"COALESCE({source_path(RECEIVED_PATH)}, {source_path(EVENT_TIME_PATH)}, CAST(0 AS BIGINT))"
+
+
+def source_columns(event: EventSchema) -> list[str]:
+    """The source table's physical columns: one per top-level key of the Kafka value, nested ones as ROWs."""
+    tree = event.nest({f.path: f for f in event.fields})
+    return [f"{quote(key)} {_flink_type(node)}" for key, node in tree.items()]
+
+
+def _flink_type(node: Any) -> str:
+    if isinstance(node, dict):
+        return f"ROW<{', '.join(f'{quote(key)} {_flink_type(child)}' for key, child in node.items())}>"
+    return node.type.flink
+
+
+def view_selection(event: EventSchema) -> list[str]:
+    """The events view's raw event columns over the source; the event time is the watermark's (event_ms)."""
+    selection = []
+    for f in event.view_fields:
+        expression = "event_ms" if f.path == EVENT_TIME_PATH else source_path(f.path)
+        column = quote(f.view_column)
+        selection.append(expression if expression == column else f"{expression} AS {column}")
+    return selection
+
+
 class JobCoordinator:
-    def __init__(self, settings: Settings, bounds: Bounds | None = None):
+    def __init__(self, settings: Settings, bounds: Bounds | None = None, event: EventSchema = EVENT):
         self.settings = settings
         self.bounds = bounds
+        self.event = event
         schemas = load_schemas(settings.processing.job_modules)
         self.jobs: list[BaseJob] = [BaseJob.registry[name]() for name in schemas if name in BaseJob.registry]
 
@@ -76,15 +106,8 @@ class JobCoordinator:
             "scan.watermark.idle-timeout": f"{p.idle_timeout_ms} ms",
         }
         options.update(self._startup_options())
-        return f"""CREATE TABLE {SOURCE_TABLE} (
-  event ROW<`type` STRING, id STRING>,
-  `user` ROW<id STRING>,
-  device ROW<user_agent STRING, screen_width INT, screen_height INT>,
-  context ROW<url STRING, referrer STRING, ip_address STRING, session_id STRING>,
-  properties MAP<STRING, STRING>,
-  metrics ROW<load_time DOUBLE, interaction_time DOUBLE>,
-  `timestamp` BIGINT,
-  received_at BIGINT,
+        raw = "".join(f"\n  {column}," for column in source_columns(self.event))
+        return f"""CREATE TABLE {SOURCE_TABLE} ({raw}
   kafka_partition INT METADATA FROM 'partition' VIRTUAL,
   kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
   proc_time AS PROCTIME(),
@@ -118,25 +141,23 @@ class JobCoordinator:
     def events_view_sql(self) -> str:
         """The events every job reads: heartbeats removed (they already moved the watermark in the source),
         repeats of an event id removed (client retries), device category computed."""
-        where = f"event.`type` <> {sql_string(HEARTBEAT_TYPE)}"
+        where = f"{source_path(TYPE_PATH)} <> {sql_string(HEARTBEAT_TYPE)}"
         if self.bounds:
             b = self.bounds
             where += f" AND event_ms >= {b.start_ms - b.lookaround_ms} AND event_ms < {b.end_ms + b.lookaround_ms}"
-        fields = f"""SELECT event.`type` AS event_type, event.id AS event_id, `user`.id AS user_id,
-       context.session_id AS session_id, device.user_agent AS user_agent, device.screen_width AS screen_width,
-       device.screen_height AS screen_height, context.url AS url, context.referrer AS referrer, properties,
-       metrics.load_time AS load_time, metrics.interaction_time AS interaction_time, event_ms AS ts, received_at,
-       event_time"""
+        raw_columns = ", ".join(quote(f.view_column) for f in self.event.view_fields)
+        fields = f"SELECT {', '.join(view_selection(self.event))},\n       event_time"
         if self.settings.processing.dedup_seconds > 0:
-            key = "COALESCE(event.id, CONCAT('kafka:', CAST(kafka_partition AS STRING), ':', CAST(kafka_offset AS STRING)))"
+            key = (f"COALESCE({source_path(ID_PATH)}, "
+                   "CONCAT('kafka:', CAST(kafka_partition AS STRING), ':', CAST(kafka_offset AS STRING)))")
             fields += f", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY proc_time ASC) AS seen"
-            events = (f"SELECT {', '.join(RAW_COLUMNS)}, event_time\n"  # not `seen`: Flink plans a dedup only without it
+            events = (f"SELECT {raw_columns}, event_time\n"  # not `seen`: Flink plans a dedup only without it
                       f"FROM ({fields} FROM {SOURCE_TABLE} WHERE {where}) WHERE seen = 1")
         else:
             events = f"{fields} FROM {SOURCE_TABLE} WHERE {where}"
         category = device_category_sql("user_agent", "screen_width", "screen_height")
         return f"""CREATE TEMPORARY VIEW {EVENTS_VIEW} AS
-SELECT {', '.join(RAW_COLUMNS)}, {category} AS device_category, event_time
+SELECT {raw_columns}, {category} AS device_category, event_time
 FROM ({events})"""
 
     def sink_ddl(self, schema: MetricSchema) -> str:

@@ -3,10 +3,8 @@
 Importing a job module must not import PyFlink: storage and cache import job modules only
 to read their schemas. PyFlink objects are passed into `build` by the JobCoordinator.
 
-`build` returns a Flink SQL query over the coordinator's events view. The view's columns:
-event_type, event_id, user_id, session_id, user_agent, screen_width, screen_height, url,
-referrer, properties (MAP<STRING, STRING>), load_time, interaction_time (DOUBLE, ms),
-ts (BIGINT event time, epoch ms), received_at, device_category, and event_time (the
+`build` returns a Flink SQL query over the coordinator's events view: the raw event's fields
+(shared.events.EVENT, listed in docs/adding-a-job.md), device_category, and event_time (the
 event-time attribute, TIMESTAMP_LTZ(3), watermarked). Heartbeats are already removed.
 """
 

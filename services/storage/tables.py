@@ -1,4 +1,4 @@
-"""ClickHouse tables, derived from the metric schemas and the raw event wire format; never hand-kept per job.
+"""ClickHouse tables, derived from the metric schemas and the raw event's schema; never hand-kept per job.
 
 Every table is a ReplacingMergeTree keyed by its record identity, so a replayed record overwrites
 itself: metric tables by the schema key (a tombstone sets `_deleted`), the raw events table by event id.
@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 from services.storage.backends import Backend
+from shared.events import EVENT, EVENT_TIME_PATH, ID_PATH, EventSchema
 from shared.logging import get_logger
 from shared.metrics import CLICKHOUSE_TYPES, MetricSchema
 from shared.settings import Settings
@@ -79,48 +80,37 @@ def metric_table(schema: MetricSchema) -> Table:
 
 
 def _metric_type(logical: str, nullable: bool) -> str:
-    base = CLICKHOUSE_TYPES[logical]
-    if not nullable:
-        return base
+    return _nullable(CLICKHOUSE_TYPES[logical]) if nullable else CLICKHOUSE_TYPES[logical]
+
+
+def _nullable(base: str) -> str:
     if base.startswith("LowCardinality("):
         return f"LowCardinality(Nullable({base[len('LowCardinality('):-1]}))"
     return f"Nullable({base})"
 
 
-EVENT_COLUMNS = (
-    ColumnDef("event_id", "String"),
-    ColumnDef("event_type", "LowCardinality(String)"),
-    ColumnDef("user_id", "String"),
-    ColumnDef("session_id", "String"),
-    ColumnDef("url", "String"),
-    ColumnDef("referrer", "Nullable(String)"),
-    ColumnDef("ip", "Nullable(String)"),
-    ColumnDef("user_agent", "String"),
-    ColumnDef("screen_width", "Int32"),
-    ColumnDef("screen_height", "Int32"),
-    ColumnDef("properties", "Map(String, String)"),
-    ColumnDef("load_time", "Nullable(Float64)"),
-    ColumnDef("interaction_time", "Nullable(Float64)"),
-    ColumnDef("timestamp", "DateTime64(3, 'UTC')"),
-    ColumnDef("received_at", "DateTime64(3, 'UTC')"),
-    ColumnDef(VERSION, "UInt64"),
-    ColumnDef(INGESTED_AT, "DateTime64(3, 'UTC') DEFAULT now64(3)"),
-)
+def event_columns(event: EventSchema) -> tuple[ColumnDef, ...]:
+    """One column per raw event field, in the schema's order, then the bookkeeping columns."""
+    fields = tuple(ColumnDef(f.column, _nullable(f.type.clickhouse) if f.nullable else f.type.clickhouse)
+                   for f in event.fields)
+    ingested_at = ColumnDef(INGESTED_AT, "DateTime64(3, 'UTC') DEFAULT now64(3)")
+    return (*fields, ColumnDef(VERSION, "UInt64"), ingested_at)
 
 
-def events_table(settings: Settings) -> Table:
+def events_table(settings: Settings, event: EventSchema = EVENT) -> Table:
+    """Keyed by the event id, partitioned by day of event time."""
     return Table(
         name=settings.storage.events_table,
-        columns=EVENT_COLUMNS,
+        columns=event_columns(event),
         engine=f"ReplacingMergeTree({VERSION})",
-        order_by=("event_id",),
-        partition_by="toYYYYMMDD(`timestamp`)",
-        ttl=events_ttl(settings.storage.raw_events_ttl_days),
+        order_by=(event.at(ID_PATH).column,),
+        partition_by=f"toYYYYMMDD(`{event.at(EVENT_TIME_PATH).column}`)",
+        ttl=events_ttl(settings.storage.raw_events_ttl_days, event),
     )
 
 
-def events_ttl(days: int) -> str:
-    return f"toDateTime(`timestamp`) + toIntervalDay({int(days)})"
+def events_ttl(days: int, event: EventSchema = EVENT) -> str:
+    return f"toDateTime(`{event.at(EVENT_TIME_PATH).column}`) + toIntervalDay({int(days)})"
 
 
 def all_tables(settings: Settings, schemas: dict[str, MetricSchema]) -> list[Table]:

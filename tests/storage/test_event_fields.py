@@ -1,0 +1,232 @@
+"""The raw event declared once (shared.events.EVENT): every consumer derives its part from it.
+
+- Today's event yields exactly the DDL and rows written by hand before the schema existed (raw table,
+  Flink source and events view, storage's row), so existing tables, data and checkpoints keep working.
+- A field added to a copy of the schema reaches the Flink source, the events view (resolved by Flink
+  itself), the raw table's DDL and migration, and the row stored in chDB through storage's processor.
+- docs/adding-a-job.md quotes the derived list of the columns (view and raw table).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import orjson
+import pytest
+from typing_extensions import TypedDict
+
+from services.processing.coordinator import EVENTS_VIEW, JobCoordinator
+from services.storage.backends import ChdbBackend
+from services.storage.processors import event_processor, process_event
+from services.storage.tables import events_table, migrate
+from shared import event_doc
+from shared.events import EVENT, EVENT_FIELDS, FLOAT64, INT32, Device, EventField, EventSchema, RawEvent
+from shared.settings import Settings
+from tests.storage.conftest import raw_event
+
+TABLE_BEFORE_SCHEMA = """CREATE TABLE IF NOT EXISTS `rtap`.`analytics_events` (
+  `event_id` String,
+  `event_type` LowCardinality(String),
+  `user_id` String,
+  `session_id` String,
+  `url` String,
+  `referrer` Nullable(String),
+  `ip` Nullable(String),
+  `user_agent` String,
+  `screen_width` Int32,
+  `screen_height` Int32,
+  `properties` Map(String, String),
+  `load_time` Nullable(Float64),
+  `interaction_time` Nullable(Float64),
+  `timestamp` DateTime64(3, 'UTC'),
+  `received_at` DateTime64(3, 'UTC'),
+  `_version` UInt64,
+  `_ingested_at` DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(_version)
+PARTITION BY toYYYYMMDD(`timestamp`)
+ORDER BY (`event_id`)
+TTL toDateTime(`timestamp`) + toIntervalDay(30)"""
+
+SOURCE_COLUMNS_BEFORE_SCHEMA = """CREATE TABLE events_source (
+  event ROW<`type` STRING, id STRING>,
+  `user` ROW<id STRING>,
+  device ROW<user_agent STRING, screen_width INT, screen_height INT>,
+  context ROW<url STRING, referrer STRING, ip_address STRING, session_id STRING>,
+  properties MAP<STRING, STRING>,
+  metrics ROW<load_time DOUBLE, interaction_time DOUBLE>,
+  `timestamp` BIGINT,
+  received_at BIGINT,
+  kafka_partition INT METADATA FROM 'partition' VIRTUAL,
+  kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  proc_time AS PROCTIME(),
+  event_ms AS COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT)),
+  event_time AS TO_TIMESTAMP_LTZ(COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT)), 3),
+  WATERMARK FOR event_time AS TO_TIMESTAMP_LTZ(LEAST(COALESCE(`timestamp`, received_at, CAST(0 AS BIGINT)), \
+COALESCE(received_at, `timestamp`, CAST(0 AS BIGINT)) + 500), 3) - INTERVAL '0 00:00:02.000' DAY TO SECOND(3)
+) WITH ("""
+
+RAW_VIEW_COLUMNS = ("event_type, event_id, user_id, session_id, user_agent, screen_width, screen_height, "
+                    "url, referrer, properties, load_time, interaction_time, ts, received_at")
+VIEW_SELECTION = """SELECT event.`type` AS event_type, event.id AS event_id, `user`.id AS user_id,
+       context.session_id AS session_id, device.user_agent AS user_agent, device.screen_width AS screen_width,
+       device.screen_height AS screen_height, context.url AS url, context.referrer AS referrer, properties,
+       metrics.load_time AS load_time, metrics.interaction_time AS interaction_time, event_ms AS ts,
+       received_at, event_time"""
+VIEW_BEFORE_SCHEMA = f"""CREATE TEMPORARY VIEW events AS
+SELECT {RAW_VIEW_COLUMNS},
+  device_category(user_agent, screen_width, screen_height) AS device_category, event_time
+FROM (SELECT {RAW_VIEW_COLUMNS}, event_time
+FROM ({VIEW_SELECTION}, ROW_NUMBER() OVER (PARTITION BY COALESCE(event.id, CONCAT('kafka:', \
+CAST(kafka_partition AS STRING), ':', CAST(kafka_offset AS STRING))) ORDER BY proc_time ASC) AS seen \
+FROM events_source WHERE event.`type` <> '__heartbeat') WHERE seen = 1)"""
+VIEW_WITHOUT_DEDUP_BEFORE_SCHEMA = f"""CREATE TEMPORARY VIEW events AS
+SELECT {RAW_VIEW_COLUMNS},
+  device_category(user_agent, screen_width, screen_height) AS device_category, event_time
+FROM ({VIEW_SELECTION} FROM events_source WHERE event.`type` <> '__heartbeat')"""
+
+PIXEL_RATIO = EventField("pixel_ratio", "device.pixel_ratio", FLOAT64, nullable=True)
+
+
+def wire_with_device_value(key: str, hint: Any) -> Any:
+    """RawEvent's TypedDict with one more value in its device."""
+    device_hints = get_type_hints(Device, include_extras=True)
+    device = TypedDict("Device", {**device_hints, key: hint})  # type: ignore[misc]
+    wire_hints = get_type_hints(RawEvent, include_extras=True)
+    return TypedDict("RawEvent", {**wire_hints, "device": device})  # type: ignore[misc]
+
+
+def with_pixel_ratio() -> EventSchema:
+    """A copy of the event schema with one more value, device.pixel_ratio (the TypedDicts extended alike)."""
+    return EventSchema((*EVENT_FIELDS, PIXEL_RATIO), wire_with_device_value("pixel_ratio", float | None))
+
+
+def flink_text(sql: str) -> str:
+    """Flink SQL without quoting and layout: Flink keeps an identifier's case, so quoting changes nothing."""
+    return re.sub(r"\s+", " ", sql.replace("`", "")).strip()
+
+
+@pytest.fixture(scope="module")
+def chdb(tmp_path_factory):
+    backend = ChdbBackend(Path(tmp_path_factory.mktemp("chdb-event-fields")))
+    yield backend
+    backend.close()
+
+
+def test_todays_event_keeps_the_raw_table_written_before_the_schema():
+    assert events_table(Settings()).create_sql("rtap") == TABLE_BEFORE_SCHEMA
+
+
+def test_todays_event_keeps_the_flink_source_and_view_written_before_the_schema():
+    settings = Settings()
+    source = JobCoordinator(settings).source_ddl()
+    assert flink_text(source).startswith(flink_text(SOURCE_COLUMNS_BEFORE_SCHEMA))
+    assert flink_text(JobCoordinator(settings).events_view_sql()) == flink_text(VIEW_BEFORE_SCHEMA)
+    no_dedup = settings.processing.model_copy(update={"dedup_seconds": 0})
+    view = JobCoordinator(settings.model_copy(update={"processing": no_dedup})).events_view_sql()
+    assert flink_text(view) == flink_text(VIEW_WITHOUT_DEDUP_BEFORE_SCHEMA)
+
+
+def test_todays_event_keeps_the_row_written_before_the_schema():
+    event = raw_event("s1", "e1", "add_to_cart", ts=1_767_225_600_123)
+    event["received_at"] = 1_767_225_600_456
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    assert process_event(b"s1", orjson.dumps(event), 7) == {
+        "event_id": "e1", "event_type": "add_to_cart", "user_id": "u-s1", "session_id": "s1",
+        "url": "https://shop.example/p/1", "referrer": None, "ip": "203.0.113.9",
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64)", "screen_width": 1920, "screen_height": 1080,
+        "properties": {"sku": "A-1", "qty": "2", "gift": "true"},
+        "load_time": 812.5, "interaction_time": None,
+        "timestamp": at.replace(microsecond=123_000), "received_at": at.replace(microsecond=456_000),
+        "_version": 7,
+    }
+
+
+def test_a_record_missing_what_a_row_can_do_without_still_becomes_a_row():
+    event = raw_event("s1", "e1")
+    for group in ("user", "device", "metrics", "properties"):
+        del event[group]
+    row = process_event(b"s1", orjson.dumps(event), 0)
+    assert (row["user_id"], row["screen_width"], row["load_time"], row["properties"]) == ("", 0, None, {})
+
+
+@pytest.mark.clickhouse
+def test_a_new_field_reaches_the_flink_source_the_view_the_raw_table_and_the_stored_row(chdb):
+    extended, settings = with_pixel_ratio(), Settings()
+    coordinator = JobCoordinator(settings, event=extended)
+    assert "`pixel_ratio` DOUBLE>" in coordinator.source_ddl().split("`device` ROW<")[1].split("\n")[0]
+    view = coordinator.events_view_sql()
+    assert "`device`.`pixel_ratio` AS `pixel_ratio`" in view
+    assert view.split("\n")[1].startswith("SELECT ") and "`pixel_ratio`" in view.split("\n")[1]
+    assert "| `device.pixel_ratio` | `pixel_ratio` `DOUBLE` |" in event_doc.column_list(extended)
+
+    db = f"fields_{uuid.uuid4().hex[:8]}"
+    table = events_table(settings).name
+    migrate(chdb, db, [events_table(settings)])
+    chdb.insert(f"{db}.{table}", [process_event(b"s1", orjson.dumps(raw_event("s1", "before")), 1)])
+    applied = migrate(chdb, db, [events_table(settings, extended)])
+    target = f"`{db}`.`{table}`"
+    assert applied == [f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS `pixel_ratio` Nullable(Float64)"]
+    assert "`pixel_ratio` Nullable(Float64)" in events_table(settings, extended).create_sql(db)
+
+    event = raw_event("s1", "after")
+    event["device"]["pixel_ratio"] = 2.5
+    chdb.insert(f"{db}.{table}", [event_processor(extended)(b"s1", orjson.dumps(event), 2)])
+    rows = chdb.query(f"SELECT event_id, pixel_ratio FROM `{db}`.`{table}` FINAL ORDER BY event_id")
+    assert rows == [{"event_id": "after", "pixel_ratio": 2.5}, {"event_id": "before", "pixel_ratio": None}]
+    chdb.command(f"DROP DATABASE `{db}`")
+
+
+@pytest.mark.flink
+def test_flink_resolves_the_new_field_in_the_source_and_the_view():
+    from pyflink.table import EnvironmentSettings, TableEnvironment
+
+    from services.processing.device import function_ddl
+    from services.processing.driver import pipeline_jars
+
+    settings = Settings()
+    t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    t_env.get_config().set("pipeline.jars", pipeline_jars(settings))
+    coordinator = JobCoordinator(settings, event=with_pixel_ratio())
+    for ddl in (function_ddl(), coordinator.source_ddl(), coordinator.events_view_sql()):
+        t_env.execute_sql(ddl)
+    schema = t_env.from_path(EVENTS_VIEW).get_schema()
+    names = schema.get_field_names()
+    assert names[-3:] == ["received_at", "device_category", "event_time"] and "pixel_ratio" in names
+    assert str(schema.get_field_data_type("pixel_ratio")) == "DOUBLE"
+
+
+def test_the_schema_must_cover_the_wire_format_exactly():
+    wire = with_pixel_ratio().wire
+    with pytest.raises(TypeError, match=r"device\.pixel_ratio"):
+        EventSchema(EVENT_FIELDS, wire)  # a wire value without a field
+    with pytest.raises(TypeError, match=r"device\.pixel_ratio"):
+        EventSchema((*EVENT_FIELDS, PIXEL_RATIO), RawEvent)  # a field without a wire value
+    with pytest.raises(TypeError, match=r"device\.pixel_ratio"):
+        EventSchema((*EVENT_FIELDS, EventField("pixel_ratio", "device.pixel_ratio", INT32)), wire)
+    with pytest.raises(TypeError, match="twice"):
+        EventSchema((*EVENT_FIELDS, EventField("url", "device.pixel_ratio", FLOAT64, nullable=True)), wire)
+
+
+def test_a_heartbeat_has_every_value_of_the_schema():
+    heartbeat = with_pixel_ratio().heartbeat("id-1", 5)
+    empty_device = {"user_agent": "", "screen_width": 0, "screen_height": 0, "pixel_ratio": None}
+    assert heartbeat["device"] == empty_device
+    assert EVENT.heartbeat("id-1", 5)["event"] == {"type": "__heartbeat", "id": "id-1"}
+
+
+def test_the_guide_lists_the_derived_columns():
+    assert event_doc.documented(event_doc.DOC.read_text()) == event_doc.column_list(), (
+        "docs/adding-a-job.md lists other raw event columns than shared/events.py declares: "
+        "run .venv/bin/python -m shared.event_doc --write")
+
+
+def test_the_row_builder_refuses_a_path_that_is_not_python_names():
+    wire = wire_with_device_value("pixel-ratio", float)
+    odd = EventSchema((*EVENT_FIELDS, EventField("pixel_ratio", "device.pixel-ratio", FLOAT64)), wire)
+    with pytest.raises(ValueError, match="identifier"):
+        event_processor(odd)
