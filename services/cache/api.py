@@ -1,6 +1,6 @@
 """The cache API: every metric job served from Redis, generic over the job's schema.
 
-Errors share FastAPI's validation shape, so every 4xx names the parameter:
+Errors are in the APIs' one shape (shared/api_errors.py), so every 4xx names the parameter:
     {"detail": [{"loc": ["query", "limit"], "msg": "...", "type": "..."}]}
 """
 
@@ -20,12 +20,15 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.cache.consumer import CacheConsumer
 from services.cache.layout import JobLayout, layouts
 from services.cache.store import CacheStore
 from services.cache.streams import Stream, StreamHub, SubscriptionUnavailable, TooManyStreams
-from shared.api_errors import error_responses
+from shared.api_errors import (
+    error_body, error_responses, http_error_handler, param_error, problem, unavailable,
+)
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
 from shared.http_metrics import HttpMetrics
@@ -36,10 +39,6 @@ DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 JSON = "application/json"
 EPOCH_MS_MAX = 2**63 - 1
 STREAM_RETRY_AFTER_SECONDS = 5
-
-
-def param_error(status: int, where: str, name: str, msg: str) -> HTTPException:
-    return HTTPException(status, [{"loc": [where, name], "msg": msg, "type": "value_error"}])
 
 
 def json_response(body: bytes) -> Response:
@@ -113,6 +112,7 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
 
     app.add_middleware(HttpMetrics)
     app.add_exception_handler(RedisError, redis_unavailable)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     guarded = read_key_guard(settings.cache.read_keys, query_param=True)
     add_health_routes(app, cache)
     add_job_routes(app, cache, guarded)
@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
 
 async def redis_unavailable(request: Request, exc: Exception) -> Response:
     """Redis down or every pooled connection busy: a 503 the client may retry, never a 500."""
-    body = {"detail": f"Redis unavailable ({type(exc).__name__}); retry later"}
+    body = error_body(["redis"], f"Redis unavailable ({type(exc).__name__}); retry later", "unavailable")
     return Response(orjson.dumps(body), 503, media_type=JSON, headers={"Retry-After": "1"})
 
 
@@ -208,7 +208,7 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         except TooManyStreams:
             raise too_many_streams(cache.settings) from None
         except SubscriptionUnavailable as exc:
-            raise HTTPException(503, f"Redis unavailable ({exc}); retry later", headers={"Retry-After": "1"}) from None
+            raise unavailable("redis", f"Redis unavailable ({exc}); retry later", 1) from None
 
     @app.get("/v1/jobs/{job}/stream", tags=["jobs"], dependencies=guarded, response_class=EventSourceResponse,
              responses=error_responses(400, 401, 404, 429, 503),
@@ -223,9 +223,10 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
 
 def too_many_streams(settings: Settings) -> HTTPException:
     limit = settings.cache.max_streams
-    problem = {"loc": ["path", "job"], "msg": f"{limit} streams are open, the limit of this server (cache.max_streams); "
-               f"retry after {STREAM_RETRY_AFTER_SECONDS} s", "type": "too_many_streams"}
-    return HTTPException(429, [problem], headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)})
+    msg = (f"{limit} streams are open, the limit of this server (cache.max_streams); "
+           f"retry after {STREAM_RETRY_AFTER_SECONDS} s")
+    return HTTPException(429, [problem(["path", "job"], msg, "too_many_streams")],
+                         headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)})
 
 
 def add_session_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:

@@ -13,7 +13,7 @@ import pytest
 from infrastructure.local.stack import Service
 from shared.events import EVENT_SCHEMA_FILE, event_json_schema
 from infrastructure.local.isolated import free_ports
-from tests.ingestion.conftest import WRITE_KEY, event, ingestion_settings
+from tests.ingestion.conftest import WRITE_KEY, event, ingestion_settings, problem, refused_at
 
 pytestmark = pytest.mark.kafka
 
@@ -61,12 +61,18 @@ def test_openapi_documents_every_endpoint(client):
     assert {"202", "400", "401", "413", "415", "503"} <= set(track["responses"])
     assert track["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TrackEvent"}
     assert "TrackEvent" in spec["components"]["schemas"]
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    assert track["responses"]["400"]["content"]["application/json"]["schema"] == error
+    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["detail"]
+    unavailable = spec["components"]["schemas"]["TrackUnavailable"]
+    assert {"detail", "id"} <= set(unavailable["properties"]) and "error" not in unavailable["properties"]
 
 
 def test_write_key_required_when_configured(keyed_ingestion):
     with httpx.Client(base_url=keyed_ingestion, timeout=15) as c:
         missing = c.post("/v1/analytics/track", json=event())
-        assert missing.status_code == 401 and missing.json()["field"] == "X-Write-Key"
+        assert refused_at(missing) == (401, ["header", "X-Write-Key"])
+        assert "X-Write-Key header, Bearer token, Basic username or ?write_key=" in problem(missing)["msg"]
         assert c.post("/v1/analytics/track", json=event(), headers={"X-Write-Key": "wrong"}).status_code == 401
         assert c.post("/v1/analytics/track", json=event(), headers={"X-Write-Key": WRITE_KEY}).status_code == 202
         assert c.post("/v1/analytics/track", json=event(), headers={"Authorization": f"Bearer {WRITE_KEY}"}).status_code == 202
