@@ -106,14 +106,15 @@ NASTY = [
     Nasty("array as properties", TRACK, dumps(event(properties=[1, 2])), 400, "properties"),
     Nasty("object as a property value", TRACK, dumps(event(properties={"x": {"y": 1}})), 400, "properties.x"),
     Nasty("object as events", BATCH, dumps({"events": {"0": event()}}), 400, "events"),
-    Nasty("array of arrays as a batch", BATCH, b"[[]]", 400, "body"),  # item fields are relative to the item
+    Nasty("array of arrays as a batch", BATCH, b"[[]]", 400, "[0]"),  # the first rejected item, by its path
     Nasty("batch of 0", BATCH, dumps({"events": []}), 400, "events"),
     Nasty(f"batch of {MAX_BATCH_EVENTS + 1}", BATCH, dumps({"events": [event() for _ in range(MAX_BATCH_EVENTS + 1)]}), 413, "events"),
     Nasty("Segment batch of 0", SEGMENT_BATCH, dumps({"batch": []}), 400, "batch"),
     Nasty(f"Segment batch of {MAX_BATCH_EVENTS + 1}", SEGMENT_BATCH,
           dumps({"batch": [segment_message() for _ in range(MAX_BATCH_EVENTS + 1)]}), 413, "batch"),
     Nasty("reserved heartbeat type", TRACK, dumps(event(event={"type": "__heartbeat"})), 400, "event.type"),
-    Nasty("reserved heartbeat type in a batch", BATCH, dumps({"events": [event(event={"type": "__heartbeat"})]}), 400, "event.type"),
+    Nasty("reserved heartbeat type in a batch", BATCH, dumps({"events": [event(event={"type": "__heartbeat"})]}), 400,
+          "events[0].event.type"),
     Nasty("empty body", TRACK, b"", 400, "body"),
     Nasty("empty body, batch", BATCH, b"", 400, "body"),
     Nasty("empty body, Segment", SEGMENT_BATCH, b"", 400, "body"),
