@@ -15,23 +15,19 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, PlainTextResponse
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.cache.consumer import CacheConsumer
 from services.cache.layout import JobLayout, layouts
 from services.cache.store import CacheStore
 from services.cache.streams import Stream, StreamHub, SubscriptionUnavailable, TooManyStreams
-from shared.api_errors import (
-    error_body, error_responses, http_error_handler, param_error, problem, unavailable,
-)
+from shared.api_app import service_app
+from shared.api_errors import error_body, error_responses, param_error, problem, unavailable
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
-from shared.http_metrics import HttpMetrics
 from shared.metrics import load_schemas
 from shared.settings import Settings
 
@@ -39,6 +35,7 @@ DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 JSON = "application/json"
 EPOCH_MS_MAX = 2**63 - 1
 STREAM_RETRY_AFTER_SECONDS = 5
+DESCRIPTION = "Latest and historical metric windows of every job, served from Redis."
 
 
 def json_response(body: bytes) -> Response:
@@ -87,32 +84,28 @@ class CacheApp:
             out[name] = value
         return out
 
+    @asynccontextmanager
+    async def serving(self, _app: FastAPI) -> AsyncIterator[None]:
+        """The lifespan: the consumer runs while the API serves; streams, consumer and Redis close after."""
+        if self.consumer:
+            self.consumer.start()
+        yield
+        await self.streams.close()
+        if self.consumer:
+            self.consumer.stop()
+        if self.lag_registry:
+            self.lag_registry.close()
+        await self.redis.aclose()
+
 
 def create_app(settings: Settings | None = None, run_consumer: bool = True) -> FastAPI:
     settings = settings or Settings()
     cache = CacheApp(settings, run_consumer)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if cache.consumer:
-            cache.consumer.start()
-        yield
-        await cache.streams.close()
-        if cache.consumer:
-            cache.consumer.stop()
-        if cache.lag_registry:
-            cache.lag_registry.close()
-        await cache.redis.aclose()
-
-    app = FastAPI(title="rtap cache API", version="1", lifespan=lifespan,
-                  description="Latest and historical metric windows of every job, served from Redis.")
+    origins = settings.cache.cors_origins
+    cors = {"allow_origins": origins, "allow_methods": ["GET"], "allow_headers": ["*"]} if origins else None
+    app = service_app(FastAPI, "rtap cache API", DESCRIPTION, cors, lifespan=cache.serving)
     app.state.cache = cache
-    if settings.cache.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cache.cors_origins, allow_methods=["GET"], allow_headers=["*"])
-
-    app.add_middleware(HttpMetrics)
     app.add_exception_handler(RedisError, redis_unavailable)
-    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     guarded = read_key_guard(settings.cache.read_keys, query_param=True)
     add_health_routes(app, cache)
     add_job_routes(app, cache, guarded)

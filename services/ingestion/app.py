@@ -14,8 +14,6 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppres
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from services.ingestion.errors import IngestError, ingest_error_handler, request_validation_handler
@@ -25,9 +23,8 @@ from services.ingestion.routes.events import add_event_routes
 from services.ingestion.routes.ops import add_ops_routes
 from services.ingestion.routes.segment import add_segment_routes
 from services.ingestion.state import Ingestion
-from shared.api_errors import http_error_handler
+from shared.api_app import service_app
 from shared.api_keys import WRITE_KEY
-from shared.http_metrics import HttpMetrics
 from shared.logging import get_logger
 from shared.settings import Settings
 from shared.topics import EVENTS
@@ -41,17 +38,15 @@ CORS_HEADERS = ["Content-Type", "Content-Encoding", WRITE_KEY.header, "Authoriza
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     ing = Ingestion(settings)
-    app = IngestionApp(title="rtap ingestion", version="1", description=DESCRIPTION, lifespan=lifespan(ing),
-                       telemetry=NO_OPENTELEMETRY)
+    origins = settings.ingestion.cors_origins
+    cors = {"allow_origins": origins, "allow_methods": ["POST", "GET", "OPTIONS"],
+            "allow_headers": CORS_HEADERS, "max_age": 600} if origins else None
+    app = service_app(IngestionApp, "rtap ingestion", DESCRIPTION, cors, lifespan=lifespan(ing),
+                      telemetry=NO_OPENTELEMETRY)
     app.state.ingestion = ing
     app.add_exception_handler(IngestError, ingest_error_handler)
-    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     app.add_exception_handler(RequestValidationError, request_validation_handler)
     app.add_exception_handler(ClientDisconnect, client_disconnect_handler)
-    if origins := settings.ingestion.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["POST", "GET", "OPTIONS"],
-                           allow_headers=CORS_HEADERS, max_age=600)
-    app.add_middleware(HttpMetrics)
     add_event_routes(app, ing)
     add_segment_routes(app, ing)
     add_ops_routes(app, ing)

@@ -18,7 +18,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from services.storage.backends import Backend, open_backend, open_reader
@@ -26,16 +25,17 @@ from services.storage.consumer import StorageConsumer
 from services.storage.query import QueryError, bind_params, check_text, metric_query, parse_time
 from services.storage.sandbox import SandboxError, Tables, canonical_statement
 from services.storage.tables import all_tables, migrate
-from shared.api_errors import body_error, error_responses, http_error_handler, param_error, unavailable
+from shared.api_app import service_app
+from shared.api_errors import body_error, error_responses, param_error, unavailable
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
-from shared.http_metrics import HttpMetrics
 from shared.logging import get_logger
 from shared.metrics import MetricSchema, load_schemas
 from shared.settings import Settings
 
 log = get_logger("storage.api")
 RESERVED = {"from", "to", "limit"}
+DESCRIPTION = "Historical metrics from ClickHouse: per-job time ranges and read-only SQL."
 
 
 class SqlRequest(BaseModel):
@@ -142,23 +142,20 @@ class Storage:
         for pool in self.readers.values():
             pool.close()
 
+    @asynccontextmanager
+    async def serving(self, _app: FastAPI) -> AsyncIterator[None]:
+        """The app's lifespan: the consumer runs while the API serves; everything is closed after."""
+        if self.consumer:
+            self.consumer.start()
+        yield
+        self.close()
+
 
 def create_app(settings: Settings | None = None, run_consumer: bool = True) -> FastAPI:
     settings = settings or Settings()
     storage = Storage(settings, run_consumer)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if storage.consumer:
-            storage.consumer.start()
-        yield
-        storage.close()
-
-    app = FastAPI(title="rtap storage API", version="1", lifespan=lifespan,
-                  description="Historical metrics from ClickHouse: per-job time ranges and read-only SQL.")
+    app = service_app(FastAPI, "rtap storage API", DESCRIPTION, lifespan=storage.serving)
     app.state.storage = storage
-    app.add_middleware(HttpMetrics)
-    app.add_exception_handler(StarletteHTTPException, http_error_handler)
     add_health_routes(app, storage)
     add_query_routes(app, storage, read_key_guard(settings.storage.read_keys))
     app.openapi = lambda: openapi_with_sql_request(app)  # type: ignore[method-assign]
