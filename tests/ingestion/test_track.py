@@ -112,7 +112,8 @@ def test_malformed_json_and_wrong_batch_shape(client):
     assert r.status_code == 202 and r.json()["results"][1]["field"] == "event"
     r = client.post("/v1/analytics/batch", json={"events": [{"user": {}}]})
     assert refused_at(r) == (400, ["body", "events[0].event"]) and r.json()["rejected"] == 1
-    assert r.json()["results"] == [{"index": 0, "status": "rejected", "error": "event: Field required", "field": "event"}]
+    rejected = {"index": 0, "status": "rejected", "error": "event: Field required", "field": "event"}
+    assert r.json()["results"] == [rejected]
     r = client.post("/v1/analytics/batch", json=[{**event(), "user": {}}])
     assert refused_at(r) == (400, ["body", "[0].user.id"]), r.text
 
