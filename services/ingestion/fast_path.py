@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -41,69 +42,87 @@ class DirectRoute(APIRoute):
         return self.endpoint
 
 
-def direct_post(app: FastAPI, path: str, **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
-    """Like @app.post(path, ...), registering a DirectRoute."""
+@dataclass(frozen=True, slots=True)
+class HotRoute:
+    """A DirectRoute as the short path calls it: the route, its endpoint, the histogram of its durations."""
 
-    def register(endpoint: Endpoint) -> Endpoint:
-        app.router.add_api_route(path, endpoint, methods=["POST"], route_class_override=DirectRoute, **kwargs)
-        return endpoint
-
-    return register
-
-
-def timed(seconds: Histogram) -> Callable[[Endpoint], Endpoint]:
-    """Observe each call's duration (raised or not) in the histogram."""
-
-    def wrap(endpoint: Endpoint) -> Endpoint:
-        @functools.wraps(endpoint)
-        async def run(request: Request) -> Response:
-            started = time.perf_counter()
-            try:
-                return await endpoint(request)
-            finally:
-                seconds.observe(time.perf_counter() - started)
-
-        return run
-
-    return wrap
+    route: APIRoute
+    endpoint: Endpoint
+    seconds: Histogram | None
 
 
 class IngestionApp(FastAPI):
     """The app, with POSTs to its DirectRoutes answered without the middleware stack (module docstring).
     use_direct_routes() is called once every route is added."""
 
-    hot_routes: dict[str, APIRoute] = {}
-    cors_configured = False
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.hot_routes: dict[str, HotRoute] = {}
+        self.cors_configured = False
 
     def use_direct_routes(self, cors_configured: bool) -> None:
         """Match DirectRoutes first (stable sort); call them directly unless CORS needs the stack."""
-        routes = self.router.routes
-        routes.sort(key=lambda route: not isinstance(route, DirectRoute))
-        self.hot_routes = {route.path: route for route in routes if isinstance(route, DirectRoute)}
+        self.router.routes.sort(key=lambda route: not isinstance(route, DirectRoute))
         self.cors_configured = cors_configured
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        hot = scope["type"] == "http" and scope["method"] == "POST"
-        route = self.hot_routes.get(scope["path"]) if hot else None
-        if route is None or (self.cors_configured and any(name == b"origin" for name, _ in scope["headers"])):
+        post = scope["type"] == "http" and scope["method"] == "POST"
+        hot = self.hot_routes.get(scope["path"]) if post else None
+        if hot is None or (self.cors_configured and any(name == b"origin" for name, _ in scope["headers"])):
             await super().__call__(scope, receive, send)
             return
-        scope["app"], scope["route"] = self, route
+        scope["app"], scope["route"] = self, hot.route
         started = time.perf_counter()
         request = Request(scope, receive)
         try:
-            response = await route.endpoint(request)
+            response = await hot.endpoint(request)
         except IngestError as exc:
             response = await ingest_error_handler(request, exc)
         except ClientDisconnect:  # nobody to answer; counted, not an error of ours
             count_client_disconnect(self)
-            record_http(scope, CLIENT_CLOSED, time.perf_counter() - started)
+            observe(hot, scope, CLIENT_CLOSED, started)
             return
         except Exception:  # what Starlette's error middleware would answer, in the APIs' error shape
             log.exception("ingestion request failed", path=scope["path"])
             response = json_response(500, error_body([], "internal error", "internal"))
-        record_http(scope, response.status_code, time.perf_counter() - started)
+        observe(hot, scope, response.status_code, started)
         await response(scope, receive, send)
+
+
+def direct_post(app: IngestionApp, path: str, seconds: Histogram | None = None,
+                **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
+    """Like @app.post(path, ...), registering a DirectRoute; seconds: the histogram of its request durations,
+    observed on the short path and through the middleware stack alike."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        stacked = timed(seconds, endpoint) if seconds else endpoint
+        app.router.add_api_route(path, stacked, methods=["POST"], route_class_override=DirectRoute, **kwargs)
+        app.hot_routes[path] = HotRoute(app.router.routes[-1], endpoint, seconds)
+        return endpoint
+
+    return register
+
+
+def timed(seconds: Histogram, endpoint: Endpoint) -> Endpoint:
+    """The endpoint as the middleware stack calls it: each call's duration (raised or not) observed."""
+
+    @functools.wraps(endpoint)
+    async def run(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            return await endpoint(request)
+        finally:
+            seconds.observe(time.perf_counter() - started)
+
+    return run
+
+
+def observe(hot: HotRoute, scope: dict[str, Any], status: int, started: float) -> None:
+    """What the skipped middleware and timed() would measure: the route's histogram, the HTTP metrics."""
+    elapsed = time.perf_counter() - started
+    if hot.seconds is not None:
+        hot.seconds.observe(elapsed)
+    record_http(scope, status, elapsed)
 
 
 def count_client_disconnect(app: FastAPI) -> None:

@@ -48,6 +48,26 @@ def test_event_posts_skip_the_middleware_stack_but_are_still_counted(client):
     assert after["202"] - before.get("202", 0) == 1 and after["400"] - before.get("400", 0) == 1
 
 
+def request_seconds_count(client, endpoint: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for f in text_string_to_metric_families(client.get("/metrics").text)
+               if f.name == "rtap_ingestion_request_seconds" for s in f.samples
+               if s.name == "rtap_ingestion_request_seconds_count" and s.labels["endpoint"] == endpoint)
+
+
+def test_event_requests_are_timed_on_the_short_path_and_through_the_middleware_stack(client):
+    """A browser request (Origin, CORS configured) takes the middleware stack; both feed the histogram."""
+    before = {name: request_seconds_count(client, name) for name in ("track", "batch")}
+    assert client.post("/v1/analytics/track", json=event()).status_code == 202
+    browser = {"Origin": "https://shop.example"}
+    stacked = client.post("/v1/analytics/track", json=event(), headers=browser)
+    assert stacked.status_code == 202 and stacked.headers["access-control-allow-origin"] == browser["Origin"]
+    assert client.post("/v1/analytics/batch", json={"events": []}).status_code == 400
+    assert request_seconds_count(client, "track") - before["track"] == 2
+    assert request_seconds_count(client, "batch") - before["batch"] == 1
+
+
 def test_served_and_committed_event_schema_match_the_model(client):
     assert client.get("/v1/schema/event.json").json() == event_json_schema()
     assert json.loads(EVENT_SCHEMA_FILE.read_text()) == event_json_schema(), "run python -m shared.events to regenerate"

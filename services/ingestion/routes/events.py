@@ -3,7 +3,7 @@ per-item results). Both are DirectRoutes (services/ingestion/fast_path.py); 202 
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -17,7 +17,7 @@ from services.ingestion.errors import (
     json_response,
     kafka_refusal,
 )
-from services.ingestion.fast_path import direct_post, timed
+from services.ingestion.fast_path import IngestionApp, direct_post
 from services.ingestion.models import BatchRejected, BatchResult, TrackAccepted, TrackUnavailable
 from services.ingestion.openapi import ERRORS, body_schema
 from services.ingestion.records import Record, now_ms, to_record
@@ -40,13 +40,13 @@ BATCH_RESPONSES = {
 }
 
 
-def add_event_routes(app: FastAPI, ing: Ingestion) -> None:
+def add_event_routes(app: IngestionApp, ing: Ingestion) -> None:
     limits = ing.limits
     track_accepted = ing.metrics.accepted_total.labels("track")
 
     @direct_post(app, "/v1/analytics/track", status_code=202, tags=["events"],
-                 openapi_extra=body_schema("TrackEvent"), responses=TRACK_RESPONSES)
-    @timed(ing.metrics.request_seconds.labels("track"))
+                 openapi_extra=body_schema("TrackEvent"), responses=TRACK_RESPONSES,
+                 seconds=ing.metrics.request_seconds.labels("track"))
     async def track(request: Request) -> Response:
         """One event. 202 once Kafka acknowledged it (acks=all); a 503 carries its id to retry with."""
         ing.check_key(request)
@@ -60,8 +60,8 @@ def add_event_routes(app: FastAPI, ing: Ingestion) -> None:
                                    "timestamp_adjusted": record.timestamp_adjusted})
 
     @direct_post(app, "/v1/analytics/batch", status_code=202, tags=["events"],
-                 openapi_extra=body_schema("BatchRequest"), responses=BATCH_RESPONSES)
-    @timed(ing.metrics.request_seconds.labels("batch"))
+                 openapi_extra=body_schema("BatchRequest"), responses=BATCH_RESPONSES,
+                 seconds=ing.metrics.request_seconds.labels("batch"))
     async def batch(request: Request) -> Response:
         """Many events with per-item results; a valid item is never dropped because a sibling is bad."""
         ing.check_key(request)

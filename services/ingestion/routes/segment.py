@@ -12,13 +12,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from services.ingestion.body import batch_items, parse_json, read_body
 from services.ingestion.errors import Rejection, bad_request, first_error
-from services.ingestion.fast_path import direct_post
+from services.ingestion.fast_path import IngestionApp, direct_post
 from services.ingestion.models import SegmentResult
 from services.ingestion.openapi import ERRORS, body_schema
 from services.ingestion.records import now_ms, to_record
@@ -32,7 +32,7 @@ RESPONSES = {200: {"model": SegmentResult, "description": "every valid message d
 SUCCESS = {"success": True}
 
 
-def add_segment_routes(app: FastAPI, ing: Ingestion) -> None:
+def add_segment_routes(app: IngestionApp, ing: Ingestion) -> None:
     limits = ing.limits
 
     @direct_post(app, "/v1/batch", tags=["segment"], openapi_extra=body_schema("SegmentBatch"),
