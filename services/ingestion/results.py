@@ -106,5 +106,7 @@ def kafka_rejections(ing: Ingestion, valid: Items,
 
 
 def count_rejections(ing: Ingestion, rejections: list[Rejection]) -> None:
+    if not rejections:
+        return
     for reason, n in Counter(r.reason for r in rejections).items():
         ing.metrics.rejected(reason, n)
