@@ -1,6 +1,6 @@
 """The cache API: every metric job served from Redis, generic over the job's schema.
 
-Errors share FastAPI's validation shape, so every 4xx names the parameter:
+Errors are in the APIs' one shape (shared/api_errors.py), so every 4xx names the parameter:
     {"detail": [{"loc": ["query", "limit"], "msg": "...", "type": "..."}]}
 """
 
@@ -15,7 +15,6 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, PlainTextResponse
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -25,10 +24,10 @@ from services.cache.consumer import CacheConsumer
 from services.cache.layout import JobLayout, layouts
 from services.cache.store import CacheStore
 from services.cache.streams import Stream, StreamHub, SubscriptionUnavailable, TooManyStreams
-from shared.api_errors import error_responses
+from shared.api_app import service_app
+from shared.api_errors import error_body, error_responses, param_error, problem, unavailable
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
-from shared.http_metrics import HttpMetrics
 from shared.metrics import load_schemas
 from shared.settings import Settings
 
@@ -36,10 +35,7 @@ DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 JSON = "application/json"
 EPOCH_MS_MAX = 2**63 - 1
 STREAM_RETRY_AFTER_SECONDS = 5
-
-
-def param_error(status: int, where: str, name: str, msg: str) -> HTTPException:
-    return HTTPException(status, [{"loc": [where, name], "msg": msg, "type": "value_error"}])
+DESCRIPTION = "Latest and historical metric windows of every job, served from Redis."
 
 
 def json_response(body: bytes) -> Response:
@@ -88,30 +84,27 @@ class CacheApp:
             out[name] = value
         return out
 
+    @asynccontextmanager
+    async def serving(self, _app: FastAPI) -> AsyncIterator[None]:
+        """The lifespan: the consumer runs while the API serves; streams, consumer and Redis close after."""
+        if self.consumer:
+            self.consumer.start()
+        yield
+        await self.streams.close()
+        if self.consumer:
+            self.consumer.stop()
+        if self.lag_registry:
+            self.lag_registry.close()
+        await self.redis.aclose()
+
 
 def create_app(settings: Settings | None = None, run_consumer: bool = True) -> FastAPI:
     settings = settings or Settings()
     cache = CacheApp(settings, run_consumer)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if cache.consumer:
-            cache.consumer.start()
-        yield
-        await cache.streams.close()
-        if cache.consumer:
-            cache.consumer.stop()
-        if cache.lag_registry:
-            cache.lag_registry.close()
-        await cache.redis.aclose()
-
-    app = FastAPI(title="rtap cache API", version="1", lifespan=lifespan,
-                  description="Latest and historical metric windows of every job, served from Redis.")
+    origins = settings.cache.cors_origins
+    cors = {"allow_origins": origins, "allow_methods": ["GET"], "allow_headers": ["*"]} if origins else None
+    app = service_app(FastAPI, "rtap cache API", DESCRIPTION, cors, lifespan=cache.serving)
     app.state.cache = cache
-    if settings.cache.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cache.cors_origins, allow_methods=["GET"], allow_headers=["*"])
-
-    app.add_middleware(HttpMetrics)
     app.add_exception_handler(RedisError, redis_unavailable)
     guarded = read_key_guard(settings.cache.read_keys, query_param=True)
     add_health_routes(app, cache)
@@ -123,7 +116,7 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
 
 async def redis_unavailable(request: Request, exc: Exception) -> Response:
     """Redis down or every pooled connection busy: a 503 the client may retry, never a 500."""
-    body = {"detail": f"Redis unavailable ({type(exc).__name__}); retry later"}
+    body = error_body(["redis"], f"Redis unavailable ({type(exc).__name__}); retry later", "unavailable")
     return Response(orjson.dumps(body), 503, media_type=JSON, headers={"Retry-After": "1"})
 
 
@@ -208,7 +201,7 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         except TooManyStreams:
             raise too_many_streams(cache.settings) from None
         except SubscriptionUnavailable as exc:
-            raise HTTPException(503, f"Redis unavailable ({exc}); retry later", headers={"Retry-After": "1"}) from None
+            raise unavailable("redis", f"Redis unavailable ({exc}); retry later", 1) from None
 
     @app.get("/v1/jobs/{job}/stream", tags=["jobs"], dependencies=guarded, response_class=EventSourceResponse,
              responses=error_responses(400, 401, 404, 429, 503),
@@ -223,9 +216,10 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
 
 def too_many_streams(settings: Settings) -> HTTPException:
     limit = settings.cache.max_streams
-    problem = {"loc": ["path", "job"], "msg": f"{limit} streams are open, the limit of this server (cache.max_streams); "
-               f"retry after {STREAM_RETRY_AFTER_SECONDS} s", "type": "too_many_streams"}
-    return HTTPException(429, [problem], headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)})
+    msg = (f"{limit} streams are open, the limit of this server (cache.max_streams); "
+           f"retry after {STREAM_RETRY_AFTER_SECONDS} s")
+    return HTTPException(429, [problem(["path", "job"], msg, "too_many_streams")],
+                         headers={"Retry-After": str(STREAM_RETRY_AFTER_SECONDS)})
 
 
 def add_session_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:

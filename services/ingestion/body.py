@@ -1,12 +1,15 @@
-"""Reading a request body within limits: Content-Length, streamed size, gzip (bounded), content types."""
+"""Reading a request body within limits (Content-Length, streamed size, gzip bounded, content types) and
+finding its JSON and batch array; every refusal is an IngestError naming the header or field."""
 
 from __future__ import annotations
 
 import zlib
+from typing import Any
 
+import orjson
 from fastapi import Request
 
-from services.ingestion.errors import IngestError, bad_request, too_large
+from services.ingestion.errors import bad_request, header_error, too_large
 
 JSON_TYPES = ("application/json", "text/plain", "")  # text/plain: navigator.sendBeacon with a string body
 
@@ -15,7 +18,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The decoded body, refusing anything whose wire or decompressed size exceeds limit bytes."""
     _check_content_type(request.headers.get("content-type", ""))
     declared = request.headers.get("content-length")
-    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:  # "²" is a digit to isdigit()
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:  # "²".isdigit()
         raise too_large(f"body is {declared} bytes; the limit is {limit}")
     body = await _read_bounded(request, limit)
     encoding = request.headers.get("content-encoding", "").strip().lower()
@@ -23,7 +26,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         return body
     if encoding in ("gzip", "x-gzip"):
         return gunzip_bounded(body, limit)
-    raise IngestError(415, f"unsupported Content-Encoding {encoding!r}; use gzip or none", "Content-Encoding", "unsupported")
+    msg = f"unsupported Content-Encoding {encoding!r}; use gzip or none"
+    raise header_error(415, msg, "Content-Encoding", "unsupported")
 
 
 async def _read_bounded(request: Request, limit: int) -> bytes:
@@ -42,11 +46,11 @@ def gunzip_bounded(data: bytes, limit: int) -> bytes:
     try:
         out = inflater.decompress(data, limit + 1)
     except zlib.error as exc:
-        raise bad_request(f"body is not valid gzip: {exc}", "Content-Encoding") from None
+        raise header_error(400, f"body is not valid gzip: {exc}", "Content-Encoding", "invalid") from None
     if len(out) > limit or inflater.unconsumed_tail:
         raise too_large(f"decompressed body exceeds the limit of {limit} bytes")
     if not inflater.eof:
-        raise bad_request("gzip body is truncated", "Content-Encoding")
+        raise header_error(400, "gzip body is truncated", "Content-Encoding", "invalid")
     return out
 
 
@@ -54,4 +58,30 @@ def _check_content_type(content_type: str) -> None:
     media = content_type.split(";", 1)[0].strip().lower()
     if media in JSON_TYPES or media.endswith("+json"):
         return
-    raise IngestError(415, f"unsupported Content-Type {media!r}; send application/json or text/plain", "Content-Type", "unsupported")
+    raise header_error(415, f"unsupported Content-Type {media!r}; send application/json or text/plain",
+                       "Content-Type", "unsupported")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"body is not valid JSON: {exc}", "body") from None
+
+
+def batch_items(data: Any, max_events: int, field: str = "events") -> list[Any]:
+    """The batch's items: data[field], or data itself when it is an array; 400 when missing or empty, 413 over
+    max_events."""
+    items = data.get(field) if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise bad_request(f"body must be an object with an {field!r} array", field)
+    if not items:
+        raise bad_request(f"{field} is empty", field)
+    if len(items) > max_events:
+        raise too_large(f"{len(items)} events in one batch; the limit is {max_events}", field)
+    return items
+
+
+def items_at(body: bytes, field: str) -> str:
+    """The dotted path of a batch's array in the body: field, or '' for a bare JSON array."""
+    return "" if body.lstrip()[:1] == b"[" else field

@@ -1,6 +1,10 @@
-"""Every ingest failure is one IngestError, mapped to an HTTP status and a JSON body naming the field.
+"""Every ingest failure is one IngestError, mapped to an HTTP status and the APIs' one error body
+(shared/api_errors.py), whose `loc` names the field:
 
-Body: {"error": "<what is wrong>", "field": "<dotted path, header or 'body'>"}
+    {"detail": [{"loc": ["body", "user.id"], "msg": "user.id: Field required", "type": "invalid"}]}
+
+`type` is the rejection reason counted in rtap_ingestion_rejected_total (invalid, too_large, unsupported,
+unauthorized, unavailable). Answers about events add top-level siblings of `detail` (`id`, `results`...).
 """
 
 from __future__ import annotations
@@ -11,33 +15,45 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError
 from fastapi import Request
+from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from services.ingestion.producer import SIZE_ERRORS, is_permanent
+from shared.api_errors import error_body
+from shared.api_keys import WRITE_KEY
 
 CLIENT_CLOSED = 499  # the status counted (never sent) for a client that disconnected before its body was read
 
 
 class IngestError(Exception):
-    def __init__(self, status: int, error: str, field: str, reason: str, headers: dict[str, str] | None = None,
-                 extra: dict[str, Any] | None = None):
-        super().__init__(error)
-        self.status, self.error, self.field, self.reason = status, error, field, reason
+    """A refusal: status, message, where (`loc`: ("body", field), ("header", name) or ("kafka",)) and the
+    reason it is counted under; extra: top-level siblings of `detail` in the answer."""
+
+    def __init__(self, status: int, msg: str, loc: tuple[str, ...], reason: str,
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None):
+        super().__init__(msg)
+        self.status, self.msg, self.loc, self.reason = status, msg, loc, reason
         self.headers = headers or {}
         self.extra = extra or {}
 
+    @property
+    def field(self) -> str:
+        """The field as a batch item's result names it: the dotted path, header name, 'body' or 'kafka'."""
+        return self.loc[-1]
+
     def body(self) -> dict[str, Any]:
-        return {"error": self.error, "field": self.field, **self.extra}
+        return {**error_body(list(self.loc), self.msg, self.reason), **self.extra}
 
     def rejection(self, index: int) -> Rejection:
-        return Rejection(index, self.error, self.field, self.status, self.reason)
+        return Rejection(index, self.msg, self.field, self.status, self.reason)
 
 
 @dataclass(slots=True)
 class Rejection:
-    """One batch item refused on its own: the problem, its field (relative to the item) and the status it would get alone."""
+    """One batch item refused on its own: the problem, its field (relative to the item) and the status it
+    would get alone."""
 
     index: int
     error: str
@@ -48,22 +64,43 @@ class Rejection:
     def result(self) -> dict[str, Any]:
         return {"index": self.index, "status": "rejected", "error": self.error, "field": self.field}
 
+    def loc(self, items_at: str | None) -> tuple[str, ...]:
+        """Where in the request body: items_at is the array's dotted path ('events', 'batch', '' for a bare
+        array), None when the body is the item itself."""
+        if items_at is None:
+            return body_loc(self.field)
+        item = f"{items_at}[{self.index}]"
+        return ("body", item if self.field == "body" else f"{item}.{self.field}")
 
-def bad_request(error: str, field: str) -> IngestError:
-    return IngestError(400, error, field, "invalid")
+
+def body_loc(field: str) -> tuple[str, ...]:
+    return ("body",) if field == "body" else ("body", field)
 
 
-def too_large(error: str, field: str = "body") -> IngestError:
-    return IngestError(413, error, field, "too_large")
+def bad_request(msg: str, field: str) -> IngestError:
+    return IngestError(400, msg, body_loc(field), "invalid")
 
 
-def unavailable(error: str, retry_after: int, extra: dict[str, Any] | None = None) -> IngestError:
-    return IngestError(503, error, "kafka", "unavailable", {"Retry-After": str(retry_after)}, extra)
+def too_large(msg: str, field: str = "body") -> IngestError:
+    return IngestError(413, msg, body_loc(field), "too_large")
+
+
+def header_error(status: int, msg: str, header: str, reason: str) -> IngestError:
+    return IngestError(status, msg, ("header", header), reason)
+
+
+def unauthorized() -> IngestError:
+    refusal = WRITE_KEY.refusal()
+    return header_error(401, refusal["msg"], WRITE_KEY.header, "unauthorized")
+
+
+def unavailable(msg: str, retry_after: int, extra: dict[str, Any] | None = None) -> IngestError:
+    return IngestError(503, msg, ("kafka",), "unavailable", {"Retry-After": str(retry_after)}, extra)
 
 
 def kafka_refusal(err: KafkaError, retry_after: int) -> IngestError:
-    """A record Kafka did not write. Refused for what it is (retrying cannot help): 413 when too large, else 400, for
-    that event alone. Anything else (queue full, broker down, timeout): 503, retry later."""
+    """A record Kafka did not write. Refused for what it is (retrying cannot help): 413 when too large, else
+    400, for that event alone. Anything else (queue full, broker down, timeout): 503, retry later."""
     if not is_permanent(err):
         return unavailable(f"Kafka did not write the event: {err.str()}", retry_after)
     if err.code() in SIZE_ERRORS:
@@ -87,7 +124,8 @@ UNION_MEMBERS = {"bool", "int", "constrained-int", "float", "str"}
 TYPE_MISMATCH = {"bool_type", "int_type", "float_type", "string_type"}
 
 
-def first_error(exc: ValidationError | RequestValidationError, prefix: tuple[Any, ...] = ()) -> tuple[str, str]:
+def first_error(exc: ValidationError | RequestValidationError,
+                prefix: tuple[Any, ...] = ()) -> tuple[str, str]:
     """The first validation problem as (message, field); a failed union is one problem at the union's path."""
     errors = exc.errors()
     err = errors[0]
@@ -113,6 +151,6 @@ async def ingest_error_handler(request: Request, exc: IngestError) -> Response:
 
 
 async def request_validation_handler(request: Request, exc: RequestValidationError) -> Response:
-    message, field = first_error(exc)
+    """FastAPI's own 422 (same shape), counted as a rejection."""
     request.app.state.ingestion.metrics.rejected("invalid")
-    return json_response(422, {"error": message, "field": field})
+    return await request_validation_exception_handler(request, exc)

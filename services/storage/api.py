@@ -1,6 +1,6 @@
 """The storage process's HTTP side: health, Prometheus metrics and the read-only historical query API.
 
-Errors share FastAPI's validation shape, so every 4xx names the parameter:
+Errors are in the APIs' one shape (shared/api_errors.py), so every 4xx names the parameter:
     {"detail": [{"loc": ["query", "limit"], "msg": "...", "type": "value_error"}]}
 """
 
@@ -14,12 +14,10 @@ from typing import Annotated, Any, AsyncIterator
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from services.storage.backends import Backend, open_backend, open_reader
@@ -27,24 +25,17 @@ from services.storage.consumer import StorageConsumer
 from services.storage.query import QueryError, bind_params, check_text, metric_query, parse_time
 from services.storage.sandbox import SandboxError, Tables, canonical_statement
 from services.storage.tables import all_tables, migrate
-from shared.api_errors import error_responses
+from shared.api_app import service_app
+from shared.api_errors import body_error, error_responses, param_error, unavailable
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
-from shared.http_metrics import HttpMetrics
 from shared.logging import get_logger
 from shared.metrics import MetricSchema, load_schemas
 from shared.settings import Settings
 
 log = get_logger("storage.api")
 RESERVED = {"from", "to", "limit"}
-
-
-def param_error(status: int, where: str, name: str, msg: str) -> HTTPException:
-    return HTTPException(status, [{"loc": [where, name], "msg": msg, "type": "value_error"}])
-
-
-def body_error(status: int, msg: str) -> HTTPException:
-    return HTTPException(status, [{"loc": ["body"], "msg": msg, "type": "value_error"}])
+DESCRIPTION = "Historical metrics from ClickHouse: per-job time ranges and read-only SQL."
 
 
 class SqlRequest(BaseModel):
@@ -82,8 +73,8 @@ class ReaderPool:
         try:
             reader = self.free.get_nowait()
         except queue.Empty:
-            raise HTTPException(503, f"{self.size} queries are already running (storage.sql_max_concurrent); retry shortly",
-                                headers={"Retry-After": "1"}) from None
+            msg = f"{self.size} queries are already running (storage.sql_max_concurrent); retry shortly"
+            raise unavailable("clickhouse", msg, 1, "over_capacity") from None
         try:
             return reader.query(sql, params)
         finally:
@@ -151,23 +142,20 @@ class Storage:
         for pool in self.readers.values():
             pool.close()
 
+    @asynccontextmanager
+    async def serving(self, _app: FastAPI) -> AsyncIterator[None]:
+        """The app's lifespan: the consumer runs while the API serves; everything is closed after."""
+        if self.consumer:
+            self.consumer.start()
+        yield
+        self.close()
+
 
 def create_app(settings: Settings | None = None, run_consumer: bool = True) -> FastAPI:
     settings = settings or Settings()
     storage = Storage(settings, run_consumer)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if storage.consumer:
-            storage.consumer.start()
-        yield
-        storage.close()
-
-    app = FastAPI(title="rtap storage API", version="1", lifespan=lifespan,
-                  description="Historical metrics from ClickHouse: per-job time ranges and read-only SQL.")
+    app = service_app(FastAPI, "rtap storage API", DESCRIPTION, lifespan=storage.serving)
     app.state.storage = storage
-    app.add_middleware(HttpMetrics)
-    app.add_exception_handler(StarletteHTTPException, name_the_body)
     add_health_routes(app, storage)
     add_query_routes(app, storage, read_key_guard(settings.storage.read_keys))
     app.openapi = lambda: openapi_with_sql_request(app)  # type: ignore[method-assign]
@@ -180,13 +168,6 @@ def openapi_with_sql_request(app: FastAPI) -> dict[str, Any]:
         schema = FastAPI.openapi(app)
         schema["components"]["schemas"]["SqlRequest"] = SqlRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     return app.openapi_schema
-
-
-async def name_the_body(request: Request, exc: StarletteHTTPException) -> Response:
-    """FastAPI's own 400 for a body it cannot decode (invalid UTF-8) gets the validation shape naming the body."""
-    if exc.status_code == 400 and isinstance(exc.detail, str):
-        exc = HTTPException(400, [{"loc": ["body"], "msg": exc.detail, "type": "body_invalid"}])
-    return await http_exception_handler(request, exc)
 
 
 def add_health_routes(app: FastAPI, storage: Storage) -> None:
@@ -269,7 +250,7 @@ def clickhouse_answer(read: Any, where: str, name: str) -> Any:
         raise param_error(400, where, name, "the result nests too deeply to be read") from None
     except Exception as exc:
         if "DB::Exception" not in str(exc):
-            raise HTTPException(503, f"ClickHouse unavailable: {_first_line(exc)}") from None
+            raise unavailable("clickhouse", f"ClickHouse unavailable: {_first_line(exc)}", 1) from None
         raise param_error(400, where, name, f"ClickHouse refused the query: {refusal(exc)}") from None
 
 

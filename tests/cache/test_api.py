@@ -135,6 +135,7 @@ def test_active_sessions_counts_recent_session_ends(cache, kafka):
     ("/v1/jobs/event_metrics/latest", {"session_id": "x"}, 400, "session_id"),
     ("/v1/sessions/recent", {"limit": "many"}, 422, "limit"),
     ("/v1/sessions/no-such-session", {}, 404, "session_id"),
+    ("/v1/no_such_route", {}, 404, "path"),
 ])
 def test_bad_parameters_get_4xx_naming_them(cache, path, params, status, parameter):
     r = cache.client.get(path, params=params)
@@ -146,7 +147,9 @@ def test_read_key_required(cache):
     bare = httpx.Client(base_url=cache.url, timeout=5)
     try:
         missing = bare.get("/v1/jobs")
-        assert missing.status_code == 401 and missing.json()["detail"][0]["loc"][-1] == "X-Read-Key"
+        assert missing.status_code == 401 and missing.json()["detail"] == [{
+            "loc": ["header", "X-Read-Key"], "type": "unauthorized",
+            "msg": "a valid read key is required (X-Read-Key header, Bearer token or ?key=)"}]
         assert bare.get("/v1/jobs", headers={"X-Read-Key": "wrong"}).status_code == 401
         assert bare.get("/v1/jobs", headers={"Authorization": f"Bearer {READ_KEY}"}).status_code == 200
         assert bare.get("/v1/jobs", params={"key": READ_KEY}).status_code == 200

@@ -23,6 +23,10 @@ def test_readyz_unready_when_consumer_dies(settings, kafka):
         assert body["ready"] is False and body["running"] is False
         assert "ConnectionError" in body["error"]
         assert client.get("/healthz").status_code == 503
+        latest = client.get("/v1/jobs/event_metrics/latest")
+        assert latest.status_code == 503 and latest.headers["retry-after"] == "1", latest.text
+        [problem] = latest.json()["detail"]
+        assert (problem["loc"], problem["type"]) == (["redis"], "unavailable") and "Redis unavailable" in problem["msg"]
 
 
 def consumer_error(client: TestClient) -> dict | None:

@@ -19,6 +19,25 @@ from infrastructure.local.isolated import free_ports
 WRITE_KEY = "ingestion-test-key-7f3a"
 
 
+def problem(response: httpx.Response) -> dict[str, Any]:
+    """The one problem of an error body in the APIs' shape: {"detail": [{"loc", "msg", "type"}], ...}."""
+    [only] = response.json()["detail"]
+    assert set(only) == {"loc", "msg", "type"} and only["msg"], response.text
+    return only
+
+
+def refused_at(response: httpx.Response) -> tuple[int, list[Any]]:
+    """(status, loc) of a refusal."""
+    return response.status_code, problem(response)["loc"]
+
+
+def expected_loc(field: str) -> list[str]:
+    """The `loc` that names a field: a header, the whole body, or a dotted path in the body."""
+    if field in ("Content-Type", "Content-Encoding", "X-Write-Key"):
+        return ["header", field]
+    return ["body"] if field == "body" else ["body", field]
+
+
 def ingestion_settings(settings: Settings, **changes: Any) -> Settings:
     """The session settings with a tighter ingestion section (short timeouts keep the fault test quick)."""
     base = dict(produce_timeout_ms=2_000, heartbeat_interval_ms=500, max_body_bytes=64 * 1024, max_batch_events=100,

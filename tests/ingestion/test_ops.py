@@ -13,7 +13,7 @@ import pytest
 from infrastructure.local.stack import Service
 from shared.events import EVENT_SCHEMA_FILE, event_json_schema
 from infrastructure.local.isolated import free_ports
-from tests.ingestion.conftest import WRITE_KEY, event, ingestion_settings
+from tests.ingestion.conftest import WRITE_KEY, event, ingestion_settings, problem, refused_at
 
 pytestmark = pytest.mark.kafka
 
@@ -48,6 +48,26 @@ def test_event_posts_skip_the_middleware_stack_but_are_still_counted(client):
     assert after["202"] - before.get("202", 0) == 1 and after["400"] - before.get("400", 0) == 1
 
 
+def request_seconds_count(client, endpoint: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for f in text_string_to_metric_families(client.get("/metrics").text)
+               if f.name == "rtap_ingestion_request_seconds" for s in f.samples
+               if s.name == "rtap_ingestion_request_seconds_count" and s.labels["endpoint"] == endpoint)
+
+
+def test_event_requests_are_timed_on_the_short_path_and_through_the_middleware_stack(client):
+    """A browser request (Origin, CORS configured) takes the middleware stack; both feed the histogram."""
+    before = {name: request_seconds_count(client, name) for name in ("track", "batch")}
+    assert client.post("/v1/analytics/track", json=event()).status_code == 202
+    browser = {"Origin": "https://shop.example"}
+    stacked = client.post("/v1/analytics/track", json=event(), headers=browser)
+    assert stacked.status_code == 202 and stacked.headers["access-control-allow-origin"] == browser["Origin"]
+    assert client.post("/v1/analytics/batch", json={"events": []}).status_code == 400
+    assert request_seconds_count(client, "track") - before["track"] == 2
+    assert request_seconds_count(client, "batch") - before["batch"] == 1
+
+
 def test_served_and_committed_event_schema_match_the_model(client):
     assert client.get("/v1/schema/event.json").json() == event_json_schema()
     assert json.loads(EVENT_SCHEMA_FILE.read_text()) == event_json_schema(), "run python -m shared.events to regenerate"
@@ -61,12 +81,18 @@ def test_openapi_documents_every_endpoint(client):
     assert {"202", "400", "401", "413", "415", "503"} <= set(track["responses"])
     assert track["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TrackEvent"}
     assert "TrackEvent" in spec["components"]["schemas"]
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    assert track["responses"]["400"]["content"]["application/json"]["schema"] == error
+    assert spec["components"]["schemas"]["ErrorBody"]["required"] == ["detail"]
+    unavailable = spec["components"]["schemas"]["TrackUnavailable"]
+    assert {"detail", "id"} <= set(unavailable["properties"]) and "error" not in unavailable["properties"]
 
 
 def test_write_key_required_when_configured(keyed_ingestion):
     with httpx.Client(base_url=keyed_ingestion, timeout=15) as c:
         missing = c.post("/v1/analytics/track", json=event())
-        assert missing.status_code == 401 and missing.json()["field"] == "X-Write-Key"
+        assert refused_at(missing) == (401, ["header", "X-Write-Key"])
+        assert "X-Write-Key header, Bearer token, Basic username or ?write_key=" in problem(missing)["msg"]
         assert c.post("/v1/analytics/track", json=event(), headers={"X-Write-Key": "wrong"}).status_code == 401
         assert c.post("/v1/analytics/track", json=event(), headers={"X-Write-Key": WRITE_KEY}).status_code == 202
         assert c.post("/v1/analytics/track", json=event(), headers={"Authorization": f"Bearer {WRITE_KEY}"}).status_code == 202

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from segment.analytics import Client
 
-from tests.ingestion.conftest import WRITE_KEY, read_events
+from tests.ingestion.conftest import WRITE_KEY, problem, read_events, refused_at
 
 pytestmark = pytest.mark.kafka
 
@@ -55,8 +55,10 @@ def test_segment_endpoints_refuse_wrong_key_and_name_fields(keyed_ingestion):
 
     with httpx.Client(base_url=keyed_ingestion, timeout=15) as c:
         r = c.post("/v1/batch", json={"batch": [{"type": "track", "event": "x", "userId": "u"}], "writeKey": "nope"})
-        assert r.status_code == 401 and r.json()["field"] == "X-Write-Key"
+        assert refused_at(r) == (401, ["header", "X-Write-Key"]) and problem(r)["type"] == "unauthorized"
         r = c.post("/v1/track", json={"type": "track", "event": "Signed Up", "writeKey": WRITE_KEY})
-        assert r.status_code == 400 and r.json()["field"] == "userId"
+        assert refused_at(r) == (400, ["body", "userId"]) and r.json()["results"][0]["field"] == "userId"
+        r = c.post("/v1/batch", json={"batch": [{"type": "identify", "userId": "u"}], "writeKey": WRITE_KEY})
+        assert refused_at(r) == (400, ["body", "batch[0].type"]), r.text
         r = c.post("/v1/track", json={"type": "track", "event": "Signed Up", "userId": "u-1", "writeKey": WRITE_KEY})
         assert r.status_code == 200 and r.json()["success"] is True and r.json()["accepted"] == 1

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from services.ingestion.records import ORIGINAL_TIMESTAMP_HEADER
-from tests.ingestion.conftest import event, read_events, with_ids
+from tests.ingestion.conftest import event, problem, read_events, refused_at, with_ids
 
 pytestmark = pytest.mark.kafka
 
@@ -99,29 +99,39 @@ def test_invalid_event_gets_400_naming_the_field(client, body, field):
         else:
             body[part] = "yesterday"
     r = client.post("/v1/analytics/track", json=body)
-    assert r.status_code == 400, r.text
-    assert r.json()["field"] == field
-    assert field in r.json()["error"]
+    assert refused_at(r) == (400, ["body", field]), r.text
+    assert field in problem(r)["msg"] and problem(r)["type"] == "invalid"
 
 
 def test_malformed_json_and_wrong_batch_shape(client):
     r = client.post("/v1/analytics/track", content=b'{"event":', headers={"Content-Type": "application/json"})
-    assert r.status_code == 400 and r.json()["field"] == "body"
+    assert refused_at(r) == (400, ["body"])
     r = client.post("/v1/analytics/batch", json={"items": []})
-    assert r.status_code == 400 and r.json()["field"] == "events"
+    assert refused_at(r) == (400, ["body", "events"])
+    r = client.post("/v1/analytics/batch", json={"events": [event(), {"user": {}}]})
+    assert r.status_code == 202 and r.json()["results"][1]["field"] == "event"
     r = client.post("/v1/analytics/batch", json={"events": [{"user": {}}]})
-    assert r.status_code == 400 and r.json()["rejected"] == 1 and r.json()["field"] == "event"
+    assert refused_at(r) == (400, ["body", "events[0].event"]) and r.json()["rejected"] == 1
+    rejected = {"index": 0, "status": "rejected", "error": "event: Field required", "field": "event"}
+    assert r.json()["results"] == [rejected]
+    r = client.post("/v1/analytics/batch", json=[{**event(), "user": {}}])
+    assert refused_at(r) == (400, ["body", "[0].user.id"]), r.text
+
+
+def test_unknown_routes_answer_in_the_one_error_shape(client):
+    assert refused_at(client.post("/v1/analytics/nope", json=event())) == (404, ["path"])
+    assert refused_at(client.get("/v1/analytics/track")) == (405, ["path"])
 
 
 def test_oversized_bodies_get_413(client):
     big = event(properties={"blob": "x" * 70_000})
     r = client.post("/v1/analytics/track", json=big)
-    assert r.status_code == 413 and r.json()["field"] == "body"
+    assert refused_at(r) == (413, ["body"]) and problem(r)["type"] == "too_large"
     # no Content-Length: the streamed size is checked too
     r = client.post("/v1/analytics/track", content=iter([orjson.dumps(big)]), headers={"Content-Type": "application/json"})
     assert r.status_code == 413
     r = client.post("/v1/analytics/batch", json={"events": [event()] * 101})
-    assert r.status_code == 413 and r.json()["field"] == "events"
+    assert refused_at(r) == (413, ["body", "events"])
 
 
 def test_gzip_body_accepted_and_gzip_bomb_refused(client, kafka):
@@ -135,14 +145,14 @@ def test_gzip_body_accepted_and_gzip_bomb_refused(client, kafka):
     r = client.post("/v1/analytics/batch", content=bomb, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert r.status_code == 413, r.text
     r = client.post("/v1/analytics/track", content=b"not gzip", headers={"Content-Encoding": "gzip"})
-    assert r.status_code == 400 and r.json()["field"] == "Content-Encoding"
+    assert refused_at(r) == (400, ["header", "Content-Encoding"])
 
 
 def test_text_plain_beacon_body_is_accepted(client, kafka):
     r = client.post("/v1/analytics/track", content=orjson.dumps(event()), headers={"Content-Type": "text/plain;charset=UTF-8"})
     assert r.status_code == 202, r.text
     r = client.post("/v1/analytics/track", content=b"<xml/>", headers={"Content-Type": "application/xml"})
-    assert r.status_code == 415 and r.json()["field"] == "Content-Type"
+    assert refused_at(r) == (415, ["header", "Content-Type"]) and problem(r)["type"] == "unsupported"
 
 
 def test_cors_preflight_allows_configured_origin_only(client):

@@ -257,6 +257,9 @@ def test_queries_beyond_the_concurrency_cap_get_503(storage_service, api):  # no
         thread.join()
     busy = [a for a in answers if a.status_code == 503]
     assert busy and all(a.headers.get("Retry-After") for a in busy), [a.status_code for a in answers]
+    [problem] = busy[0].json()["detail"]
+    assert (problem["loc"], problem["type"]) == (["clickhouse"], "over_capacity")
+    assert "sql_max_concurrent" in problem["msg"]
     assert all(a.status_code in (200, 400, 503) for a in answers)
 
 

@@ -142,6 +142,12 @@ def test_unknown_job_is_404(api):
     assert response.status_code == 404 and response.json()["detail"][0]["loc"] == ["path", "job"]
 
 
+def test_an_unknown_route_is_a_404_in_the_one_error_shape(api):
+    response = api.get("/v1/no_such_route")
+    assert response.status_code == 404 and response.json() == {
+        "detail": [{"loc": ["path"], "msg": "Not Found", "type": "not_found"}]}
+
+
 def test_clickhouse_health_asks_the_storage_service_while_it_owns_chdb(storage_service, api):
     from infrastructure.local.components import ClickHouse
 

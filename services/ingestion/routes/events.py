@@ -1,0 +1,112 @@
+"""Our own event routes: POST /v1/analytics/track (one event) and POST /v1/analytics/batch (many, with
+per-item results). Both are DirectRoutes (services/ingestion/fast_path.py); 202 means durably in Kafka."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from services.ingestion import fast_batch, record_size
+from services.ingestion.body import batch_items, items_at, parse_json, read_body
+from services.ingestion.errors import (
+    IngestError,
+    Rejection,
+    bad_request,
+    first_error,
+    json_response,
+    kafka_refusal,
+)
+from services.ingestion.fast_path import IngestionApp, direct_post
+from services.ingestion.models import BatchRejected, BatchResult, TrackAccepted, TrackUnavailable
+from services.ingestion.openapi import ERRORS, body_schema
+from services.ingestion.records import Record, now_ms, to_record
+from services.ingestion.results import Items, ingest_items
+from services.ingestion.state import Ingestion
+from shared.api_errors import ErrorBody
+from shared.events import TRACK_EVENT
+
+TRACK_RESPONSES = {
+    202: {"model": TrackAccepted, "description": "durably written to Kafka"},
+    **ERRORS,
+    503: {"model": TrackUnavailable, "description": "not written; retry with its `id` after Retry-After"},
+}
+BATCH_RESPONSES = {
+    202: {"model": BatchResult, "description": "every valid item durably written; invalid items rejected"},
+    **ERRORS,
+    400: {"model": BatchRejected | ErrorBody, "description": "malformed body, or no valid item"},
+    413: {"model": BatchRejected | ErrorBody, "description": ERRORS[413]["description"]},
+    503: {"model": BatchRejected, "description": "Kafka unavailable; nothing (or not everything) written"},
+}
+
+
+def add_event_routes(app: IngestionApp, ing: Ingestion) -> None:
+    limits = ing.limits
+    track_accepted = ing.metrics.accepted_total.labels("track")
+
+    @direct_post(app, "/v1/analytics/track", status_code=202, tags=["events"],
+                 openapi_extra=body_schema("TrackEvent"), responses=TRACK_RESPONSES,
+                 seconds=ing.metrics.request_seconds.labels("track"))
+    async def track(request: Request) -> Response:
+        """One event. 202 once Kafka acknowledged it (acks=all); a 503 carries its id to retry with."""
+        ing.check_key(request)
+        record = track_record(ing, await read_body(request, limits.max_body_bytes))
+        record_size.check(record, ing.max_event_bytes)
+        await produce_one(ing, record)
+        track_accepted.inc()
+        if record.timestamp_adjusted:
+            ing.metrics.adjusted_total.inc()
+        return json_response(202, {"status": "accepted", "id": record.id,
+                                   "timestamp_adjusted": record.timestamp_adjusted})
+
+    @direct_post(app, "/v1/analytics/batch", status_code=202, tags=["events"],
+                 openapi_extra=body_schema("BatchRequest"), responses=BATCH_RESPONSES,
+                 seconds=ing.metrics.request_seconds.labels("batch"))
+    async def batch(request: Request) -> Response:
+        """Many events with per-item results; a valid item is never dropped because a sibling is bad."""
+        ing.check_key(request)
+        body = await read_body(request, limits.max_body_bytes)
+        valid, invalid = batch_records(ing, body)
+        return await ingest_items(ing, "batch", valid, invalid, items_at(body, "events"))
+
+
+async def produce_one(ing: Ingestion, record: Record) -> None:
+    """Write one event, or raise its IngestError (a 503 carries its id: a retry keeps it single)."""
+    try:
+        [err] = await ing.produce([record])
+        if err is not None:
+            raise kafka_refusal(err, ing.limits.retry_after_seconds)
+    except IngestError as exc:
+        if exc.status == 503:
+            exc.extra = {"id": record.id}
+        raise
+
+
+def track_record(ing: Ingestion, body: bytes) -> Record:
+    """Fast path: msgspec. A body it refuses is validated by pydantic, which names the offending field."""
+    received = now_ms()
+    fast = fast_batch.record(body, received, ing.policy)
+    if fast is not None:
+        return fast
+    try:
+        return to_record(TRACK_EVENT.validate_json(body), received, ing.policy)
+    except ValidationError as exc:
+        raise bad_request(*first_error(exc)) from None
+
+
+def batch_records(ing: Ingestion, body: bytes) -> tuple[Items, list[Rejection]]:
+    """Fast path: the whole batch valid in one msgspec call. Otherwise item by item with pydantic, naming each
+    bad field."""
+    received = now_ms()
+    fast = fast_batch.records(body, ing.limits.max_batch_events, received, ing.policy)
+    if fast is not None:
+        return list(enumerate(fast)), []
+    items = batch_items(parse_json(body), ing.limits.max_batch_events)
+    valid: Items = []
+    invalid: list[Rejection] = []
+    for i, item in enumerate(items):
+        try:
+            valid.append((i, to_record(TRACK_EVENT.validate_python(item), received, ing.policy)))
+        except ValidationError as exc:
+            invalid.append(Rejection(i, *first_error(exc)))
+    return valid, invalid
