@@ -1,23 +1,20 @@
-"""One Kafka consumer pipeline for every sink, on Sentry's arroyo: decode -> batch -> write -> commit.
+"""One Kafka consumer pipeline for every sink: decode -> batch -> write -> commit.
 
-A sink (storage, cache, a future one) supplies only a pure processor per topic and a writer; this module
-assembles them into arroyo's StreamProcessor with the steps Buffer(Batch) -> RunTask(write) -> CommitOffsets:
+A sink (storage, cache, a future one) supplies only a pure processor per topic and a writer (`Sink`); this
+module runs them on confluent-kafka's consumer:
 
 - decode: each record goes through its topic's processor, which returns a row, None (a record to skip,
   counted) or raises BadRecord (a dead letter, with the reason);
-- batch: closed by record count, record bytes or age, whichever first; every record moves the batch's offsets,
-  whatever became of it;
+- batch: closed by record count, record bytes or age, whichever first (checked after each record, so a
+  batch holds at most one record past its byte bound); every record moves the offsets, whatever became of it;
 - write: the writer gets the rows per topic and is retried with backoff until it succeeds or the consumer
   stops; then the batch's dead letters are produced and flushed;
-- commit: only then are the batch's offsets committed (auto-commit is off). A crash anywhere replays at most
-  the uncommitted batch, which idempotent writers absorb.
+- commit: only then are the batch's offsets committed, synchronously (auto-commit is off). A crash anywhere
+  replays at most the uncommitted batch, which idempotent writers absorb.
 
-Dead letters travel in the batch rather than through arroyo's DLQ policy: that policy leaves a poison
-record's offset uncommitted until a later valid record of its partition is committed (so the lag of a
-partition that ends in one never reaches 0, and a restart dead-letters it twice); here it is committed with
-its batch.
 Lag comes from librdkafka's statistics (high watermark minus committed offset), so measuring it costs no
-broker round trip in the consumer's loop.
+broker round trip in the loop. Sentry's arroyo was measured as the loop for this pipeline and cost storage a
+third of its rows per CPU-second (its per-message framework work), so the loop is ours (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -26,18 +23,12 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from arroyo.backends.kafka import KafkaConsumer, KafkaPayload
-from arroyo.commit import IMMEDIATE
-from arroyo.processing import StreamProcessor
-from arroyo.processing.strategies import CommitOffsets, ProcessingStrategy, ProcessingStrategyFactory, RunTask
-from arroyo.processing.strategies.buffer import Buffer
-from arroyo.types import BaseValue, BrokerValue, Commit, Message, Partition, Topic
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.logging import get_logger
@@ -88,53 +79,43 @@ class Sink:
 
 @dataclass
 class Batch:
-    """Arroyo's buffer protocol: decodes each record as it is appended; ready by count, bytes or age."""
+    """Rows per topic, dead letters and the next offset per partition; closed by count, bytes or age."""
 
     sink: Sink
     rows: dict[str, list[Any]] = field(default_factory=dict)
-    dead: list[tuple[BrokerValue[KafkaPayload], str]] = field(default_factory=list)
+    dead: list[tuple[Message, str]] = field(default_factory=list)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     records: int = 0
     bytes: int = 0
     opened_at: float = 0.0
 
-    @property
-    def buffer(self) -> Batch:
-        return self
-
-    @property
-    def is_empty(self) -> bool:
-        return self.records == 0
-
-    @property
-    def is_ready(self) -> bool:
-        return self.readiness_reason != ""
-
-    @property
-    def readiness_reason(self) -> str:
-        limits = self.sink.limits
-        if self.records >= limits.records or self.bytes >= limits.bytes:
-            return "size"
-        return "time" if self.records and time.monotonic() - self.opened_at >= limits.seconds else ""
-
-    def append(self, message: BaseValue[KafkaPayload]) -> None:
-        assert isinstance(message, BrokerValue)
+    def add(self, msg: Message) -> None:
+        """Decode one record into the batch; every record moves the offsets, whatever became of it."""
         if not self.records:
             self.opened_at = time.monotonic()
         self.records += 1
-        payload, topic = message.payload, message.partition.topic.name
-        self.bytes += len(payload.key or b"") + len(payload.value)
-        try:  # arroyo hands a null value (a tombstone) over as b""
-            row = self.sink.processors[topic](payload.key, payload.value or None, message.offset)
+        key, value, topic = msg.key(), msg.value(), msg.topic()
+        self.bytes += len(key or b"") + len(value or b"")
+        self.next_offsets[(topic, msg.partition())] = msg.offset() + 1
+        try:
+            row = self.sink.processors[topic](key, value, msg.offset())
         except BadRecord as exc:
-            self.dead.append((message, str(exc)))
+            self.dead.append((msg, str(exc)))
             return
         if row is None:
             SKIPPED.labels(self.sink.name, topic).inc()
         else:
             self.rows.setdefault(topic, []).append(row)
 
-    def new(self) -> Batch:
-        return Batch(self.sink)
+    def full(self) -> bool:
+        return self.records >= self.sink.limits.records or self.bytes >= self.sink.limits.bytes
+
+    def ready(self) -> bool:
+        age = time.monotonic() - self.opened_at
+        return self.full() or (self.records > 0 and age >= self.sink.limits.seconds)
+
+    def offsets(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p, o) for (t, p), o in self.next_offsets.items()]
 
 
 class ConsumerState:
@@ -165,44 +146,14 @@ class ConsumerState:
         self.lag, self.assigned = (lag if assigned else None), assigned
 
 
-class SinkConsumer(KafkaConsumer):
-    """Arroyo's Kafka consumer, subscribed to every topic of the sink (StreamProcessor names one), with a
-    short poll (a batch closes on time even when no record comes) and a failed commit logged, not fatal."""
+class BatchWriter:
+    """Writes a batch until it is written (or the consumer stops), then its dead letters; only then may the
+    batch's offsets be committed."""
 
-    def __init__(self, configuration: Mapping[str, Any], topics: Sequence[str], state: ConsumerState,
-                 poll_seconds: float):
-        super().__init__(configuration)
-        self.topics = [Topic(t) for t in topics]
-        self.state = state
-        self.poll_seconds = poll_seconds
-
-    def subscribe(self, topics: Sequence[Topic], on_assign: Any = None, on_revoke: Any = None) -> None:
-        super().subscribe(self.topics, on_assign=on_assign, on_revoke=on_revoke)
-
-    def poll(self, timeout: float | None = None) -> BrokerValue[KafkaPayload] | None:
-        self.state.last_loop = time.monotonic()
-        return super().poll(self.poll_seconds if timeout is None else min(timeout, self.poll_seconds))
-
-    def commit_offsets(self) -> Mapping[Partition, int] | None:
-        try:
-            return super().commit_offsets()
-        except KafkaException as exc:  # written, not committed: a replay rewrites the same rows, harmlessly
-            log.warning("commit failed; the next commit covers these offsets", sink=self.state.sink,
-                        error=str(exc))
-            return None
-
-
-class WriteStep:
-    """Writes a batch until it is written (or the consumer stops), then its dead letters; only then does
-    the batch move on to CommitOffsets."""
-
-    def __init__(self, sink: Sink, producer: Producer, state: ConsumerState, stop: threading.Event):
+    def __init__(self, sink: Sink, producer: Producer | None, state: ConsumerState, stop: threading.Event):
         self.sink, self.producer, self.state, self.stop = sink, producer, state, stop
-        self.kill_after = int(os.environ.get(f"RTAP_{sink.name.upper()}_FAULT_KILL_BEFORE_COMMIT", "0") or 0)
-        self.batches_written = 0
 
-    def __call__(self, message: Message[Batch]) -> Batch:
-        batch = message.payload
+    def write(self, batch: Batch) -> None:
         started = time.perf_counter()
         if batch.rows:
             for attempt in until_stopped(self.stop, f"{self.sink.name} write", self.sink.retry_max_seconds,
@@ -215,8 +166,6 @@ class WriteStep:
             WRITTEN.labels(self.sink.name, topic).inc(len(rows))
         self._send_dead_letters(batch.dead)
         BATCH_SECONDS.labels(self.sink.name).observe(time.perf_counter() - started)
-        self._fault_hook()
-        return batch
 
     def _failing(self, exc: BaseException) -> None:
         """Readiness and metrics report the failing write while it is retried."""
@@ -224,62 +173,46 @@ class WriteStep:
         RETRIES.labels(self.sink.name, type(exc).__name__).inc()
         BLOCKED.labels(self.sink.name).set(1)
 
-    def _send_dead_letters(self, dead: list[tuple[BrokerValue[KafkaPayload], str]]) -> None:
+    def _send_dead_letters(self, dead: list[tuple[Message, str]]) -> None:
         """Dead letters must be in Kafka before the offsets past them are committed."""
         if not dead:
             return
-        for value, reason in dead:
-            topic = value.partition.topic.name
-            DEAD.labels(self.sink.name, topic).inc()
-            log.warning("dead letter", sink=self.sink.name, topic=topic, partition=value.partition.index,
-                        offset=value.offset, reason=reason)
-            headers = [("reason", reason.encode()), ("source_topic", topic.encode()),
-                       ("source_partition", str(value.partition.index).encode()),
-                       ("source_offset", str(value.offset).encode()), ("consumer", self.sink.name.encode())]
-            self.producer.produce(DEAD_LETTER.name, key=value.payload.key, value=value.payload.value or None,
-                                  headers=headers)
+        assert self.producer is not None
+        for msg, reason in dead:
+            DEAD.labels(self.sink.name, msg.topic()).inc()
+            log.warning("dead letter", sink=self.sink.name, topic=msg.topic(), partition=msg.partition(),
+                        offset=msg.offset(), reason=reason)
+            headers = [("reason", reason.encode()), ("source_topic", msg.topic().encode()),
+                       ("source_partition", str(msg.partition()).encode()),
+                       ("source_offset", str(msg.offset()).encode()), ("consumer", self.sink.name.encode())]
+            self.producer.produce(DEAD_LETTER.name, key=msg.key(), value=msg.value(), headers=headers)
         for attempt in until_stopped(self.stop, "dead-letter delivery"):
             with attempt:
                 if self.producer.flush(30):
                     raise KafkaException("dead letters not delivered")
 
-    def _fault_hook(self) -> None:
-        """Test-only: SIGKILL this process after the Nth written batch, before its offsets are committed."""
-        self.batches_written += 1
-        if self.kill_after and self.batches_written >= self.kill_after:
-            log.warning("fault hook: killing the process between write and commit", sink=self.sink.name)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-
-class StrategyFactory(ProcessingStrategyFactory[KafkaPayload]):
-    def __init__(self, sink: Sink, write: WriteStep):
-        self.sink, self.write = sink, write
-
-    def create_with_partitions(self, commit: Commit,
-                               partitions: Mapping[Partition, int]) -> ProcessingStrategy[KafkaPayload]:
-        return Buffer(Batch(self.sink), RunTask(self.write, CommitOffsets(commit)))
-
 
 class ConsumerPipeline:
     """Runs a sink's pipeline in a background thread of its process; `status()` feeds /readyz."""
 
-    def __init__(self, sink: Sink, kafka_config: Mapping[str, Any], poll_seconds: float = 0.1):
+    def __init__(self, sink: Sink, kafka_config: Mapping[str, Any]):
         self.sink = sink
         self.state = ConsumerState(sink.name)
         self.stop_event = threading.Event()
-        self.consumer = SinkConsumer({
+        self.consumer = Consumer({
             **kafka_config,
             "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "statistics.interval.ms": 1000,
             "stats_cb": self.state.on_stats,
-        }, list(sink.processors), self.state, poll_seconds)
+        })
         producer = Producer({"bootstrap.servers": kafka_config["bootstrap.servers"], "acks": "all",
                              "enable.idempotence": True})
-        self.factory = StrategyFactory(sink, WriteStep(sink, producer, self.state, self.stop_event))
-        self.processor: StreamProcessor[KafkaPayload] | None = None
+        self.writer = BatchWriter(sink, producer, self.state, self.stop_event)
+        self.batch = Batch(sink)
+        self.poll_seconds = min(0.2, sink.limits.seconds)
+        self.kill_after = int(os.environ.get(f"RTAP_{sink.name.upper()}_FAULT_KILL_BEFORE_COMMIT", "0") or 0)
+        self.batches_written = 0
         self.thread = threading.Thread(target=self._run, name=f"{sink.name}-consumer", daemon=True)
 
     @property
@@ -287,13 +220,12 @@ class ConsumerPipeline:
         return list(self.sink.processors)
 
     def start(self) -> None:
+        self.consumer.subscribe(self.topics, on_revoke=self._on_revoke)
         self.thread.start()
 
     def stop(self, timeout: float = 15.0) -> None:
         """Write and commit the open batch, then leave the group (a write still failing is abandoned)."""
         self.stop_event.set()
-        if self.processor:
-            self.processor.signal_shutdown()
         self.thread.join(timeout)
 
     def status(self) -> dict[str, Any]:
@@ -305,11 +237,50 @@ class ConsumerPipeline:
 
     def _run(self) -> None:
         try:
-            self.processor = StreamProcessor(self.consumer, Topic(self.topics[0]), self.factory,
-                                             commit_policy=IMMEDIATE)
-            if self.stop_event.is_set():
-                self.processor.signal_shutdown()
-            self.processor.run()
+            self._loop()
+            self.flush()
         except Exception as exc:  # the thread dies; /readyz reports it and the supervisor restarts us
             self.state.error = f"{type(exc).__name__}: {exc}"
             log.exception("consumer stopped", sink=self.sink.name)
+        finally:
+            self.consumer.close()
+
+    def _loop(self) -> None:
+        """Consume what is fetched (up to the batch's room) and close the batch when it is full or old."""
+        while not self.stop_event.is_set():
+            self.state.last_loop = time.monotonic()
+            room = max(1, self.sink.limits.records - self.batch.records)
+            for msg in self.consumer.consume(min(room, 5_000), timeout=self.poll_seconds):
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("kafka error", sink=self.sink.name, error=str(msg.error()))
+                    continue
+                self.batch.add(msg)
+                if self.batch.full():
+                    self.flush()
+            if self.batch.ready():
+                self.flush()
+
+    def flush(self) -> None:
+        """decode -> batch is done; now write -> commit."""
+        batch, self.batch = self.batch, Batch(self.sink)
+        if not batch.records:
+            return
+        self.writer.write(batch)
+        self._fault_hook()
+        try:
+            self.consumer.commit(offsets=batch.offsets(), asynchronous=False)
+        except KafkaException as exc:  # written, not committed: a replay rewrites the same rows, harmlessly
+            log.warning("commit failed; the next commit covers these offsets", sink=self.sink.name,
+                        error=str(exc))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Write and commit what we hold before the partitions move to another consumer."""
+        self.flush()
+
+    def _fault_hook(self) -> None:
+        """Test-only: SIGKILL this process after the Nth written batch, before its offsets are committed."""
+        self.batches_written += 1
+        if self.kill_after and self.batches_written >= self.kill_after:
+            log.warning("fault hook: killing the process between write and commit", sink=self.sink.name)
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -8,6 +8,7 @@ within seconds. Loops are bounded; sockets are closed at the end of each test.
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import socket
 import threading
@@ -409,53 +410,72 @@ def test_a_redis_password_with_url_characters_works(settings, tmp_path):
 
 # -- storage batches ----------------------------------------------------------------------------------------------------
 
-class Collect:
-    """The step after the batch: records what each batch held and the offsets it would commit."""
+class Record:
+    """The part of a confluent_kafka Message the consumer pipeline's batching reads."""
 
-    def __init__(self, record_bytes: int):
-        self.record_bytes, self.written, self.committable = record_bytes, [], []
+    def __init__(self, offset: int, size: int):
+        self._offset, self._value = offset, b"x" * size
 
-    def submit(self, message) -> None:
-        batch = message.payload
-        self.written.append((batch.records, batch.records * self.record_bytes))
-        self.committable.append(dict(message.committable))
+    def error(self) -> None:
+        return None
 
-    def poll(self) -> None:
-        pass
+    def topic(self) -> str:
+        return "analytics_events"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> None:
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class OneFetch:
+    """A Kafka consumer whose first consume() returns every record at once (as a full prefetch queue does)."""
+
+    def __init__(self, records: list[Record], stop: threading.Event):
+        self.records, self.stop, self.commits = records, stop, []
+
+    def consume(self, num_messages: int, timeout: float) -> list[Record]:
+        out, self.records = self.records, []
+        if not out:
+            self.stop.set()
+        return out
+
+    def commit(self, offsets: list, asynchronous: bool) -> None:
+        self.commits.append(offsets)
 
     def close(self) -> None:
         pass
 
-    def join(self, timeout=None) -> None:
-        pass
 
-
-def test_storage_batches_are_bounded_by_bytes(settings):
+def test_storage_batches_are_bounded_by_bytes(settings, kafka):
     """40 records of 300 kB in one fetch, storage.batch_bytes = 1 MiB: no batch holds more than 1 MiB plus one record,
     and every record is written and committed once."""
-    from datetime import datetime
-
-    from arroyo.backends.kafka import KafkaPayload
-    from arroyo.processing.strategies.buffer import Buffer
-    from arroyo.types import BrokerValue, Message, Partition, Topic
-
-    from shared.consumer_pipeline import Batch, Limits, Sink
+    from shared.consumer_pipeline import ConsumerPipeline, Limits, Sink
 
     record_bytes, limit = 300_000, 1_048_576
     storage = settings.storage.model_copy(update={"batch_bytes": limit, "batch_seconds": 60.0})
     processors = {"analytics_events": lambda key, value, offset: {"offset": offset}}
     sink = Sink("storage", processors, lambda rows: None,
                 Limits(storage.batch_rows, storage.batch_bytes, storage.batch_seconds))
-    collect = Collect(record_bytes)
-    buffer = Buffer(Batch(sink), collect)
-    partition = Partition(Topic("analytics_events"), 0)
-    for offset in range(40):
-        value = BrokerValue(KafkaPayload(None, b"x" * record_bytes, []), partition, offset, datetime.now())
-        buffer.submit(Message(value))
-    buffer.join()
-    assert sum(n for n, _ in collect.written) == 40
-    assert max(size for _, size in collect.written) <= limit + record_bytes, collect.written
-    assert collect.committable[-1][partition] == 40
+    consumer = ConsumerPipeline(sink, {"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bytes-bound"})
+    consumer.consumer.close()
+    consumer.consumer = OneFetch([Record(i, record_bytes) for i in range(40)], consumer.stop_event)
+    written: list[tuple[int, int]] = []
+    consumer.writer.write = lambda batch: written.append((batch.records, batch.bytes))
+    consumer._loop()
+    consumer.flush()
+    assert sum(n for n, _ in written) == 40
+    assert max(size for _, size in written) <= limit + record_bytes, written
+    assert [tp[0].offset for tp in consumer.consumer.commits][-1] == 40
+    del consumer
+    gc.collect()  # the consumer (a cycle through its unstarted thread) and its producer, before the session's broker stops
 
 
 # -- Flink REST ------------------------------------------------------------------------------------------------------

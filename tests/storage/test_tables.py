@@ -164,13 +164,13 @@ def test_bad_metric_records_name_the_column():
         process(b'{"window_start": 0}', None, 0)
 
 
-def write_step(backend: Backend, lock, stop, table_of: dict[str, str], max_wait: float):
-    """The storage sink's write step (shared/consumer_pipeline.py) over storage's table writer."""
+def batch_writer(backend: Backend, lock, stop, table_of: dict[str, str], max_wait: float):
+    """The storage sink's batch writer (shared/consumer_pipeline.py) over storage's table writer."""
     from services.storage.consumer import table_writer
-    from shared.consumer_pipeline import ConsumerState, Limits, Sink, WriteStep
+    from shared.consumer_pipeline import BatchWriter, ConsumerState, Limits, Sink
 
     sink = Sink("storage", {}, table_writer(backend, lock, table_of), Limits(1, 1, 1.0), max_wait)
-    return sink, WriteStep(sink, None, ConsumerState("storage"), stop)
+    return sink, BatchWriter(sink, None, ConsumerState("storage"), stop)
 
 
 def storage_retries() -> float:
@@ -186,14 +186,12 @@ def test_a_failed_write_is_retried_until_it_succeeds(chdb):
     import threading
     import time
 
-    from arroyo.types import Message, Value
-
     from shared.consumer_pipeline import Batch
 
     db = f"retry_{uuid.uuid4().hex[:8]}"
     schema = versioned_schema("late_table", extra=False)
     lock, stop = threading.Lock(), threading.Event()
-    sink, write = write_step(chdb, lock, stop, {"late_topic": f"{db}.late_table"}, max_wait=0.2)
+    sink, writer = batch_writer(chdb, lock, stop, {"late_topic": f"{db}.late_table"}, max_wait=0.2)
     batch = Batch(sink, rows={"late_topic": [metric_processor(schema)(b"", orjson.dumps(
         {"window_start": 1_000, "window_end": 2_000, "page": "/a", "views": 1}), 0)]})
     before = storage_retries()
@@ -205,7 +203,7 @@ def test_a_failed_write_is_retried_until_it_succeeds(chdb):
 
     creator = threading.Thread(target=create_later)
     creator.start()
-    write(Message(Value(batch, {})))
+    writer.write(batch)
     creator.join()
     assert storage_retries() - before >= 2
     assert chdb.query(f"SELECT count() AS c FROM `{db}`.late_table")[0]["c"] == 1
@@ -214,16 +212,14 @@ def test_a_failed_write_is_retried_until_it_succeeds(chdb):
 
 @pytest.mark.clickhouse
 def test_a_write_that_never_succeeds_is_never_passed(chdb):
-    """Stopping while a write still fails raises, so the batch never reaches the commit step."""
+    """Stopping while a write still fails raises, so flush() never reaches the commit."""
     import threading
-
-    from arroyo.types import Message, Value
 
     from shared.consumer_pipeline import Batch
 
     stop = threading.Event()
-    sink, write = write_step(chdb, threading.Lock(), stop, {"t": "no_such_db.no_such_table"}, max_wait=0.05)
+    sink, writer = batch_writer(chdb, threading.Lock(), stop, {"t": "no_such_db.no_such_table"}, max_wait=0.05)
     batch = Batch(sink, rows={"t": [{"a": 1}]})
     threading.Timer(0.5, stop.set).start()
     with pytest.raises(Exception, match="(?i)no_such"):
-        write(Message(Value(batch, {})))
+        writer.write(batch)
