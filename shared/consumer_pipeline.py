@@ -94,11 +94,11 @@ class Batch:
         if not self.records:
             self.opened_at = time.monotonic()
         self.records += 1
-        key, value, topic = msg.key(), msg.value(), msg.topic()
+        key, value, topic, offset = msg.key(), msg.value(), str(msg.topic()), int(msg.offset() or 0)
         self.bytes += len(key or b"") + len(value or b"")
-        self.next_offsets[(topic, msg.partition())] = msg.offset() + 1
+        self.next_offsets[(topic, int(msg.partition() or 0))] = offset + 1
         try:
-            row = self.sink.processors[topic](key, value, msg.offset())
+            row = self.sink.processors[topic](key, value, offset)
         except BadRecord as exc:
             self.dead.append((msg, str(exc)))
             return
@@ -179,12 +179,14 @@ class BatchWriter:
             return
         assert self.producer is not None
         for msg, reason in dead:
-            DEAD.labels(self.sink.name, msg.topic()).inc()
-            log.warning("dead letter", sink=self.sink.name, topic=msg.topic(), partition=msg.partition(),
+            topic = str(msg.topic())
+            DEAD.labels(self.sink.name, topic).inc()
+            log.warning("dead letter", sink=self.sink.name, topic=topic, partition=msg.partition(),
                         offset=msg.offset(), reason=reason)
-            headers = [("reason", reason.encode()), ("source_topic", msg.topic().encode()),
-                       ("source_partition", str(msg.partition()).encode()),
-                       ("source_offset", str(msg.offset()).encode()), ("consumer", self.sink.name.encode())]
+            headers: list[tuple[str, str | bytes | None]] = [
+                ("reason", reason.encode()), ("source_topic", topic.encode()),
+                ("source_partition", str(msg.partition()).encode()),
+                ("source_offset", str(msg.offset()).encode()), ("consumer", self.sink.name.encode())]
             self.producer.produce(DEAD_LETTER.name, key=msg.key(), value=msg.value(), headers=headers)
         for attempt in until_stopped(self.stop, "dead-letter delivery"):
             with attempt:
@@ -251,9 +253,9 @@ class ConsumerPipeline:
             self.state.last_loop = time.monotonic()
             room = max(1, self.sink.limits.records - self.batch.records)
             for msg in self.consumer.consume(min(room, 5_000), timeout=self.poll_seconds):
-                if msg.error():
-                    if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("kafka error", sink=self.sink.name, error=str(msg.error()))
+                if error := msg.error():
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("kafka error", sink=self.sink.name, error=str(error))
                     continue
                 self.batch.add(msg)
                 if self.batch.full():
