@@ -7,7 +7,7 @@ Starts a private Kafka broker (temporary state dir, free ports) and the real sto
 
 1. backlog: produces --backlog raw events (plus one event_metrics record per 20 events) as fast as
    possible and measures rows/s from the first to the last row written (the service's own
-   rtap_storage_rows_written_total counter);
+   rtap_consumer_records_written_total counter);
 2. sustained: produces events at --rate per second for --duration seconds and samples the
    service's lag gauge (records in Kafka not yet written and committed) every 0.5 s.
 """
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
+import psutil  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
@@ -96,16 +97,22 @@ def scrape(url: str) -> tuple[float, float]:
     rows = lag = 0.0
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=10).text):
         for sample in family.samples:
-            if sample.name == "rtap_storage_rows_written_total":
+            if sample.name == "rtap_consumer_records_written_total":
                 rows += sample.value
-            elif sample.name == "rtap_storage_consumer_lag_records":
+            elif sample.name == "rtap_consumer_lag_records":
                 lag += sample.value
     return rows, lag
 
 
-def backlog_phase(producer: Producer, url: str, n: int) -> None:
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def backlog_phase(producer: Producer, url: str, n: int, pid: int) -> None:
     expected = n + (n + 19) // 20
     base, _ = scrape(url)
+    cpu_before = cpu_seconds(pid)
     started = time.perf_counter()
     produce(producer, 0, n)
     producer.flush(120)
@@ -124,7 +131,9 @@ def backlog_phase(producer: Producer, url: str, n: int) -> None:
     if last is None:
         print(f"backlog: only {rows - base:.0f} of {expected} rows written within 120 s")
         return
+    cpu = cpu_seconds(pid) - cpu_before
     print(f"backlog: {expected} rows ({n} raw events + {expected - n} metric records) produced in {produced_s:.1f} s")
+    print(f"backlog: storage process used {cpu:.1f} CPU-s -> {expected / cpu:,.0f} rows per storage CPU-second")
     print(f"backlog: written in {last - started:.1f} s after the first produce -> "
           f"{expected / (last - started):,.0f} rows/s end to end, {expected / max(last - first, 1e-9):,.0f} rows/s while writing")
 
@@ -178,7 +187,7 @@ def main() -> None:
             print(f"storage: chDB, batch_rows={args.batch_rows}, batch_seconds={args.batch_seconds}; cores: {os.cpu_count()}")
             producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "linger.ms": 20,
                                  "compression.type": "lz4", "queue.buffering.max.messages": 500_000})
-            backlog_phase(producer, storage.url(), args.backlog)
+            backlog_phase(producer, storage.url(), args.backlog, storage.pid())
             sustained_phase(producer, storage.url(), args.rate, args.duration)
         finally:
             storage.stop()

@@ -181,6 +181,9 @@ class CacheSettings(BaseModel):
     consumer_group: str = "rtap-cache"
     key_prefix: str = "rtap"
     batch_records: int = 500
+    # A batch closes this soon after its first record, so a window is written within ~0.1 s of arriving.
+    batch_seconds: float = Field(default=0.05, gt=0)
+    batch_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     max_limit: int = 1_000
     sessions_job: str = "session_metrics"
     index_columns: list[str] = Field(default_factory=lambda: ["user_id"])

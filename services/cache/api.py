@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
-from services.cache.consumer import CacheConsumer
+from services.cache.consumer import cache_consumer
 from services.cache.layout import JobLayout, layouts
 from services.cache.store import CacheStore
 from services.cache.streams import Stream, StreamHub, SubscriptionUnavailable, TooManyStreams
@@ -61,10 +61,18 @@ class CacheApp:
         self.store = CacheStore(self.redis)
         self.streams = StreamHub(self.redis, [layout.channel for layout in self.layouts.values()], settings.cache.max_streams,
                                  settings.cache.stream_queue, settings.cache.redis_timeout_seconds)
-        self.consumer = CacheConsumer(settings, self.layouts) if run_consumer else None
+        self.consumer = cache_consumer(settings, self.layouts) if run_consumer else None
         self.lag_registry = group_lag_registry(settings.kafka.bootstrap, settings.cache.consumer_group,
                                                [layout.schema.topic for layout in self.layouts.values()],
                                                settings.kafka.group_lag_interval_seconds) if run_consumer else None
+
+    def consumer_status(self) -> dict[str, Any] | None:
+        """The consumer's status with its lag summed over the metric topics (None without a consumer)."""
+        if not self.consumer:
+            return None
+        status = self.consumer.status()
+        lag = status["lag_records"]
+        return {**status, "lag_records": sum(lag.values()) if lag is not None else None}
 
     def layout(self, job: str) -> JobLayout:
         try:
@@ -132,7 +140,7 @@ def add_health_routes(app: FastAPI, cache: CacheApp) -> None:
     @app.get("/readyz", tags=["health"], summary="Consumer running and its lag below cache.max_lag_records",
              responses={503: {"description": "not ready; the same body says why"}})
     async def readyz() -> Response:
-        status = cache.consumer.status() if cache.consumer else {"running": False, "lag_records": None, "error": "no consumer"}
+        status = cache.consumer_status() or {"running": False, "lag_records": None, "error": "no consumer"}
         lag = status["lag_records"]
         ready = status["running"] and lag is not None and lag <= cache.settings.cache.max_lag_records
         body = {"ready": ready, **status, "max_lag_records": cache.settings.cache.max_lag_records}
@@ -255,7 +263,7 @@ def add_session_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         jobs = {name: await job_overview(cache, layout) for name, layout in cache.layouts.items()}
         since = now_ms - cache.settings.cache.active_session_seconds * 1000
         active = await cache.store.count_ending_after(sessions(), since) if cache.settings.cache.sessions_job in cache.layouts else 0
-        consumer = cache.consumer.status() if cache.consumer else None
+        consumer = cache.consumer_status()
         return {"generated_at": now_ms, "active_sessions": active,
                 "active_session_seconds": cache.settings.cache.active_session_seconds, "jobs": jobs, "consumer": consumer}
 

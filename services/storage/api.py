@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
 from services.storage.backends import Backend, open_backend, open_reader
-from services.storage.consumer import StorageConsumer
+from services.storage.consumer import storage_consumer
 from services.storage.query import QueryError, bind_params, check_text, metric_query, parse_time
 from services.storage.sandbox import SandboxError, Tables, canonical_statement
 from services.storage.tables import all_tables, migrate
@@ -108,9 +108,10 @@ class Storage:
         migrate(self.backend, settings.clickhouse.database, tables)
         self.readers = {route: ReaderPool(settings) for route in ("sql", "metrics")}
         self.tables = sandbox_tables(self.backend, settings.clickhouse.database, frozenset(t.name for t in tables))
-        self.consumer = StorageConsumer(settings, self.backend, self.lock, self.schemas) if run_consumer else None
+        self.consumer = storage_consumer(settings, self.backend, self.lock, self.schemas) \
+            if run_consumer else None
         self.lag_registry = group_lag_registry(settings.kafka.bootstrap, settings.storage.consumer_group,
-                                               list(self.consumer.routes),
+                                               self.consumer.topics,
                                                settings.kafka.group_lag_interval_seconds) if self.consumer else None
 
     def schema(self, job: str) -> MetricSchema:

@@ -14,15 +14,12 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from services.storage.tables import DELETED, VERSION
+from shared.consumer_pipeline import BadRecord
 from shared.events import EPOCH_MS, EVENT, HEARTBEAT_TYPE, PROPERTIES, TYPE_PATH, EventField, EventSchema
 from shared.metrics import MetricSchema
 
 Row = dict[str, Any]
 Processor = Callable[[bytes | None, bytes | None, int], Row | None]
-
-
-class BadRecord(ValueError):
-    """A record that can never be written; the dead-letter topic gets it with this reason."""
 
 
 def ms_to_datetime(ms: int) -> datetime:

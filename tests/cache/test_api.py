@@ -199,5 +199,5 @@ def test_health_ready_and_metrics(cache):
     ready = cache.client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
     metrics = cache.client.get("/metrics").text
-    assert 'rtap_cache_records_written_total{job="event_metrics"}' in metrics
-    assert "rtap_cache_consumer_lag_records" in metrics
+    assert 'rtap_consumer_records_written_total{sink="cache",topic="event_metrics"}' in metrics
+    assert 'rtap_consumer_lag_records{sink="cache"' in metrics

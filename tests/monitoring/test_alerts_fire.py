@@ -212,8 +212,9 @@ def test_consumer_lag_growing_fires_while_the_cache_consumer_is_stuck_on_redis(s
     finally:
         os.kill(redis_pid, signal.SIGCONT)
     # The consumer's own gauge is measured inside its blocked loop, so it stays where it was.
+    own_lag = 'sum(rtap_consumer_lag_records{sink="cache"})'
     print(f"broker-side lag {query(stack.prometheus, 'rtap:consumer_lag_records')}, "
-          f"consumer's own gauge {query(stack.prometheus, 'rtap_cache_consumer_lag_records')}")
+          f"consumer's own gauge {query(stack.prometheus, own_lag)}")
 
 
 def test_scrape_target_down_fires_when_a_service_stops(stack):

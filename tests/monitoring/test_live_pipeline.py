@@ -94,7 +94,7 @@ def produce_poison(bootstrap: str, topic: str) -> None:
     assert producer.flush(15) == 0
 
 
-DEAD_LETTER_SERIES = 'rtap_storage_dead_letter_total or rtap_cache_dead_letter_total'
+DEAD_LETTER_SERIES = 'rtap_consumer_dead_letter_total'
 
 
 def firing(prometheus: str, alertname: str) -> list[dict]:

@@ -374,8 +374,8 @@ def test_a_full_redis_refuses_writes_loudly_and_loses_nothing(settings, kafka, t
         status = wait_for(refused, 60, 0.3, "the consumer to report Redis at maxmemory")
         assert status["ready"] is False
         metrics = cache.client.get("/metrics").text
-        assert "rtap_cache_write_blocked 1.0" in metrics
-        assert re.search(r'rtap_cache_write_retries_total\{error="OutOfMemoryError"\} [1-9]', metrics)
+        assert 'rtap_consumer_write_blocked{sink="cache"} 1.0' in metrics
+        assert re.search(r'rtap_consumer_write_retries_total\{error="OutOfMemoryError",sink="cache"\} [1-9]', metrics)
         assert cache.client.get("/v1/jobs/event_metrics/latest").status_code == 200, "reads work while writes are refused"
 
         client.config_set("maxmemory", 0)
@@ -386,7 +386,7 @@ def test_a_full_redis_refuses_writes_loudly_and_loses_nothing(settings, kafka, t
                  for record in cache.client.get("/v1/jobs/event_metrics/windows",
                                                 params={"event_type": event_type, "limit": 1_000}).json()["records"]]
         assert len({(r["window_start"], r["event_type"]) for r in found}) == WINDOWS, "a refused window was lost"
-        assert "rtap_cache_write_blocked 0.0" in cache.client.get("/metrics").text
+        assert 'rtap_consumer_write_blocked{sink="cache"} 0.0' in cache.client.get("/metrics").text
 
 
 def test_a_redis_password_with_url_characters_works(settings, tmp_path):
@@ -411,7 +411,7 @@ def test_a_redis_password_with_url_characters_works(settings, tmp_path):
 # -- storage batches ----------------------------------------------------------------------------------------------------
 
 class Record:
-    """The part of a confluent_kafka Message the storage batching reads."""
+    """The part of a confluent_kafka Message the consumer pipeline's batching reads."""
 
     def __init__(self, offset: int, size: int):
         self._offset, self._value = offset, b"x" * size
@@ -450,12 +450,6 @@ class OneFetch:
     def commit(self, offsets: list, asynchronous: bool) -> None:
         self.commits.append(offsets)
 
-    def assignment(self) -> list:
-        return []
-
-    def position(self, partitions: list) -> list:
-        return []
-
     def close(self) -> None:
         pass
 
@@ -463,17 +457,18 @@ class OneFetch:
 def test_storage_batches_are_bounded_by_bytes(settings, kafka):
     """40 records of 300 kB in one fetch, storage.batch_bytes = 1 MiB: no batch holds more than 1 MiB plus one record,
     and every record is written and committed once."""
-    from services.storage.consumer import Route, StorageConsumer
+    from shared.consumer_pipeline import ConsumerPipeline, Limits, Sink
 
     record_bytes, limit = 300_000, 1_048_576
-    s = settings.model_copy(update={"storage": settings.storage.model_copy(update={"batch_bytes": limit, "batch_seconds": 60.0})})
-    consumer = StorageConsumer(s, None, threading.Lock(), load_schemas())
+    storage = settings.storage.model_copy(update={"batch_bytes": limit, "batch_seconds": 60.0})
+    processors = {"analytics_events": lambda key, value, offset: {"offset": offset}}
+    sink = Sink("storage", processors, lambda rows: None,
+                Limits(storage.batch_rows, storage.batch_bytes, storage.batch_seconds))
+    consumer = ConsumerPipeline(sink, {"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bytes-bound"})
     consumer.consumer.close()
     consumer.consumer = OneFetch([Record(i, record_bytes) for i in range(40)], consumer.stop_event)
-    consumer.routes = {"analytics_events": Route("rtap.sink", lambda key, value, offset: {"offset": offset})}
     written: list[tuple[int, int]] = []
-    consumer.writer.write = lambda batch: written.append((batch.records, batch.records * record_bytes))
-    consumer.dead_letters.flush = lambda: None
+    consumer.writer.write = lambda batch: written.append((batch.records, batch.bytes))
     consumer._loop()
     consumer.flush()
     assert sum(n for n, _ in written) == 40

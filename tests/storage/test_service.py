@@ -109,10 +109,11 @@ def test_readyz_and_metrics(api):
     ready = wait_for(lambda: (r := api.get("/readyz")).status_code == 200 and r.json())
     assert ready["clickhouse"]["ok"] and ready["consumer"]["assigned_partitions"] > 0
     text = api.get("/metrics").text
-    for name in ("rtap_storage_rows_written_total", "rtap_storage_batch_seconds", "rtap_storage_consumer_lag_records",
-                 "rtap_storage_dead_letter_total", "rtap_storage_write_retries_total"):
-        assert name in text, name
-    assert 'rtap_storage_rows_written_total{table="event_metrics"}' in text
+    names = ("records_written_total", "batch_seconds", "lag_records", "dead_letter_total",
+             "write_retries_total")
+    for name in names:
+        assert f"rtap_consumer_{name}" in text, name
+    assert 'rtap_consumer_records_written_total{sink="storage",topic="event_metrics"}' in text
 
 
 def test_query_api_requires_the_read_key(storage_service):

@@ -164,21 +164,37 @@ def test_bad_metric_records_name_the_column():
         process(b'{"window_start": 0}', None, 0)
 
 
+def batch_writer(backend: Backend, lock, stop, table_of: dict[str, str], max_wait: float):
+    """The storage sink's batch writer (shared/consumer_pipeline.py) over storage's table writer."""
+    from services.storage.consumer import table_writer
+    from shared.consumer_pipeline import BatchWriter, ConsumerState, Limits, Sink
+
+    sink = Sink("storage", {}, table_writer(backend, lock, table_of), Limits(1, 1, 1.0), max_wait)
+    return sink, BatchWriter(sink, None, ConsumerState("storage"), stop)
+
+
+def storage_retries() -> float:
+    from shared.consumer_pipeline import RETRIES
+
+    return sum(s.value for s in RETRIES.collect()[0].samples
+               if s.name.endswith("_total") and s.labels["sink"] == "storage")
+
+
 @pytest.mark.clickhouse
 def test_a_failed_write_is_retried_until_it_succeeds(chdb):
     """The table is missing at first (a real ClickHouse error); the writer backs off and retries until it exists."""
     import threading
     import time
 
-    from services.storage.consumer import RETRIES, Batch, Writer
+    from shared.consumer_pipeline import Batch
 
     db = f"retry_{uuid.uuid4().hex[:8]}"
     schema = versioned_schema("late_table", extra=False)
     lock, stop = threading.Lock(), threading.Event()
-    writer = Writer(chdb, lock, stop, max_wait=0.2)
-    batch = Batch(rows={f"{db}.late_table": [metric_processor(schema)(b"", orjson.dumps(
+    sink, writer = batch_writer(chdb, lock, stop, {"late_topic": f"{db}.late_table"}, max_wait=0.2)
+    batch = Batch(sink, rows={"late_topic": [metric_processor(schema)(b"", orjson.dumps(
         {"window_start": 1_000, "window_end": 2_000, "page": "/a", "views": 1}), 0)]})
-    before = RETRIES.labels("late_table")._value.get()
+    before = storage_retries()
 
     def create_later() -> None:
         time.sleep(0.6)
@@ -189,7 +205,7 @@ def test_a_failed_write_is_retried_until_it_succeeds(chdb):
     creator.start()
     writer.write(batch)
     creator.join()
-    assert RETRIES.labels("late_table")._value.get() - before >= 2
+    assert storage_retries() - before >= 2
     assert chdb.query(f"SELECT count() AS c FROM `{db}`.late_table")[0]["c"] == 1
     chdb.command(f"DROP DATABASE `{db}`")
 
@@ -199,11 +215,11 @@ def test_a_write_that_never_succeeds_is_never_passed(chdb):
     """Stopping while a write still fails raises, so flush() never reaches the commit."""
     import threading
 
-    from services.storage.consumer import Batch, Writer
+    from shared.consumer_pipeline import Batch
 
     stop = threading.Event()
-    writer = Writer(chdb, threading.Lock(), stop, max_wait=0.05)
-    batch = Batch(rows={"no_such_db.no_such_table": [{"a": 1}]})
+    sink, writer = batch_writer(chdb, threading.Lock(), stop, {"t": "no_such_db.no_such_table"}, max_wait=0.05)
+    batch = Batch(sink, rows={"t": [{"a": 1}]})
     threading.Timer(0.5, stop.set).start()
     with pytest.raises(Exception, match="(?i)no_such"):
         writer.write(batch)
