@@ -26,7 +26,7 @@ import redis  # noqa: E402
 
 from infrastructure.local.components import Redis  # noqa: E402
 from services.cache.layout import layouts, write_record  # noqa: E402
-from shared.metrics import load_schemas  # noqa: E402
+from services.processing.registry import load_schemas  # noqa: E402
 from shared.settings import CacheSettings, RedisSettings, Settings  # noqa: E402
 
 EVENT_TYPES = ("page_view", "click", "add_to_cart", "purchase", "signup")

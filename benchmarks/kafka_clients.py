@@ -33,7 +33,9 @@ from infrastructure.local.stack import Stack  # noqa: E402
 from services.ingestion.producer import EventProducer, _Pending, per_record_errors  # noqa: E402
 from services.ingestion.records import Record, SkewPolicy, now_ms, to_record  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.topics import EVENTS  # noqa: E402
+from shared.topics import topics  # noqa: E402
+
+EVENTS = topics(Settings()).events
 
 SendBatch = Callable[[Sequence[Record]], Awaitable[None]]
 DURABLE = {"acks": "all", "idempotence": True, "compression": "lz4", "linger_ms": 5}

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from infrastructure.local.stack import settings_env  # noqa: E402
 from services.processing.supervisor import submit_job  # noqa: E402
 from shared.events import HEARTBEAT_TYPE  # noqa: E402
+from shared.topics import topics  # noqa: E402
 from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
 from tests.processing.conftest import DESKTOP_UA, IPHONE_UA, create_topics, processing_settings  # noqa: E402
 
@@ -46,12 +47,12 @@ def preload(s, n: int, start_ms: int) -> None:
                  "context": {"url": "https://shop.example/p", "referrer": None, "ip_address": None, "session_id": session},
                  "properties": {"revenue": 10.5}, "metrics": {"load_time": rng.uniform(50, 3000), "interaction_time": rng.uniform(1, 300)},
                  "timestamp": ts, "received_at": ts}
-        producer.produce(s.processing.events_topic, key=session, value=json.dumps(value), timestamp=ts)
+        producer.produce(topics(s).events.name, key=session, value=json.dumps(value), timestamp=ts)
         if i % 10_000 == 0:
             producer.poll(0)
     hb = json.dumps({"event": {"type": HEARTBEAT_TYPE, "id": "hb"}, "timestamp": start_ms + n, "received_at": start_ms + n})
     for partition in range(4):
-        producer.produce(s.processing.events_topic, value=hb, partition=partition, timestamp=start_ms + n)
+        producer.produce(topics(s).events.name, value=hb, partition=partition, timestamp=start_ms + n)
     assert producer.flush(120) == 0
 
 

@@ -34,10 +34,12 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 from infrastructure.local.components import Kafka  # noqa: E402
 from infrastructure.local.stack import Service  # noqa: E402
 from shared.kafka_admin import ensure_topics  # noqa: E402
+from services.processing.registry import load_schemas  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.topics import EVENTS, all_topics  # noqa: E402
+from shared.topics import topics  # noqa: E402
 
 EVENT_TYPES = ("page_view", "click", "add_to_cart", "purchase")
+EVENTS = topics(Settings()).events  # private_settings changes ports, not topic names
 
 
 def free_port() -> int:
@@ -180,7 +182,7 @@ def main() -> None:
         kafka, storage = Kafka(settings), Service(settings, "storage")
         try:
             kafka.start()
-            ensure_topics(settings.kafka.bootstrap, all_topics(), 1)
+            ensure_topics(settings.kafka.bootstrap, topics(settings).all(load_schemas().values()), 1)
             storage.start()
             while httpx.get(f"{storage.url()}/readyz", timeout=10).status_code != 200:
                 time.sleep(0.5)

@@ -33,7 +33,6 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from shared.logging import get_logger
 from shared.retry import until_stopped
-from shared.topics import DEAD_LETTER
 
 log = get_logger("consumer")
 
@@ -147,11 +146,13 @@ class ConsumerState:
 
 
 class BatchWriter:
-    """Writes a batch until it is written (or the consumer stops), then its dead letters; only then may the
-    batch's offsets be committed."""
+    """Writes a batch until it is written (or the consumer stops), then its dead letters (to
+    `dead_letter_topic`, through `producer`); only then may the batch's offsets be committed."""
 
-    def __init__(self, sink: Sink, producer: Producer | None, state: ConsumerState, stop: threading.Event):
+    def __init__(self, sink: Sink, producer: Producer | None, state: ConsumerState, stop: threading.Event,
+                 dead_letter_topic: str):
         self.sink, self.producer, self.state, self.stop = sink, producer, state, stop
+        self.dead_letter_topic = dead_letter_topic
 
     def write(self, batch: Batch) -> None:
         started = time.perf_counter()
@@ -187,7 +188,7 @@ class BatchWriter:
                 ("reason", reason.encode()), ("source_topic", topic.encode()),
                 ("source_partition", str(msg.partition()).encode()),
                 ("source_offset", str(msg.offset()).encode()), ("consumer", self.sink.name.encode())]
-            self.producer.produce(DEAD_LETTER.name, key=msg.key(), value=msg.value(), headers=headers)
+            self.producer.produce(self.dead_letter_topic, key=msg.key(), value=msg.value(), headers=headers)
         for attempt in until_stopped(self.stop, "dead-letter delivery"):
             with attempt:
                 if self.producer.flush(30):
@@ -195,9 +196,13 @@ class BatchWriter:
 
 
 class ConsumerPipeline:
-    """Runs a sink's pipeline in a background thread of its process; `status()` feeds /readyz."""
+    """Runs a sink's pipeline in a background thread of its process; `status()` feeds /readyz.
 
-    def __init__(self, sink: Sink, kafka_config: Mapping[str, Any]):
+    `kafka_config` is the consumer's librdkafka configuration (bootstrap.servers, group.id, ...);
+    `dead_letter_topic` is where records the processors refuse go (topics(settings).dead_letter.name).
+    """
+
+    def __init__(self, sink: Sink, kafka_config: Mapping[str, Any], dead_letter_topic: str):
         self.sink = sink
         self.state = ConsumerState(sink.name)
         self.stop_event = threading.Event()
@@ -210,7 +215,7 @@ class ConsumerPipeline:
         })
         producer = Producer({"bootstrap.servers": kafka_config["bootstrap.servers"], "acks": "all",
                              "enable.idempotence": True})
-        self.writer = BatchWriter(sink, producer, self.state, self.stop_event)
+        self.writer = BatchWriter(sink, producer, self.state, self.stop_event, dead_letter_topic)
         self.batch = Batch(sink)
         self.poll_seconds = min(0.2, sink.limits.seconds)
         self.kill_after = int(os.environ.get(f"RTAP_{sink.name.upper()}_FAULT_KILL_BEFORE_COMMIT", "0") or 0)

@@ -7,10 +7,8 @@ Windows are epoch milliseconds (int64) so JSON never carries ambiguous timestamp
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 ColumnType = Literal["string", "int64", "float64", "timestamp_ms"]
 
@@ -33,7 +31,7 @@ class Column:
 
 @dataclass(frozen=True)
 class MetricSchema:
-    """name doubles as the Kafka topic and the ClickHouse table name."""
+    """name is the ClickHouse table name and, after the topic prefix, the Kafka topic (shared/topics.py)."""
 
     name: str
     columns: tuple[Column, ...]
@@ -52,10 +50,6 @@ class MetricSchema:
             if required not in names:
                 raise ValueError(f"metric schema {self.name}: missing column {required}")
         object.__setattr__(self, "group_keys", tuple(k for k in self.key if k != self.window_start))
-
-    @property
-    def topic(self) -> str:
-        return self.name
 
     @property
     def column_names(self) -> list[str]:
@@ -123,26 +117,7 @@ def register(schema: MetricSchema) -> MetricSchema:
     return schema
 
 
-DEFAULT_JOB_PACKAGE = "services.processing.jobs"
-
-
-def import_job_modules(extra_modules: Iterable[str] = ()) -> list[str]:
-    """Import every module of the built-in jobs package plus any configured extra modules.
-
-    Importing a job module registers its schema; nothing here imports PyFlink.
-    """
-    package = importlib.import_module(DEFAULT_JOB_PACKAGE)
-    names = [f"{DEFAULT_JOB_PACKAGE}.{m.name}" for m in pkgutil.iter_modules(package.__path__) if not m.name.startswith("_")]
-    names += list(extra_modules)
-    for name in names:
-        importlib.import_module(name)
-    return names
-
-
-def load_schemas(extra_modules: Iterable[str] | None = None) -> dict[str, MetricSchema]:
-    if extra_modules is None:
-        from shared.settings import get_settings
-
-        extra_modules = get_settings().processing.job_modules
-    import_job_modules(extra_modules)
+def registered_schemas() -> dict[str, MetricSchema]:
+    """Every schema registered so far, by name. Discovery (which job modules to import) lives in the job
+    registry, services/processing/registry.py; this module knows no job."""
     return dict(sorted(_REGISTRY.items()))

@@ -19,10 +19,30 @@ PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "password", "test"
 # A record's key (context.session_id: at most 256 characters, 1 KiB of UTF-8), its headers, the record and
 # batch framing and the produce request header fit in this.
 RECORD_FRAMING_BYTES = 4_096
+# Every local component listens here by default; the defaults below name it, nothing else in product code.
+LOOPBACK = "127.0.0.1"
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+
+
+def client_url(host: str, port: int) -> str:
+    """The http URL a client on the same machine uses for a server bound to host:port (a wildcard bind is
+    reached over loopback)."""
+    return f"http://{LOOPBACK if host in WILDCARD_HOSTS else host}:{port}"
+
+
+class ServiceAddress(BaseModel):
+    """Where one of the project's HTTP services listens, and how a client on the same machine reaches it."""
+
+    host: str = LOOPBACK
+    port: int
+
+    @property
+    def url(self) -> str:
+        return client_url(self.host, self.port)
 
 
 class KafkaSettings(BaseModel):
-    bootstrap: str = "127.0.0.1:9092"
+    bootstrap: str = f"{LOOPBACK}:9092"
     port: int = 9092
     controller_port: int = 9093
     heap: str = "512m"
@@ -41,8 +61,19 @@ class KafkaSettings(BaseModel):
         return self.max_record_bytes - RECORD_FRAMING_BYTES
 
 
+class TopicSettings(BaseModel):
+    """Kafka topic names, set here only; shared/topics.py builds every topic from them."""
+
+    events: str = "analytics_events"
+    dead_letter: str = "dead_letter"
+    metric_prefix: str = ""  # before each job's schema name; "" in production, tests use private topics
+
+
 class FlinkSettings(BaseModel):
+    # The JobManager's host (REST API, web UI, RPC) as every client reaches it; the local cluster binds it.
+    rest_host: str = LOOPBACK
     rest_port: int = 8081
+    taskmanager_host: str = LOOPBACK
     rpc_port: int = 6123
     jobmanager_metrics_port: int = 9249
     taskmanager_metrics_port: int = 9250
@@ -54,9 +85,18 @@ class FlinkSettings(BaseModel):
     task_slots: int = 2
     parallelism: int = 2
 
+    @property
+    def rest_url(self) -> str:
+        """Base URL of the Flink REST API (no trailing slash)."""
+        return client_url(self.rest_host, self.rest_port)
+
+    @property
+    def taskmanager_metrics_url(self) -> str:
+        return f"{client_url(self.taskmanager_host, self.taskmanager_metrics_port)}/metrics"
+
 
 class RedisSettings(BaseModel):
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     port: int = 6379
     password: str | None = None
     exporter_port: int = 9121  # prometheus-redis-exporter next to the local redis-server
@@ -100,8 +140,7 @@ class PrometheusSettings(BaseModel):
     port: int = 9090
 
 
-class IngestionSettings(BaseModel):
-    host: str = "127.0.0.1"
+class IngestionSettings(ServiceAddress):
     port: int = 8000
     workers: int = 1
     write_keys: list[str] = Field(default_factory=list)
@@ -120,7 +159,8 @@ class IngestionSettings(BaseModel):
     queue_max_messages: int = 100_000
 
 
-class ProcessingSettings(BaseModel):
+class ProcessingSettings(ServiceAddress):
+    port: int = 8070  # the supervisor's /healthz and /metrics
     window_seconds: int = 10
     session_gap_seconds: int = 1_800
     watermark_delay_ms: int = Field(default=2_000, ge=0)
@@ -129,19 +169,14 @@ class ProcessingSettings(BaseModel):
     # A repeat of an event id within this many seconds (processing time) is dropped; 0 turns it off.
     dedup_seconds: int = 600
     job_modules: list[str] = Field(default_factory=list)
-    host: str = "127.0.0.1"
-    port: int = 8070
     job_name: str = "rtap-processing"
-    events_topic: str = "analytics_events"
-    metric_topic_prefix: str = ""  # "" in production; tests use a prefix to get private metric topics
     consumer_group: str = "rtap-processing"
     parallelism: int = 0  # 0: the cluster's default parallelism
     watch_interval_seconds: float = 2.0
     backfill_margin_ms: int = 3_600_000  # how far past the range Kafka record times may lag event times
 
 
-class StorageSettings(BaseModel):
-    host: str = "127.0.0.1"
+class StorageSettings(ServiceAddress):
     port: int = 8090
     batch_rows: int = 10_000
     batch_seconds: float = 1.0
@@ -171,8 +206,7 @@ class StorageSettings(BaseModel):
         return self
 
 
-class CacheSettings(BaseModel):
-    host: str = "127.0.0.1"
+class CacheSettings(ServiceAddress):
     port: int = 8080
     windows_per_key: int = 1_000
     ttl_seconds: int = 7 * 24 * 3600
@@ -185,7 +219,7 @@ class CacheSettings(BaseModel):
     batch_seconds: float = Field(default=0.05, gt=0)
     batch_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     max_limit: int = 1_000
-    sessions_job: str = "session_metrics"
+    sessions_job: str = ""  # the job behind /v1/sessions; "": the one job keyed by session_id alone
     index_columns: list[str] = Field(default_factory=lambda: ["user_id"])
     active_session_seconds: int = 300
     cors_origins: list[str] = Field(default_factory=list)
@@ -203,6 +237,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".rtap")
     log_level: str = "INFO"
     kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
     flink: FlinkSettings = FlinkSettings()
     redis: RedisSettings = RedisSettings()
     clickhouse: ClickHouseSettings = ClickHouseSettings()
@@ -246,6 +281,12 @@ class Settings(BaseSettings):
     @property
     def state_path(self) -> Path:
         return self.state_dir.resolve()
+
+    @property
+    def pipeline_jars_file(self) -> Path:
+        """JSON list of the jars every submitted job ships (Kafka connector, the project's Java functions),
+        written by the local runtime (`rtap setup`, the Flink JobManager's start), read by the driver."""
+        return self.state_path / "jars" / "pipeline-jars.json"
 
 
 @lru_cache

@@ -1,12 +1,21 @@
-"""Every Kafka topic the pipeline uses, defined once. Metric topics derive from metric schemas."""
+"""Every Kafka topic the pipeline uses, built in one place from the topic settings (names) and the
+constants here (partitions, retention). Metric topics derive from metric schemas."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
-from shared.metrics import MetricSchema, load_schemas
+from shared.metrics import MetricSchema
+from shared.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000
+EVENTS_PARTITIONS = 4
+EVENTS_RETENTION_MS = 7 * DAY_MS
+DEAD_LETTER_PARTITIONS = 1
+DEAD_LETTER_RETENTION_MS = 14 * DAY_MS
+METRIC_PARTITIONS = 2
+METRIC_RETENTION_MS = 30 * DAY_MS
 
 
 @dataclass(frozen=True)
@@ -19,16 +28,25 @@ class Topic:
         return {"retention.ms": str(self.retention_ms), "cleanup.policy": "delete"}
 
 
-EVENTS = Topic("analytics_events", partitions=4, retention_ms=7 * DAY_MS)
-DEAD_LETTER = Topic("dead_letter", partitions=1, retention_ms=14 * DAY_MS)
-METRIC_PARTITIONS = 2
-METRIC_RETENTION_MS = 30 * DAY_MS
+@dataclass(frozen=True)
+class Topics:
+    """The topics of one configuration: every reader and writer of a topic takes its name from here."""
+
+    events: Topic
+    dead_letter: Topic
+    metric_prefix: str
+
+    def metric(self, schema: MetricSchema) -> Topic:
+        """The topic a job writes its metric records to."""
+        return Topic(self.metric_prefix + schema.name, METRIC_PARTITIONS, METRIC_RETENTION_MS)
+
+    def all(self, schemas: Iterable[MetricSchema]) -> list[Topic]:
+        """Every topic to create: events, dead letters and one per job schema."""
+        return [self.events, self.dead_letter, *(self.metric(s) for s in schemas)]
 
 
-def metric_topic(schema: MetricSchema) -> Topic:
-    return Topic(schema.topic, partitions=METRIC_PARTITIONS, retention_ms=METRIC_RETENTION_MS)
-
-
-def all_topics(schemas: dict[str, MetricSchema] | None = None) -> list[Topic]:
-    schemas = load_schemas() if schemas is None else schemas
-    return [EVENTS, DEAD_LETTER, *(metric_topic(s) for s in schemas.values())]
+def topics(settings: Settings) -> Topics:
+    t = settings.topics
+    return Topics(events=Topic(t.events, EVENTS_PARTITIONS, EVENTS_RETENTION_MS),
+                  dead_letter=Topic(t.dead_letter, DEAD_LETTER_PARTITIONS, DEAD_LETTER_RETENTION_MS),
+                  metric_prefix=t.metric_prefix)

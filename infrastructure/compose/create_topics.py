@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from tenacity import retry, stop_after_delay, wait_fixed
 
+from services.processing.registry import load_schemas
 from shared.kafka_admin import ensure_topics
 from shared.settings import Settings
-from shared.topics import all_topics
+from shared.topics import topics
 
 
 @retry(stop=stop_after_delay(120), wait=wait_fixed(2), reraise=True)
 def main() -> None:
     settings = Settings()
-    created = ensure_topics(settings.kafka.bootstrap, all_topics(), settings.kafka.replication_factor)
+    declared = topics(settings).all(load_schemas(settings.processing.job_modules).values())
+    created = ensure_topics(settings.kafka.bootstrap, declared, settings.kafka.replication_factor)
     print(f"topics created: {', '.join(created) or 'none (all existed)'}")
 
 

@@ -320,7 +320,7 @@ class FlinkProcess(Component):
         return self.state / "flink" / "conf"
 
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.flink.rest_port}"
+        return self.settings.flink.rest_url
 
     def env(self) -> dict[str, str]:
         return {
@@ -344,6 +344,10 @@ class FlinkJobManager(FlinkProcess):
     script = "jobmanager.sh"
     start_timeout = 90.0
 
+    def prepare(self) -> None:
+        super().prepare()
+        jars.prepare_pipeline_jars(self.settings)  # what the processing driver ships with each job
+
     def ports(self) -> tuple[int, ...]:
         f = self.settings.flink
         return (f.rest_port, f.rpc_port, f.jobmanager_metrics_port)
@@ -358,14 +362,14 @@ class FlinkTaskManager(FlinkProcess):
     start_timeout = 90.0
 
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.flink.taskmanager_metrics_port}/metrics"
+        return self.settings.flink.taskmanager_metrics_url
 
     def ports(self) -> tuple[int, ...]:
         return (self.settings.flink.taskmanager_metrics_port,)
 
     def healthy(self) -> tuple[bool, str]:
         try:
-            overview = httpx.get(f"http://127.0.0.1:{self.settings.flink.rest_port}/overview", timeout=2).json()
+            overview = httpx.get(f"{self.settings.flink.rest_url}/overview", timeout=2).json()
         except (httpx.HTTPError, ValueError) as exc:
             return False, f"jobmanager unreachable: {exc}"
         slots = overview.get("slots-total", 0)
@@ -379,14 +383,15 @@ def write_flink_conf(settings: Settings, conf_dir: Path) -> None:
     f = settings.flink
     state = settings.state_path / "flink"
     conf.update({
-        "jobmanager": {"bind-host": "127.0.0.1", "rpc": {"address": "127.0.0.1", "port": f.rpc_port},
+        "jobmanager": {"bind-host": f.rest_host, "rpc": {"address": f.rest_host, "port": f.rpc_port},
                        "memory": {"process": {"size": f.jobmanager_memory}},
                        "execution": {"failover-strategy": "region"}},
-        "taskmanager": {"bind-host": "127.0.0.1", "host": "127.0.0.1", "numberOfTaskSlots": f.task_slots,
+        "taskmanager": {"bind-host": f.taskmanager_host, "host": f.taskmanager_host,
+                        "numberOfTaskSlots": f.task_slots,
                         "memory": {"process": {"size": f.taskmanager_memory},
                                    "managed": {"fraction": f.taskmanager_managed_fraction}}},
         "parallelism": {"default": f.parallelism},
-        "rest": {"address": "127.0.0.1", "bind-address": "127.0.0.1", "port": f.rest_port},
+        "rest": {"address": f.rest_host, "bind-address": f.rest_host, "port": f.rest_port},
         "execution": {"checkpointing": {"dir": (state / "checkpoints").as_uri(),
                                         "savepoint-dir": (state / "savepoints").as_uri(),
                                         "externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
@@ -429,11 +434,11 @@ class ClickHouse(Component):
         if ManagedProcess("storage", [], self.state / "run", self.state / "logs").pid():
             # The storage service owns the chDB path (one process per path): ask it instead of opening chDB.
             try:
-                body = httpx.get(f"http://127.0.0.1:{self.settings.storage.port}/readyz", timeout=5).json()
+                body = httpx.get(f"{self.settings.storage.url}/readyz", timeout=5).json()
                 return bool(body["clickhouse"]["ok"]), f"via storage: {body['clickhouse']['detail']}"
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                 return False, f"storage /readyz: {type(exc).__name__}"
-        probe = [sys.executable, "-m", "infrastructure.local.clickhouse_probe"]
+        probe = [sys.executable, "-m", "services.storage.probe"]
         env = {**os.environ, "RTAP_STATE_DIR": str(self.state), "RTAP_CLICKHOUSE__URL": self.settings.clickhouse.url,
                "RTAP_CLICKHOUSE__PASSWORD": self.settings.clickhouse.password}
         try:

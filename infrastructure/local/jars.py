@@ -4,11 +4,13 @@ the project's own Java module (mvn package), each rebuilt only when its inputs c
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
 from infrastructure.local.errors import RuntimeSetupError
+from shared.settings import Settings
 
 POM_DIR = Path(__file__).parent / "maven"
 UDF_MODULE = Path(__file__).resolve().parents[2] / "services" / "processing" / "udf"
@@ -46,6 +48,16 @@ def build_udf(jar_root: Path, module: Path = UDF_MODULE) -> Path:
     shutil.rmtree(target / "build")
     stamp.write_text(digest.hexdigest())
     return jar
+
+
+def prepare_pipeline_jars(settings: Settings) -> list[Path]:
+    """Resolve the Kafka connector and build the Java functions; list both in settings.pipeline_jars_file,
+    where the processing driver finds what each job ships."""
+    root = settings.state_path / "jars"
+    connector = find_jar(resolve("flink", root), "flink-sql-connector-kafka")
+    listed = [connector.resolve(), build_udf(root).resolve()]
+    settings.pipeline_jars_file.write_text(json.dumps([str(path) for path in listed]))
+    return listed
 
 
 def fresh_folder(target: Path) -> None:

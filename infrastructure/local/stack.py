@@ -47,15 +47,15 @@ class Service(Component):
     def __init__(self, settings: Settings, service: str):
         super().__init__(settings)
         self.name = service
-        section = getattr(settings, service)
-        self.port = getattr(section, "port", None)
+        self.section = getattr(settings, service)
+        self.port = getattr(self.section, "port", None)
 
     @staticmethod
     def exists(service: str) -> bool:
         return (REPO_ROOT / "services" / service / "__main__.py").exists()
 
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}" if self.port else ""
+        return self.section.url if self.port else ""
 
     def ports(self) -> tuple[int, ...]:
         return (self.port,) if self.port else ()
@@ -129,10 +129,12 @@ class Stack:
             raise
 
     def create_topics(self) -> list[str]:
+        from services.processing.registry import load_schemas
         from shared.kafka_admin import ensure_topics
-        from shared.topics import all_topics
+        from shared.topics import topics
 
-        return ensure_topics(self.settings.kafka.bootstrap, all_topics(), self.settings.kafka.replication_factor)
+        declared = topics(self.settings).all(load_schemas(self.settings.processing.job_modules).values())
+        return ensure_topics(self.settings.kafka.bootstrap, declared, self.settings.kafka.replication_factor)
 
     def down(self) -> list[str]:
         return [c.name for c in reversed(self.components) if c.stop()]

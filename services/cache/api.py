@@ -21,15 +21,16 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from services.cache.consumer import cache_consumer
-from services.cache.layout import JobLayout, layouts
+from services.cache.layout import JobLayout, layouts, sessions_job
 from services.cache.store import CacheStore
 from services.cache.streams import Stream, StreamHub, SubscriptionUnavailable, TooManyStreams
+from services.processing.registry import load_schemas
 from shared.api_app import service_app
 from shared.api_errors import error_body, error_responses, param_error, problem, unavailable
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
-from shared.metrics import load_schemas
 from shared.settings import Settings
+from shared.topics import topics
 
 DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 JSON = "application/json"
@@ -57,13 +58,15 @@ class CacheApp:
     def __init__(self, settings: Settings, run_consumer: bool = True):
         self.settings = settings
         self.layouts: dict[str, JobLayout] = layouts(settings.cache.key_prefix, load_schemas().values(), settings.cache.index_columns)
+        schemas = [layout.schema for layout in self.layouts.values()]
+        self.sessions_job = sessions_job(schemas, settings.cache.sessions_job)
         self.redis = Redis.from_pool(redis_pool(settings))
         self.store = CacheStore(self.redis)
         self.streams = StreamHub(self.redis, [layout.channel for layout in self.layouts.values()], settings.cache.max_streams,
                                  settings.cache.stream_queue, settings.cache.redis_timeout_seconds)
         self.consumer = cache_consumer(settings, self.layouts) if run_consumer else None
         self.lag_registry = group_lag_registry(settings.kafka.bootstrap, settings.cache.consumer_group,
-                                               [layout.schema.topic for layout in self.layouts.values()],
+                                               [topics(settings).metric(schema).name for schema in schemas],
                                                settings.kafka.group_lag_interval_seconds) if run_consumer else None
 
     def consumer_status(self) -> dict[str, Any] | None:
@@ -232,7 +235,9 @@ def too_many_streams(settings: Settings) -> HTTPException:
 
 def add_session_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
     def sessions() -> JobLayout:
-        return cache.layout(cache.settings.cache.sessions_job)
+        if cache.sessions_job is None:
+            raise param_error(404, "path", "job", "no job is keyed by session_id")
+        return cache.layout(cache.sessions_job)
 
     @app.get("/v1/sessions/recent", tags=["sessions"], dependencies=guarded, summary="Newest sessions first")
     async def recent(limit: int | None = limit_query(cache.settings)) -> Response:
@@ -262,7 +267,7 @@ def add_session_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         now_ms = int(time.time() * 1000)
         jobs = {name: await job_overview(cache, layout) for name, layout in cache.layouts.items()}
         since = now_ms - cache.settings.cache.active_session_seconds * 1000
-        active = await cache.store.count_ending_after(sessions(), since) if cache.settings.cache.sessions_job in cache.layouts else 0
+        active = await cache.store.count_ending_after(sessions(), since) if cache.sessions_job else 0
         consumer = cache.consumer_status()
         return {"generated_at": now_ms, "active_sessions": active,
                 "active_session_seconds": cache.settings.cache.active_session_seconds, "jobs": jobs, "consumer": consumer}

@@ -17,6 +17,7 @@ import redis
 from services.cache.layout import JobLayout, delete_record, publish_record, write_record
 from shared.consumer_pipeline import BadRecord, ConsumerPipeline, Limits, Processor, Sink, Writer
 from shared.settings import CacheSettings, Settings
+from shared.topics import topics
 
 
 @dataclass
@@ -74,13 +75,19 @@ def redis_writer(client: redis.Redis, cache: CacheSettings) -> Writer:
     return write
 
 
+def processors(settings: Settings, layouts: dict[str, JobLayout]) -> dict[str, Processor]:
+    """The processor per metric topic read (topic names from topics(settings))."""
+    metric = topics(settings).metric
+    return {metric(layout.schema).name: processor(layout) for layout in layouts.values()}
+
+
 def cache_consumer(settings: Settings, layouts: dict[str, JobLayout]) -> ConsumerPipeline:
     cache = settings.cache
-    processors = {layout.schema.topic: processor(layout) for layout in layouts.values()}
-    sink = Sink("cache", processors, redis_writer(redis.Redis.from_url(settings.redis.url), cache),
+    writer = redis_writer(redis.Redis.from_url(settings.redis.url), cache)
+    sink = Sink("cache", processors(settings, layouts), writer,
                 Limits(cache.batch_records, cache.batch_bytes, cache.batch_seconds))
     return ConsumerPipeline(sink, {
         "bootstrap.servers": settings.kafka.bootstrap,
         "group.id": cache.consumer_group,
         "session.timeout.ms": cache.session_timeout_ms,
-    })
+    }, topics(settings).dead_letter.name)

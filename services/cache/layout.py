@@ -23,6 +23,25 @@ import orjson
 
 from shared.metrics import MetricSchema
 
+SESSION_KEY = "session_id"
+
+
+def sessions_job(schemas: Iterable[MetricSchema], configured: str = "") -> str | None:
+    """The job behind the session routes: `configured` (RTAP_CACHE__SESSIONS_JOB) when set, else the one
+    job whose windows are keyed by session_id alone; None when no job is. ValueError when the configured job
+    is not a registered schema keyed by session_id, or when several qualify and none is configured."""
+    keyed = [s.name for s in schemas if SESSION_KEY in s.group_keys]
+    if configured:
+        if configured not in keyed:
+            raise ValueError(f"RTAP_CACHE__SESSIONS_JOB={configured!r} is not a job keyed by {SESSION_KEY}; "
+                             f"those are: {', '.join(keyed) or 'none'}")
+        return configured
+    alone = [s.name for s in schemas if s.group_keys == (SESSION_KEY,)]
+    if len(alone) > 1:
+        raise ValueError(f"jobs {', '.join(alone)} are all keyed by {SESSION_KEY}: "
+                         "choose one with RTAP_CACHE__SESSIONS_JOB")
+    return alone[0] if alone else None
+
 
 @dataclass(frozen=True)
 class JobLayout:

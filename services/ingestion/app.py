@@ -27,7 +27,6 @@ from shared.api_app import service_app
 from shared.api_keys import WRITE_KEY
 from shared.logging import get_logger
 from shared.settings import Settings
-from shared.topics import EVENTS
 
 log = get_logger("ingestion")
 NO_OPENTELEMETRY = {"tracing": False, "metrics": False, "logs": False}  # Prometheus only: no provider lookups
@@ -63,7 +62,7 @@ def lifespan(ing: Ingestion) -> Callable[[FastAPI], AbstractAsyncContextManager[
         ing.producer.start()
         beats = asyncio.create_task(ing.heartbeats())
         gc.freeze()  # startup objects (modules, schemas, routes) leave the cyclic GC's scans
-        log.info("ingestion started", port=ing.limits.port, topic=EVENTS.name)
+        log.info("ingestion started", port=ing.limits.port, topic=ing.producer.topic)
         yield
         beats.cancel()
         with suppress(asyncio.CancelledError):

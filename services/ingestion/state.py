@@ -18,7 +18,7 @@ from services.ingestion.producer import EventProducer, Unavailable
 from services.ingestion.records import Record, SkewPolicy
 from shared.api_keys import WRITE_KEY, key_matches, presented_key
 from shared.settings import Settings
-from shared.topics import EVENTS
+from shared.topics import topics
 
 PARTITIONS_REFRESH_SECONDS = 30
 
@@ -30,10 +30,11 @@ class Ingestion:
         self.settings = settings
         self.limits = settings.ingestion
         self.max_event_bytes = settings.kafka.max_event_bytes
-        self.producer = EventProducer(settings, EVENTS.name)
+        events = topics(settings).events
+        self.producer = EventProducer(settings, events.name)
         self.policy = SkewPolicy.from_settings(settings.ingestion)
         self.metrics = METRICS
-        self.partitions = EVENTS.partitions
+        self.partitions = events.partitions
 
     def check_key(self, request: Request) -> None:
         """401 unless no write keys are configured or the request carries a valid one outside its body."""

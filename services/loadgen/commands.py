@@ -17,14 +17,14 @@ from services.loadgen.sender import LoadConfig, Progress as WorkerProgress, run_
 from shared.settings import Settings
 
 console = Console()
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}  # a --url naming one of these needs no --allow-remote
 
 
 def check_target(url: str, allow_remote: bool) -> None:
     host = urlsplit(url).hostname
     if host is None:
         raise typer.BadParameter(f"{url!r} is not an http(s) URL", param_hint="--url")
-    if host not in LOOPBACK and not allow_remote:
+    if host not in LOOPBACK_NAMES and not allow_remote:
         raise typer.BadParameter(f"{host} is not this machine; pass --allow-remote to load it", param_hint="--url")
 
 
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         late_ms: Annotated[int, typer.Option(min=0, help="how far back a late event's timestamp is")] = 0,
         duplicate_fraction: Annotated[float, typer.Option(min=0, max=1, help="share of extra sends repeating an already-sent event id")] = 0.0,
         seed: Annotated[Optional[int], typer.Option(help="random seed (same seed, same events and ids)")] = None,
-        url: Annotated[Optional[str], typer.Option(help="ingestion URL (default http://127.0.0.1:<RTAP_INGESTION__PORT>)")] = None,
+        url: Annotated[Optional[str], typer.Option(help="ingestion URL (default: settings.ingestion)")] = None,
         write_key: Annotated[Optional[str], typer.Option(envvar="RTAP_WRITE_KEY", help="write key (default: first configured)")] = None,
         manifest: Annotated[Optional[Path], typer.Option(help="manifest file (JSON lines; default in the state dir)")] = None,
         max_seconds: Annotated[float, typer.Option(min=1, help="hard stop for sending")] = 3_600,
@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Send realistic shop traffic (sessions, page views, clicks, product views, carts, purchases) and write a manifest."""
         settings = Settings()
-        target = url or f"http://127.0.0.1:{settings.ingestion.port}"
+        target = url or settings.ingestion.url
         check_target(target, allow_remote)
         if batch_size > settings.ingestion.max_batch_events:
             raise typer.BadParameter(f"above the ingestion limit {settings.ingestion.max_batch_events}", param_hint="--batch-size")

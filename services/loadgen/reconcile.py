@@ -20,7 +20,7 @@ from services.loadgen.manifest import Entry, accepted, event_metrics, performanc
 from shared.events import HEARTBEAT_TYPE
 from shared.metrics import MetricSchema
 from shared.settings import Settings
-from shared.topics import EVENTS, metric_topic
+from shared.topics import topics
 
 Key = tuple
 REL_TOL = 1e-9  # float columns (averages, interpolated percentiles, revenue): same formula, only rounding differs
@@ -108,37 +108,39 @@ class Layers:
             consumer.close()
 
     def raw_ids(self) -> list[str]:
-        values = (orjson.loads(m.value()) for m in self.consume_all(self.s.processing.events_topic, EVENTS.partitions))
+        events = topics(self.s).events
+        values = (orjson.loads(m.value()) for m in self.consume_all(events.name, events.partitions))
         return [v["event"]["id"] for v in values if v["event"]["type"] != HEARTBEAT_TYPE]
 
     def topic_metrics(self, schema: MetricSchema) -> dict[Key, dict[str, Any]]:
         """The final value per key of a metric topic (the last record of each Kafka key)."""
-        topic = self.s.processing.metric_topic_prefix + schema.topic
-        records = (orjson.loads(m.value()) for m in self.consume_all(topic, metric_topic(schema).partitions)
+        topic = topics(self.s).metric(schema)
+        records = (orjson.loads(m.value()) for m in self.consume_all(topic.name, topic.partitions)
                    if m.value() is not None)
         return by_key(schema, records)
 
     def storage_sql(self, sql: str, **params: Any) -> list[dict[str, Any]]:
-        response = httpx.post(f"http://127.0.0.1:{self.s.storage.port}/v1/sql", json={"sql": sql, "params": params},
+        response = httpx.post(f"{self.s.storage.url}/v1/sql", json={"sql": sql, "params": params},
                               headers=self.headers, timeout=30)
         response.raise_for_status()
         return response.json()["rows"]
 
     def storage_metrics(self, schema: MetricSchema, start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
-        response = httpx.get(f"http://127.0.0.1:{self.s.storage.port}/v1/metrics/{schema.name}", headers=self.headers,
+        response = httpx.get(f"{self.s.storage.url}/v1/metrics/{schema.name}", headers=self.headers,
                              params={"from": start_ms, "to": end_ms, "limit": self.s.storage.max_limit}, timeout=30)
         response.raise_for_status()
         return by_key(schema, response.json()["rows"])
 
     def cache_windows(self, schema: MetricSchema, start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
-        response = httpx.get(f"http://127.0.0.1:{self.s.cache.port}/v1/jobs/{schema.name}/windows", headers=self.headers,
+        response = httpx.get(f"{self.s.cache.url}/v1/jobs/{schema.name}/windows", headers=self.headers,
                              params={"from": start_ms, "to": end_ms, "limit": self.s.cache.max_limit}, timeout=30)
         response.raise_for_status()
         return by_key(schema, response.json()["records"])
 
     def raw_rows_between(self, start_ms: int, end_ms: int) -> dict[str, int]:
         """Rows and distinct event ids in raw storage (FINAL) with start_ms <= timestamp < end_ms."""
-        sql = ("SELECT count() AS rows, uniqExact(event_id) AS ids FROM analytics_events FINAL "
+        table = self.s.storage.events_table
+        sql = (f"SELECT count() AS rows, uniqExact(event_id) AS ids FROM {table} FINAL "
                "WHERE timestamp >= fromUnixTimestamp64Milli({lo:Int64}) AND timestamp < fromUnixTimestamp64Milli({hi:Int64})")
         return self.storage_sql(sql, lo=start_ms, hi=end_ms)[0]
 
@@ -146,7 +148,7 @@ class Layers:
         """Flink's count of records left out of closed windows (late by policy), None when the TaskManager's
         metrics endpoint does not answer."""
         try:
-            text = httpx.get(f"http://127.0.0.1:{self.s.flink.taskmanager_metrics_port}/metrics", timeout=5).text
+            text = httpx.get(self.s.flink.taskmanager_metrics_url, timeout=5).text
         except httpx.HTTPError:
             return None
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()

@@ -34,7 +34,7 @@ def parse_time(value: str, option: str) -> int:
 
 
 def job_progress(settings: Settings, job_id: str) -> tuple[str, Table]:
-    detail = httpx.get(f"http://127.0.0.1:{settings.flink.rest_port}/jobs/{job_id}", timeout=5).json()
+    detail = httpx.get(f"{settings.flink.rest_url}/jobs/{job_id}", timeout=5).json()
     table = Table(title=f"backfill job {job_id}: {detail['state']}")
     for column in ("operator", "status", "records in", "records out"):
         table.add_column(column)

@@ -12,10 +12,12 @@ from typing import Any
 
 from services.processing.device import device_category_sql, function_ddl
 from services.processing.job import BaseJob, interval
+from services.processing.registry import load_schemas
 from shared.events import (EVENT, EVENT_TIME_PATH, HEARTBEAT_TYPE, ID_PATH, RECEIVED_PATH, TYPE_PATH,
                            EventSchema)
-from shared.metrics import FLINK_TYPES, MetricSchema, load_schemas
+from shared.metrics import FLINK_TYPES, MetricSchema
 from shared.settings import Settings
+from shared.topics import topics
 
 SOURCE_TABLE = "events_source"
 EVENTS_VIEW = "events"
@@ -91,13 +93,13 @@ class JobCoordinator:
         return f"{self.settings.processing.job_name}: {names}"
 
     def sink_topic(self, schema: MetricSchema) -> str:
-        return self.settings.processing.metric_topic_prefix + schema.topic
+        return topics(self.settings).metric(schema).name
 
     def source_ddl(self) -> str:
         p = self.settings.processing
         options = {
             "connector": "kafka",
-            "topic": p.events_topic,
+            "topic": topics(self.settings).events.name,
             "properties.bootstrap.servers": self.settings.kafka.bootstrap,
             "properties.group.id": p.consumer_group,
             "format": "json",

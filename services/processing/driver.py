@@ -10,25 +10,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from services.processing.coordinator import Bounds, JobCoordinator
 from shared.settings import Settings
 
 
 def pipeline_jars(settings: Settings) -> str:
-    """The Kafka connector and the project's Java functions, as Flink's `pipeline.jars` value."""
-    from infrastructure.local import jars
-
-    folder = jars.resolve("flink", settings.state_path / "jars")
-    connector = jars.find_jar(folder, "flink-sql-connector-kafka")
-    functions = jars.build_udf(settings.state_path / "jars")
-    return ";".join(jar.resolve().as_uri() for jar in (connector, functions))
+    """The jars the local runtime listed in settings.pipeline_jars_file (the Kafka connector, the project's
+    Java functions), as Flink's `pipeline.jars` value; RuntimeError when they were never prepared."""
+    listed = settings.pipeline_jars_file
+    if not listed.exists():
+        raise RuntimeError(f"{listed} does not exist: run `rtap setup` (or start the local Flink cluster)")
+    return ";".join(Path(jar).as_uri() for jar in json.loads(listed.read_text()))
 
 
 def remote_config(settings: Settings, savepoint: str | None) -> dict[str, str]:
     config = {
         "execution.target": "remote",
-        "rest.address": "127.0.0.1",
+        "rest.address": settings.flink.rest_host,
         "rest.port": str(settings.flink.rest_port),
         "pipeline.jars": pipeline_jars(settings),
     }

@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 
 from services.processing.checkpoints import latest_checkpoint, record_submission
+from services.processing.coordinator import JobCoordinator
 from shared.logging import get_logger
-from shared.metrics import load_schemas
 from shared.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,11 +32,6 @@ MIN_RESUBMIT_INTERVAL_S = 10.0
 
 log = get_logger("processing.supervisor")
 logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def pipeline_name(settings: Settings) -> str:
-    names = ", ".join(load_schemas(settings.processing.job_modules))
-    return f"{settings.processing.job_name}: {names}"
 
 
 @dataclass
@@ -55,7 +50,7 @@ class JobStatus:
 
 class FlinkRest:
     def __init__(self, settings: Settings):
-        self.base = f"http://127.0.0.1:{settings.flink.rest_port}"
+        self.base = settings.flink.rest_url
 
     def jobs(self) -> list[dict]:
         return httpx.get(f"{self.base}/jobs/overview", timeout=5).json()["jobs"]
@@ -80,7 +75,7 @@ class Supervisor:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.rest = FlinkRest(settings)
-        self.name = pipeline_name(settings)
+        self.name = JobCoordinator(settings).pipeline_name
         self.status = JobStatus()
         self.stopping = threading.Event()
         self._last_submit = 0.0

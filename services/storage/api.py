@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
+from services.processing.registry import load_schemas
 from services.storage.backends import Backend, open_backend, open_reader
 from services.storage.consumer import storage_consumer
 from services.storage.query import QueryError, bind_params, check_text, metric_query, parse_time
@@ -30,7 +31,7 @@ from shared.api_errors import body_error, error_responses, param_error, unavaila
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
 from shared.logging import get_logger
-from shared.metrics import MetricSchema, load_schemas
+from shared.metrics import MetricSchema
 from shared.settings import Settings
 
 log = get_logger("storage.api")

@@ -12,19 +12,26 @@ from typing import Any
 
 from services.storage.backends import Backend
 from services.storage.processors import metric_processor, process_event
-from shared.consumer_pipeline import ConsumerPipeline, Limits, Sink, Writer
+from shared.consumer_pipeline import ConsumerPipeline, Limits, Processor, Sink, Writer
 from shared.metrics import MetricSchema
 from shared.settings import Settings
-from shared.topics import EVENTS
+from shared.topics import topics
 
 KILL_BEFORE_COMMIT_ENV = "RTAP_STORAGE_FAULT_KILL_BEFORE_COMMIT"  # the pipeline's hook, named by the sink
 
 
 def tables(settings: Settings, schemas: dict[str, MetricSchema]) -> dict[str, str]:
-    """database.table per topic."""
-    db = settings.clickhouse.database
-    metric_tables = {s.topic: f"{db}.{s.name}" for s in schemas.values()}
-    return {**metric_tables, EVENTS.name: f"{db}.{settings.storage.events_table}"}
+    """database.table per topic read (topic names from topics(settings))."""
+    db, named = settings.clickhouse.database, topics(settings)
+    metric_tables = {named.metric(s).name: f"{db}.{s.name}" for s in schemas.values()}
+    return {**metric_tables, named.events.name: f"{db}.{settings.storage.events_table}"}
+
+
+def processors(settings: Settings, schemas: dict[str, MetricSchema]) -> dict[str, Processor]:
+    """The pure processor per topic read: one per job's metric topic, and the raw events topic's."""
+    named = topics(settings)
+    return {**{named.metric(s).name: metric_processor(s) for s in schemas.values()},
+            named.events.name: process_event}
 
 
 def table_writer(backend: Backend, lock: threading.Lock, table_of: dict[str, str]) -> Writer:
@@ -38,14 +45,13 @@ def table_writer(backend: Backend, lock: threading.Lock, table_of: dict[str, str
 def storage_consumer(settings: Settings, backend: Backend, lock: threading.Lock,
                      schemas: dict[str, MetricSchema]) -> ConsumerPipeline:
     storage = settings.storage
-    processors = {**{s.topic: metric_processor(s) for s in schemas.values()}, EVENTS.name: process_event}
     limits = Limits(storage.batch_rows, storage.batch_bytes, storage.batch_seconds)
     writer = table_writer(backend, lock, tables(settings, schemas))
-    sink = Sink("storage", processors, writer, limits, storage.retry_max_seconds)
+    sink = Sink("storage", processors(settings, schemas), writer, limits, storage.retry_max_seconds)
     return ConsumerPipeline(sink, {
         "bootstrap.servers": settings.kafka.bootstrap,
         "group.id": storage.consumer_group,
         "session.timeout.ms": storage.session_timeout_ms,
         # librdkafka's prefetch queue holds at most one batch's worth of record bytes.
         "queued.max.messages.kbytes": storage.batch_bytes // 1024,
-    })
+    }, topics(settings).dead_letter.name)

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.bench.stack import RTAP
+from infrastructure.bench.stack import RTAP
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mark.redis, pytest.mark.clickhouse]
 

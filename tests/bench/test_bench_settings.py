@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.bench.run import BenchConfig, bench_env
+from infrastructure.bench.run import BenchConfig, bench_env
 from shared.settings import Settings, StorageSettings
 
 

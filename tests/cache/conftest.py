@@ -17,8 +17,10 @@ import pytest
 from confluent_kafka import Producer
 
 from infrastructure.local.stack import Service
-from shared.metrics import MetricSchema, load_schemas
+from services.processing.registry import load_schemas
+from shared.metrics import MetricSchema
 from shared.settings import Settings
+from tests.topics import TOPICS
 
 READ_KEY = "test-read-key-7f3a"
 YEAR_2100_MS = 4_102_444_800_000
@@ -50,7 +52,7 @@ def produce(bootstrap: str, job: str, records: Iterable[dict[str, Any]], raw: bo
             key, value = record["key"], record["value"]
         else:
             key, value = orjson.dumps({k: record[k] for k in s.key}), orjson.dumps(record)
-        producer.produce(s.topic, key=key, value=value)
+        producer.produce(TOPICS.metric(s).name, key=key, value=value)
     assert producer.flush(15) == 0
 
 

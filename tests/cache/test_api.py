@@ -9,7 +9,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
-from shared.topics import DEAD_LETTER
+from tests.topics import DEAD_LETTER
 from tests.cache.conftest import (
     READ_KEY, WINDOW_MS, event_record, produce, session_record, wait_caught_up, wait_for, window_base,
 )

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from services.cache.layout import layouts
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from tests.cache.conftest import RunningCache, cache_settings, event_record, produce, wait_for, wait_ready, window_base
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]

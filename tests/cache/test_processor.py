@@ -8,8 +8,8 @@ import pytest
 
 from services.cache.consumer import decode, processor
 from services.cache.layout import layouts
+from services.processing.registry import load_schemas
 from shared.consumer_pipeline import BadRecord
-from shared.metrics import load_schemas
 from tests.cache.conftest import event_record
 
 LAYOUT = layouts("test", load_schemas().values())["event_metrics"]

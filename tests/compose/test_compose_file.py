@@ -99,6 +99,7 @@ def test_settings_load_from_the_compose_environment(service, monkeypatch):
     settings = Settings()
     assert settings.env == "production"
     assert settings.kafka.bootstrap == "kafka:9092"
+    assert settings.flink.rest_host == "flink-jobmanager"
     assert settings.redis.host == "redis" and settings.redis.password == DUMMY["REDIS_PASSWORD"]
     url = urlsplit(settings.clickhouse.url)
     assert (url.hostname, url.port, url.password) == ("clickhouse", 8123, None)

@@ -1,4 +1,4 @@
-"""The full local stack for end-to-end and fault tests (services/bench/stack.py), and `rtap load` against it."""
+"""The full local stack for end-to-end and fault tests (infrastructure/bench/stack.py), and `rtap load`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from services.bench.stack import INFRASTRUCTURE, RTAP, SERVICES, full_stack, load_command, stack_env, wait_for_flink_job
+from infrastructure.bench.stack import (
+    INFRASTRUCTURE, RTAP, SERVICES, full_stack, load_command, stack_env, wait_for_flink_job,
+)
 from services.loadgen.manifest import read_manifest
 from shared.settings import Settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from services.loadgen.manifest import event_metrics, performance_metrics
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from services.loadgen.reconcile import reconcile
 
 WINDOW_MS = 2_000

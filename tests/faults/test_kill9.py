@@ -23,7 +23,7 @@ import pytest
 
 from services.loadgen.manifest import read_manifest
 from services.loadgen.reconcile import Layers, reconcile_run
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from tests.e2e.stack import full_stack, rtap_load
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mark.redis, pytest.mark.clickhouse]

@@ -13,7 +13,9 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from infrastructure.local import jars
 from shared.kafka_admin import ensure_topics
-from shared.topics import Topic, all_topics
+from services.processing.registry import load_schemas
+from shared.topics import Topic
+from tests.topics import TOPICS
 
 from tests.conftest import REPO_ROOT
 
@@ -43,7 +45,7 @@ def test_admin_step_created_every_declared_topic(kafka):
     admin = KafkaAdminClient(bootstrap_servers=kafka)
     existing = set(admin.list_topics())
     admin.close()
-    assert {t.name for t in all_topics()} <= existing
+    assert {t.name for t in TOPICS.all(load_schemas().values())} <= existing
 
 
 FLINK_READ_SCRIPT = r"""

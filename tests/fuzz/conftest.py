@@ -27,7 +27,7 @@ from infrastructure.local.stack import Service
 from services.ingestion.records import HEARTBEAT_KEY
 from shared.events import EVENT_SCHEMA_FILE, HEARTBEAT_TYPE, RawEvent
 from shared.settings import Settings
-from shared.topics import EVENTS
+from tests.topics import EVENTS
 from tests.cache.conftest import RunningCache, cache_settings
 from infrastructure.local.isolated import free_ports
 from tests.ingestion.conftest import ingestion_settings

@@ -13,7 +13,7 @@ from confluent_kafka import Consumer
 
 from infrastructure.local.stack import Service
 from shared.settings import Settings
-from shared.topics import EVENTS
+from tests.topics import EVENTS
 from infrastructure.local.isolated import free_ports
 
 WRITE_KEY = "ingestion-test-key-7f3a"

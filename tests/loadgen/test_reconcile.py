@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from services.loadgen.reconcile import reconcile_run
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from shared.settings import Settings
 from tests.loadgen.test_manifest import MANIFEST
 

@@ -28,10 +28,11 @@ import yaml
 from confluent_kafka import Producer
 
 from infrastructure.local.components import MONITORING_DIR, Prometheus
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from shared.settings import Settings
 from infrastructure.local.isolated import Harness, free_ports, isolated_settings
 from tests.monitoring.test_live_pipeline import events
+from tests.topics import TOPICS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 
@@ -196,7 +197,7 @@ def metric_records(n: int) -> list[tuple[bytes, bytes]]:
 
 def test_consumer_lag_growing_fires_while_the_cache_consumer_is_stuck_on_redis(stack):
     """Redis hangs (SIGSTOP): the cache consumer blocks on its first write while metric records keep coming."""
-    topic = load_schemas()["event_metrics"].topic
+    topic = TOPICS.metric(load_schemas()["event_metrics"]).name
     producer = Producer({"bootstrap.servers": stack.settings.kafka.bootstrap, "acks": "all"})
 
     def produce() -> None:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from services.storage.tables import metric_table
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 
 GRAFANA_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "grafana"
 

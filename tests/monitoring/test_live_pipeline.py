@@ -14,9 +14,10 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from tests.monitoring.conftest import wait_for
 from tests.monitoring.test_dashboards import generator, targets
+from tests.topics import TOPICS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.flink, pytest.mark.clickhouse, pytest.mark.slow]
 
@@ -103,7 +104,7 @@ def firing(prometheus: str, alertname: str) -> list[dict]:
 
 
 def test_dead_letter_alert_fires_on_a_poison_metric_record(traffic, pipeline, prometheus, kafka):
-    produce_poison(kafka, load_schemas()["event_metrics"].topic)
+    produce_poison(kafka, TOPICS.metric(load_schemas()["event_metrics"]).name)
     both = wait_for(lambda: {a["labels"]["job"] for a in firing(prometheus, "DeadLetterRecords")} == {"storage", "cache"}, 60, 2)
     assert both, (f"DeadLetterRecords not firing for storage and cache within 60 s: {firing(prometheus, 'DeadLetterRecords')}; "
                   f"{query(prometheus, DEAD_LETTER_SERIES)}")

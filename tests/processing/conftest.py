@@ -19,9 +19,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from infrastructure.local.stack import Service
 from shared.events import HEARTBEAT_TYPE
 from shared.kafka_admin import ensure_topics
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from shared.settings import Settings
-from shared.topics import EVENTS, Topic, metric_topic
+from shared.topics import topics
 from infrastructure.local.isolated import free_ports
 
 WINDOW_MS = 10_000
@@ -32,22 +32,21 @@ IPHONE_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit
 
 
 def processing_settings(settings: Settings, **overrides: Any) -> Settings:
+    """The session's settings with private topics and a private job; `overrides` go to processing."""
     run = uuid.uuid4().hex[:8]
+    names = {"events": f"events_{run}", "metric_prefix": f"t{run}_"}
+    private_topics = settings.topics.model_copy(update=names)
     processing = settings.processing.model_copy(update={
-        "port": free_ports(1)[0], "job_name": f"rtap-test-{run}", "events_topic": f"events_{run}",
-        "metric_topic_prefix": f"t{run}_", "consumer_group": f"processing-{run}", "parallelism": 1,
+        "port": free_ports(1)[0], "job_name": f"rtap-test-{run}", "consumer_group": f"processing-{run}",
+        "parallelism": 1,
         "window_seconds": WINDOW_MS // 1000, "session_gap_seconds": 3, "watermark_delay_ms": 2_000,
         "idle_timeout_ms": 600_000, "checkpoint_interval_ms": 2_000, "watch_interval_seconds": 1.0, **overrides,
     })
-    return settings.model_copy(update={"processing": processing})
+    return settings.model_copy(update={"processing": processing, "topics": private_topics})
 
 
 def create_topics(s: Settings) -> None:
-    p = s.processing
-    topics = [Topic(p.events_topic, EVENTS.partitions, EVENTS.retention_ms)]
-    topics += [Topic(p.metric_topic_prefix + t.name, t.partitions, t.retention_ms)
-               for t in map(metric_topic, load_schemas(p.job_modules).values())]
-    ensure_topics(s.kafka.bootstrap, topics)
+    ensure_topics(s.kafka.bootstrap, topics(s).all(load_schemas(s.processing.job_modules).values()))
 
 
 def window_base() -> int:
@@ -75,7 +74,8 @@ class Feed:
     """Writes raw events (keyed by session) and heartbeats (one per partition) to the private events topic."""
 
     def __init__(self, s: Settings):
-        self.topic = s.processing.events_topic
+        self.topic = topics(s).events.name
+        self.partitions = topics(s).events.partitions
         self.producer = Producer({"bootstrap.servers": s.kafka.bootstrap, "acks": "all", "linger.ms": 5})
 
     def send(self, *events: dict[str, Any]) -> None:
@@ -85,7 +85,7 @@ class Feed:
 
     def heartbeat(self, ts: int) -> None:
         value = json.dumps({"event": {"type": HEARTBEAT_TYPE, "id": "hb"}, "timestamp": ts, "received_at": ts})
-        for partition in range(EVENTS.partitions):
+        for partition in range(self.partitions):
             self.producer.produce(self.topic, value=value, partition=partition, timestamp=ts)
         assert self.producer.flush(15) == 0
 
@@ -93,7 +93,7 @@ class Feed:
 def read_metrics(s: Settings, job: str, done: Callable[[dict], bool], timeout: float = 90.0) -> dict[tuple, dict]:
     """Last value per key of a metric topic, read from the start until done(records) or timeout."""
     schema = load_schemas(s.processing.job_modules)[job]
-    topic = s.processing.metric_topic_prefix + schema.topic
+    topic = topics(s).metric(schema).name
     consumer = Consumer({"bootstrap.servers": s.kafka.bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)])  # no group coordinator needed

@@ -6,6 +6,7 @@ import pytest
 
 from services.processing.coordinator import sql_string
 from services.processing.device import device_category_sql, function_ddl
+from infrastructure.local import jars
 from services.processing.driver import pipeline_jars
 from shared.settings import Settings
 
@@ -49,6 +50,7 @@ def test_real_user_agents_get_the_right_category():
 
     t_env = TableEnvironment.create(EnvironmentSettings.in_batch_mode())
     t_env.get_config().set("parallelism.default", "1")
+    jars.prepare_pipeline_jars(Settings())
     t_env.get_config().set("pipeline.jars", pipeline_jars(Settings()))
     t_env.execute_sql(function_ddl())
     rows = ", ".join(f"({i}, {sql_string(ua)}, {w}, {h})" for i, (ua, w, h, _) in enumerate(AGENTS))

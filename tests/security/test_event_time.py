@@ -31,9 +31,10 @@ from services.loadgen.manifest import Entry, entry_for
 from services.loadgen.reconcile import Layers, poll, reconcile_run
 from services.loadgen.traffic import Traffic, TrafficSpec
 from shared.events import INT64_MAX
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from shared.settings import Settings
-from shared.topics import EVENTS
+from shared.topics import topics
+from tests.topics import EVENTS
 from tests.e2e.stack import INFRASTRUCTURE, full_stack, reconciled_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mark.redis, pytest.mark.clickhouse]
@@ -125,8 +126,8 @@ def send_foreign_records(s: Settings, ahead_ms: int) -> set[str]:
     for partition, event in enumerate(events):
         received = now_ms()
         value = {**event, "timestamp": received + ahead_ms, "received_at": received}
-        producer.produce(s.processing.events_topic, key=event["context"]["session_id"].encode(), value=orjson.dumps(value),
-                         partition=partition)
+        producer.produce(topics(s).events.name, key=event["context"]["session_id"].encode(),
+                         value=orjson.dumps(value), partition=partition)
     assert producer.flush(15) == 0
     return {event["event"]["id"] for event in events}
 
@@ -292,7 +293,7 @@ def test_ingestion_keeps_a_timestamp_within_the_future_bound_and_replaces_any_la
 def test_a_replaced_timestamp_keeps_the_client_value_in_a_header(run):
     layers = Layers(run.s)
     headers = {}
-    for message in layers.consume_all(run.s.processing.events_topic, EVENTS.partitions):
+    for message in layers.consume_all(topics(run.s).events.name, EVENTS.partitions):
         value = orjson.loads(message.value())
         if value["event"]["id"] in run.sent.adjusted_in_response:
             headers[value["event"]["id"]] = (dict(message.headers() or []), value)

@@ -237,7 +237,7 @@ def test_records_the_producer_cannot_queue_are_refused_alone_and_the_rest_writte
     from services.ingestion.producer import EventProducer
     from services.ingestion.records import SkewPolicy, now_ms, to_record
     from shared.events import TRACK_EVENT
-    from shared.topics import EVENTS
+    from tests.topics import EVENTS
 
     tag, now, policy = uuid.uuid4().hex, now_ms(), SkewPolicy.from_settings(settings.ingestion)
     too_big = broker_limit(settings) + 1_000

@@ -29,10 +29,11 @@ from infrastructure.local.components import Redis as RedisServer
 from infrastructure.local.isolated import free_ports
 from infrastructure.local.stack import Service
 from services.cache.layout import layouts
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from shared.settings import Settings
 from tests.cache.conftest import READ_KEY, RunningCache, cache_settings, event_record, produce, wait_caught_up, wait_for, \
     window_base
+from tests.topics import DEAD_LETTER, EVENTS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -420,7 +421,7 @@ class Record:
         return None
 
     def topic(self) -> str:
-        return "analytics_events"
+        return EVENTS.name
 
     def partition(self) -> int:
         return 0
@@ -461,10 +462,11 @@ def test_storage_batches_are_bounded_by_bytes(settings, kafka):
 
     record_bytes, limit = 300_000, 1_048_576
     storage = settings.storage.model_copy(update={"batch_bytes": limit, "batch_seconds": 60.0})
-    processors = {"analytics_events": lambda key, value, offset: {"offset": offset}}
+    processors = {EVENTS.name: lambda key, value, offset: {"offset": offset}}
     sink = Sink("storage", processors, lambda rows: None,
                 Limits(storage.batch_rows, storage.batch_bytes, storage.batch_seconds))
-    consumer = ConsumerPipeline(sink, {"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bytes-bound"})
+    consumer = ConsumerPipeline(sink, {"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bytes-bound"},
+                                DEAD_LETTER.name)
     consumer.consumer.close()
     consumer.consumer = OneFetch([Record(i, record_bytes) for i in range(40)], consumer.stop_event)
     written: list[tuple[int, int]] = []

@@ -18,9 +18,9 @@ from confluent_kafka import Producer
 
 from infrastructure.local.stack import Service
 from services.ingestion.records import heartbeat_value
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from shared.settings import Settings
-from shared.topics import EVENTS
+from tests.topics import EVENTS, TOPICS
 
 READ_KEY = "storage-test-read-key-41c9"
 WINDOW_MS = 10_000
@@ -62,7 +62,7 @@ def produce_metrics(bootstrap: str, job: str, records: Iterable[dict[str, Any]])
     for record in records:
         key = orjson.dumps({k: record[k] for k in schema.key})
         value = None if record.get("__tombstone") else orjson.dumps(record)
-        producer.produce(schema.topic, key=key, value=value)
+        producer.produce(TOPICS.metric(schema).name, key=key, value=value)
     assert producer.flush(15) == 0
 
 

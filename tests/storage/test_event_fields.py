@@ -185,11 +185,13 @@ def test_a_new_field_reaches_the_flink_source_the_view_the_raw_table_and_the_sto
 def test_flink_resolves_the_new_field_in_the_source_and_the_view():
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
+    from infrastructure.local import jars
     from services.processing.device import function_ddl
     from services.processing.driver import pipeline_jars
 
     settings = Settings()
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+    jars.prepare_pipeline_jars(settings)  # what `rtap setup` lists for the driver
     t_env.get_config().set("pipeline.jars", pipeline_jars(settings))
     coordinator = JobCoordinator(settings, event=with_pixel_ratio())
     for ddl in (function_ddl(), coordinator.source_ddl(), coordinator.events_view_sql()):

@@ -13,7 +13,8 @@ from confluent_kafka import Consumer, TopicPartition
 from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.process import wait_until
 from services.storage.consumer import KILL_BEFORE_COMMIT_ENV
-from shared.topics import EVENTS, METRIC_PARTITIONS
+from shared.topics import METRIC_PARTITIONS
+from tests.topics import EVENTS
 from tests.storage.conftest import (
     event_metric, produce_events, produce_metrics, raw_event, scalar, unique, wait_for, wait_ready,
 )

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
-from shared.topics import DEAD_LETTER, EVENTS
+from tests.topics import DEAD_LETTER, EVENTS
 from tests.storage.conftest import (
     WINDOW_MS, event_metric, heartbeat, produce_events, produce_metrics, produce_raw, raw_event, scalar, unique, wait_for,
 )

@@ -17,9 +17,11 @@ from services.storage.backends import Backend, ChdbBackend, ServerBackend, reade
 from services.storage.processors import BadRecord, metric_processor, process_event
 from services.storage.query import metric_query
 from services.storage.tables import Table, events_table, events_ttl, metric_table, migrate
-from shared.metrics import Column, MetricSchema, load_schemas
+from services.processing.registry import load_schemas
+from shared.metrics import Column, MetricSchema
 from shared.settings import Settings
 from tests.storage.conftest import event_metric, heartbeat, raw_event
+from tests.topics import DEAD_LETTER
 
 SERVER_URL = os.environ.get("RTAP_TEST_CLICKHOUSE_URL", "")
 
@@ -170,7 +172,7 @@ def batch_writer(backend: Backend, lock, stop, table_of: dict[str, str], max_wai
     from shared.consumer_pipeline import BatchWriter, ConsumerState, Limits, Sink
 
     sink = Sink("storage", {}, table_writer(backend, lock, table_of), Limits(1, 1, 1.0), max_wait)
-    return sink, BatchWriter(sink, None, ConsumerState("storage"), stop)
+    return sink, BatchWriter(sink, None, ConsumerState("storage"), stop, DEAD_LETTER.name)
 
 
 def storage_retries() -> float:

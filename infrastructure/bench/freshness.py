@@ -17,7 +17,7 @@ import orjson
 
 from services.loadgen.reconcile import Key, Layers, same_value
 from shared.metrics import MetricSchema
-from shared.topics import metric_topic
+from shared.topics import topics
 
 Arrivals = dict[Key, list[tuple[float, dict[str, Any]]]]
 PERCENTILES = (50, 95, 99)
@@ -142,8 +142,8 @@ class ClickHousePoller(Watcher):
 def kafka_arrivals(layers: Layers, schema: MetricSchema) -> Arrivals:
     """Every record of the job's metric topic with its Kafka timestamp (the sink writes it when Flink emits)."""
     arrivals: Arrivals = {}
-    topic = layers.s.processing.metric_topic_prefix + schema.topic
-    for message in layers.consume_all(topic, metric_topic(schema).partitions):
+    topic = topics(layers.s).metric(schema)
+    for message in layers.consume_all(topic.name, topic.partitions):
         if message.value() is not None:
             record_arrival(arrivals, schema, orjson.loads(message.value()), float(message.timestamp()[1]))
     return arrivals

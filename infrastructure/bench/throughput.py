@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.bench.periodic import Periodic
+from infrastructure.bench.periodic import Periodic
 
 ACCEPTED = "rtap_ingestion_events_accepted"
 

@@ -14,14 +14,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from services.bench.freshness import CacheStream, ClickHousePoller, delays_ms, distribution, kafka_arrivals
-from services.bench.ingest import run_ingest
-from services.bench.memory import MemorySampler
-from services.bench.stack import INFRASTRUCTURE, MONITORING, full_stack, load_command, stack_env
-from services.bench.throughput import AcceptedRate
+from infrastructure.bench.freshness import (
+    CacheStream, ClickHousePoller, delays_ms, distribution, kafka_arrivals,
+)
+from infrastructure.bench.ingest import run_ingest
+from infrastructure.bench.memory import MemorySampler
+from infrastructure.bench.stack import INFRASTRUCTURE, MONITORING, full_stack, load_command, stack_env
+from infrastructure.bench.throughput import AcceptedRate
 from services.loadgen.manifest import accepted, read_manifest
 from services.loadgen.reconcile import Layers, expected_metrics, reconcile_run
-from shared.metrics import load_schemas
+from services.processing.registry import load_schemas
 from shared.settings import FlinkSettings, Settings
 
 FRESHNESS_JOBS = ("event_metrics", "performance_metrics")
@@ -88,9 +90,10 @@ def end_to_end(s: Settings, config: BenchConfig, processes: dict, tmp: Path, out
     memory = MemorySampler(processes).start()
     if config.warmup_s > 0:
         warm_up(s, config, tmp, out_dir, step)
-    rate = AcceptedRate(f"http://127.0.0.1:{s.ingestion.port}/metrics").start()
-    cache = CacheStream(f"http://127.0.0.1:{s.cache.port}", fresh, watch_s).start()
-    clickhouse = ClickHousePoller(f"http://127.0.0.1:{s.storage.port}", fresh, watch_s, lookback_ms=6 * window_ms + delay_ms + 60_000).start()
+    rate = AcceptedRate(f"{s.ingestion.url}/metrics").start()
+    cache = CacheStream(s.cache.url, fresh, watch_s).start()
+    lookback_ms = 6 * window_ms + delay_ms + 60_000
+    clickhouse = ClickHousePoller(s.storage.url, fresh, watch_s, lookback_ms=lookback_ms).start()
     try:
         if not cache.wait_subscribed(SUBSCRIBE_TIMEOUT_S):
             raise RuntimeError(f"the cache SSE stream did not subscribe within {SUBSCRIBE_TIMEOUT_S}s")

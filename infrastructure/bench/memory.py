@@ -9,7 +9,7 @@ from typing import Callable
 
 import psutil
 
-from services.bench.periodic import Periodic
+from infrastructure.bench.periodic import Periodic
 
 PidOf = Callable[[], "int | None"]
 MB = 1024 * 1024

@@ -25,7 +25,7 @@ MONITORING = ("redis-exporter", "prometheus")
 
 def wait_for_flink_job(s: Settings, timeout: float = 180.0) -> str:
     """The id of the pipeline's RUNNING Flink job; TimeoutError when it is not running within `timeout`."""
-    url = f"http://127.0.0.1:{s.flink.rest_port}/jobs/overview"
+    url = f"{s.flink.rest_url}/jobs/overview"
     deadline = time.monotonic() + timeout
     jobs: list = []
     while time.monotonic() < deadline:

@@ -1,4 +1,8 @@
-"""Prints one line about the configured ClickHouse; exits non-zero when it is unusable."""
+"""`python -m services.storage.probe`: one line about the configured ClickHouse; exits non-zero when it is
+unusable.
+
+The local runtime runs it (as a process) to check ClickHouse while the storage service, which owns an embedded
+chDB path, is not running."""
 
 import sys
 

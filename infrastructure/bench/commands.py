@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 
 from infrastructure.local.errors import RuntimeSetupError
-from services.bench import report
-from services.bench.run import BenchConfig, run_bench
+from infrastructure.bench import report
+from infrastructure.bench.run import BenchConfig, run_bench
 
 console = Console()
 
