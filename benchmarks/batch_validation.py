@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import orjson
 from pydantic import TypeAdapter
@@ -55,15 +55,19 @@ def main() -> None:
         return [to_record(e, received, policy) for e in PYDANTIC_BATCH.validate_json(body)["events"]]
 
     print(f"{args.events} events, {len(body) / args.events:.0f} bytes of JSON each")
-    for name, work in (("pydantic validate_json", lambda: PYDANTIC_BATCH.validate_json(body)),
-                       ("msgspec decode only", lambda: fast_batch.decode(body, args.events)),
-                       ("fast path: decode + records", lambda: fast_batch.records(body, args.events, now_ms(), policy)),
-                       ("pydantic + dict records (orjson)", dict_records)):
+    for name, work in (
+        ("pydantic validate_json", lambda: PYDANTIC_BATCH.validate_json(body)),
+        ("msgspec decode only", lambda: fast_batch.decode(body, args.events)),
+        ("fast path: decode + records", lambda: fast_batch.records(body, args.events, now_ms(), policy)),
+        ("pydantic + dict records (orjson)", dict_records),
+    ):
         print(f"{name:34} {best_us_per_event(work, args.events, args.rounds):6.2f} us/event")
     one = orjson.dumps(sample_event(0))
     print("one event (POST /v1/analytics/track), per request:")
-    for name, work in (("pydantic + to_record", lambda: to_record(TRACK_EVENT.validate_json(one), now_ms(), policy)),
-                       ("fast path: fast_batch.record", lambda: fast_batch.record(one, now_ms(), policy))):
+    for name, work in (
+        ("pydantic + to_record", lambda: to_record(TRACK_EVENT.validate_json(one), now_ms(), policy)),
+        ("fast path: fast_batch.record", lambda: fast_batch.record(one, now_ms(), policy)),
+    ):
         print(f"{name:34} {best_us_per_event(work, 1, args.rounds, repeats=20_000):6.2f} us")
 
 

@@ -50,8 +50,14 @@ def seed(settings: Settings, windows: int) -> int:
         for event_type in EVENT_TYPES:
             for device in DEVICES:
                 ws = base + w * WINDOW_MS
-                record = {"window_start": ws, "window_end": ws + WINDOW_MS, "event_type": event_type,
-                          "device_category": device, "events": 100 + w, "unique_users": 10 + w}
+                record = {
+                    "window_start": ws,
+                    "window_end": ws + WINDOW_MS,
+                    "event_type": event_type,
+                    "device_category": device,
+                    "events": 100 + w,
+                    "unique_users": 10 + w,
+                }
                 write_record(pipe, layout, record, 10**6, 3600)
                 n += 1
         if w % 50 == 49:
@@ -65,8 +71,13 @@ def serve(settings: Settings) -> None:
 
     from services.cache.api import create_app
 
-    uvicorn.run(create_app(settings, run_consumer=False), host="127.0.0.1", port=settings.cache.port,
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(settings, run_consumer=False),
+        host="127.0.0.1",
+        port=settings.cache.port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 async def connection(port: int, request: bytes, deadline: float, counts: list[int]) -> None:
@@ -114,16 +125,23 @@ def run_load(server_pid: int, port: int, path: str, connections: int, duration: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per query")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--windows", type=int, default=500, help="windows seeded (x20 group combinations)")
     args = parser.parse_args()
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in psutil.getloadavg())} on {psutil.cpu_count()} cores")
+    print(
+        f"load average before: {' '.join(f'{x:.2f}' for x in psutil.getloadavg())} on {psutil.cpu_count()} cores"
+    )
 
     state = Path(tempfile.mkdtemp(prefix="rtap-bench-cache-"))
-    settings = Settings(state_dir=state, redis=RedisSettings(port=free_port()),
-                        cache=CacheSettings(port=free_port(), key_prefix="bench"))
+    settings = Settings(
+        state_dir=state,
+        redis=RedisSettings(port=free_port()),
+        cache=CacheSettings(port=free_port(), key_prefix="bench"),
+    )
     redis_server = Redis(settings)
     redis_server.start()
     server = mp.Process(target=serve, args=(settings,), daemon=True)
@@ -145,13 +163,17 @@ def main() -> None:
             "range, filtered, 10 windows": f"/v1/jobs/event_metrics/windows?from={mid}&to={mid + 10 * WINDOW_MS}&event_type=click&device_category=mobile",
             "range, 100 records": f"/v1/jobs/event_metrics/windows?from={mid}&limit=100",
         }
-        print(f"cache API, 1 worker, {args.connections} keep-alive connections, {args.duration:.0f} s per query, "
-              f"{args.windows * 20} records seeded")
+        print(
+            f"cache API, 1 worker, {args.connections} keep-alive connections, {args.duration:.0f} s per query, "
+            f"{args.windows * 20} records seeded"
+        )
         for name, path in queries.items():
             body = httpx.get(url + path).json()
             rps, per_cpu = run_load(server.pid, settings.cache.port, path, args.connections, args.duration)
-            print(f"  {name:30s} {rps:9,.0f} requests/s  {per_cpu:9,.0f} requests per server CPU-second"
-                  f"  ({len(body['records'])} records per answer)")
+            print(
+                f"  {name:30s} {rps:9,.0f} requests/s  {per_cpu:9,.0f} requests per server CPU-second"
+                f"  ({len(body['records'])} records per answer)"
+            )
     finally:
         if server.is_alive():
             server.terminate()

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
-import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import psutil
@@ -44,9 +43,16 @@ def sample_event(i: int) -> dict:
     return {
         "event": {"type": "page_view"},
         "user": {"id": f"user-{i % 1000}"},
-        "device": {"user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
-                   "screen_width": 1920, "screen_height": 1080},
-        "context": {"url": "https://shop.example/products/42", "referrer": "https://search.example/", "session_id": f"sess-{i % 5000}"},
+        "device": {
+            "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
+            "screen_width": 1920,
+            "screen_height": 1080,
+        },
+        "context": {
+            "url": "https://shop.example/products/42",
+            "referrer": "https://search.example/",
+            "session_id": f"sess-{i % 5000}",
+        },
         "properties": {"plan": "pro", "items": 2, "price": 19.99},
         "metrics": {"load_time": 231.5, "interaction_time": 40.0},
     }
@@ -100,7 +106,15 @@ def event_loop_seconds(server: psutil.Process) -> float:
     return next((t.user_time + t.system_time for t in server.threads() if t.id == server.pid), 0.0)
 
 
-def phase(name: str, server: psutil.Process, port: int, request: bytes, connections: int, seconds: float, events_per_request: int) -> dict:
+def phase(
+    name: str,
+    server: psutil.Process,
+    port: int,
+    request: bytes,
+    connections: int,
+    seconds: float,
+    events_per_request: int,
+) -> dict:
     """Run one load phase and print throughput, latency and the server's own CPU use.
 
     events per server CPU-second is what one worker could do on a core of its own: on this
@@ -111,13 +125,24 @@ def phase(name: str, server: psutil.Process, port: int, request: bytes, connecti
     lat = sorted(stats.latencies) or [0.0]
     p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
     events = stats.ok * events_per_request
-    print(f"{name:<7} {stats.ok / elapsed:>8,.0f} req/s {events / elapsed:>10,.0f} events/s | server CPU {server_cpu / elapsed:4.2f} cores, "
-          f"{events / max(server_cpu, 1e-9):>9,.0f} events per server CPU-second | p50 {p50:5.1f} ms p99 {p99:6.1f} ms | "
-          f"202s {stats.ok:,} non-202 {stats.failed:,} ({elapsed:.1f}s)\n"
-          f"{'':7} event-loop thread {loop_cpu / elapsed:4.2f} cores, {loop_cpu / max(events, 1) * 1e6:5.1f} us per event", flush=True)
-    return {"name": name, "requests_per_s": stats.ok / elapsed, "events_per_s": events / elapsed,
-            "server_cpu_cores": server_cpu / elapsed, "event_loop_cores": loop_cpu / elapsed, "events_per_server_cpu_second": events / max(server_cpu, 1e-9),
-            "p50_ms": p50, "p99_ms": p99, "non_202": stats.failed}
+    print(
+        f"{name:<7} {stats.ok / elapsed:>8,.0f} req/s {events / elapsed:>10,.0f} events/s | server CPU {server_cpu / elapsed:4.2f} cores, "
+        f"{events / max(server_cpu, 1e-9):>9,.0f} events per server CPU-second | p50 {p50:5.1f} ms p99 {p99:6.1f} ms | "
+        f"202s {stats.ok:,} non-202 {stats.failed:,} ({elapsed:.1f}s)\n"
+        f"{'':7} event-loop thread {loop_cpu / elapsed:4.2f} cores, {loop_cpu / max(events, 1) * 1e6:5.1f} us per event",
+        flush=True,
+    )
+    return {
+        "name": name,
+        "requests_per_s": stats.ok / elapsed,
+        "events_per_s": events / elapsed,
+        "server_cpu_cores": server_cpu / elapsed,
+        "event_loop_cores": loop_cpu / elapsed,
+        "events_per_server_cpu_second": events / max(server_cpu, 1e-9),
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "non_202": stats.failed,
+    }
 
 
 @contextmanager
@@ -131,9 +156,18 @@ def running(component) -> Iterator[None]:
 
 def bench_settings(state_dir: Path, bootstrap: str | None, workers: int) -> Settings:
     kafka_port = free_port()
-    kafka = KafkaSettings(port=kafka_port, bootstrap=bootstrap or f"{HOST}:{kafka_port}", controller_port=free_port(),
-                          jmx_exporter_port=free_port(), heap="1g")
-    return Settings(state_dir=state_dir, kafka=kafka, ingestion=IngestionSettings(port=free_port(), workers=workers, max_batch_events=5000))
+    kafka = KafkaSettings(
+        port=kafka_port,
+        bootstrap=bootstrap or f"{HOST}:{kafka_port}",
+        controller_port=free_port(),
+        jmx_exporter_port=free_port(),
+        heap="1g",
+    )
+    return Settings(
+        state_dir=state_dir,
+        kafka=kafka,
+        ingestion=IngestionSettings(port=free_port(), workers=workers, max_batch_events=5000),
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -149,25 +183,41 @@ def run(args: argparse.Namespace) -> None:
         stack.enter_context(running(service))
         port = settings.ingestion.port
         single = http_request("/v1/analytics/track", orjson.dumps(sample_event(1)))
-        batch = http_request("/v1/analytics/batch", orjson.dumps({"events": [sample_event(i) for i in range(args.batch_size)]}))
-        print(f"ingestion: {args.workers} worker(s) on {HOST}:{port}; load client: 1 process; {args.duration:g}s per phase")
+        batch = http_request(
+            "/v1/analytics/batch", orjson.dumps({"events": [sample_event(i) for i in range(args.batch_size)]})
+        )
+        print(
+            f"ingestion: {args.workers} worker(s) on {HOST}:{port}; load client: 1 process; {args.duration:g}s per phase"
+        )
         server = psutil.Process(service.pid())
         asyncio.run(load(port, single, args.connections, 2.0))  # warm-up
-        results = [phase("single", server, port, single, args.connections, args.duration, 1),
-                   phase("batch", server, port, batch, args.batch_connections, args.duration, args.batch_size)]
+        results = [
+            phase("single", server, port, single, args.connections, args.duration, 1),
+            phase("batch", server, port, batch, args.batch_connections, args.duration, args.batch_size),
+        ]
         if args.json:
             Path(args.json).write_bytes(orjson.dumps({"phases": results}, option=orjson.OPT_INDENT_2))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase (bounded)")
-    parser.add_argument("--connections", type=int, default=64, help="concurrent connections, single-event phase")
-    parser.add_argument("--batch-connections", type=int, default=8, help="concurrent connections, batch phase")
+    parser.add_argument(
+        "--connections", type=int, default=64, help="concurrent connections, single-event phase"
+    )
+    parser.add_argument(
+        "--batch-connections", type=int, default=8, help="concurrent connections, batch phase"
+    )
     parser.add_argument("--batch-size", type=int, default=500, help="events per batch request")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
-    parser.add_argument("--bootstrap", help="use this broker instead of starting a private one (topics must exist)")
-    parser.add_argument("--json", help="also write the phase results to this file as JSON (used by rtap bench)")
+    parser.add_argument(
+        "--bootstrap", help="use this broker instead of starting a private one (topics must exist)"
+    )
+    parser.add_argument(
+        "--json", help="also write the phase results to this file as JSON (used by rtap bench)"
+    )
     args = parser.parse_args()
     args.duration = min(args.duration, 120.0)
     uvloop.install()

@@ -22,9 +22,9 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
-from typing import Awaitable, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,7 +63,9 @@ class BatchProducer(EventProducer):
 
     async def send(self, records: Sequence[Record]) -> list:
         pending = _Pending(self._loop.create_future(), len(records), self._done)
-        queued = self._producer.produce_batch(self.topic, [{"value": r.value, "key": r.key} for r in records], on_delivery=pending.delivered)
+        queued = self._producer.produce_batch(
+            self.topic, [{"value": r.value, "key": r.key} for r in records], on_delivery=pending.delivered
+        )
         assert queued == len(records), f"only {queued} of {len(records)} queued"
         return per_record_errors(records, await asyncio.wait_for(pending.future, self.timeout_s))
 
@@ -100,8 +102,13 @@ async def confluent_aio_client(settings: Settings, stack: AsyncExitStack) -> Sen
 async def aiokafka_client(settings: Settings, stack: AsyncExitStack) -> SendBatch:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True,
-                                compression_type=DURABLE["compression"], linger_ms=DURABLE["linger_ms"])
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=DURABLE["compression"],
+        linger_ms=DURABLE["linger_ms"],
+    )
     await producer.start()
     stack.push_async_callback(producer.stop)
 
@@ -115,8 +122,13 @@ async def aiokafka_client(settings: Settings, stack: AsyncExitStack) -> SendBatc
 async def kafka_python_client(settings: Settings, stack: AsyncExitStack) -> SendBatch:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True,
-                             compression_type=DURABLE["compression"], linger_ms=DURABLE["linger_ms"])
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=DURABLE["compression"],
+        linger_ms=DURABLE["linger_ms"],
+    )
     stack.callback(producer.close)
 
     def send_and_wait(batch: Sequence[Record]) -> None:
@@ -129,8 +141,13 @@ async def kafka_python_client(settings: Settings, stack: AsyncExitStack) -> Send
     return send
 
 
-CLIENTS = {"service": service_client, "produce_batch": produce_batch_client, "confluent-aio": confluent_aio_client,
-           "aiokafka": aiokafka_client, "kafka-python": kafka_python_client}
+CLIENTS = {
+    "service": service_client,
+    "produce_batch": produce_batch_client,
+    "confluent-aio": confluent_aio_client,
+    "aiokafka": aiokafka_client,
+    "kafka-python": kafka_python_client,
+}
 
 
 async def measure(name: str, settings: Settings, args: argparse.Namespace, pool: list[Record]) -> None:
@@ -143,7 +160,9 @@ async def measure(name: str, settings: Settings, args: argparse.Namespace, pool:
         except RuntimeError as exc:
             print(f"{name:<14} skipped: {exc}", flush=True)
             return
-        batches = [pool[i:i + args.batch_size] for i in range(0, len(pool) - args.batch_size + 1, args.batch_size)]
+        batches = [
+            pool[i : i + args.batch_size] for i in range(0, len(pool) - args.batch_size + 1, args.batch_size)
+        ]
         await send(batches[0])  # connect and warm up
         sent = 0
 
@@ -159,17 +178,23 @@ async def measure(name: str, settings: Settings, args: argparse.Namespace, pool:
         deadline = started + args.duration
         await asyncio.gather(*(loop(i) for i in range(args.concurrency)))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-        print(f"{name:<14} {sent / elapsed:>9,.0f} events/s | client CPU {cpu / elapsed:4.2f} cores, "
-              f"{sent / cpu:>9,.0f} events per client CPU-second, {cpu / sent * 1e6:5.1f} us/event | {sent:,} events in {elapsed:.1f}s",
-              flush=True)
+        print(
+            f"{name:<14} {sent / elapsed:>9,.0f} events/s | client CPU {cpu / elapsed:4.2f} cores, "
+            f"{sent / cpu:>9,.0f} events per client CPU-second, {cpu / sent * 1e6:5.1f} us/event | {sent:,} events in {elapsed:.1f}s",
+            flush=True,
+        )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per client (bounded)")
     parser.add_argument("--concurrency", type=int, default=8, help="batches in flight")
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--clients", default=",".join(CLIENTS), help=f"comma-separated, from {', '.join(CLIENTS)}")
+    parser.add_argument(
+        "--clients", default=",".join(CLIENTS), help=f"comma-separated, from {', '.join(CLIENTS)}"
+    )
     args = parser.parse_args()
     args.duration = min(args.duration, 120.0)
     names = [n for n in args.clients.split(",") if n]
@@ -183,8 +208,11 @@ def main() -> None:
         print(f"starting a private Kafka broker on {settings.kafka.bootstrap} ...", flush=True)
         stack.enter_context(running(local.component("kafka")))
         local.create_topics()
-        print(f"{args.concurrency} batches of {args.batch_size} in flight, {args.duration:g}s per client; "
-              f"{DURABLE} (value {len(pool[0].value)} bytes)", flush=True)
+        print(
+            f"{args.concurrency} batches of {args.batch_size} in flight, {args.duration:g}s per client; "
+            f"{DURABLE} (value {len(pool[0].value)} bytes)",
+            flush=True,
+        )
         for name in names:
             asyncio.run(measure(name, settings, args, pool))
 

@@ -25,32 +25,59 @@ from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
 from infrastructure.local.stack import settings_env  # noqa: E402
 from services.processing.supervisor import submit_job  # noqa: E402
 from shared.events import HEARTBEAT_TYPE  # noqa: E402
 from shared.topics import topics  # noqa: E402
-from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
 from tests.processing.conftest import DESKTOP_UA, IPHONE_UA, create_topics, processing_settings  # noqa: E402
 
 TYPES = ["page_view"] * 6 + ["product_view"] * 2 + ["click", "add_to_cart", "purchase"]
 
 
 def preload(s, n: int, start_ms: int) -> None:
-    producer = Producer({"bootstrap.servers": s.kafka.bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
-                         "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    producer = Producer(
+        {
+            "bootstrap.servers": s.kafka.bootstrap,
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+        }
+    )
     rng = random.Random(1)
     for i in range(n):
         ts = start_ms + i  # 1,000 events per second of event time
         session = f"s{rng.randrange(20_000)}"
-        value = {"event": {"type": rng.choice(TYPES), "id": uuid.uuid4().hex}, "user": {"id": f"u{rng.randrange(50_000)}"},
-                 "device": {"user_agent": rng.choice((DESKTOP_UA, IPHONE_UA)), "screen_width": 1920, "screen_height": 1080},
-                 "context": {"url": "https://shop.example/p", "referrer": None, "ip_address": None, "session_id": session},
-                 "properties": {"revenue": 10.5}, "metrics": {"load_time": rng.uniform(50, 3000), "interaction_time": rng.uniform(1, 300)},
-                 "timestamp": ts, "received_at": ts}
+        value = {
+            "event": {"type": rng.choice(TYPES), "id": uuid.uuid4().hex},
+            "user": {"id": f"u{rng.randrange(50_000)}"},
+            "device": {
+                "user_agent": rng.choice((DESKTOP_UA, IPHONE_UA)),
+                "screen_width": 1920,
+                "screen_height": 1080,
+            },
+            "context": {
+                "url": "https://shop.example/p",
+                "referrer": None,
+                "ip_address": None,
+                "session_id": session,
+            },
+            "properties": {"revenue": 10.5},
+            "metrics": {"load_time": rng.uniform(50, 3000), "interaction_time": rng.uniform(1, 300)},
+            "timestamp": ts,
+            "received_at": ts,
+        }
         producer.produce(topics(s).events.name, key=session, value=json.dumps(value), timestamp=ts)
         if i % 10_000 == 0:
             producer.poll(0)
-    hb = json.dumps({"event": {"type": HEARTBEAT_TYPE, "id": "hb"}, "timestamp": start_ms + n, "received_at": start_ms + n})
+    hb = json.dumps(
+        {
+            "event": {"type": HEARTBEAT_TYPE, "id": "hb"},
+            "timestamp": start_ms + n,
+            "received_at": start_ms + n,
+        }
+    )
     for partition in range(4):
         producer.produce(topics(s).events.name, value=hb, partition=partition, timestamp=start_ms + n)
     assert producer.flush(120) == 0
@@ -58,7 +85,11 @@ def preload(s, n: int, start_ms: int) -> None:
 
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
-    return times.user + times.system + sum(c.cpu_times().user + c.cpu_times().system for c in process.children(recursive=True))
+    return (
+        times.user
+        + times.system
+        + sum(c.cpu_times().user + c.cpu_times().system for c in process.children(recursive=True))
+    )
 
 
 def run(n: int) -> None:
@@ -76,16 +107,24 @@ def run(n: int) -> None:
             env = settings_env(s)
             taskmanager = psutil.Process(harness.stack.component("flink-taskmanager").pid())
             cpu_before = cpu_seconds(taskmanager)
-            job_id = submit_job(extra_args=["--from", str(start_ms), "--to", str(start_ms + n)], env={**os.environ, **env})
+            job_id = submit_job(
+                extra_args=["--from", str(start_ms), "--to", str(start_ms + n)], env={**os.environ, **env}
+            )
             rest = f"http://127.0.0.1:{s.flink.rest_port}/jobs/{job_id}"
-            while (detail := httpx.get(rest, timeout=5).json())["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+            while (detail := httpx.get(rest, timeout=5).json())["state"] not in (
+                "FINISHED",
+                "FAILED",
+                "CANCELED",
+            ):
                 time.sleep(1)
             seconds = detail["duration"] / 1000
             cpu = cpu_seconds(taskmanager) - cpu_before
-            print(f"state={detail['state']} parallelism={base.flink.parallelism} events={n} "
-                  f"job_seconds={seconds:.1f} throughput={n / seconds:,.0f} events/s "
-                  f"taskmanager_cpu={cpu:.1f}s ({n / cpu:,.0f} events per TaskManager CPU-second) "
-                  f"load_average={os.getloadavg()[0]:.1f}")
+            print(
+                f"state={detail['state']} parallelism={base.flink.parallelism} events={n} "
+                f"job_seconds={seconds:.1f} throughput={n / seconds:,.0f} events/s "
+                f"taskmanager_cpu={cpu:.1f}s ({n / cpu:,.0f} events per TaskManager CPU-second) "
+                f"load_average={os.getloadavg()[0]:.1f}"
+            )
         finally:
             harness.close()
 

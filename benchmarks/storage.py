@@ -33,8 +33,8 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 
 from infrastructure.local.components import Kafka  # noqa: E402
 from infrastructure.local.stack import Service  # noqa: E402
-from shared.kafka_admin import ensure_topics  # noqa: E402
 from services.processing.registry import load_schemas  # noqa: E402
+from shared.kafka_admin import ensure_topics  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import topics  # noqa: E402
 
@@ -50,32 +50,59 @@ def free_port() -> int:
 
 def private_settings(state: Path, batch_rows: int, batch_seconds: float) -> Settings:
     kafka_port = free_port()
-    os.environ.update({
-        "RTAP_STATE_DIR": str(state), "RTAP_KAFKA__PORT": str(kafka_port), "RTAP_KAFKA__BOOTSTRAP": f"127.0.0.1:{kafka_port}",
-        "RTAP_KAFKA__CONTROLLER_PORT": str(free_port()), "RTAP_KAFKA__JMX_EXPORTER_PORT": str(free_port()),
-        "RTAP_STORAGE__PORT": str(free_port()), "RTAP_STORAGE__BATCH_ROWS": str(batch_rows),
-        "RTAP_STORAGE__BATCH_SECONDS": str(batch_seconds), "RTAP_LOG_LEVEL": "WARNING",
-    })
+    os.environ.update(
+        {
+            "RTAP_STATE_DIR": str(state),
+            "RTAP_KAFKA__PORT": str(kafka_port),
+            "RTAP_KAFKA__BOOTSTRAP": f"127.0.0.1:{kafka_port}",
+            "RTAP_KAFKA__CONTROLLER_PORT": str(free_port()),
+            "RTAP_KAFKA__JMX_EXPORTER_PORT": str(free_port()),
+            "RTAP_STORAGE__PORT": str(free_port()),
+            "RTAP_STORAGE__BATCH_ROWS": str(batch_rows),
+            "RTAP_STORAGE__BATCH_SECONDS": str(batch_seconds),
+            "RTAP_LOG_LEVEL": "WARNING",
+        }
+    )
     return Settings()
 
 
 def event(i: int, now_ms: int) -> tuple[bytes, bytes]:
     session = f"s{i % 5000}"
     value = {
-        "event": {"type": EVENT_TYPES[i % 4], "id": str(uuid.uuid4())}, "user": {"id": f"u{i % 20000}"},
-        "device": {"user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)", "screen_width": 390, "screen_height": 844},
-        "context": {"url": f"https://shop.example/p/{i % 500}", "referrer": None, "ip_address": "203.0.113.7", "session_id": session},
-        "properties": {"sku": f"A-{i % 300}", "qty": 1}, "metrics": {"load_time": 400.0 + i % 900, "interaction_time": None},
-        "timestamp": now_ms, "received_at": now_ms,
+        "event": {"type": EVENT_TYPES[i % 4], "id": str(uuid.uuid4())},
+        "user": {"id": f"u{i % 20000}"},
+        "device": {
+            "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)",
+            "screen_width": 390,
+            "screen_height": 844,
+        },
+        "context": {
+            "url": f"https://shop.example/p/{i % 500}",
+            "referrer": None,
+            "ip_address": "203.0.113.7",
+            "session_id": session,
+        },
+        "properties": {"sku": f"A-{i % 300}", "qty": 1},
+        "metrics": {"load_time": 400.0 + i % 900, "interaction_time": None},
+        "timestamp": now_ms,
+        "received_at": now_ms,
     }
     return session.encode(), orjson.dumps(value)
 
 
 def metric(i: int) -> tuple[bytes, bytes]:
     ws = 1_767_225_600_000 + (i // 16) * 10_000
-    record = {"window_start": ws, "window_end": ws + 10_000, "event_type": EVENT_TYPES[i % 4],
-              "device_category": ("desktop", "mobile", "tablet", "bot")[(i // 4) % 4], "events": i, "unique_users": i // 2}
-    return orjson.dumps({k: record[k] for k in ("window_start", "event_type", "device_category")}), orjson.dumps(record)
+    record = {
+        "window_start": ws,
+        "window_end": ws + 10_000,
+        "event_type": EVENT_TYPES[i % 4],
+        "device_category": ("desktop", "mobile", "tablet", "bot")[(i // 4) % 4],
+        "events": i,
+        "unique_users": i // 2,
+    }
+    return orjson.dumps(
+        {k: record[k] for k in ("window_start", "event_type", "device_category")}
+    ), orjson.dumps(record)
 
 
 def produce(producer: Producer, start: int, count: int) -> None:
@@ -134,10 +161,16 @@ def backlog_phase(producer: Producer, url: str, n: int, pid: int) -> None:
         print(f"backlog: only {rows - base:.0f} of {expected} rows written within 120 s")
         return
     cpu = cpu_seconds(pid) - cpu_before
-    print(f"backlog: {expected} rows ({n} raw events + {expected - n} metric records) produced in {produced_s:.1f} s")
-    print(f"backlog: storage process used {cpu:.1f} CPU-s -> {expected / cpu:,.0f} rows per storage CPU-second")
-    print(f"backlog: written in {last - started:.1f} s after the first produce -> "
-          f"{expected / (last - started):,.0f} rows/s end to end, {expected / max(last - first, 1e-9):,.0f} rows/s while writing")
+    print(
+        f"backlog: {expected} rows ({n} raw events + {expected - n} metric records) produced in {produced_s:.1f} s"
+    )
+    print(
+        f"backlog: storage process used {cpu:.1f} CPU-s -> {expected / cpu:,.0f} rows per storage CPU-second"
+    )
+    print(
+        f"backlog: written in {last - started:.1f} s after the first produce -> "
+        f"{expected / (last - started):,.0f} rows/s end to end, {expected / max(last - first, 1e-9):,.0f} rows/s while writing"
+    )
 
 
 def sustained_phase(producer: Producer, url: str, rate: int, duration: float) -> None:
@@ -163,12 +196,16 @@ def sustained_phase(producer: Producer, url: str, rate: int, duration: float) ->
             time.sleep(0.2)
     lags.sort()
     p50, p95, peak = lags[len(lags) // 2], lags[int(len(lags) * 0.95)], lags[-1]
-    print(f"sustained: {sent / duration:,.0f} events/s offered for {duration:.0f} s; lag (records not yet written+committed): "
-          f"p50 {p50:,.0f}, p95 {p95:,.0f}, max {peak:,.0f}; drained {drained_at if drained_at is not None else float('nan'):.1f} s after the producer stopped")
+    print(
+        f"sustained: {sent / duration:,.0f} events/s offered for {duration:.0f} s; lag (records not yet written+committed): "
+        f"p50 {p50:,.0f}, p95 {p95:,.0f}, max {peak:,.0f}; drained {drained_at if drained_at is not None else float('nan'):.1f} s after the producer stopped"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--backlog", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--duration", type=float, default=20)
@@ -186,9 +223,17 @@ def main() -> None:
             storage.start()
             while httpx.get(f"{storage.url()}/readyz", timeout=10).status_code != 200:
                 time.sleep(0.5)
-            print(f"storage: chDB, batch_rows={args.batch_rows}, batch_seconds={args.batch_seconds}; cores: {os.cpu_count()}")
-            producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "linger.ms": 20,
-                                 "compression.type": "lz4", "queue.buffering.max.messages": 500_000})
+            print(
+                f"storage: chDB, batch_rows={args.batch_rows}, batch_seconds={args.batch_seconds}; cores: {os.cpu_count()}"
+            )
+            producer = Producer(
+                {
+                    "bootstrap.servers": settings.kafka.bootstrap,
+                    "linger.ms": 20,
+                    "compression.type": "lz4",
+                    "queue.buffering.max.messages": 500_000,
+                }
+            )
             backlog_phase(producer, storage.url(), args.backlog, storage.pid())
             sustained_phase(producer, storage.url(), args.rate, args.duration)
         finally:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -20,8 +20,11 @@ from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.stack import Stack
 from shared.settings import Settings
 
-app = typer.Typer(help="Real-time analytics pipeline: run it locally, inspect it, test it.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Real-time analytics pipeline: run it locally, inspect it, test it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 console = Console()
 err = Console(stderr=True)
 
@@ -62,20 +65,25 @@ def status_table(statuses: list[Status]) -> Table:
         table.add_column(col)
     colors = {"running": "green", "embedded": "green", "stopped": "dim", "unhealthy": "red"}
     for s in statuses:
-        table.add_row(s.name, f"[{colors.get(s.state, 'white')}]{s.state}[/]", str(s.pid or "-"), s.url, s.detail)
+        table.add_row(
+            s.name, f"[{colors.get(s.state, 'white')}]{s.state}[/]", str(s.pid or "-"), s.url, s.detail
+        )
     return table
 
 
 @app.command()
 def up(
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Start in the background and return.")] = False,
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="Start only these components.")] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Start in the background and return.")
+    ] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Start only these components.")] = None,
 ) -> None:
     """Start every component (Kafka, Redis, ClickHouse, Flink, Prometheus, the services)."""
     settings = _settings()
     stack = Stack(settings, only=only)
     try:
         with console.status("starting") as spinner:
+
             def started(component) -> None:
                 console.print(f"[green]✓[/green] {component.name} {component.url()}")
                 spinner.update(f"starting (after {component.name})")
@@ -126,8 +134,12 @@ def test(ctx: typer.Context) -> None:
 # Services add their own commands (backfill, sql, load) in services/<name>/commands.py, each exposing
 # register(app); bench is tooling beside the CLI. tests/foundation/test_cli_commands.py keeps this list equal
 # to the commands.py files that exist; a module that cannot be imported stops the CLI.
-COMMAND_MODULES = ("services.processing.commands", "services.storage.commands", "services.loadgen.commands",
-                   "infrastructure.bench.commands")
+COMMAND_MODULES = (
+    "services.processing.commands",
+    "services.storage.commands",
+    "services.loadgen.commands",
+    "infrastructure.bench.commands",
+)
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
 

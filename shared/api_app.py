@@ -16,8 +16,9 @@ from shared.http_metrics import HttpMetrics
 App = TypeVar("App", bound=FastAPI)
 
 
-def service_app(app_class: type[App], title: str, description: str, cors: dict[str, Any] | None = None,
-                **options: Any) -> App:
+def service_app(
+    app_class: type[App], title: str, description: str, cors: dict[str, Any] | None = None, **options: Any
+) -> App:
     """app_class(title=..., version="1", ...) with the shared parts; cors: CORSMiddleware options, or None for
     no CORS headers; options: further FastAPI arguments (lifespan...)."""
     app = app_class(title=title, version="1", description=description, **options)

@@ -90,13 +90,19 @@ def read_key_guard(keys: Sequence[str], query_param: bool = False) -> list[Any]:
         if not key_matches(presented_key(places, request), keys):
             raise HTTPException(401, [places.refusal()])
 
-    def from_headers(request: Request, x_read_key: Annotated[str | None, Header()] = None,
-                     authorization: Annotated[str | None, Header()] = None) -> None:
+    def from_headers(
+        request: Request,
+        x_read_key: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> None:
         check(request)
 
-    def from_headers_or_query(request: Request, x_read_key: Annotated[str | None, Header()] = None,
-                              authorization: Annotated[str | None, Header()] = None,
-                              key: Annotated[str | None, Query(description=KEY_QUERY)] = None) -> None:
+    def from_headers_or_query(
+        request: Request,
+        x_read_key: Annotated[str | None, Header()] = None,
+        authorization: Annotated[str | None, Header()] = None,
+        key: Annotated[str | None, Query(description=KEY_QUERY)] = None,
+    ) -> None:
         check(request)
 
     dependency: Callable[..., None] = from_headers_or_query if query_param else from_headers

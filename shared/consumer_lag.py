@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -29,14 +29,23 @@ RETRY_S = 0.5  # after a failed measurement (a broker that just started has no g
 
 
 class GroupLag(Collector):
-    def __init__(self, bootstrap: str, group: str, topics: Iterable[str], interval_s: float = 5.0, timeout_s: float = 2.0,
-                 stale_after: int = 3):
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        topics: Iterable[str],
+        interval_s: float = 5.0,
+        timeout_s: float = 2.0,
+        stale_after: int = 3,
+    ):
         # log_level 2: the consumer in the same process already logs a broker outage.
         self.admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
         # Committed offsets come from a consumer of the group that never joins it: the admin client's
         # list_consumer_group_offsets crashes librdkafka 2.x (a null group handle in its OffsetFetch error path)
         # while the broker's group coordinator is still loading.
-        self.offsets = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 2})
+        self.offsets = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 2}
+        )
         self.group = group
         self.topics = sorted(set(topics))
         self.interval_s = interval_s
@@ -52,8 +61,11 @@ class GroupLag(Collector):
         last = self.last
         if last is None or time.monotonic() - last[0] > self.max_age_s:
             return
-        family = GaugeMetricFamily(NAME, "Records past the consumer group's committed offsets, read from the broker in the background",
-                                   labels=["group", "topic"])
+        family = GaugeMetricFamily(
+            NAME,
+            "Records past the consumer group's committed offsets, read from the broker in the background",
+            labels=["group", "topic"],
+        )
         for topic, value in last[1].items():
             family.add_metric([self.group, topic], value)
         yield family
@@ -72,9 +84,15 @@ class GroupLag(Collector):
                 if failing:
                     log.info("consumer group lag measured again", group=self.group)
                 failing = False
-            except Exception as exc:  # broker unreachable (or anything else): keep the last figure until it goes stale
+            except (
+                Exception
+            ) as exc:  # broker unreachable (or anything else): keep the last figure until it goes stale
                 if not failing:
-                    log.warning("consumer group lag not measured; retrying", group=self.group, error=f"{type(exc).__name__}: {exc}")
+                    log.warning(
+                        "consumer group lag not measured; retrying",
+                        group=self.group,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
                 failing = True
             self.stopped.wait(min(RETRY_S, self.interval_s) if failing else self.interval_s)
 
@@ -84,7 +102,10 @@ class GroupLag(Collector):
         partitions = self._partitions()
         if not partitions:
             return {}
-        committed = {(tp.topic, tp.partition): tp.offset for tp in self.offsets.committed(partitions, timeout=self.timeout_s)}
+        committed = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in self.offsets.committed(partitions, timeout=self.timeout_s)
+        }
         ends = self._offsets(partitions, OffsetSpec.latest())
         never = [tp for tp in partitions if committed.get((tp.topic, tp.partition), -1) < 0]
         committed.update(self._offsets(never, OffsetSpec.earliest()))
@@ -95,13 +116,17 @@ class GroupLag(Collector):
 
     def _partitions(self) -> list[TopicPartition]:
         metadata = self.admin.list_topics(timeout=self.timeout_s).topics
-        return [TopicPartition(t, p) for t in self.topics if t in metadata for p in sorted(metadata[t].partitions)]
+        return [
+            TopicPartition(t, p) for t in self.topics if t in metadata for p in sorted(metadata[t].partitions)
+        ]
 
     def _offsets(self, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
         if not partitions:
             return {}
         futures = self.admin.list_offsets({tp: spec for tp in partitions}, request_timeout=self.timeout_s)
-        return {(tp.topic, tp.partition): future.result(self.timeout_s).offset for tp, future in futures.items()}
+        return {
+            (tp.topic, tp.partition): future.result(self.timeout_s).offset for tp, future in futures.items()
+        }
 
 
 class GroupLagRegistry(CollectorRegistry):
@@ -117,6 +142,8 @@ class GroupLagRegistry(CollectorRegistry):
         self.lag.close()
 
 
-def group_lag_registry(bootstrap: str, group: str, topics: Iterable[str], interval_s: float = 5.0) -> GroupLagRegistry:
+def group_lag_registry(
+    bootstrap: str, group: str, topics: Iterable[str], interval_s: float = 5.0
+) -> GroupLagRegistry:
     """The group's lag collector, its measuring thread started."""
     return GroupLagRegistry(GroupLag(bootstrap, group, topics, interval_s))

@@ -37,16 +37,23 @@ from shared.retry import until_stopped
 log = get_logger("consumer")
 
 WRITTEN = Counter("rtap_consumer_records_written_total", "Records written to the sink", ["sink", "topic"])
-SKIPPED = Counter("rtap_consumer_records_skipped_total", "Records the processor skipped (heartbeats)",
-                  ["sink", "topic"])
+SKIPPED = Counter(
+    "rtap_consumer_records_skipped_total", "Records the processor skipped (heartbeats)", ["sink", "topic"]
+)
 DEAD = Counter("rtap_consumer_dead_letter_total", "Records sent to the dead-letter topic", ["sink", "topic"])
 LAG = Gauge("rtap_consumer_lag_records", "Records in Kafka not yet written and committed", ["sink", "topic"])
-BATCH_SECONDS = Histogram("rtap_consumer_batch_seconds", "Write time of one batch (rows, then dead letters)",
-                          ["sink"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-RETRIES = Counter("rtap_consumer_write_retries_total", "Failed batch writes that were retried, by error",
-                  ["sink", "error"])
-BLOCKED = Gauge("rtap_consumer_write_blocked", "1 while a batch write fails and is retried (no commit)",
-                ["sink"])
+BATCH_SECONDS = Histogram(
+    "rtap_consumer_batch_seconds",
+    "Write time of one batch (rows, then dead letters)",
+    ["sink"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RETRIES = Counter(
+    "rtap_consumer_write_retries_total", "Failed batch writes that were retried, by error", ["sink", "error"]
+)
+BLOCKED = Gauge(
+    "rtap_consumer_write_blocked", "1 while a batch write fails and is retried (no commit)", ["sink"]
+)
 
 Processor = Callable[[bytes | None, bytes | None, int], Any]
 """Pure: (key, value, offset) of one record -> a row, None to skip it, or BadRecord."""
@@ -149,16 +156,23 @@ class BatchWriter:
     """Writes a batch until it is written (or the consumer stops), then its dead letters (to
     `dead_letter_topic`, through `producer`); only then may the batch's offsets be committed."""
 
-    def __init__(self, sink: Sink, producer: Producer | None, state: ConsumerState, stop: threading.Event,
-                 dead_letter_topic: str):
+    def __init__(
+        self,
+        sink: Sink,
+        producer: Producer | None,
+        state: ConsumerState,
+        stop: threading.Event,
+        dead_letter_topic: str,
+    ):
         self.sink, self.producer, self.state, self.stop = sink, producer, state, stop
         self.dead_letter_topic = dead_letter_topic
 
     def write(self, batch: Batch) -> None:
         started = time.perf_counter()
         if batch.rows:
-            for attempt in until_stopped(self.stop, f"{self.sink.name} write", self.sink.retry_max_seconds,
-                                         self._failing):
+            for attempt in until_stopped(
+                self.stop, f"{self.sink.name} write", self.sink.retry_max_seconds, self._failing
+            ):
                 with attempt:
                     self.sink.writer(batch.rows)
             self.state.error = None
@@ -182,12 +196,21 @@ class BatchWriter:
         for msg, reason in dead:
             topic = str(msg.topic())
             DEAD.labels(self.sink.name, topic).inc()
-            log.warning("dead letter", sink=self.sink.name, topic=topic, partition=msg.partition(),
-                        offset=msg.offset(), reason=reason)
+            log.warning(
+                "dead letter",
+                sink=self.sink.name,
+                topic=topic,
+                partition=msg.partition(),
+                offset=msg.offset(),
+                reason=reason,
+            )
             headers: list[tuple[str, str | bytes | None]] = [
-                ("reason", reason.encode()), ("source_topic", topic.encode()),
+                ("reason", reason.encode()),
+                ("source_topic", topic.encode()),
                 ("source_partition", str(msg.partition()).encode()),
-                ("source_offset", str(msg.offset()).encode()), ("consumer", self.sink.name.encode())]
+                ("source_offset", str(msg.offset()).encode()),
+                ("consumer", self.sink.name.encode()),
+            ]
             self.producer.produce(self.dead_letter_topic, key=msg.key(), value=msg.value(), headers=headers)
         for attempt in until_stopped(self.stop, "dead-letter delivery"):
             with attempt:
@@ -206,15 +229,22 @@ class ConsumerPipeline:
         self.sink = sink
         self.state = ConsumerState(sink.name)
         self.stop_event = threading.Event()
-        self.consumer = Consumer({
-            **kafka_config,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "statistics.interval.ms": 1000,
-            "stats_cb": self.state.on_stats,
-        })
-        producer = Producer({"bootstrap.servers": kafka_config["bootstrap.servers"], "acks": "all",
-                             "enable.idempotence": True})
+        self.consumer = Consumer(
+            {
+                **kafka_config,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "statistics.interval.ms": 1000,
+                "stats_cb": self.state.on_stats,
+            }
+        )
+        producer = Producer(
+            {
+                "bootstrap.servers": kafka_config["bootstrap.servers"],
+                "acks": "all",
+                "enable.idempotence": True,
+            }
+        )
         self.writer = BatchWriter(sink, producer, self.state, self.stop_event, dead_letter_topic)
         self.batch = Batch(sink)
         self.poll_seconds = min(0.2, sink.limits.seconds)
@@ -239,8 +269,12 @@ class ConsumerPipeline:
         state = self.state
         alive = self.thread.is_alive() and state.error is None and time.monotonic() - state.last_loop < 15
         lag = dict(state.lag) if state.lag is not None else None
-        return {"running": alive, "assigned_partitions": state.assigned, "lag_records": lag,
-                "error": state.error}
+        return {
+            "running": alive,
+            "assigned_partitions": state.assigned,
+            "lag_records": lag,
+            "error": state.error,
+        }
 
     def _run(self) -> None:
         try:
@@ -278,8 +312,9 @@ class ConsumerPipeline:
         try:
             self.consumer.commit(offsets=batch.offsets(), asynchronous=False)
         except KafkaException as exc:  # written, not committed: a replay rewrites the same rows, harmlessly
-            log.warning("commit failed; the next commit covers these offsets", sink=self.sink.name,
-                        error=str(exc))
+            log.warning(
+                "commit failed; the next commit covers these offsets", sink=self.sink.name, error=str(exc)
+            )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Write and commit what we hold before the partitions move to another consumer."""

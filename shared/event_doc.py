@@ -20,12 +20,16 @@ END = "<!-- end of the generated raw event columns -->"
 
 def column_list(event: EventSchema = EVENT) -> str:
     """A Markdown table, a row per field in the raw table's order: its value, view column, table column."""
-    rows = ["| raw event value | events view (Flink) | raw table (ClickHouse) | nullable |",
-            "|---|---|---|---|"]
+    rows = [
+        "| raw event value | events view (Flink) | raw table (ClickHouse) | nullable |",
+        "|---|---|---|---|",
+    ]
     for f in event.fields:
         value = f"`{f.path}`: {event.description(f.path)}".removesuffix(": ")
-        rows.append(f"| {value} | {_view_cell(f)} | `{f.column}` `{f.type.clickhouse}` | "
-                    f"{'yes' if f.nullable else ''} |")
+        rows.append(
+            f"| {value} | {_view_cell(f)} | `{f.column}` `{f.type.clickhouse}` | "
+            f"{'yes' if f.nullable else ''} |"
+        )
     return "\n".join(rows)
 
 
@@ -36,12 +40,12 @@ def _view_cell(f: EventField) -> str:
 def documented(text: str) -> str:
     """The list between the markers of a document."""
     start = text.index(BEGIN) + len(BEGIN)
-    return text[start:text.index(END, start)].strip()
+    return text[start : text.index(END, start)].strip()
 
 
 def with_list(text: str, listing: str) -> str:
     start = text.index(BEGIN) + len(BEGIN)
-    return f"{text[:start]}\n{listing}\n{text[text.index(END, start):]}"
+    return f"{text[:start]}\n{listing}\n{text[text.index(END, start) :]}"
 
 
 def main(argv: list[str]) -> None:

@@ -33,11 +33,21 @@ import json
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, NotRequired, Union, get_args, get_origin, get_type_hints
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+)
 from pydantic.fields import FieldInfo
-from typing_extensions import NotRequired, TypedDict, is_typeddict
+from typing_extensions import TypedDict, is_typeddict
 
 HEARTBEAT_TYPE = "__heartbeat"
 EVENT_SCHEMA_VERSION = 1
@@ -46,7 +56,10 @@ EVENT_SCHEMA_FILE = Path(__file__).with_name(f"event_schema_v{EVENT_SCHEMA_VERSI
 INT64_MAX = 2**63 - 1
 Int64 = Annotated[StrictInt, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
 PropertyValue = Union[StrictBool, Int64, StrictFloat, StrictStr]
-EventType = Annotated[str, Field(min_length=1, max_length=128, description="e.g. page_view, product_view, add_to_cart, purchase")]
+EventType = Annotated[
+    str,
+    Field(min_length=1, max_length=128, description="e.g. page_view, product_view, add_to_cart, purchase"),
+]
 
 
 def _not_reserved(event_type: str) -> str:
@@ -56,7 +69,9 @@ def _not_reserved(event_type: str) -> str:
 
 
 ClientEventType = Annotated[EventType, AfterValidator(_not_reserved)]
-EventId = Annotated[str, Field(min_length=1, max_length=128, description="client-supplied (de-duplication) or server UUIDv7")]
+EventId = Annotated[
+    str, Field(min_length=1, max_length=128, description="client-supplied (de-duplication) or server UUIDv7")
+]
 Text = Annotated[str, Field(max_length=8192)]
 
 
@@ -70,7 +85,7 @@ def _json_number(value: Any) -> Any:
 NUMBERS_ONLY = BeforeValidator(_json_number)
 ScreenSize = Annotated[int, Field(ge=0, le=100_000), NUMBERS_ONLY]
 EpochMs = Annotated[int, Field(ge=0, le=INT64_MAX, description="epoch milliseconds"), NUMBERS_ONLY]
-Millis = Annotated[Optional[float], Field(ge=0, strict=True, description="milliseconds")]
+Millis = Annotated[float | None, Field(ge=0, strict=True, description="milliseconds")]
 # NaN, Infinity and 1e400 (parsed as infinity) are not numbers.
 IGNORE_EXTRA = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -78,7 +93,7 @@ IGNORE_EXTRA = ConfigDict(extra="ignore", allow_inf_nan=False)
 class EventInfo(TypedDict):
     __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
     type: ClientEventType
-    id: NotRequired[Optional[EventId]]
+    id: NotRequired[EventId | None]
 
 
 class User(TypedDict):
@@ -96,9 +111,12 @@ class Device(TypedDict):
 class Context(TypedDict):
     __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
     url: Text
-    referrer: NotRequired[Optional[Text]]
-    ip_address: NotRequired[Optional[Annotated[str, Field(max_length=64)]]]
-    session_id: Annotated[str, Field(min_length=1, max_length=256, description="Kafka key: a session's events share a partition")]
+    referrer: NotRequired[Text | None]
+    ip_address: NotRequired[Annotated[str, Field(max_length=64)] | None]
+    session_id: Annotated[
+        str,
+        Field(min_length=1, max_length=256, description="Kafka key: a session's events share a partition"),
+    ]
 
 
 class Metrics(TypedDict):
@@ -117,7 +135,9 @@ class TrackEvent(TypedDict):
     context: Context
     properties: NotRequired[Annotated[dict[str, PropertyValue], Field(max_length=256)]]
     metrics: NotRequired[Metrics]
-    timestamp: NotRequired[Optional[Annotated[EpochMs, Field(description="event time; bounded by the clock-skew policy")]]]
+    timestamp: NotRequired[
+        Annotated[EpochMs, Field(description="event time; bounded by the clock-skew policy")] | None
+    ]
 
 
 class WireEventInfo(TypedDict):
@@ -127,8 +147,8 @@ class WireEventInfo(TypedDict):
 
 class WireContext(TypedDict):
     url: Text
-    referrer: Optional[Text]
-    ip_address: Optional[str]
+    referrer: Text | None
+    ip_address: str | None
     session_id: str
 
 
@@ -140,7 +160,9 @@ class WireMetrics(TypedDict):
 class RawEvent(TypedDict):
     """One record value in topic analytics_events (every key present)."""
 
-    __pydantic_config__ = ConfigDict(title="RawEvent", json_schema_extra={"$id": f"rtap:analytics_events:v{EVENT_SCHEMA_VERSION}"})  # type: ignore[misc]
+    __pydantic_config__ = ConfigDict(
+        title="RawEvent", json_schema_extra={"$id": f"rtap:analytics_events:v{EVENT_SCHEMA_VERSION}"}
+    )  # type: ignore[misc]
     event: WireEventInfo
     user: User
     device: Device
@@ -222,8 +244,10 @@ class EventSchema:
             raise TypeError("event fields: a path or a column is declared twice")
         if set(declared) != set(leaves):
             unknown, undeclared = sorted(set(declared) - set(leaves)), sorted(set(leaves) - set(declared))
-            raise TypeError(f"event fields {unknown} are not values of {self.wire.__name__}; "
-                            f"its values {undeclared} have no field")
+            raise TypeError(
+                f"event fields {unknown} are not values of {self.wire.__name__}; "
+                f"its values {undeclared} have no field"
+            )
         for path, hint in leaves.items():
             _check_field(declared[path], hint)
         object.__setattr__(self, "wire_fields", tuple(declared[path] for path in leaves))
@@ -289,8 +313,10 @@ def _base(hint: Any) -> tuple[Any, bool]:
 def _check_field(declared: EventField, hint: Any) -> None:
     base, nullable = _base(hint)
     if nullable != declared.nullable or (get_origin(base) or base) is not declared.type.python:
-        raise TypeError(f"event field {declared.path!r}: declared {declared.type.name}"
-                        f"{' (nullable)' if declared.nullable else ''}, the wire type is {hint!r}")
+        raise TypeError(
+            f"event field {declared.path!r}: declared {declared.type.name}"
+            f"{' (nullable)' if declared.nullable else ''}, the wire type is {hint!r}"
+        )
 
 
 def _description(hint: Any) -> str:

@@ -12,17 +12,26 @@ An exception that escapes the app is counted as the 500 that Starlette's error m
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
-REQUESTS = Counter("rtap_http_requests_total", "HTTP requests by route template, method and status", ["route", "method", "status"])
-LATENCY = Histogram("rtap_http_request_seconds", "Time to the response headers by route template and method",
-                    ["route", "method"], buckets=LATENCY_BUCKETS)
+REQUESTS = Counter(
+    "rtap_http_requests_total",
+    "HTTP requests by route template, method and status",
+    ["route", "method", "status"],
+)
+LATENCY = Histogram(
+    "rtap_http_request_seconds",
+    "Time to the response headers by route template and method",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]

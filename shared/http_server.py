@@ -34,8 +34,11 @@ from uvicorn.server import ServerState
 from shared.settings import HttpServerSettings
 
 LIMITS = ("limit_concurrency", "header_read_seconds", "body_read_seconds", "max_header_bytes")
-REFUSED = Counter("rtap_http_server_refused_total", "Connections refused or closed by a server limit (settings section http)",
-                  ["limit"])
+REFUSED = Counter(
+    "rtap_http_server_refused_total",
+    "Connections refused or closed by a server limit (settings section http)",
+    ["limit"],
+)
 for _limit in LIMITS:
     REFUSED.labels(_limit)
 
@@ -45,8 +48,12 @@ REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503
 def refusal(status: int, loc: str, msg: str, kind: str, retry_after: int | None = None) -> bytes:
     """A complete HTTP/1.1 response that closes the connection, its body in the APIs' error shape."""
     body = orjson.dumps({"detail": [{"loc": [loc], "msg": msg, "type": kind}]})
-    head = [b"HTTP/1.1 %d %s" % (status, REASONS[status]), b"content-type: application/json",
-            b"content-length: %d" % len(body), b"connection: close"]
+    head = [
+        b"HTTP/1.1 %d %s" % (status, REASONS[status]),
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+    ]
     if retry_after is not None:
         head.append(b"retry-after: %d" % retry_after)
     return b"\r\n".join(head) + b"\r\n\r\n" + body
@@ -81,7 +88,11 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._head_pending:
             self._head_bytes += len(data)
         super().data_received(data)
-        if self._head_pending and self._head_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
+        if (
+            self._head_pending
+            and self._head_bytes > self.limits.max_header_bytes
+            and not self.transport.is_closing()
+        ):
             self._refuse("max_header_bytes", refusal(431, "header", self._head_too_large(), "too_large"))
 
     def on_message_begin(self) -> None:
@@ -90,7 +101,9 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._due = self.loop.time() + self.limits.header_read_seconds
 
     def on_headers_complete(self) -> None:
-        over_cap = self._head_bytes > self.limits.max_header_bytes  # that read may also hold body bytes: parse to know
+        over_cap = (
+            self._head_bytes > self.limits.max_header_bytes
+        )  # that read may also hold body bytes: parse to know
         self._head_pending, self._head_bytes = False, 0
         self._due = self.loop.time() + self.limits.body_read_seconds
         if self.transport.is_closing():
@@ -99,9 +112,14 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._refuse("max_header_bytes", refusal(431, "header", self._head_too_large(), "too_large"))
             return
         if self._over_capacity():
-            msg = (f"the server is at its limit of {self.limits.limit_concurrency} open connections and running requests "
-                   f"(http.limit_concurrency); retry after {self.limits.retry_after_seconds} s")
-            self._refuse("limit_concurrency", refusal(503, "connection", msg, "over_capacity", self.limits.retry_after_seconds))
+            msg = (
+                f"the server is at its limit of {self.limits.limit_concurrency} open connections and running requests "
+                f"(http.limit_concurrency); retry after {self.limits.retry_after_seconds} s"
+            )
+            self._refuse(
+                "limit_concurrency",
+                refusal(503, "connection", msg, "over_capacity", self.limits.retry_after_seconds),
+            )
             return
         super().on_headers_complete()
 
@@ -117,7 +135,11 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def _parsed_head_size(self) -> int:
         """The request target and header fields as parsed."""
-        return len(self.url) + sum(len(name) + len(value) for name, value in self.headers) + 4 * len(self.headers)
+        return (
+            len(self.url)
+            + sum(len(name) + len(value) for name, value in self.headers)
+            + 4 * len(self.headers)
+        )
 
     def _head_too_large(self) -> str:
         return f"the request head exceeds {self.limits.max_header_bytes} bytes (http.max_header_bytes)"
@@ -132,9 +154,13 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         self._due = None
         if self._head_pending:
-            silent = self._head_bytes == 0 and self.cycle is None  # connected and never sent a byte: nothing to answer
+            silent = (
+                self._head_bytes == 0 and self.cycle is None
+            )  # connected and never sent a byte: nothing to answer
             msg = f"the request head did not arrive within {self.limits.header_read_seconds:g} s (http.header_read_seconds)"
-            self._refuse("header_read_seconds", None if silent else refusal(408, "header", msg, "request_timeout"))
+            self._refuse(
+                "header_read_seconds", None if silent else refusal(408, "header", msg, "request_timeout")
+            )
             return
         msg = f"the request body did not arrive within {self.limits.body_read_seconds:g} s (http.body_read_seconds)"
         self._refuse("body_read_seconds", refusal(408, "body", msg, "request_timeout"))
@@ -149,7 +175,9 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.transport.close()
 
 
-SWEEP_FRACTION = 0.25  # a late head or body is refused within its deadline plus this fraction of the shorter one
+SWEEP_FRACTION = (
+    0.25  # a late head or body is refused within its deadline plus this fraction of the shorter one
+)
 _sweeping: weakref.WeakSet[ServerState] = weakref.WeakSet()
 
 

@@ -14,7 +14,12 @@ def ensure_topics(bootstrap: str, topics: list[Topic], replication_factor: int =
     try:
         existing = set(admin.list_topics())
         new = [
-            NewTopic(t.name, num_partitions=t.partitions, replication_factor=replication_factor, topic_configs=t.config())
+            NewTopic(
+                t.name,
+                num_partitions=t.partitions,
+                replication_factor=replication_factor,
+                topic_configs=t.config(),
+            )
             for t in topics
             if t.name not in existing
         ]

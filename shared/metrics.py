@@ -12,7 +12,12 @@ from typing import Any, Literal
 
 ColumnType = Literal["string", "int64", "float64", "timestamp_ms"]
 
-FLINK_TYPES: dict[str, str] = {"string": "STRING", "int64": "BIGINT", "float64": "DOUBLE", "timestamp_ms": "BIGINT"}
+FLINK_TYPES: dict[str, str] = {
+    "string": "STRING",
+    "int64": "BIGINT",
+    "float64": "DOUBLE",
+    "timestamp_ms": "BIGINT",
+}
 CLICKHOUSE_TYPES: dict[str, str] = {
     "string": "LowCardinality(String)",
     "int64": "Int64",

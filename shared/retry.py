@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from tenacity import RetryCallState, Retrying, stop_when_event_set, wait_exponential
 
@@ -12,14 +12,26 @@ from shared.logging import get_logger
 log = get_logger("retry")
 
 
-def until_stopped(stop: threading.Event, what: str, max_wait: float = 5.0,
-                  on_retry: Callable[[BaseException], None] = lambda exc: None) -> Retrying:
+def until_stopped(
+    stop: threading.Event,
+    what: str,
+    max_wait: float = 5.0,
+    on_retry: Callable[[BaseException], None] = lambda exc: None,
+) -> Retrying:
     """Exponential backoff (0.1 s doubling up to max_wait), forever; once `stop` is set the last error is raised.
     on_retry gets each failure (to count it, or to report it in a readiness check)."""
+
     def before_sleep(state: RetryCallState) -> None:
         on_retry(state.outcome.exception())
-        log.warning(f"{what} failed, retrying", attempt=state.attempt_number,
-                    error=str(state.outcome.exception()).splitlines()[0][:300])
+        log.warning(
+            f"{what} failed, retrying",
+            attempt=state.attempt_number,
+            error=str(state.outcome.exception()).splitlines()[0][:300],
+        )
 
-    return Retrying(wait=wait_exponential(multiplier=0.1, max=max_wait), stop=stop_when_event_set(stop),
-                    before_sleep=before_sleep, reraise=True)
+    return Retrying(
+        wait=wait_exponential(multiplier=0.1, max=max_wait),
+        stop=stop_when_event_set(stop),
+        before_sleep=before_sleep,
+        reraise=True,
+    )

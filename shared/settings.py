@@ -129,8 +129,12 @@ class HttpServerSettings(BaseModel):
     limit_concurrency: int = Field(default=1_000, ge=1)  # open connections and running requests; beyond: 503
     retry_after_seconds: int = Field(default=1, ge=0)  # Retry-After of that 503
     keep_alive_seconds: int = Field(default=5, ge=1)  # an idle keep-alive connection is closed after this
-    header_read_seconds: float = Field(default=10.0, gt=0)  # request head, from connect or its first byte; beyond: 408
-    body_read_seconds: float = Field(default=30.0, gt=0)  # request body, from the end of the head; beyond: 408
+    header_read_seconds: float = Field(
+        default=10.0, gt=0
+    )  # request head, from connect or its first byte; beyond: 408
+    body_read_seconds: float = Field(
+        default=30.0, gt=0
+    )  # request body, from the end of the head; beyond: 408
     max_header_bytes: int = Field(default=32_768, ge=1_024)  # request line and header fields; beyond: 431
     backlog: int = Field(default=1_024, ge=1)  # connections the kernel queues before the server accepts them
     shutdown_grace_seconds: int = Field(default=3, ge=0)  # open requests and streams get this long on SIGTERM
@@ -201,8 +205,10 @@ class StorageSettings(ServiceAddress):
     def metric_reads_fit_the_reader_limits(self) -> StorageSettings:
         """/v1/metrics runs on the same read-only connections as /v1/sql, under their result-row limit."""
         if self.max_limit > self.sql_max_rows:
-            raise ValueError(f"storage.max_limit ({self.max_limit}) must not exceed storage.sql_max_rows "
-                             f"({self.sql_max_rows}): a /v1/metrics read runs under the SQL result-row limit")
+            raise ValueError(
+                f"storage.max_limit ({self.max_limit}) must not exceed storage.sql_max_rows "
+                f"({self.sql_max_rows}): a /v1/metrics read runs under the SQL result-row limit"
+            )
         return self
 
 
@@ -226,8 +232,12 @@ class CacheSettings(ServiceAddress):
     session_timeout_ms: int = 10_000
     max_streams: int = Field(default=200, ge=1)  # open SSE streams per process; beyond: 429 with Retry-After
     stream_queue: int = Field(default=1_000, ge=1)  # windows a stream may fall behind before it is ended
-    redis_max_connections: int = Field(default=32, ge=2)  # the API's pool, its one pub/sub connection included
-    redis_timeout_seconds: float = Field(default=5.0, gt=0)  # wait for a pooled connection, and for a Redis reply
+    redis_max_connections: int = Field(
+        default=32, ge=2
+    )  # the API's pool, its one pub/sub connection included
+    redis_timeout_seconds: float = Field(
+        default=5.0, gt=0
+    )  # wait for a pooled connection, and for a Redis reply
 
 
 class Settings(BaseSettings):
@@ -269,7 +279,8 @@ class Settings(BaseSettings):
                 f"RTAP_INGESTION__MAX_FUTURE_SKEW_MS ({future}) must be at most half of"
                 f" RTAP_PROCESSING__WATERMARK_DELAY_MS ({delay}): one client stamping its events {future} ms ahead"
                 f" moves the watermark that far and leaves every other client only {self.lateness_allowance_ms} ms before its"
-                f" events are late (docs/operations.md, Event time and clock skew)")
+                f" events are late (docs/operations.md, Event time and clock skew)"
+            )
         return self
 
     @property

@@ -3,8 +3,8 @@ constants here (partitions, retention). Metric topics derive from metric schemas
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from shared.metrics import MetricSchema
 from shared.settings import Settings
@@ -47,6 +47,8 @@ class Topics:
 
 def topics(settings: Settings) -> Topics:
     t = settings.topics
-    return Topics(events=Topic(t.events, EVENTS_PARTITIONS, EVENTS_RETENTION_MS),
-                  dead_letter=Topic(t.dead_letter, DEAD_LETTER_PARTITIONS, DEAD_LETTER_RETENTION_MS),
-                  metric_prefix=t.metric_prefix)
+    return Topics(
+        events=Topic(t.events, EVENTS_PARTITIONS, EVENTS_RETENTION_MS),
+        dead_letter=Topic(t.dead_letter, DEAD_LETTER_PARTITIONS, DEAD_LETTER_RETENTION_MS),
+        metric_prefix=t.metric_prefix,
+    )

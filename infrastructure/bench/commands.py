@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.bench import report
 from infrastructure.bench.run import BenchConfig, run_bench
+from infrastructure.local.errors import RuntimeSetupError
 
 console = Console()
 
@@ -27,21 +27,54 @@ def register(app: typer.Typer) -> None:
     def bench(
         rate: Annotated[float, typer.Option(min=1, help="events/s that rtap load sends")] = 5_000,
         duration: Annotated[float, typer.Option(min=1, max=3_600, help="seconds of load")] = 60,
-        ingest_duration: Annotated[float, typer.Option(min=1, max=120, help="seconds per ingest phase (single, batch)")] = 10,
+        ingest_duration: Annotated[
+            float, typer.Option(min=1, max=120, help="seconds per ingest phase (single, batch)")
+        ] = 10,
         skip_ingest: Annotated[bool, typer.Option(help="skip the ingest phases")] = False,
         processes: Annotated[int, typer.Option(min=1, max=16, help="rtap load sender processes")] = 2,
-        batch_size: Annotated[int, typer.Option(min=1, max=1_000, help="events per batch request of rtap load")] = 500,
-        session_gap: Annotated[int, typer.Option(min=1, help="session gap (s) of the bench stack, so sessions close within the run")] = 5,
-        settle_timeout: Annotated[float, typer.Option(min=10, help="seconds every layer may take to settle after the load (one deadline for all)")] = 180,
-        warmup: Annotated[float, typer.Option(min=0, max=120, help="seconds of warm-up load before the measured run (0: none)")] = 10,
-        watermark_delay: Annotated[int, typer.Option(min=0, max=600_000, help="bounded out-of-orderness (ms) of the bench stack; events later than this are late by policy and fail the reconciliation")] = 5_000,
-        out: Annotated[Path, typer.Option(help="directory for results.json, bench.png and the logs")] = Path("bench-results"),
+        batch_size: Annotated[
+            int, typer.Option(min=1, max=1_000, help="events per batch request of rtap load")
+        ] = 500,
+        session_gap: Annotated[
+            int,
+            typer.Option(min=1, help="session gap (s) of the bench stack, so sessions close within the run"),
+        ] = 5,
+        settle_timeout: Annotated[
+            float,
+            typer.Option(
+                min=10, help="seconds every layer may take to settle after the load (one deadline for all)"
+            ),
+        ] = 180,
+        warmup: Annotated[
+            float,
+            typer.Option(min=0, max=120, help="seconds of warm-up load before the measured run (0: none)"),
+        ] = 10,
+        watermark_delay: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                max=600_000,
+                help="bounded out-of-orderness (ms) of the bench stack; events later than this are late by policy and fail the reconciliation",
+            ),
+        ] = 5_000,
+        out: Annotated[Path, typer.Option(help="directory for results.json, bench.png and the logs")] = Path(
+            "bench-results"
+        ),
     ) -> None:
         """Benchmark a private local stack (free ports, temporary state): ingest, end-to-end throughput with
         reconciliation, freshness of cache and ClickHouse, memory of every process."""
-        config = BenchConfig(rate=rate, duration=duration, ingest_duration=ingest_duration, skip_ingest=skip_ingest,
-                             processes=processes, batch_size=batch_size, session_gap_s=session_gap, settle_timeout_s=settle_timeout,
-                             warmup_s=warmup, watermark_delay_ms=watermark_delay)
+        config = BenchConfig(
+            rate=rate,
+            duration=duration,
+            ingest_duration=ingest_duration,
+            skip_ingest=skip_ingest,
+            processes=processes,
+            batch_size=batch_size,
+            session_gap_s=session_gap,
+            settle_timeout_s=settle_timeout,
+            warmup_s=warmup,
+            watermark_delay_ms=watermark_delay,
+        )
         signal.signal(signal.SIGTERM, raise_interrupt)  # stop everything on SIGTERM as on Ctrl-C
         started = time.monotonic()
 
@@ -50,7 +83,9 @@ def register(app: typer.Typer) -> None:
 
         def tick(elapsed: float, now_rate: float, accepted: float) -> None:
             if int(elapsed) % 5 == 0:
-                step(f"  load {elapsed:4.0f}/{duration:g}s  accepted {accepted:,.0f}  now {now_rate:,.0f} events/s")
+                step(
+                    f"  load {elapsed:4.0f}/{duration:g}s  accepted {accepted:,.0f}  now {now_rate:,.0f} events/s"
+                )
 
         try:
             results = run_bench(config, out, step, tick)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import numpy
@@ -62,11 +63,20 @@ class Watcher:
 class CacheStream(Watcher):
     """Follows `/v1/jobs/{job}/stream` of the cache API (one connection per job) and records each window's arrivals."""
 
-    def __init__(self, base_url: str, schemas: dict[str, MetricSchema], deadline_s: float, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        schemas: dict[str, MetricSchema],
+        deadline_s: float,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(schemas, deadline_s)
         self.base_url, self.headers = base_url, headers or {}
         self.subscribed = {job: threading.Event() for job in schemas}
-        self._threads = [threading.Thread(target=self._follow, args=(job,), name=f"sse-{job}", daemon=True) for job in schemas]
+        self._threads = [
+            threading.Thread(target=self._follow, args=(job,), name=f"sse-{job}", daemon=True)
+            for job in schemas
+        ]
 
     def start(self) -> CacheStream:
         for thread in self._threads:
@@ -92,7 +102,9 @@ class CacheStream(Watcher):
 
     def _read_stream(self, job: str) -> None:
         timeout = httpx.Timeout(5.0, read=30.0)
-        with httpx.stream("GET", f"{self.base_url}/v1/jobs/{job}/stream", headers=self.headers, timeout=timeout) as response:
+        with httpx.stream(
+            "GET", f"{self.base_url}/v1/jobs/{job}/stream", headers=self.headers, timeout=timeout
+        ) as response:
             response.raise_for_status()
             event = None
             for line in response.iter_lines():
@@ -103,7 +115,9 @@ class CacheStream(Watcher):
                 elif line.startswith("event:"):
                     event = line[6:].strip()
                 elif line.startswith("data:") and event == "window":
-                    record_arrival(self.arrivals[job], self.schemas[job], orjson.loads(line[5:].strip()), now_ms())
+                    record_arrival(
+                        self.arrivals[job], self.schemas[job], orjson.loads(line[5:].strip()), now_ms()
+                    )
                 elif not line:
                     event = None
 
@@ -111,10 +125,22 @@ class CacheStream(Watcher):
 class ClickHousePoller(Watcher):
     """Polls the storage API `/v1/metrics/{job}` for the recent windows every `interval` seconds."""
 
-    def __init__(self, base_url: str, schemas: dict[str, MetricSchema], deadline_s: float, lookback_ms: int,
-                 interval: float = 0.1, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        schemas: dict[str, MetricSchema],
+        deadline_s: float,
+        lookback_ms: int,
+        interval: float = 0.1,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(schemas, deadline_s)
-        self.base_url, self.lookback_ms, self.interval, self.headers = base_url, lookback_ms, interval, headers or {}
+        self.base_url, self.lookback_ms, self.interval, self.headers = (
+            base_url,
+            lookback_ms,
+            interval,
+            headers or {},
+        )
         self.polls = 0
 
     def _run(self) -> None:
@@ -128,7 +154,10 @@ class ClickHousePoller(Watcher):
     def _poll(self, client: httpx.Client, job: str, schema: MetricSchema) -> None:
         now = int(now_ms())
         try:
-            response = client.get(f"/v1/metrics/{job}", params={"from": now - self.lookback_ms, "to": now + 60_000, "limit": 10_000})
+            response = client.get(
+                f"/v1/metrics/{job}",
+                params={"from": now - self.lookback_ms, "to": now + 60_000, "limit": 10_000},
+            )
             response.raise_for_status()
             rows = response.json()["rows"]
         except (httpx.HTTPError, ValueError, KeyError):
@@ -154,8 +183,12 @@ def is_final(schema: MetricSchema, want: dict[str, Any], got: dict[str, Any]) ->
     return all(same_value(value, got.get(column), types[column]) for column, value in want.items())
 
 
-def delays_ms(schema: MetricSchema, expected: dict[Key, dict[str, Any]], arrivals: Arrivals,
-              close_ms: Callable[[Key], float]) -> tuple[list[float], int]:
+def delays_ms(
+    schema: MetricSchema,
+    expected: dict[Key, dict[str, Any]],
+    arrivals: Arrivals,
+    close_ms: Callable[[Key], float],
+) -> tuple[list[float], int]:
     """(delay from close until the final value was first seen, for each window seen with it; windows never seen so)."""
     delays, missing = [], 0
     for key, want in expected.items():
@@ -170,7 +203,22 @@ def delays_ms(schema: MetricSchema, expected: dict[Key, dict[str, Any]], arrival
 def distribution(delays: list[float], missing: int) -> dict[str, Any]:
     """p50/p95/p99/max in ms of the delays, the window counts, and the delays themselves (for the plot)."""
     if not delays:
-        return {"windows": 0, "missing": missing, "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None, "delays_ms": []}
+        return {
+            "windows": 0,
+            "missing": missing,
+            "p50_ms": None,
+            "p95_ms": None,
+            "p99_ms": None,
+            "max_ms": None,
+            "delays_ms": [],
+        }
     p50, p95, p99 = (float(v) for v in numpy.percentile(delays, PERCENTILES))
-    return {"windows": len(delays), "missing": missing, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "max_ms": max(delays),
-            "delays_ms": [round(d, 1) for d in delays]}
+    return {
+        "windows": len(delays),
+        "missing": missing,
+        "p50_ms": p50,
+        "p95_ms": p95,
+        "p99_ms": p99,
+        "max_ms": max(delays),
+        "delays_ms": [round(d, 1) for d in delays],
+    }

@@ -27,7 +27,9 @@ def run_ingest(duration: float, out_dir: Path) -> list[dict]:
         try:
             code = proc.wait(timeout=2 * duration + START_UP_S)
         except subprocess.TimeoutExpired:
-            raise RuntimeError(f"benchmarks/ingestion.py did not finish in {2 * duration + START_UP_S:.0f}s; log: {log_file}") from None
+            raise RuntimeError(
+                f"benchmarks/ingestion.py did not finish in {2 * duration + START_UP_S:.0f}s; log: {log_file}"
+            ) from None
         finally:
             interrupt(proc)
     if code != 0 or not result_file.exists():

@@ -4,8 +4,8 @@ children (the Kafka and Flink JVMs under their launch scripts, Python workers, t
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import psutil
 
@@ -42,16 +42,24 @@ class MemorySampler(Periodic):
     samples: list[tuple[float, dict[str, int]]] = field(default_factory=list)
 
     def sample(self) -> None:
-        self.samples.append((time.time(), {name: tree_rss(pid_of()) for name, pid_of in self.processes.items()}))
+        self.samples.append(
+            (time.time(), {name: tree_rss(pid_of()) for name, pid_of in self.processes.items()})
+        )
 
     def summary(self) -> dict:
         """Peak and mean MB per process and of the total (the total's peak is the peak of the per-sample sums)."""
         out: dict = {"processes": {}, "samples": len(self.samples)}
         for name in self.processes:
             values = [sample[name] for _, sample in self.samples if sample.get(name)]
-            out["processes"][name] = {"peak_mb": max(values, default=0) / MB, "mean_mb": sum(values) / len(values) / MB if values else 0.0}
+            out["processes"][name] = {
+                "peak_mb": max(values, default=0) / MB,
+                "mean_mb": sum(values) / len(values) / MB if values else 0.0,
+            }
         totals = [sum(sample.values()) for _, sample in self.samples]
-        out["total"] = {"peak_mb": max(totals, default=0) / MB, "mean_mb": sum(totals) / len(totals) / MB if totals else 0.0}
+        out["total"] = {
+            "peak_mb": max(totals, default=0) / MB,
+            "mean_mb": sum(totals) / len(totals) / MB if totals else 0.0,
+        }
         return out
 
     def series(self) -> dict[str, list]:

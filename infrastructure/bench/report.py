@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import orjson
 from rich.table import Table
@@ -22,11 +21,26 @@ def ms(value: float | None) -> str:
 
 def ingest_table(phases: list[dict]) -> Table:
     table = Table(title="ingest (benchmarks/ingestion.py)")
-    for col in ("phase", "req/s", "events/s", "server CPU cores", "events per server CPU-s", "p50 ms", "p99 ms"):
+    for col in (
+        "phase",
+        "req/s",
+        "events/s",
+        "server CPU cores",
+        "events per server CPU-s",
+        "p50 ms",
+        "p99 ms",
+    ):
         table.add_column(col, justify="left" if col == "phase" else "right")
     for p in phases:
-        table.add_row(p["name"], f"{p['requests_per_s']:,.0f}", f"{p['events_per_s']:,.0f}", f"{p['server_cpu_cores']:.2f}",
-                      f"{p['events_per_server_cpu_second']:,.0f}", f"{p['p50_ms']:.1f}", f"{p['p99_ms']:.1f}")
+        table.add_row(
+            p["name"],
+            f"{p['requests_per_s']:,.0f}",
+            f"{p['events_per_s']:,.0f}",
+            f"{p['server_cpu_cores']:.2f}",
+            f"{p['events_per_server_cpu_second']:,.0f}",
+            f"{p['p50_ms']:.1f}",
+            f"{p['p99_ms']:.1f}",
+        )
     return table
 
 
@@ -34,13 +48,18 @@ def end_to_end_table(e2e: dict) -> Table:
     table = Table(title="end to end (rtap load -> every layer, reconciled against the manifest)")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    rows = [("target rate, duration", f"{e2e['target_rate']:,.0f} events/s for {e2e['duration_s']:g} s"),
-            ("events sent / accepted / not accepted", f"{e2e['events']:,} / {e2e['accepted']:,} / {e2e['not_accepted']:,}"),
-            ("accepted events/s (whole load, incl. sender start)", f"{e2e['accepted_per_s']:,.0f}"),
-            ("accepted events/s (ingestion counter, sustained)", f"{e2e['sustained_accepted_per_s']:,.0f}"),
-            ("reconciliation", "exact" if e2e["reconciled_exactly"] else f"{e2e['differences']:,} differences"),
-            ("load end -> every layer reconciled", f"{e2e['settle_seconds']:.1f} s"),
-            ("windows", ", ".join(f"{job} {n:,}" for job, n in e2e["windows"].items()))]
+    rows = [
+        ("target rate, duration", f"{e2e['target_rate']:,.0f} events/s for {e2e['duration_s']:g} s"),
+        (
+            "events sent / accepted / not accepted",
+            f"{e2e['events']:,} / {e2e['accepted']:,} / {e2e['not_accepted']:,}",
+        ),
+        ("accepted events/s (whole load, incl. sender start)", f"{e2e['accepted_per_s']:,.0f}"),
+        ("accepted events/s (ingestion counter, sustained)", f"{e2e['sustained_accepted_per_s']:,.0f}"),
+        ("reconciliation", "exact" if e2e["reconciled_exactly"] else f"{e2e['differences']:,} differences"),
+        ("load end -> every layer reconciled", f"{e2e['settle_seconds']:.1f} s"),
+        ("windows", ", ".join(f"{job} {n:,}" for job, n in e2e["windows"].items())),
+    ]
     for row in rows:
         table.add_row(*row)
     return table
@@ -54,7 +73,16 @@ def freshness_table(freshness: dict) -> Table:
         for layer in LAYERS:
             d = layers[layer]
             name = {"kafka": "kafka (Flink emit)"}.get(layer, layer)
-            table.add_row(job, name, str(d["windows"]), str(d["missing"]), ms(d["p50_ms"]), ms(d["p95_ms"]), ms(d["p99_ms"]), ms(d["max_ms"]))
+            table.add_row(
+                job,
+                name,
+                str(d["windows"]),
+                str(d["missing"]),
+                ms(d["p50_ms"]),
+                ms(d["p95_ms"]),
+                ms(d["p99_ms"]),
+                ms(d["max_ms"]),
+            )
     return table
 
 
@@ -64,25 +92,49 @@ def memory_table(memory: dict) -> Table:
         table.add_column(col, justify="left" if col == "process" else "right")
     for name, m in sorted(memory["processes"].items(), key=lambda item: -item[1]["peak_mb"]):
         table.add_row(name, f"{m['peak_mb']:,.0f}", f"{m['mean_mb']:,.0f}")
-    table.add_row("[bold]total[/bold]", f"[bold]{memory['total']['peak_mb']:,.0f}[/bold]", f"[bold]{memory['total']['mean_mb']:,.0f}[/bold]")
+    table.add_row(
+        "[bold]total[/bold]",
+        f"[bold]{memory['total']['peak_mb']:,.0f}[/bold]",
+        f"[bold]{memory['total']['mean_mb']:,.0f}[/bold]",
+    )
     return table
 
 
 def targets(results: dict) -> list[tuple[str, str, str, bool]]:
     """(target, wanted, measured, met) for each of the issue's targets."""
     e2e, fresh, memory = results["end_to_end"], results["freshness"], results["memory"]
-    out = [("end-to-end throughput", f">= {TARGET_EVENTS_PER_S:,} events/s for {TARGET_DURATION_S} s, exact",
+    out = [
+        (
+            "end-to-end throughput",
+            f">= {TARGET_EVENTS_PER_S:,} events/s for {TARGET_DURATION_S} s, exact",
             f"{e2e['sustained_accepted_per_s']:,.0f} events/s for {e2e['duration_s']:g} s, "
             + ("exact" if e2e["reconciled_exactly"] else f"{e2e['differences']} differences"),
-            e2e["sustained_accepted_per_s"] >= TARGET_EVENTS_PER_S and e2e["duration_s"] >= TARGET_DURATION_S and e2e["reconciled_exactly"])]
+            e2e["sustained_accepted_per_s"] >= TARGET_EVENTS_PER_S
+            and e2e["duration_s"] >= TARGET_DURATION_S
+            and e2e["reconciled_exactly"],
+        )
+    ]
     for layer, limit in TARGET_P95_MS.items():
         worst = [fresh[job][layer]["p95_ms"] for job in fresh]
         measured = max((w for w in worst if w is not None), default=None)
         missing = sum(fresh[job][layer]["missing"] for job in fresh)
-        out.append((f"freshness p95, {layer}", f"<= {limit:,} ms", f"{ms(measured)} ms (worst job)" + (f", {missing} windows unseen" if missing else ""),
-                    measured is not None and measured <= limit and not missing))
+        out.append(
+            (
+                f"freshness p95, {layer}",
+                f"<= {limit:,} ms",
+                f"{ms(measured)} ms (worst job)" + (f", {missing} windows unseen" if missing else ""),
+                measured is not None and measured <= limit and not missing,
+            )
+        )
     total = memory["total"]["peak_mb"]
-    out.append(("memory of the stack", f"<= {TARGET_MEMORY_MB:,} MB", f"{total:,.0f} MB peak", total <= TARGET_MEMORY_MB))
+    out.append(
+        (
+            "memory of the stack",
+            f"<= {TARGET_MEMORY_MB:,} MB",
+            f"{total:,.0f} MB peak",
+            total <= TARGET_MEMORY_MB,
+        )
+    )
     return out
 
 
@@ -97,8 +149,12 @@ def targets_table(results: dict) -> Table:
 
 def tables(results: dict) -> list[Table]:
     out = [ingest_table(results["ingest"])] if results.get("ingest") else []
-    return out + [end_to_end_table(results["end_to_end"]), freshness_table(results["freshness"]), memory_table(results["memory"]),
-                  targets_table(results)]
+    return out + [
+        end_to_end_table(results["end_to_end"]),
+        freshness_table(results["freshness"]),
+        memory_table(results["memory"]),
+        targets_table(results),
+    ]
 
 
 def write_json(results: dict, path: Path) -> None:
@@ -116,8 +172,12 @@ def plot(results: dict, path: Path) -> None:
     e2e = results["end_to_end"]
     series = results["throughput_series"]
     rate_ax.plot(series["t"], series["events_per_s"], label="accepted (ingestion counter)")
-    rate_ax.axhline(e2e["target_rate"], color="gray", linestyle="--", label=f"--rate {e2e['target_rate']:,.0f}")
-    rate_ax.set(title="accepted events/s during the run", xlabel="seconds since the load started", ylabel="events/s")
+    rate_ax.axhline(
+        e2e["target_rate"], color="gray", linestyle="--", label=f"--rate {e2e['target_rate']:,.0f}"
+    )
+    rate_ax.set(
+        title="accepted events/s during the run", xlabel="seconds since the load started", ylabel="events/s"
+    )
     rate_ax.legend(loc="lower right")
 
     labels, data = [], []
@@ -132,7 +192,10 @@ def plot(results: dict, path: Path) -> None:
         fresh_ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
     for layer, limit in TARGET_P95_MS.items():
         fresh_ax.axhline(limit / 1000, color="gray", linestyle=":", linewidth=1)
-    fresh_ax.set(title="freshness: window close + watermark -> final record visible (box 25-75%, whiskers 5-95%)", ylabel="seconds")
+    fresh_ax.set(
+        title="freshness: window close + watermark -> final record visible (box 25-75%, whiskers 5-95%)",
+        ylabel="seconds",
+    )
 
     memory = results["memory"]
     names = sorted(memory["processes"], key=lambda n: -memory["processes"][n]["peak_mb"])
@@ -142,7 +205,9 @@ def plot(results: dict, path: Path) -> None:
     mem_ax.bar([p - 0.2 for p in positions], peaks, width=0.4, label="peak")
     mem_ax.bar([p + 0.2 for p in positions], means, width=0.4, label="mean")
     mem_ax.set_xticks(list(positions), names, fontsize=8)
-    mem_ax.set(title=f"memory per process tree (total peak {memory['total']['peak_mb']:,.0f} MB)", ylabel="MB RSS")
+    mem_ax.set(
+        title=f"memory per process tree (total peak {memory['total']['peak_mb']:,.0f} MB)", ylabel="MB RSS"
+    )
     mem_ax.legend()
     fig.tight_layout()
     fig.savefig(path)

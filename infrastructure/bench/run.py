@@ -10,12 +10,17 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from infrastructure.bench.freshness import (
-    CacheStream, ClickHousePoller, delays_ms, distribution, kafka_arrivals,
+    CacheStream,
+    ClickHousePoller,
+    delays_ms,
+    distribution,
+    kafka_arrivals,
 )
 from infrastructure.bench.ingest import run_ingest
 from infrastructure.bench.memory import MemorySampler
@@ -47,7 +52,9 @@ class BenchConfig:
 
 
 Step = Callable[[str], None]
-Tick = Callable[[float, float, float], None]  # seconds into the load, accepted events/s just now, accepted in total
+Tick = Callable[
+    [float, float, float], None
+]  # seconds into the load, accepted events/s just now, accepted in total
 
 
 def bench_env(config: BenchConfig) -> dict[str, str]:
@@ -55,24 +62,39 @@ def bench_env(config: BenchConfig) -> dict[str, str]:
     the watermark delay (senders that fall behind their schedule on a saturated machine send events that much late),
     and read limits large enough to reconcile every session window through the APIs."""
     limit = str(max(100_000, int(config.rate * config.duration)))
-    return {"RTAP_PROCESSING__SESSION_GAP_SECONDS": str(config.session_gap_s), "RTAP_FLINK__TASK_SLOTS": str(FlinkSettings().task_slots),
-            "RTAP_PROCESSING__WATERMARK_DELAY_MS": str(config.watermark_delay_ms),
-            "RTAP_CACHE__MAX_LIMIT": limit, "RTAP_CACHE__WINDOWS_PER_KEY": limit, "RTAP_STORAGE__MAX_LIMIT": limit,
-            "RTAP_STORAGE__SQL_MAX_ROWS": limit, "RTAP_STORAGE__SQL_MAX_RESULT_BYTES": str(1 << 30)}
+    return {
+        "RTAP_PROCESSING__SESSION_GAP_SECONDS": str(config.session_gap_s),
+        "RTAP_FLINK__TASK_SLOTS": str(FlinkSettings().task_slots),
+        "RTAP_PROCESSING__WATERMARK_DELAY_MS": str(config.watermark_delay_ms),
+        "RTAP_CACHE__MAX_LIMIT": limit,
+        "RTAP_CACHE__WINDOWS_PER_KEY": limit,
+        "RTAP_STORAGE__MAX_LIMIT": limit,
+        "RTAP_STORAGE__SQL_MAX_ROWS": limit,
+        "RTAP_STORAGE__SQL_MAX_RESULT_BYTES": str(1 << 30),
+    }
 
 
 def run_bench(config: BenchConfig, out_dir: Path, step: Step, tick: Tick) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"config": asdict(config), "machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
-                               "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    results: dict[str, Any] = {
+        "config": asdict(config),
+        "machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     if not config.skip_ingest:
         step(f"ingest: benchmarks/ingestion.py --duration {config.ingest_duration:g} (private broker)")
         results["ingest"] = run_ingest(config.ingest_duration, out_dir)
     tmp = Path(tempfile.mkdtemp(prefix="rtap-bench-"))
     try:
-        with full_stack(tmp / "state", infrastructure=INFRASTRUCTURE + MONITORING, on_start=lambda name: step(f"starting {name}"),
-                        **bench_env(config)) as (s, harness, services):
-            processes = {name: harness.stack.component(name).pid for name in harness.started if name != "topics"}
+        with full_stack(
+            tmp / "state",
+            infrastructure=INFRASTRUCTURE + MONITORING,
+            on_start=lambda name: step(f"starting {name}"),
+            **bench_env(config),
+        ) as (s, harness, services):
+            processes = {
+                name: harness.stack.component(name).pid for name in harness.started if name != "topics"
+            }
             processes.update({name: svc.pid for name, svc in services.items()})
             results.update(end_to_end(s, config, processes, tmp, out_dir, step, tick))
             step("stopping the stack")
@@ -82,10 +104,14 @@ def run_bench(config: BenchConfig, out_dir: Path, step: Step, tick: Tick) -> dic
     return results
 
 
-def end_to_end(s: Settings, config: BenchConfig, processes: dict, tmp: Path, out_dir: Path, step: Step, tick: Tick) -> dict[str, Any]:
+def end_to_end(
+    s: Settings, config: BenchConfig, processes: dict, tmp: Path, out_dir: Path, step: Step, tick: Tick
+) -> dict[str, Any]:
     schemas = load_schemas()
     fresh = {job: schemas[job] for job in FRESHNESS_JOBS}
-    watch_s = config.duration + LOAD_GRACE_S + 2 * config.settle_timeout_s  # the reconciliation deadline and its last reads
+    watch_s = (
+        config.duration + LOAD_GRACE_S + 2 * config.settle_timeout_s
+    )  # the reconciliation deadline and its last reads
     window_ms, delay_ms = s.processing.window_seconds * 1000, s.processing.watermark_delay_ms
     memory = MemorySampler(processes).start()
     if config.warmup_s > 0:
@@ -97,7 +123,9 @@ def end_to_end(s: Settings, config: BenchConfig, processes: dict, tmp: Path, out
     try:
         if not cache.wait_subscribed(SUBSCRIBE_TIMEOUT_S):
             raise RuntimeError(f"the cache SSE stream did not subscribe within {SUBSCRIBE_TIMEOUT_S}s")
-        step(f"load: rtap load --rate {config.rate:g} --duration {config.duration:g} --processes {config.processes}")
+        step(
+            f"load: rtap load --rate {config.rate:g} --duration {config.duration:g} --processes {config.processes}"
+        )
         manifest = tmp / "manifest.jsonl"
         load_started = time.time()
         run_load(s, config, manifest, out_dir / "load.log", tick, rate)
@@ -119,19 +147,40 @@ def end_to_end(s: Settings, config: BenchConfig, processes: dict, tmp: Path, out
 
     freshness = {}
     for job, schema in fresh.items():
-        seen = {"cache": cache.arrivals[job], "clickhouse": clickhouse.arrivals[job], "kafka": kafka_arrivals(layers, schema)}
-        freshness[job] = {layer: distribution(*delays_ms(schema, expected[job], arrivals, close_ms)) for layer, arrivals in seen.items()}
+        seen = {
+            "cache": cache.arrivals[job],
+            "clickhouse": clickhouse.arrivals[job],
+            "kafka": kafka_arrivals(layers, schema),
+        }
+        freshness[job] = {
+            layer: distribution(*delays_ms(schema, expected[job], arrivals, close_ms))
+            for layer, arrivals in seen.items()
+        }
     times, rates = rate.series(load_started)
     load_seconds = load_ended - load_started
     return {
-        "end_to_end": {"target_rate": config.rate, "duration_s": config.duration, "events": len(entries), "accepted": len(counted),
-                       "not_accepted": sum(not e["accepted"] for e in entries), "load_seconds": load_seconds,
-                       "accepted_per_s": len(counted) / max(load_seconds, 1e-9), "sustained_accepted_per_s": rate.sustained(),
-                       "differences": len(problems), "differences_sample": problems[:20], "reconciled_exactly": not problems,
-                       "settle_seconds": settled, "windows": {job: len(keys) for job, keys in expected.items()}},
+        "end_to_end": {
+            "target_rate": config.rate,
+            "duration_s": config.duration,
+            "events": len(entries),
+            "accepted": len(counted),
+            "not_accepted": sum(not e["accepted"] for e in entries),
+            "load_seconds": load_seconds,
+            "accepted_per_s": len(counted) / max(load_seconds, 1e-9),
+            "sustained_accepted_per_s": rate.sustained(),
+            "differences": len(problems),
+            "differences_sample": problems[:20],
+            "reconciled_exactly": not problems,
+            "settle_seconds": settled,
+            "windows": {job: len(keys) for job, keys in expected.items()},
+        },
         "throughput_series": {"t": times, "events_per_s": rates},
         "freshness": freshness,
-        "freshness_watchers": {"cache_stream_errors": cache.errors, "clickhouse_polls": clickhouse.polls, "clickhouse_errors": clickhouse.errors},
+        "freshness_watchers": {
+            "cache_stream_errors": cache.errors,
+            "clickhouse_polls": clickhouse.polls,
+            "clickhouse_errors": clickhouse.errors,
+        },
         "memory": {**memory.summary(), "series": memory.series()},
     }
 
@@ -144,24 +193,56 @@ def warm_up(s: Settings, config: BenchConfig, tmp: Path, out_dir: Path, step: St
     warm = replace(config, rate=rate, duration=config.warmup_s, seed=config.seed + 1_000)
     run_load(s, warm, tmp / "warmup.jsonl", out_dir / "warmup.log", lambda *_: None)
     window_ms = s.processing.window_seconds * 1000
-    next_window = (time.time() * 1000 // window_ms + 1) * window_ms  # the sender posts no event before its timestamp
+    next_window = (
+        time.time() * 1000 // window_ms + 1
+    ) * window_ms  # the sender posts no event before its timestamp
     time.sleep(max(0.0, next_window / 1000 - time.time()))
 
 
-def run_load(s: Settings, config: BenchConfig, manifest: Path, log_path: Path, tick: Tick, rate: AcceptedRate | None = None) -> None:
+def run_load(
+    s: Settings,
+    config: BenchConfig,
+    manifest: Path,
+    log_path: Path,
+    tick: Tick,
+    rate: AcceptedRate | None = None,
+) -> None:
     """`rtap load` in its own process group (its sender processes with it), bounded by duration + LOAD_GRACE_S."""
-    argv = load_command(manifest, "--rate", f"{config.rate:g}", "--duration", f"{config.duration:g}", "--processes", str(config.processes),
-                        "--batch-size", str(config.batch_size), "--seed", str(config.seed), "--max-seconds", f"{config.duration + LOAD_GRACE_S / 2:g}")
+    argv = load_command(
+        manifest,
+        "--rate",
+        f"{config.rate:g}",
+        "--duration",
+        f"{config.duration:g}",
+        "--processes",
+        str(config.processes),
+        "--batch-size",
+        str(config.batch_size),
+        "--seed",
+        str(config.seed),
+        "--max-seconds",
+        f"{config.duration + LOAD_GRACE_S / 2:g}",
+    )
     started = time.monotonic()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, env={**stack_env(s), "COLUMNS": "120"}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env={**stack_env(s), "COLUMNS": "120"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             samples = rate.samples if rate else []
             first = samples[-1][1] if samples else 0.0
             while proc.poll() is None and time.monotonic() - started < config.duration + LOAD_GRACE_S:
                 time.sleep(1)
                 recent = samples[-2:]
-                now_rate = (recent[1][1] - recent[0][1]) / max(recent[1][0] - recent[0][0], 1e-9) if len(recent) == 2 else 0.0
+                now_rate = (
+                    (recent[1][1] - recent[0][1]) / max(recent[1][0] - recent[0][0], 1e-9)
+                    if len(recent) == 2
+                    else 0.0
+                )
                 tick(time.monotonic() - started, now_rate, (recent[-1][1] if recent else first) - first)
         finally:
             stop_group(proc)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 
@@ -33,7 +33,9 @@ def wait_for_flink_job(s: Settings, timeout: float = 180.0) -> str:
             jobs = httpx.get(url, timeout=5).json()["jobs"]
         except httpx.HTTPError:
             jobs = []
-        running = [j for j in jobs if j["name"].startswith(s.processing.job_name + ":") and j["state"] == "RUNNING"]
+        running = [
+            j for j in jobs if j["name"].startswith(s.processing.job_name + ":") and j["state"] == "RUNNING"
+        ]
         if running:
             return running[0]["jid"]
         time.sleep(1)
@@ -41,9 +43,12 @@ def wait_for_flink_job(s: Settings, timeout: float = 180.0) -> str:
 
 
 @contextmanager
-def full_stack(state_dir: Path, infrastructure: tuple[str, ...] = INFRASTRUCTURE,
-               on_start: Callable[[str], None] = lambda name: None,
-               **env: str) -> Iterator[tuple[Settings, Harness, dict[str, Service]]]:
+def full_stack(
+    state_dir: Path,
+    infrastructure: tuple[str, ...] = INFRASTRUCTURE,
+    on_start: Callable[[str], None] = lambda name: None,
+    **env: str,
+) -> Iterator[tuple[Settings, Harness, dict[str, Service]]]:
     """Start infrastructure, then the services, wait for the pipeline job; stop all of it on exit (also on errors)."""
     s = isolated_settings(state_dir, **env)
     harness, services = Harness(s), {}

@@ -19,8 +19,13 @@ def accepted_total(metrics_url: str) -> float | None:
         text = httpx.get(metrics_url, timeout=2).text
     except httpx.HTTPError:
         return None
-    return sum(sample.value for family in text_string_to_metric_families(text) if family.name == ACCEPTED
-               for sample in family.samples if sample.name == ACCEPTED + "_total")
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == ACCEPTED
+        for sample in family.samples
+        if sample.name == ACCEPTED + "_total"
+    )
 
 
 @dataclass

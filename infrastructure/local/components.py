@@ -135,25 +135,27 @@ class Kafka(Component):
         data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
         (self.dir / "server.properties").write_text(
-            "\n".join([
-                "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@127.0.0.1:{k.controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{k.port},CONTROLLER://127.0.0.1:{k.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{k.port}",
-                "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                f"log.dirs={data}",
-                "num.partitions=1",
-                "offsets.topic.replication.factor=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "min.insync.replicas=1",
-                "group.initial.rebalance.delay.ms=0",
-                "auto.create.topics.enable=false",
-                f"message.max.bytes={k.max_record_bytes}",  # one limit with ingestion (KafkaSettings.max_record_bytes)
-                "",
-            ])
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{k.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{k.port},CONTROLLER://127.0.0.1:{k.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{k.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={data}",
+                    "num.partitions=1",
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "min.insync.replicas=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "auto.create.topics.enable=false",
+                    f"message.max.bytes={k.max_record_bytes}",  # one limit with ingestion (KafkaSettings.max_record_bytes)
+                    "",
+                ]
+            )
         )
         (self.dir / "log4j.properties").write_text(
             "log4j.rootLogger=WARN, stdout\n"
@@ -167,18 +169,36 @@ class Kafka(Component):
         meta = data / "meta.properties"
         if meta.exists():
             if "cluster.id=" not in meta.read_text(errors="replace"):
-                raise RuntimeSetupError(f"Kafka state is corrupt: {meta} has no cluster.id; move {self.dir} away to start fresh")
+                raise RuntimeSetupError(
+                    f"Kafka state is corrupt: {meta} has no cluster.id; move {self.dir} away to start fresh"
+                )
             return
         if any(data.iterdir()):
-            raise RuntimeSetupError(f"Kafka data directory {data} holds files but no meta.properties: corrupt or foreign state")
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")  # may start with "-": pass it with "="
+            raise RuntimeSetupError(
+                f"Kafka data directory {data} holds files but no meta.properties: corrupt or foreign state"
+            )
+        cluster_id = (
+            base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        )  # may start with "-": pass it with "="
         result = subprocess.run(
-            [java(), "-cp", self._classpath(), f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
-             "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(self.dir / "server.properties")],
-            capture_output=True, text=True,
+            [
+                java(),
+                "-cp",
+                self._classpath(),
+                f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cluster_id}",
+                "-c",
+                str(self.dir / "server.properties"),
+            ],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
-            raise RuntimeSetupError(f"formatting Kafka storage failed: {(result.stderr or result.stdout).strip()[-300:]}")
+            raise RuntimeSetupError(
+                f"formatting Kafka storage failed: {(result.stderr or result.stdout).strip()[-300:]}"
+            )
 
     def _classpath(self) -> str:
         return str(self.state / "jars" / "kafka" / "*")
@@ -190,9 +210,18 @@ class Kafka(Component):
 
     def argv(self) -> list[str]:
         heap = self.settings.kafka.heap
-        return [java(), f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", self._jmx_exporter_agent(), "-cp", self._classpath(),
-                f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
-                "kafka.Kafka", str(self.dir / "server.properties")]
+        return [
+            java(),
+            f"-Xmx{heap}",
+            f"-Xms{heap}",
+            "-XX:+UseG1GC",
+            self._jmx_exporter_agent(),
+            "-cp",
+            self._classpath(),
+            f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
+            "kafka.Kafka",
+            str(self.dir / "server.properties"),
+        ]
 
     def healthy(self) -> tuple[bool, str]:
         if not port_open(self.settings.kafka.port):
@@ -222,14 +251,34 @@ class Redis(Component):
 
     def prepare(self) -> None:
         if not shutil.which("redis-server"):
-            raise RuntimeSetupError("redis-server is not installed; run ./rtap setup (Debian package redis-server)")
+            raise RuntimeSetupError(
+                "redis-server is not installed; run ./rtap setup (Debian package redis-server)"
+            )
         (self.state / "redis").mkdir(parents=True, exist_ok=True)
 
     def argv(self) -> list[str]:
         r = self.settings.redis
-        argv = ["redis-server", "--port", str(r.port), "--bind", "127.0.0.1", "--dir", str(self.state / "redis"),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--daemonize", "no", "--save", "60 1",
-                "--maxmemory", r.maxmemory, "--maxmemory-policy", "noeviction"]
+        argv = [
+            "redis-server",
+            "--port",
+            str(r.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.state / "redis"),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--daemonize",
+            "no",
+            "--save",
+            "60 1",
+            "--maxmemory",
+            r.maxmemory,
+            "--maxmemory-policy",
+            "noeviction",
+        ]
         if r.password:
             argv += ["--requirepass", r.password]
         return argv
@@ -258,12 +307,18 @@ class RedisExporter(Component):
 
     def prepare(self) -> None:
         if not shutil.which("prometheus-redis-exporter"):
-            raise RuntimeSetupError("prometheus-redis-exporter is not installed; run ./rtap setup (Debian package prometheus-redis-exporter)")
+            raise RuntimeSetupError(
+                "prometheus-redis-exporter is not installed; run ./rtap setup (Debian package prometheus-redis-exporter)"
+            )
 
     def argv(self) -> list[str]:
         r = self.settings.redis
-        return ["prometheus-redis-exporter", f"-redis.addr=redis://{r.host}:{r.port}",
-                f"-web.listen-address=127.0.0.1:{r.exporter_port}", "-redis-only-metrics"]
+        return [
+            "prometheus-redis-exporter",
+            f"-redis.addr=redis://{r.host}:{r.port}",
+            f"-web.listen-address=127.0.0.1:{r.exporter_port}",
+            "-redis-only-metrics",
+        ]
 
     def env(self) -> dict[str, str]:
         password = self.settings.redis.password
@@ -288,16 +343,23 @@ class Prometheus(Component):
 
     def prepare(self) -> None:
         if not shutil.which("prometheus"):
-            raise RuntimeSetupError("prometheus is not installed; run ./rtap setup (Debian package prometheus)")
+            raise RuntimeSetupError(
+                "prometheus is not installed; run ./rtap setup (Debian package prometheus)"
+            )
         from infrastructure.local.prometheus_config import write_local_config
 
         write_local_config(self.settings, MONITORING_DIR / "prometheus", self.state / "prometheus")
 
     def argv(self) -> list[str]:
         d = self.state / "prometheus"
-        return ["prometheus", f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.settings.prometheus.port}", "--storage.tsdb.retention.time=7d",
-                "--web.enable-lifecycle"]
+        return [
+            "prometheus",
+            f"--config.file={d / 'prometheus.yml'}",
+            f"--storage.tsdb.path={d / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.settings.prometheus.port}",
+            "--storage.tsdb.retention.time=7d",
+            "--web.enable-lifecycle",
+        ]
 
     def healthy(self) -> tuple[bool, str]:
         return _http_ok(f"{self.url()}/-/ready")
@@ -373,7 +435,9 @@ class FlinkTaskManager(FlinkProcess):
         except (httpx.HTTPError, ValueError) as exc:
             return False, f"jobmanager unreachable: {exc}"
         slots = overview.get("slots-total", 0)
-        return overview.get("taskmanagers", 0) >= 1 and slots > 0, f"{slots} slots, {overview.get('jobs-running', 0)} jobs running"
+        return overview.get(
+            "taskmanagers", 0
+        ) >= 1 and slots > 0, f"{slots} slots, {overview.get('jobs-running', 0)} jobs running"
 
 
 def write_flink_conf(settings: Settings, conf_dir: Path) -> None:
@@ -382,34 +446,57 @@ def write_flink_conf(settings: Settings, conf_dir: Path) -> None:
     conf = yaml.safe_load((default_conf / "config.yaml").read_text())
     f = settings.flink
     state = settings.state_path / "flink"
-    conf.update({
-        "jobmanager": {"bind-host": f.rest_host, "rpc": {"address": f.rest_host, "port": f.rpc_port},
-                       "memory": {"process": {"size": f.jobmanager_memory}},
-                       "execution": {"failover-strategy": "region"}},
-        "taskmanager": {"bind-host": f.taskmanager_host, "host": f.taskmanager_host,
-                        "numberOfTaskSlots": f.task_slots,
-                        "memory": {"process": {"size": f.taskmanager_memory},
-                                   "managed": {"fraction": f.taskmanager_managed_fraction}}},
-        "parallelism": {"default": f.parallelism},
-        "rest": {"address": f.rest_host, "bind-address": f.rest_host, "port": f.rest_port},
-        "execution": {"checkpointing": {"dir": (state / "checkpoints").as_uri(),
-                                        "savepoint-dir": (state / "savepoints").as_uri(),
-                                        "externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
-                                        "num-retained": 3}},
-        "state": {"backend": {"type": "hashmap"}},
-        "restart-strategy": {"type": "exponential-delay"},
-        "python": {"executable": sys.executable, "client": {"executable": sys.executable}},
-        "metrics": {"reporter": {"prom": {
-            "factory": {"class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"},
-            "port": f"{f.jobmanager_metrics_port}-{f.taskmanager_metrics_port}",
-        }}},
-        # No jar upload or run over REST (/jars/*). Jobs are submitted with POST /jobs (the driver's REST client and
-        # `flink run`), which this does not touch; the supervisor cancels with PATCH /jobs/:id, which web.cancel.enable
-        # does not touch either (it only hides the web UI's button).
-        "web": {"submit": {"enable": False}, "cancel": {"enable": False}},
-    })
+    conf.update(
+        {
+            "jobmanager": {
+                "bind-host": f.rest_host,
+                "rpc": {"address": f.rest_host, "port": f.rpc_port},
+                "memory": {"process": {"size": f.jobmanager_memory}},
+                "execution": {"failover-strategy": "region"},
+            },
+            "taskmanager": {
+                "bind-host": f.taskmanager_host,
+                "host": f.taskmanager_host,
+                "numberOfTaskSlots": f.task_slots,
+                "memory": {
+                    "process": {"size": f.taskmanager_memory},
+                    "managed": {"fraction": f.taskmanager_managed_fraction},
+                },
+            },
+            "parallelism": {"default": f.parallelism},
+            "rest": {"address": f.rest_host, "bind-address": f.rest_host, "port": f.rest_port},
+            "execution": {
+                "checkpointing": {
+                    "dir": (state / "checkpoints").as_uri(),
+                    "savepoint-dir": (state / "savepoints").as_uri(),
+                    "externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+                    "num-retained": 3,
+                }
+            },
+            "state": {"backend": {"type": "hashmap"}},
+            "restart-strategy": {"type": "exponential-delay"},
+            "python": {"executable": sys.executable, "client": {"executable": sys.executable}},
+            "metrics": {
+                "reporter": {
+                    "prom": {
+                        "factory": {"class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"},
+                        "port": f"{f.jobmanager_metrics_port}-{f.taskmanager_metrics_port}",
+                    }
+                }
+            },
+            # No jar upload or run over REST (/jars/*). Jobs are submitted with POST /jobs (the driver's REST client and
+            # `flink run`), which this does not touch; the supervisor cancels with PATCH /jobs/:id, which web.cancel.enable
+            # does not touch either (it only hides the web UI's button).
+            "web": {"submit": {"enable": False}, "cancel": {"enable": False}},
+        }
+    )
     (conf_dir / "config.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
-    for name in ("log4j-console.properties", "log4j.properties", "log4j-cli.properties", "logback-console.xml"):
+    for name in (
+        "log4j-console.properties",
+        "log4j.properties",
+        "log4j-cli.properties",
+        "logback-console.xml",
+    ):
         if (default_conf / name).exists():
             shutil.copy(default_conf / name, conf_dir / name)
 
@@ -420,7 +507,11 @@ class ClickHouse(Component):
     name = "clickhouse"
 
     def url(self) -> str:
-        return self.settings.clickhouse.url.split("@")[-1] if self.settings.clickhouse.url else f"chdb://{self.state / 'clickhouse'}"
+        return (
+            self.settings.clickhouse.url.split("@")[-1]
+            if self.settings.clickhouse.url
+            else f"chdb://{self.state / 'clickhouse'}"
+        )
 
     def start(self) -> None:
         ok, detail = self.healthy()
@@ -439,8 +530,12 @@ class ClickHouse(Component):
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                 return False, f"storage /readyz: {type(exc).__name__}"
         probe = [sys.executable, "-m", "services.storage.probe"]
-        env = {**os.environ, "RTAP_STATE_DIR": str(self.state), "RTAP_CLICKHOUSE__URL": self.settings.clickhouse.url,
-               "RTAP_CLICKHOUSE__PASSWORD": self.settings.clickhouse.password}
+        env = {
+            **os.environ,
+            "RTAP_STATE_DIR": str(self.state),
+            "RTAP_CLICKHOUSE__URL": self.settings.clickhouse.url,
+            "RTAP_CLICKHOUSE__PASSWORD": self.settings.clickhouse.password,
+        }
         try:
             result = subprocess.run(probe, capture_output=True, text=True, timeout=60, env=env, cwd=REPO_ROOT)
         except subprocess.TimeoutExpired:

@@ -26,8 +26,17 @@ def resolve(bundle: str, jar_root: Path, pom_dir: Path = POM_DIR) -> Path:
     if stamp.exists() and stamp.read_text() == digest and any(target.glob("*.jar")):
         return target
     fresh_folder(target)
-    maven(["-f", str(pom), "dependency:copy-dependencies", f"-DoutputDirectory={target}", "-DincludeScope=runtime"],
-          f"resolve the {bundle} jars", target)
+    maven(
+        [
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={target}",
+            "-DincludeScope=runtime",
+        ],
+        f"resolve the {bundle} jars",
+        target,
+    )
     stamp.write_text(digest)
     return target
 
@@ -37,13 +46,18 @@ def build_udf(jar_root: Path, module: Path = UDF_MODULE) -> Path:
     target = jar_root / "udf"
     jar, stamp = target / UDF_JAR, target / ".sources-sha256"
     digest = hashlib.sha256()
-    for path in sorted(p for p in module.rglob("*") if p.is_file() and "target" not in p.relative_to(module).parts):
+    for path in sorted(
+        p for p in module.rglob("*") if p.is_file() and "target" not in p.relative_to(module).parts
+    ):
         digest.update(str(path.relative_to(module)).encode() + b"\0" + path.read_bytes())
     if stamp.exists() and stamp.read_text() == digest.hexdigest() and jar.exists():
         return jar
     fresh_folder(target)
-    maven(["-f", str(module / "pom.xml"), "package", "-DskipTests", f"-Dudf.build.dir={target / 'build'}"],
-          "build the Java functions", target)
+    maven(
+        ["-f", str(module / "pom.xml"), "package", "-DskipTests", f"-Dudf.build.dir={target / 'build'}"],
+        "build the Java functions",
+        target,
+    )
     shutil.move(target / "build" / UDF_JAR, jar)
     shutil.rmtree(target / "build")
     stamp.write_text(digest.hexdigest())
@@ -62,7 +76,9 @@ def prepare_pipeline_jars(settings: Settings) -> list[Path]:
 
 def fresh_folder(target: Path) -> None:
     if not shutil.which("mvn"):
-        raise RuntimeSetupError("Maven (mvn) is required to resolve the Kafka and Flink jars and to build the Java functions, and is not on PATH")
+        raise RuntimeSetupError(
+            "Maven (mvn) is required to resolve the Kafka and Flink jars and to build the Java functions, and is not on PATH"
+        )
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from infrastructure.local.components import (
-    REPO_ROOT, ClickHouse, Component, FlinkJobManager, FlinkTaskManager, Kafka, Prometheus, Redis, RedisExporter, Status,
+    REPO_ROOT,
+    ClickHouse,
+    Component,
+    FlinkJobManager,
+    FlinkTaskManager,
+    Kafka,
+    Prometheus,
+    Redis,
+    RedisExporter,
+    Status,
     _http_ok,
 )
 from infrastructure.local.errors import RuntimeSetupError
@@ -76,8 +85,13 @@ class Stack:
     def __init__(self, settings: Settings, only: list[str] | None = None):
         self.settings = settings
         components: list[Component] = [
-            Kafka(settings), Redis(settings), RedisExporter(settings), ClickHouse(settings),
-            FlinkJobManager(settings), FlinkTaskManager(settings), Prometheus(settings),
+            Kafka(settings),
+            Redis(settings),
+            RedisExporter(settings),
+            ClickHouse(settings),
+            FlinkJobManager(settings),
+            FlinkTaskManager(settings),
+            Prometheus(settings),
         ]
         components += [Service(settings, s) for s in SERVICES if Service.exists(s)]
         self.components = [c for c in components if only is None or c.name in only]
@@ -91,7 +105,9 @@ class Stack:
         marker = state / STATE_MARKER
         if state.exists() and any(state.iterdir()):
             if not marker.exists():
-                raise RuntimeSetupError(f"{state} is not an rtap state directory (no {STATE_MARKER}); choose another RTAP_STATE_DIR or remove it")
+                raise RuntimeSetupError(
+                    f"{state} is not an rtap state directory (no {STATE_MARKER}); choose another RTAP_STATE_DIR or remove it"
+                )
             try:
                 fmt = json.loads(marker.read_text())["format"]
             except (ValueError, KeyError, TypeError):

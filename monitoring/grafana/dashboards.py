@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import attr
-from grafanalib.core import Dashboard, GridPos, Target, Time, TimeSeries
 from grafanalib._gen import DashboardEncoder
+from grafanalib.core import Dashboard, GridPos, Target, Time, TimeSeries
 
 OUT = Path(__file__).parent / "dashboards"
 PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
@@ -30,67 +30,151 @@ class SqlTarget:
     refId = attr.ib(default="A")
 
     def to_json_data(self):
-        return {"datasource": CLICKHOUSE, "editorType": "sql", "format": 1, "queryType": "timeseries",
-                "rawSql": self.rawSql, "refId": self.refId}
+        return {
+            "datasource": CLICKHOUSE,
+            "editorType": "sql",
+            "format": 1,
+            "queryType": "timeseries",
+            "rawSql": self.rawSql,
+            "refId": self.refId,
+        }
 
 
 def prom_panel(title: str, exprs: dict[str, str], pos: tuple[int, int], unit: str = "short") -> TimeSeries:
-    targets = [Target(expr=expr, legendFormat=legend, refId=chr(65 + i), datasource=PROMETHEUS)
-               for i, (legend, expr) in enumerate(exprs.items())]
-    return TimeSeries(title=title, dataSource=PROMETHEUS, targets=targets, unit=unit,
-                      gridPos=GridPos(h=8, w=12, x=pos[0], y=pos[1]))
+    targets = [
+        Target(expr=expr, legendFormat=legend, refId=chr(65 + i), datasource=PROMETHEUS)
+        for i, (legend, expr) in enumerate(exprs.items())
+    ]
+    return TimeSeries(
+        title=title,
+        dataSource=PROMETHEUS,
+        targets=targets,
+        unit=unit,
+        gridPos=GridPos(h=8, w=12, x=pos[0], y=pos[1]),
+    )
 
 
 def sql_panel(title: str, sql: str, pos: tuple[int, int], unit: str = "short") -> TimeSeries:
-    return TimeSeries(title=title, dataSource=CLICKHOUSE, targets=[SqlTarget(sql)], unit=unit,
-                      gridPos=GridPos(h=8, w=12, x=pos[0], y=pos[1]))
+    return TimeSeries(
+        title=title,
+        dataSource=CLICKHOUSE,
+        targets=[SqlTarget(sql)],
+        unit=unit,
+        gridPos=GridPos(h=8, w=12, x=pos[0], y=pos[1]),
+    )
 
 
 def pipeline_health() -> Dashboard:
     panels = [
         prom_panel("Ingest rate (events/s)", {"accepted": "rtap:ingest_events:rate1m"}, (0, 0), "ops"),
-        prom_panel("Rejects by reason (events/s)", {"{{reason}}": "rtap:ingest_rejects:rate1m"}, (12, 0), "ops"),
+        prom_panel(
+            "Rejects by reason (events/s)", {"{{reason}}": "rtap:ingest_rejects:rate1m"}, (12, 0), "ops"
+        ),
         prom_panel("Produce latency p99", {"p99": "rtap:produce_latency_seconds:p99"}, (0, 8), "s"),
-        prom_panel("Flink records in / out (records/s)",
-                   {"in": "rtap:flink_records_in:rate1m", "out": "rtap:flink_records_out:rate1m"}, (12, 8), "ops"),
+        prom_panel(
+            "Flink records in / out (records/s)",
+            {"in": "rtap:flink_records_in:rate1m", "out": "rtap:flink_records_out:rate1m"},
+            (12, 8),
+            "ops",
+        ),
         prom_panel("Flink watermark lag", {"lag": "rtap:flink_watermark_lag_seconds"}, (0, 16), "s"),
-        prom_panel("Checkpoint duration", {"{{job_name}}": "rtap:flink_checkpoint_duration_seconds"}, (12, 16), "s"),
+        prom_panel(
+            "Checkpoint duration", {"{{job_name}}": "rtap:flink_checkpoint_duration_seconds"}, (12, 16), "s"
+        ),
         prom_panel("Consumer lag (records)", {"{{job}}": "rtap:consumer_lag_records"}, (0, 24)),
         prom_panel("Rows written (rows/s)", {"{{job}}": "rtap:rows_written:rate1m"}, (12, 24), "ops"),
         prom_panel("Dead-letter records (5m)", {"{{job}}": "rtap:dead_letters:increase5m"}, (0, 32)),
-        prom_panel("Kafka messages in by topic (msg/s)", {"{{topic}}": "rtap:kafka_messages_in:rate1m"}, (12, 32), "ops"),
-        prom_panel("API requests by status (req/s)", {"{{job}} {{status}}": "rtap:http_requests:rate5m"}, (0, 40), "reqps"),
-        prom_panel("Redis memory used", {"used": "redis_memory_used_bytes",
-                                          "maxmemory (writes refused at it)": "redis_memory_max_bytes > 0"}, (12, 40), "bytes"),
-        prom_panel("Redis commands (ops/s)", {"commands": "rate(redis_commands_processed_total[1m])"}, (0, 48), "ops"),
-        prom_panel("Flink job running (processing supervisor)", {"running": "rtap_processing_job_running"}, (12, 48)),
-        prom_panel("Event time: timestamps replaced, late records (per 5 min)",
-                   {"timestamps replaced by the receive time": "rtap:timestamps_adjusted:increase5m",
-                    "late records dropped by Flink": "rtap:late_records_dropped:increase5m"}, (0, 56)),
+        prom_panel(
+            "Kafka messages in by topic (msg/s)",
+            {"{{topic}}": "rtap:kafka_messages_in:rate1m"},
+            (12, 32),
+            "ops",
+        ),
+        prom_panel(
+            "API requests by status (req/s)",
+            {"{{job}} {{status}}": "rtap:http_requests:rate5m"},
+            (0, 40),
+            "reqps",
+        ),
+        prom_panel(
+            "Redis memory used",
+            {
+                "used": "redis_memory_used_bytes",
+                "maxmemory (writes refused at it)": "redis_memory_max_bytes > 0",
+            },
+            (12, 40),
+            "bytes",
+        ),
+        prom_panel(
+            "Redis commands (ops/s)", {"commands": "rate(redis_commands_processed_total[1m])"}, (0, 48), "ops"
+        ),
+        prom_panel(
+            "Flink job running (processing supervisor)", {"running": "rtap_processing_job_running"}, (12, 48)
+        ),
+        prom_panel(
+            "Event time: timestamps replaced, late records (per 5 min)",
+            {
+                "timestamps replaced by the receive time": "rtap:timestamps_adjusted:increase5m",
+                "late records dropped by Flink": "rtap:late_records_dropped:increase5m",
+            },
+            (0, 56),
+        ),
     ]
-    return Dashboard(title="RTAP pipeline health", uid="rtap-pipeline-health", panels=panels, refresh="10s",
-                     time=Time("now-1h", "now"), tags=["rtap"]).auto_panel_ids()
+    return Dashboard(
+        title="RTAP pipeline health",
+        uid="rtap-pipeline-health",
+        panels=panels,
+        refresh="10s",
+        time=Time("now-1h", "now"),
+        tags=["rtap"],
+    ).auto_panel_ids()
 
 
 def product() -> Dashboard:
     ms = "window_start"
     panels = [
-        sql_panel("Events per type", f"SELECT {ms} AS time, event_type, sum(events) AS events "
-                  f"FROM event_metrics FINAL WHERE {TIME_FILTER} GROUP BY time, event_type ORDER BY time", (0, 0)),
-        sql_panel("Unique users", f"SELECT {ms} AS time, max(unique_users) AS unique_users "
-                  f"FROM event_metrics FINAL WHERE {TIME_FILTER} GROUP BY time ORDER BY time", (12, 0)),
-        sql_panel("Sessions started", f"SELECT toStartOfMinute({ms}) AS time, count() AS sessions "
-                  f"FROM session_metrics FINAL WHERE {TIME_FILTER} GROUP BY time ORDER BY time", (0, 8)),
-        sql_panel("Conversion (sessions with a purchase)",
-                  f"SELECT toStartOfHour({ms}) AS time, countIf(purchases > 0) / count() AS conversion "
-                  f"FROM session_metrics FINAL WHERE {TIME_FILTER} GROUP BY time ORDER BY time", (12, 8), "percentunit"),
-        sql_panel("Load time percentiles by device",
-                  f"SELECT {ms} AS time, device_category, max(load_time_p50) AS p50, max(load_time_p95) AS p95, "
-                  f"max(load_time_p99) AS p99 FROM performance_metrics FINAL WHERE {TIME_FILTER} "
-                  f"GROUP BY time, device_category ORDER BY time", (0, 16), "ms"),
+        sql_panel(
+            "Events per type",
+            f"SELECT {ms} AS time, event_type, sum(events) AS events "
+            f"FROM event_metrics FINAL WHERE {TIME_FILTER} GROUP BY time, event_type ORDER BY time",
+            (0, 0),
+        ),
+        sql_panel(
+            "Unique users",
+            f"SELECT {ms} AS time, max(unique_users) AS unique_users "
+            f"FROM event_metrics FINAL WHERE {TIME_FILTER} GROUP BY time ORDER BY time",
+            (12, 0),
+        ),
+        sql_panel(
+            "Sessions started",
+            f"SELECT toStartOfMinute({ms}) AS time, count() AS sessions "
+            f"FROM session_metrics FINAL WHERE {TIME_FILTER} GROUP BY time ORDER BY time",
+            (0, 8),
+        ),
+        sql_panel(
+            "Conversion (sessions with a purchase)",
+            f"SELECT toStartOfHour({ms}) AS time, countIf(purchases > 0) / count() AS conversion "
+            f"FROM session_metrics FINAL WHERE {TIME_FILTER} GROUP BY time ORDER BY time",
+            (12, 8),
+            "percentunit",
+        ),
+        sql_panel(
+            "Load time percentiles by device",
+            f"SELECT {ms} AS time, device_category, max(load_time_p50) AS p50, max(load_time_p95) AS p95, "
+            f"max(load_time_p99) AS p99 FROM performance_metrics FINAL WHERE {TIME_FILTER} "
+            f"GROUP BY time, device_category ORDER BY time",
+            (0, 16),
+            "ms",
+        ),
     ]
-    return Dashboard(title="RTAP product", uid="rtap-product", panels=panels, refresh="30s",
-                     time=Time("now-6h", "now"), tags=["rtap"]).auto_panel_ids()
+    return Dashboard(
+        title="RTAP product",
+        uid="rtap-product",
+        panels=panels,
+        refresh="30s",
+        time=Time("now-6h", "now"),
+        tags=["rtap"],
+    ).auto_panel_ids()
 
 
 DASHBOARDS = {"pipeline-health": pipeline_health, "product": product}

@@ -15,8 +15,14 @@ def main() -> None:
     configure_logging(settings.log_level, json=settings.env == "production")
     app = create_app(settings)
     # Open SSE streams never end by themselves: http.shutdown_grace_seconds bounds them on shutdown.
-    uvicorn.run(app, host=settings.cache.host, port=settings.cache.port, log_level="warning", access_log=False,
-                **server_options(settings.http))
+    uvicorn.run(
+        app,
+        host=settings.cache.host,
+        port=settings.cache.port,
+        log_level="warning",
+        access_log=False,
+        **server_options(settings.http),
+    )
 
 
 if __name__ == "__main__":

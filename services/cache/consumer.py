@@ -56,6 +56,7 @@ def processor(layout: JobLayout) -> Processor:
 def redis_writer(client: redis.Redis, cache: CacheSettings) -> Writer:
     """One pipeline per attempt (redis-py empties a pipeline that failed); streams hear of a window only once
     all of the batch is stored (a refused write publishes nothing)."""
+
     def write(rows: dict[str, list[Decoded]]) -> None:
         pipe = client.pipeline(transaction=False)
         for decoded in rows.values():
@@ -63,8 +64,9 @@ def redis_writer(client: redis.Redis, cache: CacheSettings) -> Writer:
                 if d.record is None:
                     delete_record(pipe, d.layout, d.key)
                 else:
-                    write_record(pipe, d.layout, d.record, cache.windows_per_key, cache.ttl_seconds,
-                                 publish=False)
+                    write_record(
+                        pipe, d.layout, d.record, cache.windows_per_key, cache.ttl_seconds, publish=False
+                    )
         pipe.execute()
         pipe = client.pipeline(transaction=False)
         for decoded in rows.values():
@@ -72,6 +74,7 @@ def redis_writer(client: redis.Redis, cache: CacheSettings) -> Writer:
                 if d.record is not None:
                     publish_record(pipe, d.layout, d.record)
         pipe.execute()
+
     return write
 
 
@@ -84,10 +87,18 @@ def processors(settings: Settings, layouts: dict[str, JobLayout]) -> dict[str, P
 def cache_consumer(settings: Settings, layouts: dict[str, JobLayout]) -> ConsumerPipeline:
     cache = settings.cache
     writer = redis_writer(redis.Redis.from_url(settings.redis.url), cache)
-    sink = Sink("cache", processors(settings, layouts), writer,
-                Limits(cache.batch_records, cache.batch_bytes, cache.batch_seconds))
-    return ConsumerPipeline(sink, {
-        "bootstrap.servers": settings.kafka.bootstrap,
-        "group.id": cache.consumer_group,
-        "session.timeout.ms": cache.session_timeout_ms,
-    }, topics(settings).dead_letter.name)
+    sink = Sink(
+        "cache",
+        processors(settings, layouts),
+        writer,
+        Limits(cache.batch_records, cache.batch_bytes, cache.batch_seconds),
+    )
+    return ConsumerPipeline(
+        sink,
+        {
+            "bootstrap.servers": settings.kafka.bootstrap,
+            "group.id": cache.consumer_group,
+            "session.timeout.ms": cache.session_timeout_ms,
+        },
+        topics(settings).dead_letter.name,
+    )

@@ -14,9 +14,10 @@ same member with the same score, so nothing is ever counted twice.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -33,13 +34,17 @@ def sessions_job(schemas: Iterable[MetricSchema], configured: str = "") -> str |
     keyed = [s.name for s in schemas if SESSION_KEY in s.group_keys]
     if configured:
         if configured not in keyed:
-            raise ValueError(f"RTAP_CACHE__SESSIONS_JOB={configured!r} is not a job keyed by {SESSION_KEY}; "
-                             f"those are: {', '.join(keyed) or 'none'}")
+            raise ValueError(
+                f"RTAP_CACHE__SESSIONS_JOB={configured!r} is not a job keyed by {SESSION_KEY}; "
+                f"those are: {', '.join(keyed) or 'none'}"
+            )
         return configured
     alone = [s.name for s in schemas if s.group_keys == (SESSION_KEY,)]
     if len(alone) > 1:
-        raise ValueError(f"jobs {', '.join(alone)} are all keyed by {SESSION_KEY}: "
-                         "choose one with RTAP_CACHE__SESSIONS_JOB")
+        raise ValueError(
+            f"jobs {', '.join(alone)} are all keyed by {SESSION_KEY}: "
+            "choose one with RTAP_CACHE__SESSIONS_JOB"
+        )
     return alone[0] if alone else None
 
 
@@ -68,7 +73,9 @@ class JobLayout:
     @property
     def filter_columns(self) -> tuple[str, ...]:
         """Columns a reader may filter on: the group keys plus configured index columns in the schema."""
-        extra = tuple(c for c in self.index_columns if c in self.schema.column_names and c not in self.schema.group_keys)
+        extra = tuple(
+            c for c in self.index_columns if c in self.schema.column_names and c not in self.schema.group_keys
+        )
         return self.schema.group_keys + extra
 
     def record(self, record_key: str) -> str:
@@ -90,8 +97,9 @@ class JobLayout:
         return out + [self.index({c: record[c]}) for c in extra]
 
 
-def write_record(pipe: Any, layout: JobLayout, record: dict[str, Any], windows_per_key: int, ttl: int,
-                 publish: bool = True) -> None:
+def write_record(
+    pipe: Any, layout: JobLayout, record: dict[str, Any], windows_per_key: int, ttl: int, publish: bool = True
+) -> None:
     """Queue the idempotent write of one validated record on a Redis pipeline (and its publication, unless the
     caller publishes once the write succeeded: publish_record)."""
     schema = layout.schema
@@ -125,6 +133,8 @@ def delete_record(pipe: Any, layout: JobLayout, key_columns: dict[str, Any]) -> 
         pipe.zrem(index, member)
 
 
-def layouts(prefix: str, schemas: Iterable[MetricSchema], index_columns: Iterable[str] = ()) -> dict[str, JobLayout]:
+def layouts(
+    prefix: str, schemas: Iterable[MetricSchema], index_columns: Iterable[str] = ()
+) -> dict[str, JobLayout]:
     cols = tuple(index_columns)
     return {s.name: JobLayout(prefix, s, cols) for s in schemas}

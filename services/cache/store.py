@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -47,11 +48,18 @@ class CacheStore:
         if not found:
             return None, Windows([])
         n = (len(found) - 1) // 2
-        members, values = found[1:1 + n], found[1 + n:]
+        members, values = found[1 : 1 + n], found[1 + n :]
         return int(float(found[0])), await self._present(index, members, values)
 
-    async def window_range(self, layout: JobLayout, filters: Mapping[str, Any], start: int, end: int,
-                           limit: int, descending: bool) -> Windows:
+    async def window_range(
+        self,
+        layout: JobLayout,
+        filters: Mapping[str, Any],
+        start: int,
+        end: int,
+        limit: int,
+        descending: bool,
+    ) -> Windows:
         """Records with start <= window_start < end, ordered by window_start."""
         index = layout.index(filters)
         lo, hi = start, f"({end}"

@@ -9,8 +9,9 @@ every open stream ends and the hub subscribes again.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager, suppress
-from typing import Any, AsyncIterator, Iterable, Mapping
+from typing import Any
 
 import orjson
 from prometheus_client import Gauge
@@ -58,12 +59,14 @@ class Stream:
         """The next window, or None when none arrived within timeout."""
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
 
 
 class StreamHub:
-    def __init__(self, redis: Redis, channels: Iterable[str], max_streams: int, queue_size: int, ready_timeout: float):
+    def __init__(
+        self, redis: Redis, channels: Iterable[str], max_streams: int, queue_size: int, ready_timeout: float
+    ):
         self.redis = redis
         self.channels = sorted(set(channels))
         self.max_streams = max_streams
@@ -103,7 +106,7 @@ class StreamHub:
             self.reader = asyncio.create_task(self._read(), name="cache-stream-hub")
         try:
             await asyncio.wait_for(self.subscribed.wait(), self.ready_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise SubscriptionUnavailable(f"no Redis subscription within {self.ready_timeout:g} s") from None
 
     async def _read(self) -> None:
@@ -132,7 +135,9 @@ class StreamHub:
                         self.subscribed.set()
                 elif msg["type"] == "message" and self.streams.get(msg["channel"].decode()):
                     self._fan_out(self.streams[msg["channel"].decode()], msg["data"])
-                    await asyncio.sleep(0)  # a burst (a consumer batch) must not fill the queues before streams drain them
+                    await asyncio.sleep(
+                        0
+                    )  # a burst (a consumer batch) must not fill the queues before streams drain them
         finally:
             with suppress(RedisError):
                 await pubsub.aclose()

@@ -26,11 +26,19 @@ def multiprocess_metrics_dir(settings: Settings) -> str:
 def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, json=settings.env == "production")
-    options = dict(host=settings.ingestion.host, port=settings.ingestion.port, log_level="warning", access_log=False,
-                   loop="uvloop", **server_options(settings.http))
+    options = dict(
+        host=settings.ingestion.host,
+        port=settings.ingestion.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        **server_options(settings.http),
+    )
     if settings.ingestion.workers > 1:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_metrics_dir(settings)
-        uvicorn.run("services.ingestion.app:create_app", factory=True, workers=settings.ingestion.workers, **options)
+        uvicorn.run(
+            "services.ingestion.app:create_app", factory=True, workers=settings.ingestion.workers, **options
+        )
         return
     from services.ingestion.app import create_app
 

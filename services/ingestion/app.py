@@ -38,10 +38,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     ing = Ingestion(settings)
     origins = settings.ingestion.cors_origins
-    cors = {"allow_origins": origins, "allow_methods": ["POST", "GET", "OPTIONS"],
-            "allow_headers": CORS_HEADERS, "max_age": 600} if origins else None
-    app = service_app(IngestionApp, "rtap ingestion", DESCRIPTION, cors, lifespan=lifespan(ing),
-                      telemetry=NO_OPENTELEMETRY)
+    cors = (
+        {
+            "allow_origins": origins,
+            "allow_methods": ["POST", "GET", "OPTIONS"],
+            "allow_headers": CORS_HEADERS,
+            "max_age": 600,
+        }
+        if origins
+        else None
+    )
+    app = service_app(
+        IngestionApp, "rtap ingestion", DESCRIPTION, cors, lifespan=lifespan(ing), telemetry=NO_OPENTELEMETRY
+    )
     app.state.ingestion = ing
     app.add_exception_handler(IngestError, ingest_error_handler)
     app.add_exception_handler(RequestValidationError, request_validation_handler)

@@ -58,8 +58,12 @@ def _check_content_type(content_type: str) -> None:
     media = content_type.split(";", 1)[0].strip().lower()
     if media in JSON_TYPES or media.endswith("+json"):
         return
-    raise header_error(415, f"unsupported Content-Type {media!r}; send application/json or text/plain",
-                       "Content-Type", "unsupported")
+    raise header_error(
+        415,
+        f"unsupported Content-Type {media!r}; send application/json or text/plain",
+        "Content-Type",
+        "unsupported",
+    )
 
 
 def parse_json(body: bytes) -> Any:

@@ -31,8 +31,15 @@ class IngestError(Exception):
     """A refusal: status, message, where (`loc`: ("body", field), ("header", name) or ("kafka",)) and the
     reason it is counted under; extra: top-level siblings of `detail` in the answer."""
 
-    def __init__(self, status: int, msg: str, loc: tuple[str, ...], reason: str,
-                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        status: int,
+        msg: str,
+        loc: tuple[str, ...],
+        reason: str,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(msg)
         self.status, self.msg, self.loc, self.reason = status, msg, loc, reason
         self.headers = headers or {}
@@ -124,8 +131,9 @@ UNION_MEMBERS = {"bool", "int", "constrained-int", "float", "str"}
 TYPE_MISMATCH = {"bool_type", "int_type", "float_type", "string_type"}
 
 
-def first_error(exc: ValidationError | RequestValidationError,
-                prefix: tuple[Any, ...] = ()) -> tuple[str, str]:
+def first_error(
+    exc: ValidationError | RequestValidationError, prefix: tuple[Any, ...] = ()
+) -> tuple[str, str]:
     """The first validation problem as (message, field); a failed union is one problem at the union's path."""
     errors = exc.errors()
     err = errors[0]

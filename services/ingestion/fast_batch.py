@@ -11,19 +11,27 @@ tests/ingestion/test_fast_batch.py runs both paths on generated events and compa
 from __future__ import annotations
 
 import types
-from typing import Annotated, Any, Callable, Union, get_args, get_origin, get_type_hints
+from collections.abc import Callable
+from typing import Annotated, Any, NotRequired, Union, get_args, get_origin, get_type_hints
 
 import annotated_types as at
 import msgspec
 from pydantic.fields import FieldInfo
 from pydantic.functional_validators import AfterValidator, BeforeValidator
 from pydantic.types import Strict
-from typing_extensions import NotRequired, TypedDict, is_typeddict
+from typing_extensions import TypedDict, is_typeddict
 
 from services.ingestion.records import Record, SkewPolicy, make_record, new_event_id
 from shared import events
 
-CONSTRAINTS = {at.MinLen: "min_length", at.MaxLen: "max_length", at.Ge: "ge", at.Le: "le", at.Gt: "gt", at.Lt: "lt"}
+CONSTRAINTS = {
+    at.MinLen: "min_length",
+    at.MaxLen: "max_length",
+    at.Ge: "ge",
+    at.Le: "le",
+    at.Gt: "gt",
+    at.Lt: "lt",
+}
 # Validators of shared/events.py and why the fast path may skip them. A new validator fails the import
 # until it is listed here, so the fast path can never silently accept what pydantic refuses.
 COVERED_VALIDATORS: dict[Callable[..., Any], str] = {
@@ -42,7 +50,9 @@ def _constraints(metadata: tuple[Any, ...]) -> dict[str, Any]:
             found[name] = getattr(item, name)
         elif isinstance(item, (AfterValidator, BeforeValidator)):
             if item.func not in COVERED_VALIDATORS:
-                raise TypeError(f"validator {item.func.__qualname__} has no fast-path equivalent: list it in COVERED_VALIDATORS")
+                raise TypeError(
+                    f"validator {item.func.__qualname__} has no fast-path equivalent: list it in COVERED_VALIDATORS"
+                )
         elif not isinstance(item, Strict):
             raise TypeError(f"no fast-path equivalent for the constraint {item!r}")
     return found
@@ -78,8 +88,14 @@ def _constrain(tp: Any, meta: msgspec.Meta) -> Any:
 def _check_config(cls: type) -> None:
     """msgspec ignores unknown keys and refuses out-of-range numbers; any other model setting has no equivalent here."""
     config = dict(getattr(cls, "__pydantic_config__", None) or {})
-    if config.pop("extra", "ignore") != "ignore" or set(config) - {"allow_inf_nan", "title", "json_schema_extra"}:
-        raise TypeError(f"{cls.__name__}'s pydantic config {getattr(cls, '__pydantic_config__')} has no fast-path equivalent")
+    if config.pop("extra", "ignore") != "ignore" or set(config) - {
+        "allow_inf_nan",
+        "title",
+        "json_schema_extra",
+    }:
+        raise TypeError(
+            f"{cls.__name__}'s pydantic config {cls.__pydantic_config__} has no fast-path equivalent"
+        )
 
 
 def _struct(cls: type, *extra: tuple[str, type, Any]) -> Any:
@@ -117,7 +133,11 @@ def decode(body: bytes, max_events: int) -> list[Any] | None:
     """The batch's events when every one is valid and the count is within limits; None means: use pydantic."""
     try:
         decoded = BATCH_DECODER.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):  # too deep: pydantic names the error
+    except (
+        msgspec.ValidationError,
+        msgspec.DecodeError,
+        RecursionError,
+    ):  # too deep: pydantic names the error
         return None
     items = decoded if isinstance(decoded, list) else decoded["events"]
     if not 0 < len(items) <= max_events or any(item.event.type == events.HEARTBEAT_TYPE for item in items):

@@ -89,8 +89,9 @@ class IngestionApp(FastAPI):
         await response(scope, receive, send)
 
 
-def direct_post(app: IngestionApp, path: str, seconds: Histogram | None = None,
-                **kwargs: Any) -> Callable[[Endpoint], Endpoint]:
+def direct_post(
+    app: IngestionApp, path: str, seconds: Histogram | None = None, **kwargs: Any
+) -> Callable[[Endpoint], Endpoint]:
     """Like @app.post(path, ...), registering a DirectRoute; seconds: the histogram of its request durations,
     observed on the short path and through the middleware stack alike."""
 

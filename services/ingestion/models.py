@@ -14,23 +14,28 @@ class TrackAccepted(BaseModel):
     status: Literal["accepted"] = "accepted"
     id: str = Field(description="event.id as stored: the client's or a server UUIDv7")
     timestamp_adjusted: bool = Field(
-        description="true when the client timestamp broke the clock-skew policy and was replaced")
+        description="true when the client timestamp broke the clock-skew policy and was replaced"
+    )
 
 
 class TrackUnavailable(ErrorBody):
-    id: str = Field(description="event.id the event was given (the client's or a server UUIDv7): "
-                                "retry with it, and it is stored once")
+    id: str = Field(
+        description="event.id the event was given (the client's or a server UUIDv7): "
+        "retry with it, and it is stored once"
+    )
 
 
 class ItemResult(BaseModel):
     index: int
     status: Literal["accepted", "rejected", "failed"] = Field(
-        description="failed: valid but not acknowledged by Kafka (retry it)")
+        description="failed: valid but not acknowledged by Kafka (retry it)"
+    )
     id: str | None = None
     timestamp_adjusted: bool | None = None
     error: str | None = Field(None, description="rejected or failed: what is wrong")
     field: str | None = Field(
-        None, description="rejected: the offending field, dotted path relative to the item; failed: 'kafka'")
+        None, description="rejected: the offending field, dotted path relative to the item; failed: 'kafka'"
+    )
 
 
 class BatchResult(BaseModel):
@@ -48,7 +53,8 @@ class BatchRejected(BatchResult, ErrorBody):
 class BatchRequest(BaseModel):
     events: list[TrackEvent] = Field(
         min_length=1,
-        description="1 to RTAP_INGESTION__MAX_BATCH_EVENTS events; a bare JSON array is accepted too")
+        description="1 to RTAP_INGESTION__MAX_BATCH_EVENTS events; a bare JSON array is accepted too",
+    )
 
 
 class SegmentResult(BatchResult):

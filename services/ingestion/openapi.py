@@ -17,21 +17,31 @@ from shared.events import TRACK_EVENT
 REF = "#/components/schemas/{model}"
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "invalid body; `loc` names the offending field"},
-    401: {"model": ErrorBody,
-          "description": "write key missing or wrong (only when write keys are configured)"},
-    413: {"model": ErrorBody,
-          "description": "body (or decompressed body, or batch, or one event's Kafka record) too large"},
+    401: {
+        "model": ErrorBody,
+        "description": "write key missing or wrong (only when write keys are configured)",
+    },
+    413: {
+        "model": ErrorBody,
+        "description": "body (or decompressed body, or batch, or one event's Kafka record) too large",
+    },
     415: {"model": ErrorBody, "description": "unsupported Content-Type or Content-Encoding"},
-    503: {"model": ErrorBody,
-          "description": "Kafka unavailable or producer queue full; retry after Retry-After seconds"},
+    503: {
+        "model": ErrorBody,
+        "description": "Kafka unavailable or producer queue full; retry after Retry-After seconds",
+    },
 }
 
 
 def body_schema(model: str) -> dict[str, Any]:
     """openapi_extra of a route whose JSON (or text/plain, for sendBeacon) body is the component `model`."""
     ref = {"$ref": REF.format(model=model)}
-    return {"requestBody": {"required": True,
-                            "content": {"application/json": {"schema": ref}, "text/plain": {"schema": ref}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ref}, "text/plain": {"schema": ref}},
+        }
+    }
 
 
 def openapi_schema(app: FastAPI, max_batch_events: int) -> dict[str, Any]:
@@ -39,8 +49,9 @@ def openapi_schema(app: FastAPI, max_batch_events: int) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    _, defs = models_json_schema([(m, "validation") for m in (BatchRequest, SegmentBatch, SegmentMessage)],
-                                 ref_template=REF)
+    _, defs = models_json_schema(
+        [(m, "validation") for m in (BatchRequest, SegmentBatch, SegmentMessage)], ref_template=REF
+    )
     track = TRACK_EVENT.json_schema(ref_template=REF)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update({**defs.get("$defs", {}), **track.pop("$defs", {}), "TrackEvent": track})

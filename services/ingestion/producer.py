@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -23,11 +23,19 @@ log = get_logger("ingestion.producer")
 
 
 # Errors that retrying the same record can never fix: the record itself is refused.
-PERMANENT_ERRORS = frozenset({
-    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE,
-    KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG, KafkaError.INVALID_TIMESTAMP,
-})
-SIZE_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE})
+PERMANENT_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_TIMESTAMP,
+    }
+)
+SIZE_ERRORS = frozenset(
+    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE}
+)
 
 
 class Unavailable(Exception):
@@ -87,7 +95,9 @@ class EventProducer:
         self.queue_max = settings.ingestion.queue_max_messages
         self._producer = Producer(producer_config(settings))
         self._done: list[_Pending] = []
-        self._unqueued: deque[tuple[_Pending, int]] = deque()  # counted off on the poll thread, like deliveries
+        self._unqueued: deque[tuple[_Pending, int]] = (
+            deque()
+        )  # counted off on the poll thread, like deliveries
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,7 +131,7 @@ class EventProducer:
             self._unqueued.append((pending, len(refused)))
         try:
             failed = await asyncio.wait_for(pending.future, self.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise Unavailable(f"Kafka did not acknowledge within {self.timeout_s:g}s") from None
         return per_record_errors(records, failed, refused)
 
@@ -136,7 +146,9 @@ class EventProducer:
         for i, r in enumerate(records):
             if r.headers is not None:
                 try:
-                    self._producer.produce(self.topic, r.value, r.key, headers=r.headers, on_delivery=delivered)
+                    self._producer.produce(
+                        self.topic, r.value, r.key, headers=r.headers, on_delivery=delivered
+                    )
                 except BufferError:
                     refused[i] = KafkaError(KafkaError._QUEUE_FULL)
                 except KafkaException as exc:
@@ -148,7 +160,9 @@ class EventProducer:
         value = heartbeat_value(now_ms())
         for p in range(partitions):
             try:
-                self._producer.produce(self.topic, value, HEARTBEAT_KEY, partition=p, on_delivery=self._heartbeat_delivered)
+                self._producer.produce(
+                    self.topic, value, HEARTBEAT_KEY, partition=p, on_delivery=self._heartbeat_delivered
+                )
             except (BufferError, KafkaException):
                 self.heartbeat_errors += 1
 
@@ -183,8 +197,9 @@ def _resolve(done: list[_Pending]) -> None:
         pending.resolve()
 
 
-def per_record_errors(records: Sequence[Record], failed: list[tuple[KafkaError, bytes]],
-                      refused: dict[int, KafkaError]) -> list[KafkaError | None]:
+def per_record_errors(
+    records: Sequence[Record], failed: list[tuple[KafkaError, bytes]], refused: dict[int, KafkaError]
+) -> list[KafkaError | None]:
     """Each record's error: its refusal to queue, or its failed delivery report (matched by value; equal values
     share their reports)."""
     errors: list[KafkaError | None] = [None] * len(records)

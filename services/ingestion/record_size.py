@@ -28,14 +28,19 @@ def split(valid: list[tuple[int, Record]], limit: int) -> tuple[list[tuple[int, 
     if all(len(record.value) <= limit for _, record in valid):
         return valid, []
     fits = [(i, record) for i, record in valid if len(record.value) <= limit]
-    over = [record_too_large(record.value, limit).rejection(i) for i, record in valid if len(record.value) > limit]
+    over = [
+        record_too_large(record.value, limit).rejection(i) for i, record in valid if len(record.value) > limit
+    ]
     return fits, over
 
 
 def record_too_large(value: bytes, limit: int) -> IngestError:
     field = oversize_field(orjson.loads(value), len(value) - limit)
-    return too_large(f"{field}: the event is {len(value)} bytes as a Kafka record; the limit is {limit} bytes "
-                     f"({SETTING} less room for the key and headers)", field)
+    return too_large(
+        f"{field}: the event is {len(value)} bytes as a Kafka record; the limit is {limit} bytes "
+        f"({SETTING} less room for the key and headers)",
+        field,
+    )
 
 
 def oversize_field(event: dict[str, Any], excess: int) -> str:

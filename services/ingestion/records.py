@@ -69,14 +69,18 @@ def to_record(event: dict[str, Any], received_at: int, policy: SkewPolicy) -> Re
     client_timestamp = value["timestamp"]
     value["timestamp"], adjusted = policy.bound(client_timestamp, received_at)
     value["received_at"] = received_at
-    return make_record(info["id"], value["context"]["session_id"], orjson.dumps(value), client_timestamp, adjusted)
+    return make_record(
+        info["id"], value["context"]["session_id"], orjson.dumps(value), client_timestamp, adjusted
+    )
 
 
 def new_event_id() -> str:
     return str(uuid7())
 
 
-def make_record(event_id: str, session_id: str, value: bytes, client_timestamp: int | None, adjusted: bool) -> Record:
+def make_record(
+    event_id: str, session_id: str, value: bytes, client_timestamp: int | None, adjusted: bool
+) -> Record:
     headers = [(ORIGINAL_TIMESTAMP_HEADER, str(client_timestamp).encode())] if adjusted else None
     return Record(event_id, session_id.encode(), value, headers, adjusted)
 

@@ -24,8 +24,14 @@ from shared.api_errors import error_body
 Items = list[tuple[int, Record]]  # (index in the request, record)
 
 
-async def ingest_items(ing: Ingestion, endpoint: str, valid: Items, invalid: list[Rejection],
-                       items_at: str | None, extra: dict[str, Any] | None = None) -> Response:
+async def ingest_items(
+    ing: Ingestion,
+    endpoint: str,
+    valid: Items,
+    invalid: list[Rejection],
+    items_at: str | None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
     """Write the items that are valid and within the record limit, and answer with per-item results: 503 when
     one was not written and may be on retry, else 202 when any was written, else the first rejection's status
     (400, 413). items_at: the array's path in the body (body.items_at), None when the body is the one item;
@@ -57,8 +63,9 @@ async def ingest_items(ing: Ingestion, endpoint: str, valid: Items, invalid: lis
 def not_acknowledged(ing: Ingestion, results: dict[str, Any]) -> Response:
     """503: some valid item was not acknowledged; its result says `failed` and carries its id."""
     ing.metrics.rejected("unavailable", results["failed"])
-    problem = error_body(["kafka"], "Kafka did not acknowledge every event; retry the failed items",
-                         "unavailable")
+    problem = error_body(
+        ["kafka"], "Kafka did not acknowledge every event; retry the failed items", "unavailable"
+    )
     return json_response(503, {**problem, **results}, {"Retry-After": str(ing.limits.retry_after_seconds)})
 
 
@@ -77,19 +84,28 @@ def item_results(valid: Items, invalid: list[Rejection], errors: list[Any]) -> d
     if invalid:
         results += [rejection.result() for rejection in invalid]
         results.sort(key=lambda r: r["index"])
-    return {"accepted": len(results) - len(invalid) - failed, "rejected": len(invalid), "failed": failed,
-            "results": results}
+    return {
+        "accepted": len(results) - len(invalid) - failed,
+        "rejected": len(invalid),
+        "failed": failed,
+        "results": results,
+    }
 
 
 def _item_result(index: int, record: Record, err: Any) -> dict[str, Any]:
     if err is None:
-        return {"index": index, "status": "accepted", "id": record.id,
-                "timestamp_adjusted": record.timestamp_adjusted}
+        return {
+            "index": index,
+            "status": "accepted",
+            "id": record.id,
+            "timestamp_adjusted": record.timestamp_adjusted,
+        }
     return {"index": index, "status": "failed", "id": record.id, "error": str(err), "field": "kafka"}
 
 
-def kafka_rejections(ing: Ingestion, valid: Items,
-                     errors: list[Any]) -> tuple[Items, list[Any], list[Rejection]]:
+def kafka_rejections(
+    ing: Ingestion, valid: Items, errors: list[Any]
+) -> tuple[Items, list[Any], list[Rejection]]:
     """Items Kafka refused for what they are leave (valid, errors) as rejections: a retry cannot help."""
     if not any(errors):
         return valid, errors, []

@@ -16,7 +16,7 @@ identify, group and alias carry no event for the jobs and are rejected per item,
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import orjson
@@ -33,7 +33,7 @@ SEGMENT_EVENT_TYPES = {
 TYPE_FOR_MESSAGE = {"page": "page_view", "screen": "screen_view"}
 SESSION_SOURCES = (("context", "sessionId"), ("context", "session_id"), ("properties", "session_id"))
 MAX_NESTING = 254  # orjson encodes no deeper
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class SegmentMessage(BaseModel):
@@ -76,12 +76,16 @@ def event_type(msg: SegmentMessage) -> str:
         raise SegmentMappingError(f"type {msg.type!r} is not ingested; send track, page or screen", "type")
     if not msg.event:
         raise SegmentMappingError("track messages need an event name", "event")
-    return SEGMENT_EVENT_TYPES.get(msg.event) or re.sub(r"[^a-z0-9]+", "_", msg.event.strip().lower()).strip("_") or "event"
+    return (
+        SEGMENT_EVENT_TYPES.get(msg.event)
+        or re.sub(r"[^a-z0-9]+", "_", msg.event.strip().lower()).strip("_")
+        or "event"
+    )
 
 
 def to_epoch_ms(value: datetime) -> int:
     """Epoch milliseconds; a timestamp without a UTC offset is UTC (never the server's local time)."""
-    aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
     return (aware - EPOCH) // timedelta(milliseconds=1)
 
 
@@ -100,7 +104,9 @@ def flat_properties(properties: dict[str, Any]) -> dict[str, Any]:
     for name, value in properties.items():
         if value is None:
             continue
-        out[str(name)] = value if isinstance(value, (str, int, float, bool)) else _json_text(f"properties.{name}", value)
+        out[str(name)] = (
+            value if isinstance(value, (str, int, float, bool)) else _json_text(f"properties.{name}", value)
+        )
     return out
 
 
@@ -134,14 +140,26 @@ def to_track_event(msg: SegmentMessage, batch_sent_at: datetime | None, received
     ctx, props = msg.context, msg.properties
     page = ctx.get("page") if isinstance(ctx.get("page"), dict) else {}
     screen = ctx.get("screen") if isinstance(ctx.get("screen"), dict) else {}
-    return TRACK_EVENT.validate_python({
-        "event": {"type": event_type(msg), "id": msg.messageId},
-        "user": {"id": user_id},
-        "device": {"user_agent": ctx.get("userAgent") or "", "screen_width": screen.get("width") or 0,
-                   "screen_height": screen.get("height") or 0},
-        "context": {"url": page.get("url") or props.get("url") or "", "referrer": page.get("referrer") or props.get("referrer"),
-                    "ip_address": ctx.get("ip"), "session_id": session_id(msg, user_id)},
-        "properties": flat_properties(props),
-        "metrics": {"load_time": _number(props.get("load_time")), "interaction_time": _number(props.get("interaction_time"))},
-        "timestamp": corrected_timestamp(msg, batch_sent_at, received_at),
-    })
+    return TRACK_EVENT.validate_python(
+        {
+            "event": {"type": event_type(msg), "id": msg.messageId},
+            "user": {"id": user_id},
+            "device": {
+                "user_agent": ctx.get("userAgent") or "",
+                "screen_width": screen.get("width") or 0,
+                "screen_height": screen.get("height") or 0,
+            },
+            "context": {
+                "url": page.get("url") or props.get("url") or "",
+                "referrer": page.get("referrer") or props.get("referrer"),
+                "ip_address": ctx.get("ip"),
+                "session_id": session_id(msg, user_id),
+            },
+            "properties": flat_properties(props),
+            "metrics": {
+                "load_time": _number(props.get("load_time")),
+                "interaction_time": _number(props.get("interaction_time")),
+            },
+            "timestamp": corrected_timestamp(msg, batch_sent_at, received_at),
+        }
+    )

@@ -14,51 +14,126 @@ class Agent:
 
 
 PHONES = (
-    Agent("Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-          "Version/17.5 Mobile/15E148 Safari/604.1", 390, 844, "mobile"),
-    Agent("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-          "CriOS/124.0.6367.111 Mobile/15E148 Safari/604.1", 430, 932, "mobile"),
-    Agent("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/124.0.6367.179 Mobile Safari/537.36", 412, 915, "mobile"),
-    Agent("Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "SamsungBrowser/23.0 Chrome/115.0.0.0 Mobile Safari/537.36", 360, 780, "mobile"),
+    Agent(
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.5 Mobile/15E148 Safari/604.1",
+        390,
+        844,
+        "mobile",
+    ),
+    Agent(
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "CriOS/124.0.6367.111 Mobile/15E148 Safari/604.1",
+        430,
+        932,
+        "mobile",
+    ),
+    Agent(
+        "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/124.0.6367.179 Mobile Safari/537.36",
+        412,
+        915,
+        "mobile",
+    ),
+    Agent(
+        "Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "SamsungBrowser/23.0 Chrome/115.0.0.0 Mobile Safari/537.36",
+        360,
+        780,
+        "mobile",
+    ),
     Agent("Mozilla/5.0 (Android 14; Mobile; rv:125.0) Gecko/125.0 Firefox/125.0", 412, 892, "mobile"),
 )
 TABLETS = (
-    Agent("Mozilla/5.0 (iPad; CPU OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-          "Version/17.5 Mobile/15E148 Safari/604.1", 820, 1180, "tablet"),
-    Agent("Mozilla/5.0 (Linux; Android 13; SM-X710) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/124.0.0.0 Safari/537.36", 800, 1280, "tablet"),
-    Agent("Mozilla/5.0 (Linux; Android 9; KFTRWI) AppleWebKit/537.36 (KHTML, like Gecko) Silk/124.3.1 "
-          "like Chrome/124.0.6367.179 Safari/537.36", 800, 1280, "tablet"),
-    Agent("Mozilla/5.0 (Linux; Android 12; Lenovo TB-X606F) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/120.0.0.0 Safari/537.36", 800, 1280, "tablet"),
+    Agent(
+        "Mozilla/5.0 (iPad; CPU OS 17_5 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.5 Mobile/15E148 Safari/604.1",
+        820,
+        1180,
+        "tablet",
+    ),
+    Agent(
+        "Mozilla/5.0 (Linux; Android 13; SM-X710) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/124.0.0.0 Safari/537.36",
+        800,
+        1280,
+        "tablet",
+    ),
+    Agent(
+        "Mozilla/5.0 (Linux; Android 9; KFTRWI) AppleWebKit/537.36 (KHTML, like Gecko) Silk/124.3.1 "
+        "like Chrome/124.0.6367.179 Safari/537.36",
+        800,
+        1280,
+        "tablet",
+    ),
+    Agent(
+        "Mozilla/5.0 (Linux; Android 12; Lenovo TB-X606F) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/120.0.0.0 Safari/537.36",
+        800,
+        1280,
+        "tablet",
+    ),
 )
 DESKTOPS = (
-    Agent("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/124.0.0.0 Safari/537.36", 1920, 1080, "desktop"),
-    Agent("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.80", 2560, 1440, "desktop"),
-    Agent("Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0", 1536, 864, "desktop"),
-    Agent("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-          "Version/17.4.1 Safari/605.1.15", 1440, 900, "desktop"),
-    Agent("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/124.0.0.0 Safari/537.36", 1920, 1080, "desktop"),
+    Agent(
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/124.0.0.0 Safari/537.36",
+        1920,
+        1080,
+        "desktop",
+    ),
+    Agent(
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.80",
+        2560,
+        1440,
+        "desktop",
+    ),
+    Agent(
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0",
+        1536,
+        864,
+        "desktop",
+    ),
+    Agent(
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+        "Version/17.4.1 Safari/605.1.15",
+        1440,
+        900,
+        "desktop",
+    ),
+    Agent(
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/124.0.0.0 Safari/537.36",
+        1920,
+        1080,
+        "desktop",
+    ),
 )
 BOTS = (
     Agent("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", 1024, 768, "bot"),
-    Agent("Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "Chrome/124.0.6367.201 Mobile Safari/537.36 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
-          412, 732, "bot"),
+    Agent(
+        "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/124.0.6367.201 Mobile Safari/537.36 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+        412,
+        732,
+        "bot",
+    ),
     Agent("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", 1024, 768, "bot"),
-    Agent("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-          "HeadlessChrome/124.0.6367.60 Safari/537.36", 800, 600, "bot"),
+    Agent(
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "HeadlessChrome/124.0.6367.60 Safari/537.36",
+        800,
+        600,
+        "bot",
+    ),
     Agent("facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)", 0, 0, "bot"),
 )
 AGENTS: dict[str, tuple[Agent, ...]] = {"mobile": PHONES, "tablet": TABLETS, "desktop": DESKTOPS, "bot": BOTS}
 CATEGORY_WEIGHTS: dict[str, float] = {"mobile": 0.55, "desktop": 0.30, "tablet": 0.08, "bot": 0.07}
 CATEGORY_BY_AGENT: dict[tuple[str, int, int], str] = {
-    (a.user_agent, a.screen_width, a.screen_height): a.category for agents in AGENTS.values() for a in agents}
+    (a.user_agent, a.screen_width, a.screen_height): a.category for agents in AGENTS.values() for a in agents
+}
 
 
 def expected_category(user_agent: str, screen_width: int, screen_height: int) -> str:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import orjson
 
@@ -30,12 +31,24 @@ def entry_for(event: dict[str, Any], late: bool = False) -> Entry:
     device, props = event["device"], event.get("properties") or {}
     metrics = event.get("metrics") or {}
     return {
-        "id": event["event"]["id"], "type": event["event"]["type"], "user_id": event["user"]["id"],
-        "session_id": event["context"]["session_id"], "timestamp": event["timestamp"],
-        "device_category": expected_category(device["user_agent"], device["screen_width"], device["screen_height"]),
-        "load_time": metrics.get("load_time"), "interaction_time": metrics.get("interaction_time"),
+        "id": event["event"]["id"],
+        "type": event["event"]["type"],
+        "user_id": event["user"]["id"],
+        "session_id": event["context"]["session_id"],
+        "timestamp": event["timestamp"],
+        "device_category": expected_category(
+            device["user_agent"], device["screen_width"], device["screen_height"]
+        ),
+        "load_time": metrics.get("load_time"),
+        "interaction_time": metrics.get("interaction_time"),
         "revenue": props.get("revenue") if event["event"]["type"] == "purchase" else None,
-        "late": late, "sends": 0, "duplicate": False, "failed_sends": 0, "accepted": False, "status": 0, "timestamp_adjusted": False,
+        "late": late,
+        "sends": 0,
+        "duplicate": False,
+        "failed_sends": 0,
+        "accepted": False,
+        "status": 0,
+        "timestamp_adjusted": False,
     }
 
 
@@ -92,8 +105,10 @@ def performance_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[
     groups: dict[tuple[int, str], list[Entry]] = defaultdict(list)
     for e in accepted(entries):
         groups[(window_start(e["timestamp"], window_ms), e["device_category"])].append(e)
-    return {key: {"events": len(rows), **stats(rows, "load_time"), **stats(rows, "interaction_time")}
-            for key, rows in groups.items()}
+    return {
+        key: {"events": len(rows), **stats(rows, "load_time"), **stats(rows, "interaction_time")}
+        for key, rows in groups.items()
+    }
 
 
 def session_metrics(entries: Iterable[Entry], gap_ms: int) -> dict[tuple[int, str], dict[str, Any]]:
@@ -123,17 +138,25 @@ def session_row(rows: Sequence[Entry], gap_ms: int) -> dict[str, Any]:
     first, last = rows[0]["timestamp"], rows[-1]["timestamp"]
     types = [e["type"] for e in rows]
     return {
-        "window_end": last + gap_ms, "user_id": max(e["user_id"] for e in rows),
-        "device_category": max(e["device_category"] for e in rows), "duration_ms": last - first,
-        "page_views": types.count("page_view"), "events": len(rows), "products_viewed": types.count("product_view"),
-        "cart_adds": types.count("add_to_cart"), "purchases": types.count("purchase"),
+        "window_end": last + gap_ms,
+        "user_id": max(e["user_id"] for e in rows),
+        "device_category": max(e["device_category"] for e in rows),
+        "duration_ms": last - first,
+        "page_views": types.count("page_view"),
+        "events": len(rows),
+        "products_viewed": types.count("product_view"),
+        "cart_adds": types.count("add_to_cart"),
+        "purchases": types.count("purchase"),
         "revenue": sum(e["revenue"] or 0.0 for e in rows if e["type"] == "purchase"),
     }
 
 
 def stats(rows: Sequence[Entry], column: str) -> dict[str, Any]:
     values = [r[column] for r in rows if r[column] is not None]
-    out: dict[str, Any] = {f"{column}_count": len(values), f"{column}_avg": sum(values) / len(values) if values else None}
+    out: dict[str, Any] = {
+        f"{column}_count": len(values),
+        f"{column}_avg": sum(values) / len(values) if values else None,
+    }
     for q in PERCENTILES:
         out[f"{column}_p{round(q * 100)}"] = percentile(values, q) if values else None
     return out

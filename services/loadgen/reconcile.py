@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -23,7 +24,9 @@ from shared.settings import Settings
 from shared.topics import topics
 
 Key = tuple
-REL_TOL = 1e-9  # float columns (averages, interpolated percentiles, revenue): same formula, only rounding differs
+REL_TOL = (
+    1e-9  # float columns (averages, interpolated percentiles, revenue): same formula, only rounding differs
+)
 ABS_TOL = 1e-6
 
 
@@ -40,10 +43,14 @@ def same_value(expected: Any, actual: Any, column_type: str) -> bool:
     return expected == actual
 
 
-def reconcile(schema: MetricSchema, expected: dict[Key, dict[str, Any]], actual: dict[Key, dict[str, Any]]) -> list[str]:
+def reconcile(
+    schema: MetricSchema, expected: dict[Key, dict[str, Any]], actual: dict[Key, dict[str, Any]]
+) -> list[str]:
     """Every difference, one line each: missing windows, extra windows, and columns whose value differs."""
     problems = [f"{schema.name} missing {key}" for key in sorted(expected.keys() - actual.keys())]
-    problems += [f"{schema.name} unexpected {key}: {actual[key]}" for key in sorted(actual.keys() - expected.keys())]
+    problems += [
+        f"{schema.name} unexpected {key}: {actual[key]}" for key in sorted(actual.keys() - expected.keys())
+    ]
     types = {c.name: c.type for c in schema.columns}
     for key in sorted(expected.keys() & actual.keys()):
         for column, want in expected[key].items():
@@ -55,8 +62,11 @@ def reconcile(schema: MetricSchema, expected: dict[Key, dict[str, Any]], actual:
 
 def expected_metrics(entries: list[Entry], s: Settings) -> dict[str, dict[Key, dict[str, Any]]]:
     window_ms = s.processing.window_seconds * 1000
-    return {"event_metrics": event_metrics(entries, window_ms), "performance_metrics": performance_metrics(entries, window_ms),
-            "session_metrics": session_metrics(entries, s.processing.session_gap_seconds * 1000)}
+    return {
+        "event_metrics": event_metrics(entries, window_ms),
+        "performance_metrics": performance_metrics(entries, window_ms),
+        "session_metrics": session_metrics(entries, s.processing.session_gap_seconds * 1000),
+    }
 
 
 def within(actual: dict[Key, dict[str, Any]], start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
@@ -89,9 +99,17 @@ class Layers:
     def consume_all(self, topic: str, partitions: int, timeout_s: float = 60.0) -> Iterator[Any]:
         """Every record of a topic from the beginning up to its end offsets at the time of the call (heartbeats keep
         the raw topic growing, so "until idle" would never end)."""
-        consumer = Consumer({"bootstrap.servers": self.s.kafka.bootstrap, "group.id": f"reconcile-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False})
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)}
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.s.kafka.bootstrap,
+                "group.id": f"reconcile-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+            }
+        )
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        }
         pending = {p for p, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
         deadline = time.monotonic() + timeout_s
@@ -115,33 +133,50 @@ class Layers:
     def topic_metrics(self, schema: MetricSchema) -> dict[Key, dict[str, Any]]:
         """The final value per key of a metric topic (the last record of each Kafka key)."""
         topic = topics(self.s).metric(schema)
-        records = (orjson.loads(m.value()) for m in self.consume_all(topic.name, topic.partitions)
-                   if m.value() is not None)
+        records = (
+            orjson.loads(m.value())
+            for m in self.consume_all(topic.name, topic.partitions)
+            if m.value() is not None
+        )
         return by_key(schema, records)
 
     def storage_sql(self, sql: str, **params: Any) -> list[dict[str, Any]]:
-        response = httpx.post(f"{self.s.storage.url}/v1/sql", json={"sql": sql, "params": params},
-                              headers=self.headers, timeout=30)
+        response = httpx.post(
+            f"{self.s.storage.url}/v1/sql",
+            json={"sql": sql, "params": params},
+            headers=self.headers,
+            timeout=30,
+        )
         response.raise_for_status()
         return response.json()["rows"]
 
     def storage_metrics(self, schema: MetricSchema, start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
-        response = httpx.get(f"{self.s.storage.url}/v1/metrics/{schema.name}", headers=self.headers,
-                             params={"from": start_ms, "to": end_ms, "limit": self.s.storage.max_limit}, timeout=30)
+        response = httpx.get(
+            f"{self.s.storage.url}/v1/metrics/{schema.name}",
+            headers=self.headers,
+            params={"from": start_ms, "to": end_ms, "limit": self.s.storage.max_limit},
+            timeout=30,
+        )
         response.raise_for_status()
         return by_key(schema, response.json()["rows"])
 
     def cache_windows(self, schema: MetricSchema, start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
-        response = httpx.get(f"{self.s.cache.url}/v1/jobs/{schema.name}/windows", headers=self.headers,
-                             params={"from": start_ms, "to": end_ms, "limit": self.s.cache.max_limit}, timeout=30)
+        response = httpx.get(
+            f"{self.s.cache.url}/v1/jobs/{schema.name}/windows",
+            headers=self.headers,
+            params={"from": start_ms, "to": end_ms, "limit": self.s.cache.max_limit},
+            timeout=30,
+        )
         response.raise_for_status()
         return by_key(schema, response.json()["records"])
 
     def raw_rows_between(self, start_ms: int, end_ms: int) -> dict[str, int]:
         """Rows and distinct event ids in raw storage (FINAL) with start_ms <= timestamp < end_ms."""
         table = self.s.storage.events_table
-        sql = (f"SELECT count() AS rows, uniqExact(event_id) AS ids FROM {table} FINAL "
-               "WHERE timestamp >= fromUnixTimestamp64Milli({lo:Int64}) AND timestamp < fromUnixTimestamp64Milli({hi:Int64})")
+        sql = (
+            f"SELECT count() AS rows, uniqExact(event_id) AS ids FROM {table} FINAL "
+            "WHERE timestamp >= fromUnixTimestamp64Milli({lo:Int64}) AND timestamp < fromUnixTimestamp64Milli({hi:Int64})"
+        )
         return self.storage_sql(sql, lo=start_ms, hi=end_ms)[0]
 
     def late_records_dropped(self) -> float | None:
@@ -151,23 +186,32 @@ class Layers:
             text = httpx.get(self.s.flink.taskmanager_metrics_url, timeout=5).text
         except httpx.HTTPError:
             return None
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("flink_taskmanager_job_task_operator_numLateRecordsDropped"))
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("flink_taskmanager_job_task_operator_numLateRecordsDropped")
+        )
 
     def explain_late(self) -> list[str]:
         """A line for a failed reconciliation when Flink dropped late records: their windows differ by policy."""
         late = self.late_records_dropped()
         if not late:
             return []
-        return [f"flink: {late:.0f} records arrived after their window closed (numLateRecordsDropped; late by "
-                f"policy and still in Kafka and raw storage, e.g. a sender behind its schedule by more than the watermark delay)"]
+        return [
+            f"flink: {late:.0f} records arrived after their window closed (numLateRecordsDropped; late by "
+            f"policy and still in Kafka and raw storage, e.g. a sender behind its schedule by more than the watermark delay)"
+        ]
 
-    def metric_readers(self, schema: MetricSchema, expected: dict[Key, dict]) -> dict[str, Callable[[], dict]]:
+    def metric_readers(
+        self, schema: MetricSchema, expected: dict[Key, dict]
+    ) -> dict[str, Callable[[], dict]]:
         """One reader per layer that holds this job's metrics, each limited to the windows of `expected`."""
         start, end = window_range(expected)
-        return {"kafka": lambda: within(self.topic_metrics(schema), start, end),
-                "clickhouse": lambda: self.storage_metrics(schema, start, end),
-                "cache": lambda: self.cache_windows(schema, start, end)}
+        return {
+            "kafka": lambda: within(self.topic_metrics(schema), start, end),
+            "clickhouse": lambda: self.storage_metrics(schema, start, end),
+            "cache": lambda: self.cache_windows(schema, start, end),
+        }
 
 
 def time_span(entries: list[Entry]) -> tuple[int, int]:
@@ -175,7 +219,9 @@ def time_span(entries: list[Entry]) -> tuple[int, int]:
     return min(stamps), max(stamps) + 1
 
 
-def reconcile_run(layers: Layers, schemas: dict[str, MetricSchema], entries: list[Entry], timeout: float) -> list[str]:
+def reconcile_run(
+    layers: Layers, schemas: dict[str, MetricSchema], entries: list[Entry], timeout: float
+) -> list[str]:
     """Every difference between the stack and the manifest once every layer settled, or as they are `timeout` seconds
     from now (the layers settle concurrently, so one deadline for all: a layer read after it is read once)."""
     deadline = time.monotonic() + timeout
@@ -188,7 +234,9 @@ def reconcile_run(layers: Layers, schemas: dict[str, MetricSchema], entries: lis
     wanted = {e["id"] for e in counted}
     seen = poll(lambda: set(layers.raw_ids()), lambda ids: wanted <= ids, left())
     problems += [f"raw topic: {len(wanted - seen)} accepted ids missing"] if wanted - seen else []
-    rows = poll(lambda: layers.raw_rows_between(*time_span(counted)), lambda r: r["rows"] >= len(wanted), left())
+    rows = poll(
+        lambda: layers.raw_rows_between(*time_span(counted)), lambda r: r["rows"] >= len(wanted), left()
+    )
     if rows != {"rows": len(wanted), "ids": len(wanted)}:
         problems.append(f"clickhouse raw: {rows}, expected {len(wanted)} rows, one per id")
     for job, expected in expected_metrics(counted, layers.s).items():

@@ -11,9 +11,10 @@ import multiprocessing
 import queue
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -57,13 +58,18 @@ class Progress(NamedTuple):
     done: bool
 
 
-def plan_batches(traffic: Traffic, total: int, batch_size: int, duplicate_fraction: float,
-                 rng: random.Random) -> Iterator[list[dict[str, Any]]]:
+def plan_batches(
+    traffic: Traffic, total: int, batch_size: int, duplicate_fraction: float, rng: random.Random
+) -> Iterator[list[dict[str, Any]]]:
     """Batches of `total` fresh events, plus duplicates (same event.id) of events in earlier batches."""
     recent: list[dict[str, Any]] = []
     produced = 0
     while produced < total:
-        duplicates = [rng.choice(recent) for _ in range(batch_size) if rng.random() < duplicate_fraction] if recent else []
+        duplicates = (
+            [rng.choice(recent) for _ in range(batch_size) if rng.random() < duplicate_fraction]
+            if recent
+            else []
+        )
         duplicates = duplicates[: batch_size - 1]
         fresh = traffic.events(min(batch_size - len(duplicates), total - produced))
         produced += len(fresh)
@@ -80,8 +86,15 @@ def item_outcomes(status: int, body: Any, count: int) -> list[Outcome]:
     results = body.get("results") if isinstance(body, dict) else None
     if not isinstance(results, list) or len(results) != count:
         return [Outcome(status, False, False, status in (0, 429, 503) or status >= 500)] * count
-    return [Outcome(status, r.get("status") == "accepted", bool(r.get("timestamp_adjusted")), r.get("status") == "failed")
-            for r in results]
+    return [
+        Outcome(
+            status,
+            r.get("status") == "accepted",
+            bool(r.get("timestamp_adjusted")),
+            r.get("status") == "failed",
+        )
+        for r in results
+    ]
 
 
 def post_batch(client: httpx.Client, batch: list[dict[str, Any]]) -> tuple[list[Outcome], float]:
@@ -98,7 +111,9 @@ def post_batch(client: httpx.Client, batch: list[dict[str, Any]]) -> tuple[list[
     return item_outcomes(response.status_code, body, len(batch)), pause
 
 
-def deliver(client: httpx.Client, batch: list[dict[str, Any]], entries: dict[str, Entry], retries: int) -> tuple[int, int]:
+def deliver(
+    client: httpx.Client, batch: list[dict[str, Any]], entries: dict[str, Entry], retries: int
+) -> tuple[int, int]:
     """Post a batch; items the server could not write (503, no answer) are posted again, at most `retries` times.
     Returns (posts, events newly accepted)."""
     pending, posts, newly = batch, 0, 0
@@ -109,7 +124,9 @@ def deliver(client: httpx.Client, batch: list[dict[str, Any]], entries: dict[str
             entry = entries[event["event"]["id"]]
             newly += outcome.accepted and not entry["accepted"]
             record_send(entry, outcome.status, outcome.accepted, outcome.adjusted)
-        pending = [e for e, o in zip(pending, outcomes) if o.retryable and not entries[e["event"]["id"]]["accepted"]]
+        pending = [
+            e for e, o in zip(pending, outcomes) if o.retryable and not entries[e["event"]["id"]]["accepted"]
+        ]
         if not pending or attempt == retries:
             break
         time.sleep(pause)
@@ -120,7 +137,10 @@ def run_worker(plan: WorkerPlan, progress: Any) -> None:
     """One sender process: generate, pace, post, record; writes its manifest part at the end."""
     rng = random.Random(f"duplicates:{plan.spec.seed}:{plan.spec.worker}")
     entries: dict[str, Entry] = {}
-    headers = {"Content-Type": "application/json", **({"X-Write-Key": plan.write_key} if plan.write_key else {})}
+    headers = {
+        "Content-Type": "application/json",
+        **({"X-Write-Key": plan.write_key} if plan.write_key else {}),
+    }
     # The schedule starts when this process does (spawning takes seconds on a busy machine): an event's
     # timestamp is never older than the moment it could first be sent.
     traffic = Traffic(replace(plan.spec, start_ms=max(plan.spec.start_ms, int(time.time() * 1000))))
@@ -176,21 +196,42 @@ def worker_plans(config: LoadConfig, start_ms: int) -> list[WorkerPlan]:
     """Split the events and the rate evenly over the processes; each worker gets its own seed stream and part file."""
     n = max(1, min(config.processes, config.events))
     per_rate = config.rate / n if config.rate > 0 else 0.0
-    spec = TrafficSpec(seed=config.seed, start_ms=start_ms, rate=per_rate or SCHEDULE_RATE_WHEN_UNPACED,
-                       out_of_order_ms=config.out_of_order_ms, late_fraction=config.late_fraction, late_ms=config.late_ms)
-    return [WorkerPlan(url=config.url, write_key=config.write_key, events=config.events // n + (i < config.events % n),
-                       rate=per_rate, batch_size=config.batch_size, duplicate_fraction=config.duplicate_fraction,
-                       deadline_s=config.deadline_s, spec=replace(spec, worker=i), retries=config.retries,
-                       manifest_part=config.manifest.with_name(f"{config.manifest.name}.part{i}"))
-            for i in range(n)]
+    spec = TrafficSpec(
+        seed=config.seed,
+        start_ms=start_ms,
+        rate=per_rate or SCHEDULE_RATE_WHEN_UNPACED,
+        out_of_order_ms=config.out_of_order_ms,
+        late_fraction=config.late_fraction,
+        late_ms=config.late_ms,
+    )
+    return [
+        WorkerPlan(
+            url=config.url,
+            write_key=config.write_key,
+            events=config.events // n + (i < config.events % n),
+            rate=per_rate,
+            batch_size=config.batch_size,
+            duplicate_fraction=config.duplicate_fraction,
+            deadline_s=config.deadline_s,
+            spec=replace(spec, worker=i),
+            retries=config.retries,
+            manifest_part=config.manifest.with_name(f"{config.manifest.name}.part{i}"),
+        )
+        for i in range(n)
+    ]
 
 
-def run_load(config: LoadConfig, on_progress: Callable[[dict[int, Progress]], None] = lambda _: None) -> dict[str, int]:
+def run_load(
+    config: LoadConfig, on_progress: Callable[[dict[int, Progress]], None] = lambda _: None
+) -> dict[str, int]:
     """Run the workers, report progress, join the manifest parts; returns the manifest summary."""
     plans = worker_plans(config, int(time.time() * 1000))
     context = multiprocessing.get_context("spawn")
     updates = context.Queue()
-    processes = [context.Process(target=run_worker, args=(plan, updates), name=f"rtap-load-{i}") for i, plan in enumerate(plans)]
+    processes = [
+        context.Process(target=run_worker, args=(plan, updates), name=f"rtap-load-{i}")
+        for i, plan in enumerate(plans)
+    ]
     for p in processes:
         p.start()
     latest = collect_progress(updates, processes, config.deadline_s + 60, on_progress)
@@ -204,11 +245,14 @@ def run_load(config: LoadConfig, on_progress: Callable[[dict[int, Progress]], No
     return join_parts(config.manifest, [p.manifest_part for p in plans])
 
 
-def collect_progress(updates: Any, processes: list, limit_s: float,
-                     on_progress: Callable[[dict[int, Progress]], None]) -> dict[int, Progress]:
+def collect_progress(
+    updates: Any, processes: list, limit_s: float, on_progress: Callable[[dict[int, Progress]], None]
+) -> dict[int, Progress]:
     latest: dict[int, Progress] = {}
     deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline and not all(latest.get(i, None) and latest[i].done for i in range(len(processes))):
+    while time.monotonic() < deadline and not all(
+        latest.get(i, None) and latest[i].done for i in range(len(processes))
+    ):
         try:
             update = updates.get(timeout=0.25)
         except queue.Empty:

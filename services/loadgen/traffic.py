@@ -13,15 +13,23 @@ from __future__ import annotations
 import math
 import random
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from services.loadgen.agents import AGENTS, CATEGORY_WEIGHTS, Agent
 
 EVENT_TYPES = ("page_view", "click", "product_view", "add_to_cart", "purchase")
 SHOP = "https://shop.example"
 PAGES = ("/", "/search", "/category/shoes", "/category/bags", "/deals", "/help", "/account")
-REFERRERS = (None, None, "https://www.google.com/", "https://www.bing.com/", "https://t.co/x", "https://news.example/")
+REFERRERS = (
+    None,
+    None,
+    "https://www.google.com/",
+    "https://www.bing.com/",
+    "https://t.co/x",
+    "https://news.example/",
+)
 # lognormal medians (ms) per device category: phones load slowest; sigma gives the long tail
 LOAD_MEDIAN_MS = {"mobile": 1400.0, "tablet": 1100.0, "desktop": 700.0, "bot": 300.0}
 LOAD_SIGMA = 0.8
@@ -93,7 +101,11 @@ class Traffic:
     def build(self, session: Session, kind: str) -> dict[str, Any]:
         rng, agent = self.rng, session.agent
         properties = step_properties(rng, session, kind)
-        load_time = lognormal(rng, LOAD_MEDIAN_MS[agent.category], LOAD_SIGMA) if kind in ("page_view", "product_view") else None
+        load_time = (
+            lognormal(rng, LOAD_MEDIAN_MS[agent.category], LOAD_SIGMA)
+            if kind in ("page_view", "product_view")
+            else None
+        )
         interaction = lognormal(rng, INTERACTION_MEDIAN_MS, INTERACTION_SIGMA) if load_time is None else None
         event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         timestamp, late = self.timestamp()
@@ -102,9 +114,17 @@ class Traffic:
         return {
             "event": {"type": kind, "id": event_id},
             "user": {"id": session.user_id},
-            "device": {"user_agent": agent.user_agent, "screen_width": agent.screen_width, "screen_height": agent.screen_height},
-            "context": {"url": SHOP + session.page, "referrer": rng.choice(REFERRERS), "ip_address": session.ip,
-                        "session_id": session.id},
+            "device": {
+                "user_agent": agent.user_agent,
+                "screen_width": agent.screen_width,
+                "screen_height": agent.screen_height,
+            },
+            "context": {
+                "url": SHOP + session.page,
+                "referrer": rng.choice(REFERRERS),
+                "ip_address": session.ip,
+                "session_id": session.id,
+            },
             "properties": properties,
             "metrics": {"load_time": load_time, "interaction_time": interaction},
             "timestamp": timestamp,
@@ -156,7 +176,11 @@ def step_properties(rng: random.Random, session: Session, kind: str) -> dict[str
     if kind == "product_view":
         product = f"p-{rng.randrange(500)}"
         session.page = f"/product/{product}"
-        return {"product_id": product, "price": round(rng.uniform(5, 300), 2), "category": rng.choice(("shoes", "bags", "hats"))}
+        return {
+            "product_id": product,
+            "price": round(rng.uniform(5, 300), 2),
+            "category": rng.choice(("shoes", "bags", "hats")),
+        }
     if kind == "add_to_cart":
         product, price = f"p-{rng.randrange(500)}", round(rng.uniform(5, 300), 2)
         quantity = rng.choice((1, 1, 1, 2, 3))

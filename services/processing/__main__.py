@@ -27,7 +27,9 @@ def metrics_registry(supervisor) -> CollectorRegistry:
     registry = CollectorRegistry()
     running = Gauge("rtap_processing_job_running", "1 while the Flink job is RUNNING", registry=registry)
     running.set_function(lambda: 1.0 if supervisor.status.state == "RUNNING" else 0.0)
-    submissions = Gauge("rtap_processing_job_submissions", "job submissions by this supervisor", registry=registry)
+    submissions = Gauge(
+        "rtap_processing_job_submissions", "job submissions by this supervisor", registry=registry
+    )
     submissions.set_function(lambda: float(supervisor.status.submissions))
     return registry
 
@@ -37,7 +39,9 @@ def http_handler(supervisor, registry: CollectorRegistry) -> type[BaseHTTPReques
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
             if self.path == "/healthz":
                 status = supervisor.status
-                body = json.dumps({"status": "ok" if status.healthy else "unhealthy", "job": status.__dict__}).encode()
+                body = json.dumps(
+                    {"status": "ok" if status.healthy else "unhealthy", "job": status.__dict__}
+                ).encode()
                 self._reply(200 if status.healthy else 503, "application/json", body)
             elif self.path == "/metrics":
                 self._reply(200, CONTENT_TYPE_LATEST, generate_latest(registry))
@@ -61,8 +65,10 @@ def supervise(settings: Settings) -> None:
     from services.processing.supervisor import Supervisor
 
     supervisor = Supervisor(settings)
-    server = ThreadingHTTPServer((settings.processing.host, settings.processing.port),
-                                 http_handler(supervisor, metrics_registry(supervisor)))
+    server = ThreadingHTTPServer(
+        (settings.processing.host, settings.processing.port),
+        http_handler(supervisor, metrics_registry(supervisor)),
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_: supervisor.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: supervisor.stopping.set())

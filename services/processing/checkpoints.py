@@ -34,7 +34,9 @@ def checkpoint_root(settings: Settings) -> Path:
     """execution.checkpointing.dir of the generated Flink config (state/flink/checkpoints by default)."""
     conf = settings.state_path / "flink" / "conf" / "config.yaml"
     if conf.exists():
-        uri = (yaml.safe_load(conf.read_text()) or {}).get("execution", {}).get("checkpointing", {}).get("dir")
+        uri = (
+            (yaml.safe_load(conf.read_text()) or {}).get("execution", {}).get("checkpointing", {}).get("dir")
+        )
         if uri:
             return Path(urlparse(uri).path)
     return settings.state_path / "flink" / "checkpoints"
@@ -43,5 +45,7 @@ def checkpoint_root(settings: Settings) -> Path:
 def latest_checkpoint(settings: Settings) -> Path | None:
     """Newest completed checkpoint (chk-N with _metadata) of a job this pipeline submitted."""
     root = checkpoint_root(settings)
-    completed = [meta.parent for job_id in submitted_jobs(settings) for meta in (root / job_id).glob("chk-*/_metadata")]
+    completed = [
+        meta.parent for job_id in submitted_jobs(settings) for meta in (root / job_id).glob("chk-*/_metadata")
+    ]
     return max(completed, key=lambda chk: chk.stat().st_mtime, default=None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated
 
 import httpx
@@ -27,9 +27,11 @@ def parse_time(value: str, option: str) -> int:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is neither epoch ms nor an ISO 8601 time", param_hint=option) from None
+        raise typer.BadParameter(
+            f"{value!r} is neither epoch ms nor an ISO 8601 time", param_hint=option
+        ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
 
 
@@ -40,7 +42,9 @@ def job_progress(settings: Settings, job_id: str) -> tuple[str, Table]:
         table.add_column(column)
     for v in detail["vertices"]:
         m = v.get("metrics", {})
-        table.add_row(v["name"][:70], v["status"], str(m.get("read-records", 0)), str(m.get("write-records", 0)))
+        table.add_row(
+            v["name"][:70], v["status"], str(m.get("read-records", 0)), str(m.get("write-records", 0))
+        )
     return detail["state"], table
 
 
@@ -69,8 +73,10 @@ def register(app: typer.Typer) -> None:
             bounds = bounds_for(settings, start_ms, end_ms)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--to") from None
-        console.print(f"backfilling windows [{bounds.start_ms}, {bounds.end_ms}) from Kafka records "
-                      f"[{bounds.read_from_ms}, {bounds.read_to_ms}) ...")
+        console.print(
+            f"backfilling windows [{bounds.start_ms}, {bounds.end_ms}) from Kafka records "
+            f"[{bounds.read_from_ms}, {bounds.read_to_ms}) ..."
+        )
         with console.status("submitting the bounded job"):
             job_id = submit_job(extra_args=["--from", str(start_ms), "--to", str(end_ms)])
         state = wait_for_job(settings, job_id, timeout)

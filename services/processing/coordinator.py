@@ -13,8 +13,15 @@ from typing import Any
 from services.processing.device import device_category_sql, function_ddl
 from services.processing.job import BaseJob, interval
 from services.processing.registry import load_schemas
-from shared.events import (EVENT, EVENT_TIME_PATH, HEARTBEAT_TYPE, ID_PATH, RECEIVED_PATH, TYPE_PATH,
-                           EventSchema)
+from shared.events import (
+    EVENT,
+    EVENT_TIME_PATH,
+    HEARTBEAT_TYPE,
+    ID_PATH,
+    RECEIVED_PATH,
+    TYPE_PATH,
+    EventSchema,
+)
 from shared.metrics import FLINK_TYPES, MetricSchema
 from shared.settings import Settings
 from shared.topics import topics
@@ -146,15 +153,21 @@ class JobCoordinator:
         where = f"{source_path(TYPE_PATH)} <> {sql_string(HEARTBEAT_TYPE)}"
         if self.bounds:
             b = self.bounds
-            where += f" AND event_ms >= {b.start_ms - b.lookaround_ms} AND event_ms < {b.end_ms + b.lookaround_ms}"
+            where += (
+                f" AND event_ms >= {b.start_ms - b.lookaround_ms} AND event_ms < {b.end_ms + b.lookaround_ms}"
+            )
         raw_columns = ", ".join(quote(f.view_column) for f in self.event.view_fields)
         fields = f"SELECT {', '.join(view_selection(self.event))},\n       event_time"
         if self.settings.processing.dedup_seconds > 0:
-            key = (f"COALESCE({source_path(ID_PATH)}, "
-                   "CONCAT('kafka:', CAST(kafka_partition AS STRING), ':', CAST(kafka_offset AS STRING)))")
+            key = (
+                f"COALESCE({source_path(ID_PATH)}, "
+                "CONCAT('kafka:', CAST(kafka_partition AS STRING), ':', CAST(kafka_offset AS STRING)))"
+            )
             fields += f", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY proc_time ASC) AS seen"
-            events = (f"SELECT {raw_columns}, event_time\n"  # not `seen`: Flink plans a dedup only without it
-                      f"FROM ({fields} FROM {SOURCE_TABLE} WHERE {where}) WHERE seen = 1")
+            events = (
+                f"SELECT {raw_columns}, event_time\n"  # not `seen`: Flink plans a dedup only without it
+                f"FROM ({fields} FROM {SOURCE_TABLE} WHERE {where}) WHERE seen = 1"
+            )
         else:
             events = f"{fields} FROM {SOURCE_TABLE} WHERE {where}"
         category = device_category_sql("user_agent", "screen_width", "screen_height")
@@ -194,8 +207,10 @@ FROM ({events})"""
         """Backfill writes only windows the bounded read saw whole, so it never overwrites a value with a partial one."""
         b = self.bounds
         start, end = quote(schema.window_start), quote(schema.window_end)
-        return (f"SELECT * FROM ({query}) WHERE {start} >= {b.start_ms} AND {start} < {b.end_ms}"
-                f" AND {end} <= {b.end_ms + b.lookaround_ms}")
+        return (
+            f"SELECT * FROM ({query}) WHERE {start} >= {b.start_ms} AND {start} < {b.end_ms}"
+            f" AND {end} <= {b.end_ms + b.lookaround_ms}"
+        )
 
     def table_config(self) -> dict[str, str]:
         p = self.settings.processing
@@ -210,10 +225,12 @@ FROM ({events})"""
             "table.exec.state.ttl": f"{max(p.dedup_seconds, 1)} s",
         }
         if self.bounds is None:
-            config.update({
-                "execution.checkpointing.interval": f"{p.checkpoint_interval_ms} ms",
-                "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
-            })
+            config.update(
+                {
+                    "execution.checkpointing.interval": f"{p.checkpoint_interval_ms} ms",
+                    "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+                }
+            )
         if p.parallelism > 0:
             config["parallelism.default"] = str(p.parallelism)
         return config

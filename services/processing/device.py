@@ -15,7 +15,9 @@ from pathlib import Path
 
 FUNCTION = "device_category"
 FUNCTION_CLASS = "rtap.udf.DeviceCategory"
-RULES_FILE = Path(__file__).parent / "udf" / "src" / "main" / "resources" / "rtap" / "udf" / "device-rules.tsv"
+RULES_FILE = (
+    Path(__file__).parent / "udf" / "src" / "main" / "resources" / "rtap" / "udf" / "device-rules.tsv"
+)
 
 
 def function_ddl() -> str:
@@ -42,5 +44,10 @@ def load_rules(path: Path = RULES_FILE) -> Rules:
         if line.strip() and not line.startswith("#"):
             kind, *values = line.split("\t")
             kinds[kind].append(values[0] if len(values) == 1 else tuple(values))
-    return Rules(tuple(kinds["bot"]), tuple(kinds["tablet"]), tuple(kinds["tablet-model"]), tuple(kinds["phone"]),
-                 int(kinds["tablet-min-side"][0]))
+    return Rules(
+        tuple(kinds["bot"]),
+        tuple(kinds["tablet"]),
+        tuple(kinds["tablet-model"]),
+        tuple(kinds["phone"]),
+        int(kinds["tablet-min-side"][0]),
+    )

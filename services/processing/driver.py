@@ -45,7 +45,9 @@ def table_env(config: dict[str, str]):
     conf = Configuration()
     for key, value in config.items():
         conf.set_string(key, value)
-    return TableEnvironment.create(EnvironmentSettings.new_instance().in_streaming_mode().with_configuration(conf).build())
+    return TableEnvironment.create(
+        EnvironmentSettings.new_instance().in_streaming_mode().with_configuration(conf).build()
+    )
 
 
 def submit(settings: Settings, savepoint: str | None = None, bounds: Bounds | None = None) -> str:
@@ -66,8 +68,12 @@ def run_inside_flink_cli(settings: Settings) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.processing.driver")
     parser.add_argument("--savepoint", help="checkpoint or savepoint directory to resume from")
-    parser.add_argument("--from", dest="start_ms", type=int, help="backfill: event-time range start, epoch ms")
-    parser.add_argument("--to", dest="end_ms", type=int, help="backfill: event-time range end (exclusive), epoch ms")
+    parser.add_argument(
+        "--from", dest="start_ms", type=int, help="backfill: event-time range start, epoch ms"
+    )
+    parser.add_argument(
+        "--to", dest="end_ms", type=int, help="backfill: event-time range end (exclusive), epoch ms"
+    )
     return parser.parse_args(argv)
 
 

@@ -34,7 +34,7 @@ class BaseJob:
     """Subclass, set `schema`, implement `build`. Subclasses register themselves on import."""
 
     schema: ClassVar[MetricSchema]
-    registry: ClassVar[dict[str, type["BaseJob"]]] = {}
+    registry: ClassVar[dict[str, type[BaseJob]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

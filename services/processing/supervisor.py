@@ -59,11 +59,25 @@ class FlinkRest:
         httpx.patch(f"{self.base}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10)
 
 
-def submit_job(savepoint: str | None = None, extra_args: list[str] | None = None, env: dict | None = None) -> str:
+def submit_job(
+    savepoint: str | None = None, extra_args: list[str] | None = None, env: dict | None = None
+) -> str:
     """Run the driver in a child process (its JVM gateway exits with it); return the job id."""
-    argv = [sys.executable, "-m", "services.processing.driver", *(["--savepoint", savepoint] if savepoint else []), *(extra_args or [])]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT_S, env=env or os.environ.copy(),
-                            cwd=REPO_ROOT)
+    argv = [
+        sys.executable,
+        "-m",
+        "services.processing.driver",
+        *(["--savepoint", savepoint] if savepoint else []),
+        *(extra_args or []),
+    ]
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=SUBMIT_TIMEOUT_S,
+        env=env or os.environ.copy(),
+        cwd=REPO_ROOT,
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         detail = [line for line in result.stderr.splitlines() if "Exception" in line or "Error" in line][-3:]

@@ -18,8 +18,14 @@ def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, json=settings.env == "production")
     app = create_app(settings)
-    uvicorn.run(app, host=settings.storage.host, port=settings.storage.port, log_level="warning", access_log=False,
-                **server_options(settings.http))
+    uvicorn.run(
+        app,
+        host=settings.storage.host,
+        port=settings.storage.port,
+        log_level="warning",
+        access_log=False,
+        **server_options(settings.http),
+    )
 
 
 if __name__ == "__main__":

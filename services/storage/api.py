@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import queue
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -40,13 +41,22 @@ DESCRIPTION = "Historical metrics from ClickHouse: per-job time ranges and read-
 
 
 class SqlRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "sql": "SELECT event_type, sum(events) AS events FROM event_metrics FINAL "
-               "WHERE window_start >= {since:DateTime64(3)} GROUP BY event_type",
-        "params": {"since": "2026-01-01 00:00:00"}}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "sql": "SELECT event_type, sum(events) AS events FROM event_metrics FINAL "
+                    "WHERE window_start >= {since:DateTime64(3)} GROUP BY event_type",
+                    "params": {"since": "2026-01-01 00:00:00"},
+                }
+            ]
+        }
+    )
 
     sql: str = Field(description="One SELECT (or WITH ... SELECT); values as {name:Type} placeholders")
-    params: dict[str, Any] = Field(default_factory=dict, description="values bound to the {name:Type} placeholders")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="values bound to the {name:Type} placeholders"
+    )
 
 
 class SqlResult(BaseModel):
@@ -90,7 +100,12 @@ def sandbox_tables(backend: Backend, database: str, pipeline: frozenset[str]) ->
     """The sandbox's view of the database: pipeline tables, the other tables there, the engine's function names."""
     functions = backend.query("SELECT lower(name) AS name FROM system.functions")
     present = backend.query("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database})
-    return Tables(database, pipeline, frozenset(r["name"] for r in functions), frozenset(r["name"] for r in present) - pipeline)
+    return Tables(
+        database,
+        pipeline,
+        frozenset(r["name"] for r in functions),
+        frozenset(r["name"] for r in present) - pipeline,
+    )
 
 
 class Storage:
@@ -108,18 +123,30 @@ class Storage:
         tables = all_tables(settings, self.schemas)
         migrate(self.backend, settings.clickhouse.database, tables)
         self.readers = {route: ReaderPool(settings) for route in ("sql", "metrics")}
-        self.tables = sandbox_tables(self.backend, settings.clickhouse.database, frozenset(t.name for t in tables))
-        self.consumer = storage_consumer(settings, self.backend, self.lock, self.schemas) \
-            if run_consumer else None
-        self.lag_registry = group_lag_registry(settings.kafka.bootstrap, settings.storage.consumer_group,
-                                               self.consumer.topics,
-                                               settings.kafka.group_lag_interval_seconds) if self.consumer else None
+        self.tables = sandbox_tables(
+            self.backend, settings.clickhouse.database, frozenset(t.name for t in tables)
+        )
+        self.consumer = (
+            storage_consumer(settings, self.backend, self.lock, self.schemas) if run_consumer else None
+        )
+        self.lag_registry = (
+            group_lag_registry(
+                settings.kafka.bootstrap,
+                settings.storage.consumer_group,
+                self.consumer.topics,
+                settings.kafka.group_lag_interval_seconds,
+            )
+            if self.consumer
+            else None
+        )
 
     def schema(self, job: str) -> MetricSchema:
         try:
             return self.schemas[job]
         except KeyError:
-            raise param_error(404, "path", "job", f"unknown job {job!r}; known: {sorted(self.schemas)}") from None
+            raise param_error(
+                404, "path", "job", f"unknown job {job!r}; known: {sorted(self.schemas)}"
+            ) from None
 
     def checked_sql(self, sql: str, params: dict[str, Any]) -> str:
         """The statement ClickHouse formatted from sql, once its syntax tree passed the sandbox (services/storage/sandbox.py)."""
@@ -168,7 +195,9 @@ def openapi_with_sql_request(app: FastAPI) -> dict[str, Any]:
     """FastAPI's schema plus SqlRequest: /v1/sql reads its own body (after the key check), so no route names the model."""
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
-        schema["components"]["schemas"]["SqlRequest"] = SqlRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        schema["components"]["schemas"]["SqlRequest"] = SqlRequest.model_json_schema(
+            ref_template="#/components/schemas/{model}"
+        )
     return app.openapi_schema
 
 
@@ -177,17 +206,29 @@ def add_health_routes(app: FastAPI, storage: Storage) -> None:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="ClickHouse reachable and the consumer has partitions assigned",
-             responses={503: {"description": "not ready; the same body says why"}})
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="ClickHouse reachable and the consumer has partitions assigned",
+        responses={503: {"description": "not ready; the same body says why"}},
+    )
     def readyz() -> JSONResponse:
         ok, detail = storage.clickhouse_ok()
-        consumer = storage.consumer.status() if storage.consumer else {"running": False, "assigned_partitions": 0}
+        consumer = (
+            storage.consumer.status() if storage.consumer else {"running": False, "assigned_partitions": 0}
+        )
         ready = ok and consumer["running"] and consumer["assigned_partitions"] > 0
-        body = {"status": "ready" if ready else "not ready", "clickhouse": {"ok": ok, "detail": detail}, "consumer": consumer}
+        body = {
+            "status": "ready" if ready else "not ready",
+            "clickhouse": {"ok": ok, "detail": detail},
+            "consumer": consumer,
+        }
         return JSONResponse(body, 200 if ready else 503)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def metrics() -> Response:  # on the event loop, not behind queries in the thread pool; nothing here blocks
+    async def metrics() -> (
+        Response
+    ):  # on the event loop, not behind queries in the thread pool; nothing here blocks
         lag = generate_latest(storage.lag_registry) if storage.lag_registry else b""
         return Response(generate_latest() + lag, media_type=CONTENT_TYPE_LATEST)
 
@@ -195,15 +236,22 @@ def add_health_routes(app: FastAPI, storage: Storage) -> None:
 def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
     max_limit = storage.settings.storage.max_limit
 
-    @app.get("/v1/metrics/{job}", tags=["query"], dependencies=guarded, response_model=MetricRows,
-             responses=error_responses(400, 401, 404, 503),
-             summary="A job's windows with window_start in [from, to), filtered by group keys (exact, de-duplicated)")
+    @app.get(
+        "/v1/metrics/{job}",
+        tags=["query"],
+        dependencies=guarded,
+        response_model=MetricRows,
+        responses=error_responses(400, 401, 404, 503),
+        summary="A job's windows with window_start in [from, to), filtered by group keys (exact, de-duplicated)",
+    )
     def job_metrics(
         request: Request,
         from_: Annotated[str, Query(alias="from", description="epoch ms or ISO-8601, inclusive")],
         to: Annotated[str, Query(description="epoch ms or ISO-8601, exclusive")],
         limit: Annotated[int, Query(ge=1, description="at most storage.max_limit")] = 1000,
-        job: str = Path(description="a metric job (others: 404)", json_schema_extra={"enum": sorted(storage.schemas)}),
+        job: str = Path(
+            description="a metric job (others: 404)", json_schema_extra={"enum": sorted(storage.schemas)}
+        ),
     ) -> Response:
         schema = storage.schema(job)
         if limit > max_limit:
@@ -213,24 +261,37 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
             start, end = parse_time("from", from_), parse_time("to", to)
             if end <= start:
                 raise QueryError("query", "to", "'to' must be after 'from'")
-            sql, params = metric_query(schema, storage.settings.clickhouse.database, start, end, filters, limit)
+            sql, params = metric_query(
+                schema, storage.settings.clickhouse.database, start, end, filters, limit
+            )
         except QueryError as exc:
             raise param_error(400, exc.where, exc.name, exc.msg) from None
         rows = clickhouse_answer(lambda: storage.readers["metrics"].read(sql, params), "query", "from")
         return json_rows({"job": job, "rows": rows, "row_count": len(rows)})
 
-    @app.post("/v1/sql", tags=["query"], dependencies=guarded, response_model=SqlResult,
-              responses=error_responses(400, 401, 413, 503), openapi_extra=SQL_REQUEST_BODY,
-              summary="One read-only SELECT over the pipeline's tables, checked on ClickHouse's own syntax tree, with limits")
+    @app.post(
+        "/v1/sql",
+        tags=["query"],
+        dependencies=guarded,
+        response_model=SqlResult,
+        responses=error_responses(400, 401, 413, 503),
+        openapi_extra=SQL_REQUEST_BODY,
+        summary="One read-only SELECT over the pipeline's tables, checked on ClickHouse's own syntax tree, with limits",
+    )
     async def sql(request: Request) -> Response:
-        body = sql_request(request.headers.get("content-type", ""), await bounded_body(request, storage.settings.storage.max_body_bytes))
+        body = sql_request(
+            request.headers.get("content-type", ""),
+            await bounded_body(request, storage.settings.storage.max_body_bytes),
+        )
         try:
             check_text("sql", body.sql)
             params = bind_params(body.params)
         except QueryError as exc:
             raise param_error(400, exc.where, exc.name, exc.msg) from None
         rows = await run_in_threadpool(run_sql, storage, body.sql, params)
-        return json_rows({"columns": list(rows[0].keys()) if rows else [], "rows": rows, "row_count": len(rows)})
+        return json_rows(
+            {"columns": list(rows[0].keys()) if rows else [], "rows": rows, "row_count": len(rows)}
+        )
 
 
 def run_sql(storage: Storage, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -268,13 +329,19 @@ def refusal(exc: Exception) -> str:
 def json_rows(body: dict[str, Any]) -> Response:
     """The result as JSON, values as ClickHouse sent them (integers wider than 64 bits included)."""
     try:
-        return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")), media_type="application/json")
+        return Response(
+            json.dumps(body, ensure_ascii=False, separators=(",", ":")), media_type="application/json"
+        )
     except RecursionError:
         raise param_error(400, "body", "sql", "the result nests too deeply to be sent as JSON") from None
 
 
-SQL_REQUEST_BODY = {"requestBody": {"required": True, "content": {"application/json": {
-    "schema": {"$ref": "#/components/schemas/SqlRequest"}}}}}
+SQL_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SqlRequest"}}},
+    }
+}
 
 
 async def bounded_body(request: Request, limit: int) -> bytes:
@@ -298,20 +365,40 @@ def sql_request(content_type: str, body: bytes) -> SqlRequest:
     """The JSON body as a SqlRequest; errors in FastAPI's validation shape (422 naming the field, 400 for bad UTF-8)."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
-        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "input": None,
-                                       "msg": f"send a JSON object with Content-Type application/json, not {media!r}"}])
+        raise RequestValidationError(
+            [
+                {
+                    "type": "model_attributes_type",
+                    "loc": ("body",),
+                    "input": None,
+                    "msg": f"send a JSON object with Content-Type application/json, not {media!r}",
+                }
+            ]
+        )
     if not body:
-        raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
     try:
         data = json.loads(body)
     except RecursionError:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "input": {},
-                                       "msg": "JSON nests too deeply"}]) from None
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "input": {}, "msg": "JSON nests too deeply"}]
+        ) from None
     except UnicodeDecodeError as exc:
         raise body_error(400, f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
     except json.JSONDecodeError as exc:
-        raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error",
-                                       "input": {}, "ctx": {"error": exc.msg}}]) from None
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", exc.pos),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.msg},
+                }
+            ]
+        ) from None
     try:
         return SqlRequest.model_validate(data)
     except ValidationError as exc:

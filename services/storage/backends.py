@@ -7,8 +7,9 @@ built from values.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import orjson
 
@@ -55,7 +56,10 @@ class ChdbBackend:
         if not rows:
             return
         payload = b"\n".join(orjson.dumps(r) for r in rows).decode()
-        self.session.query(f"INSERT INTO {table} SETTINGS date_time_input_format = 'best_effort' FORMAT JSONEachRow\n{payload}", "Null")
+        self.session.query(
+            f"INSERT INTO {table} SETTINGS date_time_input_format = 'best_effort' FORMAT JSONEachRow\n{payload}",
+            "Null",
+        )
 
     def close(self) -> None:
         self.session.close()
@@ -64,15 +68,22 @@ class ChdbBackend:
 class ServerBackend:
     kind = "server"
 
-    def __init__(self, url: str, database: str, create: bool = True, query_settings: dict[str, Any] | None = None,
-                 password: str = ""):
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        create: bool = True,
+        query_settings: dict[str, Any] | None = None,
+        password: str = "",
+    ):
         """create: make the database first (the writer; a read-only user cannot). query_settings: sent with every query.
         password: overrides one in the URL (clickhouse.password, which no URL syntax has to carry)."""
         import clickhouse_connect
 
         # Connect to "default" first: a database named at connect time must already exist.
-        self.client = clickhouse_connect.get_client(dsn=url, password=password or None, database="default",
-                                                    autogenerate_session_id=False)
+        self.client = clickhouse_connect.get_client(
+            dsn=url, password=password or None, database="default", autogenerate_session_id=False
+        )
         if create:
             self.client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
         self.client.database = database
@@ -90,7 +101,9 @@ class ServerBackend:
             return
         columns = list(rows[0].keys())
         database, _, name = table.rpartition(".")
-        self.client.insert(name, [[r.get(c) for c in columns] for r in rows], column_names=columns, database=database or None)
+        self.client.insert(
+            name, [[r.get(c) for c in columns] for r in rows], column_names=columns, database=database or None
+        )
 
     def close(self) -> None:
         self.client.close()
@@ -98,7 +111,10 @@ class ServerBackend:
 
 def _escaped(params: dict[str, Any] | None) -> dict[str, Any]:
     """chDB reads a text parameter in the escaped (TabSeparated) format, as clickhouse-client does: escape it so."""
-    return {name: _escape_text(value) if isinstance(value, str) else value for name, value in (params or {}).items()}
+    return {
+        name: _escape_text(value) if isinstance(value, str) else value
+        for name, value in (params or {}).items()
+    }
 
 
 def _escape_text(text: str) -> str:
@@ -107,7 +123,9 @@ def _escape_text(text: str) -> str:
 
 def open_backend(settings: Settings) -> Backend:
     if settings.clickhouse.url:
-        return ServerBackend(settings.clickhouse.url, settings.clickhouse.database, password=settings.clickhouse.password)
+        return ServerBackend(
+            settings.clickhouse.url, settings.clickhouse.database, password=settings.clickhouse.password
+        )
     return ChdbBackend(settings.state_path / "clickhouse")
 
 
@@ -139,5 +157,9 @@ def open_reader(settings: Settings) -> Backend:
     if c.reader_url:
         return ServerBackend(c.reader_url, c.database, create=False, password=c.reader_password)
     if c.url:
-        return ServerBackend(c.url, c.database, create=False, query_settings=reader_limits(settings), password=c.password)
-    return ChdbBackend(settings.state_path / "clickhouse", {"readonly": 1, **reader_limits(settings)}, c.database)
+        return ServerBackend(
+            c.url, c.database, create=False, query_settings=reader_limits(settings), password=c.password
+        )
+    return ChdbBackend(
+        settings.state_path / "clickhouse", {"readonly": 1, **reader_limits(settings)}, c.database
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -47,10 +47,18 @@ def _error_message(response: httpx.Response) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("sql")
     def sql(
-        statement: Annotated[str, typer.Argument(help="One SELECT; bind values as {name:Type} with --param name=value")],
-        param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="name=value for a {name:Type} placeholder")] = None,
-        url: Annotated[Optional[str], typer.Option(help="storage API URL (default: from settings)")] = None,
-        key: Annotated[Optional[str], typer.Option(envvar="RTAP_READ_KEY", help="read key (default: first of RTAP_STORAGE__READ_KEYS)")] = None,
+        statement: Annotated[
+            str, typer.Argument(help="One SELECT; bind values as {name:Type} with --param name=value")
+        ],
+        param: Annotated[
+            list[str] | None,
+            typer.Option("--param", "-p", help="name=value for a {name:Type} placeholder"),
+        ] = None,
+        url: Annotated[str | None, typer.Option(help="storage API URL (default: from settings)")] = None,
+        key: Annotated[
+            str | None,
+            typer.Option(envvar="RTAP_READ_KEY", help="read key (default: first of RTAP_STORAGE__READ_KEYS)"),
+        ] = None,
     ) -> None:
         """Run a read-only SQL query on the stored metrics and print the result as a table."""
         settings = Settings()
@@ -58,10 +66,16 @@ def register(app: typer.Typer) -> None:
         key = key or (settings.storage.read_keys[0] if settings.storage.read_keys else None)
         headers = {"X-Read-Key": key} if key else {}
         try:
-            response = httpx.post(f"{base}/v1/sql", json={"sql": statement, "params": parse_params(param or [])},
-                                  headers=headers, timeout=settings.storage.sql_max_seconds + 10)
+            response = httpx.post(
+                f"{base}/v1/sql",
+                json={"sql": statement, "params": parse_params(param or [])},
+                headers=headers,
+                timeout=settings.storage.sql_max_seconds + 10,
+            )
         except httpx.HTTPError as exc:
-            err_console.print(f"[red]storage API not reachable at {base}[/red] ({type(exc).__name__}); is it running? (rtap up)")
+            err_console.print(
+                f"[red]storage API not reachable at {base}[/red] ({type(exc).__name__}); is it running? (rtap up)"
+            )
             raise typer.Exit(1) from None
         if response.status_code != 200:
             err_console.print(f"[red]HTTP {response.status_code}:[/red] {_error_message(response)}")

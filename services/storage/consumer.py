@@ -30,8 +30,10 @@ def tables(settings: Settings, schemas: dict[str, MetricSchema]) -> dict[str, st
 def processors(settings: Settings, schemas: dict[str, MetricSchema]) -> dict[str, Processor]:
     """The pure processor per topic read: one per job's metric topic, and the raw events topic's."""
     named = topics(settings)
-    return {**{named.metric(s).name: metric_processor(s) for s in schemas.values()},
-            named.events.name: process_event}
+    return {
+        **{named.metric(s).name: metric_processor(s) for s in schemas.values()},
+        named.events.name: process_event,
+    }
 
 
 def table_writer(backend: Backend, lock: threading.Lock, table_of: dict[str, str]) -> Writer:
@@ -39,19 +41,25 @@ def table_writer(backend: Backend, lock: threading.Lock, table_of: dict[str, str
         for topic, topic_rows in rows.items():
             with lock:
                 backend.insert(table_of[topic], topic_rows)
+
     return write
 
 
-def storage_consumer(settings: Settings, backend: Backend, lock: threading.Lock,
-                     schemas: dict[str, MetricSchema]) -> ConsumerPipeline:
+def storage_consumer(
+    settings: Settings, backend: Backend, lock: threading.Lock, schemas: dict[str, MetricSchema]
+) -> ConsumerPipeline:
     storage = settings.storage
     limits = Limits(storage.batch_rows, storage.batch_bytes, storage.batch_seconds)
     writer = table_writer(backend, lock, tables(settings, schemas))
     sink = Sink("storage", processors(settings, schemas), writer, limits, storage.retry_max_seconds)
-    return ConsumerPipeline(sink, {
-        "bootstrap.servers": settings.kafka.bootstrap,
-        "group.id": storage.consumer_group,
-        "session.timeout.ms": storage.session_timeout_ms,
-        # librdkafka's prefetch queue holds at most one batch's worth of record bytes.
-        "queued.max.messages.kbytes": storage.batch_bytes // 1024,
-    }, topics(settings).dead_letter.name)
+    return ConsumerPipeline(
+        sink,
+        {
+            "bootstrap.servers": settings.kafka.bootstrap,
+            "group.id": storage.consumer_group,
+            "session.timeout.ms": storage.session_timeout_ms,
+            # librdkafka's prefetch queue holds at most one batch's worth of record bytes.
+            "queued.max.messages.kbytes": storage.batch_bytes // 1024,
+        },
+        topics(settings).dead_letter.name,
+    )

@@ -6,9 +6,10 @@ topic). A heartbeat of the raw events topic becomes no row at all.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from keyword import iskeyword
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field, ValidationError, create_model
@@ -23,7 +24,7 @@ Processor = Callable[[bytes | None, bytes | None, int], Row | None]
 
 
 def ms_to_datetime(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def _json_object(raw: bytes | None, what: str) -> dict[str, Any]:
@@ -40,7 +41,10 @@ def metric_processor(schema: MetricSchema) -> Processor:
     timestamps = {c.name for c in schema.columns if c.type == "timestamp_ms"}
 
     def to_row(record: dict[str, Any], offset: int, deleted: int) -> Row:
-        row = {name: ms_to_datetime(v) if name in timestamps and v is not None else v for name, v in record.items()}
+        row = {
+            name: ms_to_datetime(v) if name in timestamps and v is not None else v
+            for name, v in record.items()
+        }
         row[VERSION] = offset
         row[DELETED] = deleted
         return row

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from services.storage.tables import DELETED, qualified
@@ -16,8 +16,8 @@ from shared.metrics import MetricSchema
 
 PARAM_TYPES = {"string": "String", "int64": "Int64", "float64": "Float64", "timestamp_ms": "Int64"}
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-INT64 = range(-2**63, 2**63)
-BOUND_INTS = range(-2**63, 2**64)  # Int64 and UInt64; chDB silently turns a wider Python int into 0
+INT64 = range(-(2**63), 2**63)
+BOUND_INTS = range(-(2**63), 2**64)  # Int64 and UInt64; chDB silently turns a wider Python int into 0
 
 
 class QueryError(ValueError):
@@ -38,9 +38,11 @@ def parse_time(name: str, value: str) -> int:
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise QueryError("query", name, f"{name!r} must be epoch milliseconds or ISO-8601, got {value!r}") from None
+        raise QueryError(
+            "query", name, f"{name!r} must be epoch milliseconds or ISO-8601, got {value!r}"
+        ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
 
 
@@ -51,24 +53,33 @@ def _select_list(schema: MetricSchema) -> str:
     )
 
 
-def metric_query(schema: MetricSchema, database: str, start_ms: int, end_ms: int,
-                 filters: dict[str, str], limit: int) -> tuple[str, dict[str, Any]]:
+def metric_query(
+    schema: MetricSchema, database: str, start_ms: int, end_ms: int, filters: dict[str, str], limit: int
+) -> tuple[str, dict[str, Any]]:
     """Windows starting in [start_ms, end_ms), de-duplicated with FINAL; filters on group keys only."""
     ws = schema.window_start
-    where = [f"`{ws}` >= fromUnixTimestamp64Milli({{from_ms:Int64}}, 'UTC')",
-             f"`{ws}` < fromUnixTimestamp64Milli({{to_ms:Int64}}, 'UTC')",
-             f"`{DELETED}` = 0"]
+    where = [
+        f"`{ws}` >= fromUnixTimestamp64Milli({{from_ms:Int64}}, 'UTC')",
+        f"`{ws}` < fromUnixTimestamp64Milli({{to_ms:Int64}}, 'UTC')",
+        f"`{DELETED}` = 0",
+    ]
     params: dict[str, Any] = {"from_ms": start_ms, "to_ms": end_ms, "limit": limit}
     for i, (name, value) in enumerate(sorted(filters.items())):
         if name not in schema.group_keys:
-            raise QueryError("query", name, f"unknown parameter {name!r}; filters for {schema.name}: {list(schema.group_keys)}")
+            raise QueryError(
+                "query",
+                name,
+                f"unknown parameter {name!r}; filters for {schema.name}: {list(schema.group_keys)}",
+            )
         column = schema.column(name)
         where.append(f"`{name}` = {{f{i}:{PARAM_TYPES[column.type]}}}")
         params[f"f{i}"] = _filter_value(name, column.type, value)
     order = ", ".join(f"`{k}`" for k in schema.key)
     # Filter in an inner query: an outer alias (window_start AS epoch ms) would shadow the column in WHERE.
-    inner = (f"SELECT * FROM {qualified(database, schema.name)} FINAL "
-             f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {{limit:UInt32}}")
+    inner = (
+        f"SELECT * FROM {qualified(database, schema.name)} FINAL "
+        f"WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {{limit:UInt32}}"
+    )
     sql = f"SELECT {_select_list(schema)} FROM ({inner}) ORDER BY {order}"
     return sql, params
 
@@ -90,7 +101,9 @@ def bind_params(params: dict[str, Any]) -> dict[str, Any]:
         if not PARAM_NAME.match(name):
             raise QueryError("body", f"params.{name}", f"parameter name {name!r} must be an identifier")
         if not isinstance(value, (str, int, float, bool)):
-            raise QueryError("body", f"params.{name}", f"parameter {name!r} must be a string, number or boolean")
+            raise QueryError(
+                "body", f"params.{name}", f"parameter {name!r} must be a string, number or boolean"
+            )
         if isinstance(value, float) and not math.isfinite(value):
             raise QueryError("body", f"params.{name}", f"parameter {name!r} must be a finite number")
         if isinstance(value, int) and value not in BOUND_INTS:
@@ -105,4 +118,6 @@ def check_text(name: str, value: str) -> None:
     try:
         value.encode()
     except UnicodeEncodeError as exc:
-        raise QueryError("body", name, f"{name} is not valid Unicode text: lone surrogate at position {exc.start}") from None
+        raise QueryError(
+            "body", name, f"{name} is not valid Unicode text: lone surrogate at position {exc.start}"
+        ) from None

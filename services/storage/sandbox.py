@@ -17,26 +17,73 @@ so anything ClickHouse prints in an unexpected shape fails closed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 FUNCTIONS_FILE = Path(__file__).with_name("sql_functions.tsv")
-TABLE_FUNCTIONS = frozenset({"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateSeries", "values"})
+TABLE_FUNCTIONS = frozenset(
+    {"numbers", "numbers_mt", "zeros", "zeros_mt", "generate_series", "generateSeries", "values"}
+)
 SYNTAX_FUNCTIONS = frozenset({"lambda", "exists", "grouping", "untuple"})
-COMBINATORS = ("MergeState", "SimpleState", "OrDefault", "Distinct", "Resample", "ForEach", "ArgMax", "ArgMin",
-               "OrNull", "Array", "Merge", "State", "Tuple", "Null", "Map", "If")
-IN_FUNCTIONS = frozenset({"in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn", "globalNotNullIn"})
+COMBINATORS = (
+    "MergeState",
+    "SimpleState",
+    "OrDefault",
+    "Distinct",
+    "Resample",
+    "ForEach",
+    "ArgMax",
+    "ArgMin",
+    "OrNull",
+    "Array",
+    "Merge",
+    "State",
+    "Tuple",
+    "Null",
+    "Map",
+    "If",
+)
+IN_FUNCTIONS = frozenset(
+    {"in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn", "globalNotNullIn"}
+)
 FOREIGN_DATABASES = frozenset({"system", "information_schema", "default"})
-NODE_KINDS = frozenset({
-    "SelectWithUnionQuery", "SelectIntersectExceptQuery", "SelectQuery", "ExpressionList", "Subquery", "WithElement",
-    "TablesInSelectQuery", "TablesInSelectQueryElement", "TableExpression", "TableIdentifier", "TableJoin", "ArrayJoin",
-    "SampleRatio", "Function", "Identifier", "Literal", "Asterisk", "QualifiedAsterisk", "ColumnsRegexpMatcher",
-    "ColumnsListMatcher", "QualifiedColumnsRegexpMatcher", "QualifiedColumnsListMatcher", "ColumnsTransformerList",
-    "ColumnsExceptTransformer", "ColumnsReplaceTransformer", "ColumnsReplaceTransformer::Replacement",
-    "OrderByElement", "WindowDefinition", "WindowListElement", "InterpolateElement",
-})
+NODE_KINDS = frozenset(
+    {
+        "SelectWithUnionQuery",
+        "SelectIntersectExceptQuery",
+        "SelectQuery",
+        "ExpressionList",
+        "Subquery",
+        "WithElement",
+        "TablesInSelectQuery",
+        "TablesInSelectQueryElement",
+        "TableExpression",
+        "TableIdentifier",
+        "TableJoin",
+        "ArrayJoin",
+        "SampleRatio",
+        "Function",
+        "Identifier",
+        "Literal",
+        "Asterisk",
+        "QualifiedAsterisk",
+        "ColumnsRegexpMatcher",
+        "ColumnsListMatcher",
+        "QualifiedColumnsRegexpMatcher",
+        "QualifiedColumnsListMatcher",
+        "ColumnsTransformerList",
+        "ColumnsExceptTransformer",
+        "ColumnsReplaceTransformer",
+        "ColumnsReplaceTransformer::Replacement",
+        "OrderByElement",
+        "WindowDefinition",
+        "WindowListElement",
+        "InterpolateElement",
+    }
+)
 NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 PLAIN_NAME = re.compile(rf"^{NAME}$")
 QUALIFIED_NAME = re.compile(rf"^{NAME}(\.{NAME})*$")
@@ -76,7 +123,13 @@ def parse_tree(printout: str) -> Node:
         match = LINE.match(line)
         if not match:
             raise SandboxError("the statement's syntax tree has a part the sandbox cannot read")
-        nodes.append((len(match["indent"]), Node(match["kind"], match["rest"].removeprefix(" ")), int(match["children"] or 0)))
+        nodes.append(
+            (
+                len(match["indent"]),
+                Node(match["kind"], match["rest"].removeprefix(" ")),
+                int(match["children"] or 0),
+            )
+        )
     root, end = _build(nodes, 0, 0)
     if end != len(nodes):
         raise SandboxError("the statement's syntax tree has a part the sandbox cannot read")
@@ -105,21 +158,35 @@ class Allowlist:
 
     @classmethod
     def from_file(cls, path: Path = FUNCTIONS_FILE) -> Allowlist:
-        rows = [line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+        rows = [
+            line.split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")
+        ]
         aggregates = [(name, ci) for name, ci, category in rows if category == "aggregate"]
-        return cls(frozenset(name for name, _, _ in rows), frozenset(name.lower() for name, ci, _ in rows if ci == "1"),
-                   frozenset(name for name, _ in aggregates), frozenset(name.lower() for name, ci in aggregates if ci == "1"))
+        return cls(
+            frozenset(name for name, _, _ in rows),
+            frozenset(name.lower() for name, ci, _ in rows if ci == "1"),
+            frozenset(name for name, _ in aggregates),
+            frozenset(name.lower() for name, ci in aggregates if ci == "1"),
+        )
 
     def allows(self, name: str) -> bool:
-        return (name in self.functions or name.lower() in self.functions_ci or name in SYNTAX_FUNCTIONS
-                or self._aggregate_with_combinators(name))
+        return (
+            name in self.functions
+            or name.lower() in self.functions_ci
+            or name in SYNTAX_FUNCTIONS
+            or self._aggregate_with_combinators(name)
+        )
 
     def _aggregate_with_combinators(self, name: str) -> bool:
         """sumIf, uniqMergeState, quantilesIfOrNull: an allowed aggregate followed by aggregate combinators."""
         for suffix in COMBINATORS:
             if name.endswith(suffix) and len(name) > len(suffix):
                 base = name[: -len(suffix)]
-                if base in self.aggregates or base.lower() in self.aggregates_ci or self._aggregate_with_combinators(base):
+                if (
+                    base in self.aggregates
+                    or base.lower() in self.aggregates_ci
+                    or self._aggregate_with_combinators(base)
+                ):
                     return True
         return False
 
@@ -140,7 +207,9 @@ class Tables:
     database: str
     names: frozenset[str]
     engine_functions: frozenset[str] = frozenset()
-    private: frozenset[str] = frozenset()  # the database's other tables (schema_migrations): never, not even as a WITH name
+    private: frozenset[str] = (
+        frozenset()
+    )  # the database's other tables (schema_migrations): never, not even as a WITH name
 
     def allows(self, name: str, defined: frozenset[str] = frozenset()) -> bool:
         """A bare name: a pipeline table or a name the statement defines (WITH). Qualified: one of ours."""
@@ -161,7 +230,9 @@ class Scope:
     functions: Allowlist
 
 
-def check_tree(root: Node, tables: Tables, with_names: list[str] | None = None, functions: Allowlist | None = None) -> None:
+def check_tree(
+    root: Node, tables: Tables, with_names: list[str] | None = None, functions: Allowlist | None = None
+) -> None:
     """Refuse (SandboxError) anything but one plain SELECT over allowed tables with allowed functions.
 
     with_names: the names of the tree's WithElement nodes, in the order they appear (defined_names()).
@@ -169,7 +240,9 @@ def check_tree(root: Node, tables: Tables, with_names: list[str] | None = None, 
     if root.kind != "SelectWithUnionQuery":
         raise SandboxError(f"only SELECT (or WITH ... SELECT) is allowed, got {root.kind}")
     if len(root.children) != 1:
-        raise SandboxError("INTO OUTFILE and FORMAT are not allowed; the output format is fixed by the server")
+        raise SandboxError(
+            "INTO OUTFILE and FORMAT are not allowed; the output format is fixed by the server"
+        )
     _name_with_elements(root, with_names or [])
     _check_scope(root, None, Scope(tables, frozenset(), functions or allowlist()))
 
@@ -186,8 +259,13 @@ def _check_scope(node: Node, parent: Node | None, scope: Scope) -> None:
     """Check node and its subtree; a query's WITH names are visible in that query and everything inside it."""
     _check_node(node, parent, scope)
     if node.kind == "SelectQuery":
-        names = {element.text for child in node.children if child.kind == "ExpressionList"
-                 for element in child.children if element.kind == "WithElement"}
+        names = {
+            element.text
+            for child in node.children
+            if child.kind == "ExpressionList"
+            for element in child.children
+            if element.kind == "WithElement"
+        }
         scope = Scope(scope.tables, scope.defined | names, scope.functions)
     for child in node.children:
         _check_scope(child, node, scope)
@@ -252,7 +330,9 @@ def canonical_statement(run: Runner, sql: str, params: dict[str, Any], tables: T
         raise SandboxError("SETTINGS is not allowed; limits are fixed by the server")
     printout = run("EXPLAIN AST " + canonical, params)
     try:
-        check_tree(parse_tree("\n".join(row["explain"] for row in printout)), tables, defined_names(canonical))
+        check_tree(
+            parse_tree("\n".join(row["explain"] for row in printout)), tables, defined_names(canonical)
+        )
     except RecursionError:
         raise SandboxError("the statement nests too deeply to be checked") from None
     return canonical

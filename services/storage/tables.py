@@ -56,9 +56,11 @@ class Table:
     def create_sql(self, database: str) -> str:
         columns = ",\n  ".join(f"`{c.name}` {c.type}" for c in self.columns)
         ttl = f"\nTTL {self.ttl}" if self.ttl else ""
-        return (f"CREATE TABLE IF NOT EXISTS {qualified(database, self.name)} (\n  {columns}\n)\n"
-                f"ENGINE = {self.engine}\nPARTITION BY {self.partition_by}\n"
-                f"ORDER BY ({', '.join(f'`{k}`' for k in self.order_by)}){ttl}")
+        return (
+            f"CREATE TABLE IF NOT EXISTS {qualified(database, self.name)} (\n  {columns}\n)\n"
+            f"ENGINE = {self.engine}\nPARTITION BY {self.partition_by}\n"
+            f"ORDER BY ({', '.join(f'`{k}`' for k in self.order_by)}){ttl}"
+        )
 
 
 def qualified(database: str, table: str) -> str:
@@ -67,9 +69,14 @@ def qualified(database: str, table: str) -> str:
 
 def metric_table(schema: MetricSchema) -> Table:
     """Key columns plain (they are the sort key), every other column Nullable (validate() allows nulls)."""
-    columns = tuple(ColumnDef(c.name, _metric_type(c.type, nullable=c.name not in schema.key)) for c in schema.columns)
-    bookkeeping = (ColumnDef(VERSION, "UInt64"), ColumnDef(DELETED, "UInt8 DEFAULT 0"),
-                   ColumnDef(INGESTED_AT, "DateTime64(3, 'UTC') DEFAULT now64(3)"))
+    columns = tuple(
+        ColumnDef(c.name, _metric_type(c.type, nullable=c.name not in schema.key)) for c in schema.columns
+    )
+    bookkeeping = (
+        ColumnDef(VERSION, "UInt64"),
+        ColumnDef(DELETED, "UInt8 DEFAULT 0"),
+        ColumnDef(INGESTED_AT, "DateTime64(3, 'UTC') DEFAULT now64(3)"),
+    )
     return Table(
         name=schema.name,
         columns=columns + bookkeeping,
@@ -85,14 +92,16 @@ def _metric_type(logical: str, nullable: bool) -> str:
 
 def _nullable(base: str) -> str:
     if base.startswith("LowCardinality("):
-        return f"LowCardinality(Nullable({base[len('LowCardinality('):-1]}))"
+        return f"LowCardinality(Nullable({base[len('LowCardinality(') : -1]}))"
     return f"Nullable({base})"
 
 
 def event_columns(event: EventSchema) -> tuple[ColumnDef, ...]:
     """One column per raw event field, in the schema's order, then the bookkeeping columns."""
-    fields = tuple(ColumnDef(f.column, _nullable(f.type.clickhouse) if f.nullable else f.type.clickhouse)
-                   for f in event.fields)
+    fields = tuple(
+        ColumnDef(f.column, _nullable(f.type.clickhouse) if f.nullable else f.type.clickhouse)
+        for f in event.fields
+    )
     ingested_at = ColumnDef(INGESTED_AT, "DateTime64(3, 'UTC') DEFAULT now64(3)")
     return (*fields, ColumnDef(VERSION, "UInt64"), ingested_at)
 
@@ -147,8 +156,11 @@ def _pending_statements(backend: Backend, database: str, table: Table) -> list[s
         return [table.create_sql(database)]
     have = {row["name"] for row in existing}
     target = qualified(database, table.name)
-    statements = [f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS `{c.name}` {c.type}"
-                  for c in table.columns if c.name not in have]
+    statements = [
+        f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS `{c.name}` {c.type}"
+        for c in table.columns
+        if c.name not in have
+    ]
     if table.ttl and _normalized(_current_ttl(backend, database, table.name)) != _normalized(table.ttl):
         statements.append(f"ALTER TABLE {target} MODIFY TTL {table.ttl}")
     return statements

@@ -13,7 +13,13 @@ import pytest
 
 from infrastructure.bench.stack import RTAP
 
-pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mark.redis, pytest.mark.clickhouse]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.kafka,
+    pytest.mark.flink,
+    pytest.mark.redis,
+    pytest.mark.clickhouse,
+]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -21,8 +27,23 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory) -> tuple[dict, Path, str]:
     out = tmp_path_factory.mktemp("bench")
-    argv = [str(RTAP), "bench", "--rate", "1000", "--duration", "15", "--ingest-duration", "3", "--warmup", "3", "--out", str(out)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "160"})
+    argv = [
+        str(RTAP),
+        "bench",
+        "--rate",
+        "1000",
+        "--duration",
+        "15",
+        "--ingest-duration",
+        "3",
+        "--warmup",
+        "3",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "160"}
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return orjson.loads((out / "results.json").read_bytes()), out, result.stdout
 
@@ -54,7 +75,16 @@ def test_freshness_percentiles_cover_every_window(bench, job, layer):
 
 def test_memory_of_every_process_is_sampled(bench):
     memory = bench[0]["memory"]
-    expected = {"kafka", "redis", "flink-jobmanager", "flink-taskmanager", "ingestion", "storage", "cache", "processing"}
+    expected = {
+        "kafka",
+        "redis",
+        "flink-jobmanager",
+        "flink-taskmanager",
+        "ingestion",
+        "storage",
+        "cache",
+        "processing",
+    }
     assert expected <= set(memory["processes"])
     assert all(memory["processes"][name]["peak_mb"] > 0 for name in expected)
     assert memory["total"]["peak_mb"] >= memory["total"]["mean_mb"] > 0

@@ -19,5 +19,7 @@ def test_bench_reads_every_window_within_the_reader_limits(monkeypatch, rate, du
 
 
 def test_a_metric_read_limit_over_the_sql_row_limit_is_refused_at_start():
-    with pytest.raises(ValidationError, match=r"storage.max_limit \(20000\) must not exceed storage.sql_max_rows"):
+    with pytest.raises(
+        ValidationError, match=r"storage.max_limit \(20000\) must not exceed storage.sql_max_rows"
+    ):
         StorageSettings(max_limit=20_000, sql_max_rows=10_000)

@@ -16,9 +16,18 @@ import httpx
 from websockets.sync.client import connect
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,900", "--remote-debugging-port=0"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,900",
+    "--remote-debugging-port=0",
+]
 
 
 def chromium_path() -> str | None:
@@ -28,8 +37,11 @@ def chromium_path() -> str | None:
 class Browser:
     def __init__(self, executable: str):
         self.profile = Path(tempfile.mkdtemp(prefix="rtap-chromium-"))
-        self.proc = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [executable, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.ids = itertools.count(1)
         self.ws = connect(self._page_websocket(), max_size=None, open_timeout=10)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import httpx
 import orjson
@@ -29,9 +30,14 @@ WINDOW_MS = 10_000
 
 def cache_settings(settings: Settings, **overrides: Any) -> Settings:
     run = uuid.uuid4().hex[:8]
-    cache = settings.cache.model_copy(update={
-        "key_prefix": f"t{run}", "consumer_group": f"cache-test-{run}", "session_timeout_ms": 6_000, **overrides,
-    })
+    cache = settings.cache.model_copy(
+        update={
+            "key_prefix": f"t{run}",
+            "consumer_group": f"cache-test-{run}",
+            "session_timeout_ms": 6_000,
+            **overrides,
+        }
+    )
     return settings.model_copy(update={"cache": cache})
 
 
@@ -57,21 +63,52 @@ def produce(bootstrap: str, job: str, records: Iterable[dict[str, Any]], raw: bo
 
 
 def event_record(ws: int, event_type: str, device: str, events: int, users: int) -> dict[str, Any]:
-    return {"window_start": ws, "window_end": ws + WINDOW_MS, "event_type": event_type,
-            "device_category": device, "events": events, "unique_users": users}
+    return {
+        "window_start": ws,
+        "window_end": ws + WINDOW_MS,
+        "event_type": event_type,
+        "device_category": device,
+        "events": events,
+        "unique_users": users,
+    }
 
 
 def perf_record(ws: int, device: str, p50: float, p95: float, p99: float) -> dict[str, Any]:
-    return {"window_start": ws, "window_end": ws + WINDOW_MS, "device_category": device, "events": 10,
-            "load_time_count": 10, "load_time_avg": p50 + 1, "load_time_p50": p50, "load_time_p95": p95,
-            "load_time_p99": p99, "interaction_time_count": 0, "interaction_time_avg": None,
-            "interaction_time_p50": None, "interaction_time_p95": None, "interaction_time_p99": None}
+    return {
+        "window_start": ws,
+        "window_end": ws + WINDOW_MS,
+        "device_category": device,
+        "events": 10,
+        "load_time_count": 10,
+        "load_time_avg": p50 + 1,
+        "load_time_p50": p50,
+        "load_time_p95": p95,
+        "load_time_p99": p99,
+        "interaction_time_count": 0,
+        "interaction_time_avg": None,
+        "interaction_time_p50": None,
+        "interaction_time_p95": None,
+        "interaction_time_p99": None,
+    }
 
 
-def session_record(ws: int, session_id: str, user_id: str, events: int, end: int | None = None) -> dict[str, Any]:
-    return {"window_start": ws, "window_end": end if end is not None else ws + 60_000, "session_id": session_id,
-            "user_id": user_id, "device_category": "desktop", "duration_ms": 30_000, "page_views": 2,
-            "events": events, "products_viewed": 1, "cart_adds": 1, "purchases": 1, "revenue": 12.5}
+def session_record(
+    ws: int, session_id: str, user_id: str, events: int, end: int | None = None
+) -> dict[str, Any]:
+    return {
+        "window_start": ws,
+        "window_end": end if end is not None else ws + 60_000,
+        "session_id": session_id,
+        "user_id": user_id,
+        "device_category": "desktop",
+        "duration_ms": 30_000,
+        "page_views": 2,
+        "events": events,
+        "products_viewed": 1,
+        "cart_adds": 1,
+        "purchases": 1,
+        "revenue": 12.5,
+    }
 
 
 def wait_for(check, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
@@ -89,6 +126,7 @@ def wait_ready(client: httpx.Client, timeout: float = 60.0) -> dict[str, Any]:
     def ready():
         r = client.get("/readyz")
         return r.json() if r.status_code == 200 else None
+
     return wait_for(ready, timeout, 0.3, "cache /readyz")
 
 
@@ -106,7 +144,7 @@ class RunningCache:
         headers = {"X-Read-Key": settings.cache.read_keys[0]} if settings.cache.read_keys else {}
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=10)
 
-    def start(self) -> "RunningCache":
+    def start(self) -> RunningCache:
         self.service.start()
         wait_ready(self.client)
         return self

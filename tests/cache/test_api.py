@@ -9,10 +9,17 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
-from tests.topics import DEAD_LETTER
 from tests.cache.conftest import (
-    READ_KEY, WINDOW_MS, event_record, produce, session_record, wait_caught_up, wait_for, window_base,
+    READ_KEY,
+    WINDOW_MS,
+    event_record,
+    produce,
+    session_record,
+    wait_caught_up,
+    wait_for,
+    window_base,
 )
+from tests.topics import DEAD_LETTER
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -33,10 +40,17 @@ def events(cache, kafka):
     ]
     produce(kafka, "event_metrics", records)
     latest = base + WINDOW_MS
-    wait_for(lambda: cache.client.get("/v1/jobs/event_metrics/latest").json()["window_start"] == latest,
-             what="latest event window")
-    wait_for(lambda: len(cache.client.get("/v1/jobs/event_metrics/windows", params={"from": base}).json()["records"]) == 5,
-             what="all event windows")
+    wait_for(
+        lambda: cache.client.get("/v1/jobs/event_metrics/latest").json()["window_start"] == latest,
+        what="latest event window",
+    )
+    wait_for(
+        lambda: (
+            len(cache.client.get("/v1/jobs/event_metrics/windows", params={"from": base}).json()["records"])
+            == 5
+        ),
+        what="all event windows",
+    )
     return base, records
 
 
@@ -70,15 +84,24 @@ def test_windows_range_limit_order_and_filters(cache, events):
     assert by_key(get(**{"from": base, "to": base + WINDOW_MS})) == by_key(records[:3])
     assert get(**{"from": base, "limit": 2, "order": "desc"})[0]["window_start"] == base + WINDOW_MS
     assert len(get(**{"from": base, "limit": 2})) == 2
-    assert get(**{"from": base, "event_type": "page_view", "device_category": "desktop"}) == [records[0], records[3]]
+    assert get(**{"from": base, "event_type": "page_view", "device_category": "desktop"}) == [
+        records[0],
+        records[3],
+    ]
 
 
 def test_replay_changes_nothing(cache, events, kafka):
     base, records = events
-    before = [cache.client.get(p).json() for p in ("/v1/jobs/event_metrics/latest", f"/v1/jobs/event_metrics/windows?from={base}")]
+    before = [
+        cache.client.get(p).json()
+        for p in ("/v1/jobs/event_metrics/latest", f"/v1/jobs/event_metrics/windows?from={base}")
+    ]
     produce(kafka, "event_metrics", records + records)
     wait_caught_up(cache.client)
-    after = [cache.client.get(p).json() for p in ("/v1/jobs/event_metrics/latest", f"/v1/jobs/event_metrics/windows?from={base}")]
+    after = [
+        cache.client.get(p).json()
+        for p in ("/v1/jobs/event_metrics/latest", f"/v1/jobs/event_metrics/windows?from={base}")
+    ]
     assert after == before
 
 
@@ -88,19 +111,38 @@ def test_updated_window_overwrites(cache, kafka):
     produce(kafka, "event_metrics", [event_record(base, "signup", "bot", 9, 2)])
     url = "/v1/jobs/event_metrics/windows"
     params = {"from": base, "to": base + 1, "event_type": "signup"}
-    wait_for(lambda: cache.client.get(url, params=params).json()["records"] == [event_record(base, "signup", "bot", 9, 2)],
-             what="updated window")
+    wait_for(
+        lambda: (
+            cache.client.get(url, params=params).json()["records"]
+            == [event_record(base, "signup", "bot", 9, 2)]
+        ),
+        what="updated window",
+    )
 
 
 def test_sessions_by_id_user_and_recent(cache, kafka):
     base = window_base()
     tag = uuid.uuid4().hex[:6]
-    s1, s2, s3 = (session_record(base + i * 1000, f"s-{tag}-{i}", f"u-{tag}-{'a' if i < 2 else 'b'}", 3 + i) for i in range(3))
+    s1, s2, s3 = (
+        session_record(base + i * 1000, f"s-{tag}-{i}", f"u-{tag}-{'a' if i < 2 else 'b'}", 3 + i)
+        for i in range(3)
+    )
     produce(kafka, "session_metrics", [s1, s2, s3])
-    wait_for(lambda: cache.client.get(f"/v1/sessions/{s3['session_id']}").status_code == 200, what="session s3")
-    wait_for(lambda: len(cache.client.get(f"/v1/users/{s1['user_id']}/sessions").json()["sessions"]) == 2, what="user sessions")
-    assert cache.client.get(f"/v1/sessions/{s1['session_id']}").json() == {"session_id": s1["session_id"], "windows": [s1]}
-    assert cache.client.get(f"/v1/users/{s1['user_id']}/sessions").json() == {"user_id": s1["user_id"], "sessions": [s2, s1]}
+    wait_for(
+        lambda: cache.client.get(f"/v1/sessions/{s3['session_id']}").status_code == 200, what="session s3"
+    )
+    wait_for(
+        lambda: len(cache.client.get(f"/v1/users/{s1['user_id']}/sessions").json()["sessions"]) == 2,
+        what="user sessions",
+    )
+    assert cache.client.get(f"/v1/sessions/{s1['session_id']}").json() == {
+        "session_id": s1["session_id"],
+        "windows": [s1],
+    }
+    assert cache.client.get(f"/v1/users/{s1['user_id']}/sessions").json() == {
+        "user_id": s1["user_id"],
+        "sessions": [s2, s1],
+    }
     recent = cache.client.get("/v1/sessions/recent", params={"limit": 3}).json()["sessions"]
     assert recent == [s3, s2, s1]
 
@@ -116,27 +158,38 @@ def test_overview_totals_latest_window(cache, events):
 
 def test_active_sessions_counts_recent_session_ends(cache, kafka):
     import time
+
     now = int(time.time() * 1000)
     before = cache.client.get("/v1/overview").json()["active_sessions"]
     tag = uuid.uuid4().hex[:6]
-    produce(kafka, "session_metrics", [session_record(now - 60_000, f"active-{tag}-{i}", "u", 1, end=now + 1_000) for i in range(3)])
-    wait_for(lambda: cache.client.get("/v1/overview").json()["active_sessions"] >= before + 3, what="3 more active sessions")
+    produce(
+        kafka,
+        "session_metrics",
+        [session_record(now - 60_000, f"active-{tag}-{i}", "u", 1, end=now + 1_000) for i in range(3)],
+    )
+    wait_for(
+        lambda: cache.client.get("/v1/overview").json()["active_sessions"] >= before + 3,
+        what="3 more active sessions",
+    )
 
 
-@pytest.mark.parametrize("path, params, status, parameter", [
-    ("/v1/jobs/no_such_job/latest", {}, 404, "job"),
-    ("/v1/jobs/event_metrics/windows", {"limit": 0}, 422, "limit"),
-    ("/v1/jobs/event_metrics/windows", {"limit": 1_000_000}, 422, "limit"),
-    ("/v1/jobs/event_metrics/windows", {"from": "yesterday"}, 422, "from"),
-    ("/v1/jobs/event_metrics/windows", {"from": -5}, 422, "from"),
-    ("/v1/jobs/event_metrics/windows", {"from": 20, "to": 10}, 422, "to"),
-    ("/v1/jobs/event_metrics/windows", {"order": "sideways"}, 422, "order"),
-    ("/v1/jobs/event_metrics/windows", {"colour": "red"}, 400, "colour"),
-    ("/v1/jobs/event_metrics/latest", {"session_id": "x"}, 400, "session_id"),
-    ("/v1/sessions/recent", {"limit": "many"}, 422, "limit"),
-    ("/v1/sessions/no-such-session", {}, 404, "session_id"),
-    ("/v1/no_such_route", {}, 404, "path"),
-])
+@pytest.mark.parametrize(
+    "path, params, status, parameter",
+    [
+        ("/v1/jobs/no_such_job/latest", {}, 404, "job"),
+        ("/v1/jobs/event_metrics/windows", {"limit": 0}, 422, "limit"),
+        ("/v1/jobs/event_metrics/windows", {"limit": 1_000_000}, 422, "limit"),
+        ("/v1/jobs/event_metrics/windows", {"from": "yesterday"}, 422, "from"),
+        ("/v1/jobs/event_metrics/windows", {"from": -5}, 422, "from"),
+        ("/v1/jobs/event_metrics/windows", {"from": 20, "to": 10}, 422, "to"),
+        ("/v1/jobs/event_metrics/windows", {"order": "sideways"}, 422, "order"),
+        ("/v1/jobs/event_metrics/windows", {"colour": "red"}, 400, "colour"),
+        ("/v1/jobs/event_metrics/latest", {"session_id": "x"}, 400, "session_id"),
+        ("/v1/sessions/recent", {"limit": "many"}, 422, "limit"),
+        ("/v1/sessions/no-such-session", {}, 404, "session_id"),
+        ("/v1/no_such_route", {}, 404, "path"),
+    ],
+)
 def test_bad_parameters_get_4xx_naming_them(cache, path, params, status, parameter):
     r = cache.client.get(path, params=params)
     assert r.status_code == status, r.text
@@ -147,9 +200,13 @@ def test_read_key_required(cache):
     bare = httpx.Client(base_url=cache.url, timeout=5)
     try:
         missing = bare.get("/v1/jobs")
-        assert missing.status_code == 401 and missing.json()["detail"] == [{
-            "loc": ["header", "X-Read-Key"], "type": "unauthorized",
-            "msg": "a valid read key is required (X-Read-Key header, Bearer token or ?key=)"}]
+        assert missing.status_code == 401 and missing.json()["detail"] == [
+            {
+                "loc": ["header", "X-Read-Key"],
+                "type": "unauthorized",
+                "msg": "a valid read key is required (X-Read-Key header, Bearer token or ?key=)",
+            }
+        ]
         assert bare.get("/v1/jobs", headers={"X-Read-Key": "wrong"}).status_code == 401
         assert bare.get("/v1/jobs", headers={"Authorization": f"Bearer {READ_KEY}"}).status_code == 200
         assert bare.get("/v1/jobs", params={"key": READ_KEY}).status_code == 200
@@ -169,8 +226,15 @@ def test_bad_records_go_to_dead_letter_and_consumer_keeps_going(cache, kafka):
     produce(kafka, "event_metrics", bad, raw=True)
     good = event_record(base, "after_bad", "desktop", 2, 1)
     produce(kafka, "event_metrics", [good])
-    wait_for(lambda: cache.client.get("/v1/jobs/event_metrics/latest", params={"event_type": "after_bad"}).json()["records"] == [good],
-             what="good record after bad ones")
+    wait_for(
+        lambda: (
+            cache.client.get("/v1/jobs/event_metrics/latest", params={"event_type": "after_bad"}).json()[
+                "records"
+            ]
+            == [good]
+        ),
+        what="good record after bad ones",
+    )
     reasons = dead_letter_reasons(kafka, marker)
     assert len(reasons) == 2
     assert "not JSON" in reasons[0]
@@ -178,16 +242,24 @@ def test_bad_records_go_to_dead_letter_and_consumer_keeps_going(cache, kafka):
 
 
 def dead_letter_reasons(bootstrap: str, marker: bytes) -> list[str]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dlq-check-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"dlq-check-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([DEAD_LETTER.name])
     found: list[str] = []
     try:
+
         def collect():
             for msg in consumer.consume(100, timeout=1.0):
                 if not msg.error() and msg.key() == marker:
                     found.append(dict(msg.headers())["reason"].decode())
             return len(found) >= 2
+
         wait_for(collect, 30, 0, "dead-letter records")
     finally:
         consumer.close()

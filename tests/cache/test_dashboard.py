@@ -10,7 +10,14 @@ import pytest
 
 from tests.cache.chromium import Browser, chromium_path
 from tests.cache.conftest import (
-    READ_KEY, WINDOW_MS, YEAR_2100_MS, event_record, perf_record, produce, session_record, wait_for,
+    READ_KEY,
+    WINDOW_MS,
+    YEAR_2100_MS,
+    event_record,
+    perf_record,
+    produce,
+    session_record,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
@@ -36,12 +43,33 @@ def text(browser: Browser, element_id: str) -> str:
 def test_dashboard_shows_live_numbers(cache, kafka, browser):
     base = LATER_THAN_OTHER_TESTS_MS + int(time.time()) * WINDOW_MS
     now = int(time.time() * 1000)
-    produce(kafka, "event_metrics", [event_record(base, "page_view", "desktop", 30, 9), event_record(base, "click", "mobile", 12, 4)])
-    produce(kafka, "performance_metrics", [perf_record(base, "desktop", 120.0, 480.0, 900.0), perf_record(base, "mobile", 300.0, 950.0, 1600.0)])
+    produce(
+        kafka,
+        "event_metrics",
+        [event_record(base, "page_view", "desktop", 30, 9), event_record(base, "click", "mobile", 12, 4)],
+    )
+    produce(
+        kafka,
+        "performance_metrics",
+        [
+            perf_record(base, "desktop", 120.0, 480.0, 900.0),
+            perf_record(base, "mobile", 300.0, 950.0, 1600.0),
+        ],
+    )
     tag = uuid.uuid4().hex[:6]
-    produce(kafka, "session_metrics", [session_record(now - 5_000, f"dash-{tag}-{i}", "u", 2, end=now + 600_000) for i in range(4)])
-    wait_for(lambda: cache.client.get("/v1/jobs/event_metrics/latest").json()["window_start"] == base, what="first window cached")
-    wait_for(lambda: cache.client.get("/v1/jobs/performance_metrics/latest").json()["window_start"] == base, what="perf cached")
+    produce(
+        kafka,
+        "session_metrics",
+        [session_record(now - 5_000, f"dash-{tag}-{i}", "u", 2, end=now + 600_000) for i in range(4)],
+    )
+    wait_for(
+        lambda: cache.client.get("/v1/jobs/event_metrics/latest").json()["window_start"] == base,
+        what="first window cached",
+    )
+    wait_for(
+        lambda: cache.client.get("/v1/jobs/performance_metrics/latest").json()["window_start"] == base,
+        what="perf cached",
+    )
 
     browser.navigate(f"{cache.url}/?key={READ_KEY}")
     wait_for(lambda: text(browser, "events-total") == "42", 30, 0.2, "events total 42 on the page")
@@ -49,13 +77,34 @@ def test_dashboard_shows_live_numbers(cache, kafka, browser):
     load_rows = browser.evaluate("[...document.querySelectorAll('#load-times .row')].map(r => r.textContent)")
     assert "desktop p50" in load_rows[0] and "120" in load_rows[0]
     assert any("mobile p99" in row and "1,600" in row for row in load_rows)
-    assert int(wait_for(lambda: text(browser, "active-sessions").replace(",", "") if text(browser, "active-sessions") != "–" else None,
-                        15, 0.2, "active sessions")) >= 4
+    assert (
+        int(
+            wait_for(
+                lambda: (
+                    text(browser, "active-sessions").replace(",", "")
+                    if text(browser, "active-sessions") != "–"
+                    else None
+                ),
+                15,
+                0.2,
+                "active sessions",
+            )
+        )
+        >= 4
+    )
 
-    produce(kafka, "event_metrics", [event_record(base + WINDOW_MS, "page_view", "desktop", 50, 20),
-                                     event_record(base + WINDOW_MS, "purchase", "tablet", 7, 7)])
+    produce(
+        kafka,
+        "event_metrics",
+        [
+            event_record(base + WINDOW_MS, "page_view", "desktop", 50, 20),
+            event_record(base + WINDOW_MS, "purchase", "tablet", 7, 7),
+        ],
+    )
     wait_for(lambda: text(browser, "events-total") == "57", 30, 0.2, "events total 42 -> 57 pushed over SSE")
     assert int(text(browser, "updates")) >= 2
-    by_type = browser.evaluate("[...document.querySelectorAll('#events-by-type .row')].map(r => r.dataset.label)")
+    by_type = browser.evaluate(
+        "[...document.querySelectorAll('#events-by-type .row')].map(r => r.dataset.label)"
+    )
     assert by_type == ["page_view", "purchase"]
     assert browser.screenshot(SCREENSHOT).stat().st_size > 10_000

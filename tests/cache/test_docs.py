@@ -15,7 +15,7 @@ def cache_section() -> str:
     text = API_DOC.read_text()
     start = text.index("## Cache API")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 def test_documented_routes_match_openapi():

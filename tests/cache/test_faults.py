@@ -9,7 +9,15 @@ import redis
 
 from services.cache.layout import layouts
 from services.processing.registry import load_schemas
-from tests.cache.conftest import RunningCache, cache_settings, event_record, produce, wait_for, wait_ready, window_base
+from tests.cache.conftest import (
+    RunningCache,
+    cache_settings,
+    event_record,
+    produce,
+    wait_for,
+    wait_ready,
+    window_base,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
 
@@ -42,10 +50,16 @@ def test_kill9_mid_batch_loses_nothing(settings, kafka, redis_url):
         wait_ready(cache.client)
         wait_for(lambda: written() == RECORDS, 30, 0.2, "all windows")
         values = r.mget([layout.record(layout.schema.record_key(rec)) for rec in records])
-        assert [int(v.split(b'"events":')[1].split(b",")[0]) for v in values] == [rec["events"] for rec in records]
-        body = cache.client.get("/v1/jobs/event_metrics/windows",
-                                params={"from": base, "event_type": "fault", "limit": 1000, "order": "desc"}).json()
+        assert [int(v.split(b'"events":')[1].split(b",")[0]) for v in values] == [
+            rec["events"] for rec in records
+        ]
+        body = cache.client.get(
+            "/v1/jobs/event_metrics/windows",
+            params={"from": base, "event_type": "fault", "limit": 1000, "order": "desc"},
+        ).json()
         assert body["records"] == records[::-1][:1000]
     finally:
         cache.stop()
-    print(f"killed after {at_kill} windows written ({partial} by the time the process was gone); restart wrote the rest")
+    print(
+        f"killed after {at_kill} windows written ({partial} by the time the process was gone); restart wrote the rest"
+    )

@@ -28,13 +28,16 @@ def test_a_tombstone_names_the_window_to_delete():
     assert decoded.record is None and decoded.key == key
 
 
-@pytest.mark.parametrize(("key", "value", "reason"), [
-    (b"k", b"{not json", "not JSON"),
-    (b"k", b"[1, 2]", "not a JSON object"),
-    (b"k", orjson.dumps({"window_start": 0, "event_type": "x"}), "missing column 'window_end'"),
-    (b"not json", None, "tombstone key is not JSON"),
-    (orjson.dumps({"window_start": 0}), None, "tombstone key must be an object with"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        (b"k", b"{not json", "not JSON"),
+        (b"k", b"[1, 2]", "not a JSON object"),
+        (b"k", orjson.dumps({"window_start": 0, "event_type": "x"}), "missing column 'window_end'"),
+        (b"not json", None, "tombstone key is not JSON"),
+        (orjson.dumps({"window_start": 0}), None, "tombstone key must be an object with"),
+    ],
+)
 def test_a_bad_record_raises_with_its_reason(key, value, reason):
     with pytest.raises(BadRecord, match=reason):
         decode(LAYOUT, key, value)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from infrastructure.local.isolated import free_ports
 from services.cache.api import create_app
 from tests.cache.conftest import cache_settings, event_record, produce, wait_for, window_base
-from infrastructure.local.isolated import free_ports
 
 pytestmark = [pytest.mark.kafka]
 
@@ -26,7 +26,10 @@ def test_readyz_unready_when_consumer_dies(settings, kafka):
         latest = client.get("/v1/jobs/event_metrics/latest")
         assert latest.status_code == 503 and latest.headers["retry-after"] == "1", latest.text
         [problem] = latest.json()["detail"]
-        assert (problem["loc"], problem["type"]) == (["redis"], "unavailable") and "Redis unavailable" in problem["msg"]
+        assert (problem["loc"], problem["type"]) == (
+            ["redis"],
+            "unavailable",
+        ) and "Redis unavailable" in problem["msg"]
 
 
 def consumer_error(client: TestClient) -> dict | None:

@@ -24,7 +24,9 @@ def read_stream(url: str, headers: dict, params: dict, lines: queue.Queue, stop:
                     lines.put(("line", line))
                     if stop.is_set():
                         return
-            except httpx.RemoteProtocolError:  # the service shut down mid-stream; EventSource clients reconnect
+            except (
+                httpx.RemoteProtocolError
+            ):  # the service shut down mid-stream; EventSource clients reconnect
                 lines.put(("closed", "cut"))
                 return
             lines.put(("closed", "ended"))
@@ -35,8 +37,11 @@ def test_stream_receives_window_written_after_connect(cache, kafka):
     lines: queue.Queue = queue.Queue()
     stop = threading.Event()
     url = f"{cache.url}/v1/jobs/event_metrics/stream"
-    reader = threading.Thread(target=read_stream, daemon=True,
-                              args=(url, dict(cache.client.headers), {"event_type": "streamed"}, lines, stop))
+    reader = threading.Thread(
+        target=read_stream,
+        daemon=True,
+        args=(url, dict(cache.client.headers), {"event_type": "streamed"}, lines, stop),
+    )
     reader.start()
     assert lines.get(timeout=10)[1:] == (200, "text/event-stream; charset=utf-8")
     assert lines.get(timeout=10) == ("line", ": subscribed")
@@ -48,7 +53,7 @@ def test_stream_receives_window_written_after_connect(cache, kafka):
     while not events:
         kind, *rest = lines.get(timeout=20)
         if kind == "line" and rest[0].startswith("data: "):
-            events.append(orjson.loads(rest[0][len("data: "):]))
+            events.append(orjson.loads(rest[0][len("data: ") :]))
     stop.set()
     assert events == [pushed], "the filter must drop the other_type window"
 
@@ -56,14 +61,25 @@ def test_stream_receives_window_written_after_connect(cache, kafka):
 def test_stop_with_an_open_stream_is_prompt_and_clean(cache):
     """Runs last in this module: an idle SSE client must not hold the service's shutdown hostage."""
     lines: queue.Queue = queue.Queue()
-    reader = threading.Thread(target=read_stream, daemon=True,
-                              args=(f"{cache.url}/v1/jobs/event_metrics/stream", dict(cache.client.headers), {}, lines, threading.Event()))
+    reader = threading.Thread(
+        target=read_stream,
+        daemon=True,
+        args=(
+            f"{cache.url}/v1/jobs/event_metrics/stream",
+            dict(cache.client.headers),
+            {},
+            lines,
+            threading.Event(),
+        ),
+    )
     reader.start()
     assert lines.get(timeout=10)[1] == 200
     assert lines.get(timeout=10) == ("line", ": subscribed")
     started = time.monotonic()
     cache.service.stop()
-    assert time.monotonic() - started < 10, "SIGTERM should end the service within its graceful-shutdown bound"
+    assert time.monotonic() - started < 10, (
+        "SIGTERM should end the service within its graceful-shutdown bound"
+    )
     assert cache.service.pid() is None
     reader.join(timeout=10)
     assert not reader.is_alive(), "the open stream was not closed by the shutdown"

@@ -28,7 +28,9 @@ def variables() -> list[re.Match]:
 
 
 def example_env() -> dict[str, str]:
-    lines = [line for line in ENV_EXAMPLE.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = [
+        line for line in ENV_EXAMPLE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     return dict(line.split("=", 1) for line in lines)
 
 

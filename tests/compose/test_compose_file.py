@@ -22,7 +22,9 @@ DUMMY = {name: f"dummy-{name.lower().replace('_', '-')}" for name in cf.example_
 
 def compose_spec() -> dict:
     # The official compose-spec schema, as vendored by the check-jsonschema package.
-    text = resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    text = (
+        resources.files("check_jsonschema.builtin_schemas.vendor").joinpath("compose-spec.json").read_text()
+    )
     return json.loads(text)
 
 
@@ -36,7 +38,9 @@ def test_compose_file_follows_the_compose_specification():
 def test_every_service_has_a_healthcheck_restart_policy_and_resource_limits():
     for name, service in cf.services().items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-        assert service.get("restart") in {"unless-stopped", "always", "on-failure"}, f"{name} has no restart policy"
+        assert service.get("restart") in {"unless-stopped", "always", "on-failure"}, (
+            f"{name} has no restart policy"
+        )
         limits = service.get("deploy", {}).get("resources", {}).get("limits", {})
         assert limits.get("memory") or service.get("mem_limit"), f"{name} has no memory limit"
 
@@ -58,7 +62,9 @@ def test_referenced_files_exist():
             dockerfile = context / build["dockerfile"]
             assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
             for source in cf.dockerfile_copies(dockerfile):
-                assert list(context.glob(source)), f"{name}: {dockerfile.name} copies {source}, which does not exist"
+                assert list(context.glob(source)), (
+                    f"{name}: {dockerfile.name} copies {source}, which does not exist"
+                )
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith((".", "/")):
@@ -75,7 +81,9 @@ def test_images_built_from_the_repository_bind_mount_no_source():
         if "build" not in service:
             continue
         for volume in service.get("volumes", []):
-            assert not volume.startswith((".", "/")), f"{name} bind-mounts {volume}; images must be self-contained"
+            assert not volume.startswith((".", "/")), (
+                f"{name} bind-mounts {volume}; images must be self-contained"
+            )
 
 
 def test_rtap_variables_are_fields_of_the_settings_model():
@@ -112,7 +120,7 @@ def test_settings_load_from_the_compose_environment(service, monkeypatch):
 @pytest.mark.parametrize("service", ["ingestion", "storage", "cache"])
 def test_ports_agree_with_settings_healthcheck_and_prometheus(service):
     spec = cf.services()[service]
-    port = getattr(Settings().model_fields[service].default, "port")
+    port = Settings().model_fields[service].default.port
     assert cf.environment(spec)[f"RTAP_{service.upper()}__PORT"] == str(port)
     assert cf.environment(spec)[f"RTAP_{service.upper()}__HOST"] == "0.0.0.0"
     assert any(p.endswith(f":{port}") for p in spec["ports"]), f"{service} does not publish {port}"
@@ -127,17 +135,22 @@ def test_flink_and_kafka_metrics_ports_agree_with_prometheus():
     assert targets["flink-jobmanager"] == [f"flink-jobmanager:{flink.jobmanager_metrics_port}"]
     assert targets["flink-taskmanager"] == ["flink-taskmanager:9249"]
     kafka_port = Settings.model_fields["kafka"].default.jmx_exporter_port
-    assert f"=9404:" in cf.environment(cf.services()["kafka"])["KAFKA_OPTS"] and kafka_port == 9404
+    assert "=9404:" in cf.environment(cf.services()["kafka"])["KAFKA_OPTS"] and kafka_port == 9404
     assert targets["kafka"] == [f"kafka:{kafka_port}"]
     for job, addresses in targets.items():
         for address in addresses:
             host = address.split(":")[0]
-            assert host == "localhost" or host in cf.services(), f"prometheus job {job} scrapes unknown host {host}"
+            assert host == "localhost" or host in cf.services(), (
+                f"prometheus job {job} scrapes unknown host {host}"
+            )
 
 
 def prometheus_targets() -> dict[str, list[str]]:
     config = yaml.safe_load((cf.REPO_ROOT / "monitoring" / "prometheus" / "prometheus.yml").read_text())
-    return {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]}
+    return {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in config["scrape_configs"]
+    }
 
 
 def test_secrets_come_only_from_the_env_file_without_defaults():
@@ -146,7 +159,9 @@ def test_secrets_come_only_from_the_env_file_without_defaults():
         name = match.group("name")
         assert name in example, f"${{{name}}} is not listed in .env.example"
         if SECRET_NAME.search(name):
-            assert match.group("op") == ":?", f"${{{name}}} must be required (${{{name}:?...}}), never defaulted"
+            assert match.group("op") == ":?", (
+                f"${{{name}}} must be required (${{{name}:?...}}), never defaulted"
+            )
     assert all(value == "" for value in example.values()), ".env.example must hold names only, no values"
 
 
@@ -170,14 +185,17 @@ def literal_secret(line: str) -> bool:
     return not line.lstrip().startswith("#") and bool(LITERAL_SECRET.search(line))
 
 
-@pytest.mark.parametrize("line, literal", [
-    ("CLICKHOUSE_PASSWORD: hunter2", True),
-    ("REDIS_PASSWORD=hunter2", True),
-    ("--requirepass secret", True),
-    ('GF_SECURITY_ADMIN_PASSWORD: "admin"', True),
-    ("CLICKHOUSE_PASSWORD: ${CLICKHOUSE_PASSWORD:?set CLICKHOUSE_PASSWORD in .env}", False),
-    ('--requirepass "$$REDIS_PASSWORD"', False),
-])
+@pytest.mark.parametrize(
+    "line, literal",
+    [
+        ("CLICKHOUSE_PASSWORD: hunter2", True),
+        ("REDIS_PASSWORD=hunter2", True),
+        ("--requirepass secret", True),
+        ('GF_SECURITY_ADMIN_PASSWORD: "admin"', True),
+        ("CLICKHOUSE_PASSWORD: ${CLICKHOUSE_PASSWORD:?set CLICKHOUSE_PASSWORD in .env}", False),
+        ('--requirepass "$$REDIS_PASSWORD"', False),
+    ],
+)
 def test_literal_secret_detector(line, literal):
     assert literal_secret(line) is literal
 
@@ -199,14 +217,20 @@ def test_flink_image_matches_the_pyflink_and_connector_versions():
     assert "infrastructure/local/maven/flink.xml" in dockerfile
     assert "COPY services/processing/udf " in dockerfile and "rtap-udf.jar /jars/" in dockerfile
     udf_pom = (cf.REPO_ROOT / "services" / "processing" / "udf" / "pom.xml").read_text()
-    assert re.search(r"flink-table-common</artifactId><version>([^<]+)<", udf_pom).group(1) == version("apache-flink")
+    assert re.search(r"flink-table-common</artifactId><version>([^<]+)<", udf_pom).group(1) == version(
+        "apache-flink"
+    )
 
 
 def test_redis_exporter_is_pinned_scrapes_redis_and_is_scraped():
     exporter = cf.services()["redis-exporter"]
     image, _, tag = exporter["image"].partition(":")
-    assert image == "oliver006/redis_exporter" and re.match(r"v\d+\.\d+\.\d+", tag), f"unpinned image {exporter['image']}"
+    assert image == "oliver006/redis_exporter" and re.match(r"v\d+\.\d+\.\d+", tag), (
+        f"unpinned image {exporter['image']}"
+    )
     env = cf.environment(exporter)
-    assert env["REDIS_ADDR"] == "redis://redis:6379" and env["REDIS_PASSWORD"].startswith("${REDIS_PASSWORD:?")
+    assert env["REDIS_ADDR"] == "redis://redis:6379" and env["REDIS_PASSWORD"].startswith(
+        "${REDIS_PASSWORD:?"
+    )
     assert prometheus_targets()["redis"] == ["redis-exporter:9121"]
     assert Settings.model_fields["redis"].default.exporter_port == 9121

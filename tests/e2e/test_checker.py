@@ -5,21 +5,40 @@ from __future__ import annotations
 import copy
 
 from services.loadgen.manifest import event_metrics, performance_metrics
-from services.processing.registry import load_schemas
 from services.loadgen.reconcile import reconcile
+from services.processing.registry import load_schemas
 
 WINDOW_MS = 2_000
 
 
 def entry(i: int, ts: int, kind: str, device: str, load: float | None) -> dict:
-    return {"id": f"e{i}", "type": kind, "user_id": f"u{i % 3}", "session_id": f"s{i % 2}", "timestamp": ts,
-            "device_category": device, "load_time": load, "interaction_time": None if load else 40.0 + i,
-            "revenue": None, "accepted": True}
+    return {
+        "id": f"e{i}",
+        "type": kind,
+        "user_id": f"u{i % 3}",
+        "session_id": f"s{i % 2}",
+        "timestamp": ts,
+        "device_category": device,
+        "load_time": load,
+        "interaction_time": None if load else 40.0 + i,
+        "revenue": None,
+        "accepted": True,
+    }
 
 
-ENTRIES = [entry(i, 1_000 * i, kind, device, load) for i, (kind, device, load) in enumerate([
-    ("page_view", "mobile", 120.0), ("click", "mobile", None), ("page_view", "desktop", 80.0),
-    ("page_view", "desktop", 95.5), ("click", "desktop", None), ("page_view", "mobile", 300.0)])]
+ENTRIES = [
+    entry(i, 1_000 * i, kind, device, load)
+    for i, (kind, device, load) in enumerate(
+        [
+            ("page_view", "mobile", 120.0),
+            ("click", "mobile", None),
+            ("page_view", "desktop", 80.0),
+            ("page_view", "desktop", 95.5),
+            ("click", "desktop", None),
+            ("page_view", "mobile", 300.0),
+        ]
+    )
+]
 
 
 def as_records(expected: dict, key_columns: tuple[str, ...]) -> dict:
@@ -28,8 +47,10 @@ def as_records(expected: dict, key_columns: tuple[str, ...]) -> dict:
 
 def test_a_faithful_metric_set_reconciles():
     schemas = load_schemas()
-    for name, expected in (("event_metrics", event_metrics(ENTRIES, WINDOW_MS)),
-                           ("performance_metrics", performance_metrics(ENTRIES, WINDOW_MS))):
+    for name, expected in (
+        ("event_metrics", event_metrics(ENTRIES, WINDOW_MS)),
+        ("performance_metrics", performance_metrics(ENTRIES, WINDOW_MS)),
+    ):
         schema = schemas[name]
         assert reconcile(schema, expected, as_records(expected, schema.key)) == []
 
@@ -42,8 +63,10 @@ def test_a_dropped_window_and_a_changed_count_are_both_reported():
     del broken[dropped]
     broken[changed]["events"] += 1
     problems = reconcile(schema, expected, broken)
-    assert problems == [f"event_metrics missing {dropped}",
-                        f"event_metrics {changed} events: expected {expected[changed]['events']}, got {expected[changed]['events'] + 1}"]
+    assert problems == [
+        f"event_metrics missing {dropped}",
+        f"event_metrics {changed} events: expected {expected[changed]['events']}, got {expected[changed]['events'] + 1}",
+    ]
 
 
 def test_an_extra_window_and_a_percentile_off_are_reported():

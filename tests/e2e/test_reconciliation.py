@@ -7,7 +7,8 @@ The workload repeats 5% of its sends with the same event id (client retries): ev
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +20,13 @@ from shared.metrics import MetricSchema
 from shared.settings import Settings
 from tests.e2e.stack import full_stack, reconciled_env, rtap_load
 
-pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mark.redis, pytest.mark.clickhouse]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.kafka,
+    pytest.mark.flink,
+    pytest.mark.redis,
+    pytest.mark.clickhouse,
+]
 
 WINDOW_S, GAP_S = 2, 3
 # The senders stamp planned send times; a CI machine once stalled a sender by more than 2 s and ~10 events of one
@@ -31,7 +38,9 @@ SETTLE_TIMEOUT_S = 120
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Settings]:
-    with full_stack(tmp_path_factory.mktemp("e2e") / "state", **reconciled_env(WINDOW_S, GAP_S, WATERMARK_DELAY_MS)) as (s, _, _):
+    with full_stack(
+        tmp_path_factory.mktemp("e2e") / "state", **reconciled_env(WINDOW_S, GAP_S, WATERMARK_DELAY_MS)
+    ) as (s, _, _):
         yield s
 
 
@@ -42,8 +51,16 @@ def layers(stack) -> Layers:
 
 @pytest.fixture(scope="module")
 def workload(stack: Settings, tmp_path_factory) -> list[dict[str, Any]]:
-    entries = rtap_load(stack, tmp_path_factory.mktemp("e2e-load") / "run.jsonl",
-                        "--events", str(EVENTS_SENT), "--rate", "1000", "--duplicate-fraction", "0.05")
+    entries = rtap_load(
+        stack,
+        tmp_path_factory.mktemp("e2e-load") / "run.jsonl",
+        "--events",
+        str(EVENTS_SENT),
+        "--rate",
+        "1000",
+        "--duplicate-fraction",
+        "0.05",
+    )
     assert len(entries) == EVENTS_SENT and all(e["accepted"] and not e["timestamp_adjusted"] for e in entries)
     assert any(e["duplicate"] for e in entries)
     return entries
@@ -51,15 +68,18 @@ def workload(stack: Settings, tmp_path_factory) -> list[dict[str, Any]]:
 
 def reconciled(schema: MetricSchema, expected: dict, read: Callable[[], dict]) -> list[str]:
     """The differences left once the layer has settled (or the timeout passed)."""
-    return reconcile(schema, expected, poll(read, lambda actual: not reconcile(schema, expected, actual), SETTLE_TIMEOUT_S))
+    return reconcile(
+        schema, expected, poll(read, lambda actual: not reconcile(schema, expected, actual), SETTLE_TIMEOUT_S)
+    )
 
 
 def assert_reconciled(job: str, workload: list, layer: str, layers: Layers) -> None:
     schema = load_schemas()[job]
     expected = expected_metrics(workload, layers.s)[job]
     problems = reconciled(schema, expected, layers.metric_readers(schema, expected)[layer])
-    assert problems == [], (f"{len(problems)} differences of {len(expected)} windows:\n"
-                            + "\n".join(problems[:20] + layers.explain_late()))
+    assert problems == [], f"{len(problems)} differences of {len(expected)} windows:\n" + "\n".join(
+        problems[:20] + layers.explain_late()
+    )
 
 
 JOBS = ("event_metrics", "performance_metrics", "session_metrics")
@@ -78,7 +98,9 @@ def test_metric_topic_final_values_equal_the_recomputation(layers, workload, job
 
 def test_clickhouse_raw_rows_are_the_accepted_distinct_ids(layers, workload):
     distinct = len({e["id"] for e in accepted(workload)})
-    rows = poll(lambda: layers.raw_rows_between(*time_span(workload)), lambda r: r["rows"] >= distinct, timeout=60)
+    rows = poll(
+        lambda: layers.raw_rows_between(*time_span(workload)), lambda r: r["rows"] >= distinct, timeout=60
+    )
     assert rows == {"rows": distinct, "ids": distinct}
 
 
@@ -109,11 +131,17 @@ def test_cache_latest_window_equals_the_recomputation(stack, layers, workload, j
 
 def test_duplicate_sends_are_one_row_in_raw_storage(stack, layers, workload, tmp_path):
     """Runs after the reconciliation tests (its events land in later windows): re-sent ids stay single in ClickHouse."""
-    entries = rtap_load(stack, tmp_path / "dups.jsonl", "--events", "400", "--rate", "1000", "--duplicate-fraction", "0.2")
+    entries = rtap_load(
+        stack, tmp_path / "dups.jsonl", "--events", "400", "--rate", "1000", "--duplicate-fraction", "0.2"
+    )
     duplicated = [e for e in entries if e["duplicate"]]
     assert duplicated and all(e["accepted"] for e in entries)
     sent_ids = layers.raw_ids()
-    assert all(sent_ids.count(e["id"]) == e["sends"] for e in duplicated)  # every duplicate send reached Kafka
+    assert all(
+        sent_ids.count(e["id"]) == e["sends"] for e in duplicated
+    )  # every duplicate send reached Kafka
     distinct = len(entries)
-    rows = poll(lambda: layers.raw_rows_between(*time_span(entries)), lambda r: r["ids"] >= distinct, timeout=60)
+    rows = poll(
+        lambda: layers.raw_rows_between(*time_span(entries)), lambda r: r["ids"] >= distinct, timeout=60
+    )
     assert rows == {"rows": distinct, "ids": distinct}

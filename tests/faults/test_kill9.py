@@ -15,8 +15,8 @@ operator sizes the delay the same way; events later than it are late by policy (
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -26,7 +26,13 @@ from services.loadgen.reconcile import Layers, reconcile_run
 from services.processing.registry import load_schemas
 from tests.e2e.stack import full_stack, rtap_load
 
-pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mark.redis, pytest.mark.clickhouse]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.kafka,
+    pytest.mark.flink,
+    pytest.mark.redis,
+    pytest.mark.clickhouse,
+]
 
 RATE = 400  # events/s, steady, for LOAD_SECONDS
 LOAD_SECONDS = 20
@@ -34,16 +40,30 @@ KILL_AFTER_EVENTS = 2_000  # accepted by ingestion before the kill: the load is 
 SETTLE_TIMEOUT_S = 300  # for every layer together (one deadline): watermark delay + a Flink restart + storage
 # processing is the supervisor that submits the Flink job; flink-jobmanager loses the job (no HA), the supervisor
 # resubmits it from the newest retained checkpoint
-COMPONENTS = ("ingestion", "flink-taskmanager", "flink-jobmanager", "processing", "storage", "cache", "kafka", "redis")
+COMPONENTS = (
+    "ingestion",
+    "flink-taskmanager",
+    "flink-jobmanager",
+    "processing",
+    "storage",
+    "cache",
+    "kafka",
+    "redis",
+)
 SENDERS_SEE_THE_OUTAGE = {"ingestion", "kafka"}
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator:
-    with full_stack(tmp_path_factory.mktemp("faults") / "state",
-                    RTAP_PROCESSING__WINDOW_SECONDS="2", RTAP_PROCESSING__SESSION_GAP_SECONDS="3",
-                    RTAP_PROCESSING__WATERMARK_DELAY_MS="45000", RTAP_PROCESSING__CHECKPOINT_INTERVAL_MS="2000",
-                    RTAP_CACHE__MAX_LIMIT="50000", RTAP_CACHE__WINDOWS_PER_KEY="100000") as running:
+    with full_stack(
+        tmp_path_factory.mktemp("faults") / "state",
+        RTAP_PROCESSING__WINDOW_SECONDS="2",
+        RTAP_PROCESSING__SESSION_GAP_SECONDS="3",
+        RTAP_PROCESSING__WATERMARK_DELAY_MS="45000",
+        RTAP_PROCESSING__CHECKPOINT_INTERVAL_MS="2000",
+        RTAP_CACHE__MAX_LIMIT="50000",
+        RTAP_CACHE__WINDOWS_PER_KEY="100000",
+    ) as running:
         yield running
 
 
@@ -59,8 +79,11 @@ def kill_and_restart(component) -> float:
 
 def accepted_so_far(s) -> float:
     text = httpx.get(f"http://127.0.0.1:{s.ingestion.port}/metrics", timeout=5).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("rtap_ingestion_events_accepted_total{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("rtap_ingestion_events_accepted_total{")
+    )
 
 
 def wait_for_load(s, load, events: int, timeout: float = 60.0) -> None:
@@ -74,7 +97,11 @@ def wait_for_load(s, load, events: int, timeout: float = 60.0) -> None:
 
 def running_jobs(s) -> list[str]:
     jobs = httpx.get(f"http://127.0.0.1:{s.flink.rest_port}/jobs/overview", timeout=10).json()["jobs"]
-    return [j["jid"] for j in jobs if j["state"] == "RUNNING" and j["name"].startswith(s.processing.job_name + ":")]
+    return [
+        j["jid"]
+        for j in jobs
+        if j["state"] == "RUNNING" and j["name"].startswith(s.processing.job_name + ":")
+    ]
 
 
 @pytest.mark.parametrize("name", COMPONENTS)
@@ -82,22 +109,37 @@ def test_kill9_under_load_loses_nothing_and_counts_nothing_twice(stack, name, tm
     s, harness, services = stack
     component = services.get(name) or harness.stack.component(name)
     manifest = tmp_path / "run.jsonl"
-    load = rtap_load(s, manifest, "--events", str(RATE * LOAD_SECONDS), "--rate", str(RATE), "--retries", "90",
-                     "--duplicate-fraction", "0.02", wait=False)
+    load = rtap_load(
+        s,
+        manifest,
+        "--events",
+        str(RATE * LOAD_SECONDS),
+        "--rate",
+        str(RATE),
+        "--retries",
+        "90",
+        "--duplicate-fraction",
+        "0.02",
+        wait=False,
+    )
     wait_for_load(s, load, KILL_AFTER_EVENTS)
     outage = kill_and_restart(component)
     output, _ = load.communicate(timeout=LOAD_SECONDS + 240)
     assert load.returncode == 0, output
     entries = read_manifest(manifest)
     not_accepted = [e for e in entries if not e["accepted"]]
-    assert len(entries) == RATE * LOAD_SECONDS and not not_accepted, f"{len(not_accepted)} never accepted:\n{output}"
+    assert len(entries) == RATE * LOAD_SECONDS and not not_accepted, (
+        f"{len(not_accepted)} never accepted:\n{output}"
+    )
     retried = sum(1 for e in entries if e["failed_sends"] > 0)
     if name in SENDERS_SEE_THE_OUTAGE:
         assert retried > 0, f"the senders never saw {name} down: the kill missed the load"
     print(f"kill -9 {name}: back in {outage:.1f} s, {retried} events re-sent after failed attempts")
 
     problems = reconcile_run(Layers(s), load_schemas(), entries, SETTLE_TIMEOUT_S)
-    assert problems == [], (f"after kill -9 of {name} (back in {outage:.1f} s; watermark delay "
-                            f"{s.processing.watermark_delay_ms / 1000:g} s): {len(problems)} differences\n"
-                            + "\n".join(problems[:30]))
+    assert problems == [], (
+        f"after kill -9 of {name} (back in {outage:.1f} s; watermark delay "
+        f"{s.processing.watermark_delay_ms / 1000:g} s): {len(problems)} differences\n"
+        + "\n".join(problems[:30])
+    )
     assert len(running_jobs(s)) == 1, "exactly one pipeline job runs after the restart"

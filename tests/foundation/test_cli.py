@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import subprocess
-import uuid
 from pathlib import Path
 
 import psutil
@@ -16,8 +15,8 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from infrastructure.local import jars
 from infrastructure.local.errors import RuntimeSetupError
-from infrastructure.local.stack import settings_env
 from infrastructure.local.isolated import isolated_settings
+from infrastructure.local.stack import settings_env
 from tests.conftest import REPO_ROOT
 
 RTAP = str(REPO_ROOT / ".venv" / "bin" / "rtap")
@@ -26,7 +25,9 @@ INFRA = ["kafka", "redis", "clickhouse", "flink-jobmanager", "flink-taskmanager"
 
 def rtap(settings, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **settings_env(settings), "COLUMNS": "200", **(env or {})}
-    return subprocess.run([RTAP, *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO_ROOT)
+    return subprocess.run(
+        [RTAP, *args], capture_output=True, text=True, env=full_env, timeout=timeout, cwd=REPO_ROOT
+    )
 
 
 def processes_under(state_dir: Path) -> list[int]:
@@ -45,7 +46,10 @@ def processes_under(state_dir: Path) -> list[int]:
 def log_tails(s, lines: int = 15) -> str:
     """The end of every component's log: why something the status shows stopped went away."""
     logs = sorted((s.state_path / "logs").glob("*.log"))
-    return "".join(f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) for log in logs)
+    return "".join(
+        f"\n--- {log.name}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        for log in logs
+    )
 
 
 @pytest.mark.slow
@@ -73,8 +77,12 @@ def test_up_status_down_and_state_survives(tmp_path):
     again = rtap(s, "up", "--detach", "--only", "kafka", "--only", "redis")
     try:
         assert again.returncode == 0, again.stderr[-2000:]
-        consumer = KafkaConsumer("dead_letter", bootstrap_servers=s.kafka.bootstrap,
-                                 auto_offset_reset="earliest", consumer_timeout_ms=10_000)
+        consumer = KafkaConsumer(
+            "dead_letter",
+            bootstrap_servers=s.kafka.bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=10_000,
+        )
         assert b"kept across restarts" in [r.value for r in consumer]
         consumer.close()
         assert redis.Redis.from_url(s.redis.url).get("kept") == b"yes"

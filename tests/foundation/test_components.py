@@ -12,12 +12,11 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer
 
 from infrastructure.local import jars
-from shared.kafka_admin import ensure_topics
 from services.processing.registry import load_schemas
+from shared.kafka_admin import ensure_topics
 from shared.topics import Topic
-from tests.topics import TOPICS
-
 from tests.conftest import REPO_ROOT
+from tests.topics import TOPICS
 
 
 def _topic(bootstrap: str, partitions: int = 1) -> str:
@@ -32,7 +31,9 @@ def test_kafka_record_round_trip(kafka):
     producer = KafkaProducer(bootstrap_servers=kafka, acks="all")
     producer.send(topic, key=b"k1", value=b'{"n": 1}').get(timeout=10)
     producer.close()
-    consumer = KafkaConsumer(topic, bootstrap_servers=kafka, auto_offset_reset="earliest", consumer_timeout_ms=10_000)
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=kafka, auto_offset_reset="earliest", consumer_timeout_ms=10_000
+    )
     records = [(r.key, r.value) for r in consumer]
     consumer.close()
     assert records == [(b"k1", b'{"n": 1}')]
@@ -73,14 +74,23 @@ print(json.dumps(final, sort_keys=True))
 @pytest.mark.flink
 def test_flink_sql_reads_kafka_through_connector_jar(kafka, settings):
     topic = _topic(kafka)
-    producer = KafkaProducer(bootstrap_servers=kafka, acks="all", value_serializer=lambda v: json.dumps(v).encode())
+    producer = KafkaProducer(
+        bootstrap_servers=kafka, acks="all", value_serializer=lambda v: json.dumps(v).encode()
+    )
     for user, amount in [("a", 1), ("b", 5), ("a", 2), ("c", 7), ("b", 1)]:
         producer.send(topic, {"user_id": user, "amount": amount})
     producer.flush()
     producer.close()
-    connector = jars.find_jar(jars.resolve("flink", settings.state_path / "jars"), "flink-sql-connector-kafka")
-    out = subprocess.run([sys.executable, "-c", FLINK_READ_SCRIPT, kafka, topic, str(connector)],
-                         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    connector = jars.find_jar(
+        jars.resolve("flink", settings.state_path / "jars"), "flink-sql-connector-kafka"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", FLINK_READ_SCRIPT, kafka, topic, str(connector)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     printed = [line for line in out.stdout.splitlines() if line.startswith("{")]
     assert printed and json.loads(printed[-1]) == {"a": 3, "b": 6, "c": 7}, out.stdout[-3000:]
@@ -110,8 +120,13 @@ print(json.dumps(db.query("SELECT k, v FROM t.m FINAL ORDER BY k")))
 @pytest.mark.clickhouse
 def test_chdb_survives_process_restart(tmp_path):
     def run(mode: str) -> list:
-        out = subprocess.run([sys.executable, "-c", CHDB_SCRIPT, str(tmp_path / "ch"), mode],
-                             capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        out = subprocess.run(
+            [sys.executable, "-c", CHDB_SCRIPT, str(tmp_path / "ch"), mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -43,8 +43,12 @@ def sink(limits: Limits) -> Sink:
 def test_every_record_moves_the_offsets_whatever_became_of_it():
     batch = Batch(sink(Limits(100, 1 << 20, 60.0)))
     skipped_before = SKIPPED.labels("unit", "a")._value.get()
-    for record in (Record("a", 0, 5, b"row"), Record("a", 0, 6, b"heartbeat"), Record("a", 1, 9, b"bad"),
-                   Record("b", 0, 3, b"row")):
+    for record in (
+        Record("a", 0, 5, b"row"),
+        Record("a", 0, 6, b"heartbeat"),
+        Record("a", 1, 9, b"bad"),
+        Record("b", 0, 3, b"row"),
+    ):
         batch.add(record)
     assert batch.rows == {"a": [{"offset": 5}], "b": [{"offset": 3}]}
     assert [(msg.offset(), reason) for msg, reason in batch.dead] == [(9, "bad value")]

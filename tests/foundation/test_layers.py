@@ -18,8 +18,9 @@ import ast
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("shared", "services", "infrastructure")
@@ -104,8 +105,9 @@ def violation(imp: Import) -> str | None:
 
 
 def crossing(imp: Import) -> bool:
-    return any(is_within(imp.source, source) and is_within(imp.target, target)
-               for source, target in CROSSINGS)
+    return any(
+        is_within(imp.source, source) and is_within(imp.target, target) for source, target in CROSSINGS
+    )
 
 
 def is_within(module: str, prefix: str) -> bool:
@@ -145,17 +147,19 @@ def test_the_rule_catches_each_kind_of_upward_import():
 
 def test_a_module_named_in_a_string_counts_as_an_import(tmp_path):
     module = tmp_path / "metrics.py"
-    module.write_text('import importlib\n'
-                      'PACKAGE = "services.processing.jobs"\n'
-                      'importlib.import_module(PACKAGE)\n')
+    module.write_text(
+        'import importlib\nPACKAGE = "services.processing.jobs"\nimportlib.import_module(PACKAGE)\n'
+    )
     found = [violation(imp) for imp in imports_of("shared.metrics", module)]
     assert "shared imports only shared" in found
 
 
 def test_a_module_started_as_a_process_is_not_an_import(tmp_path):
     module = tmp_path / "components.py"
-    module.write_text('import sys\nprobe = [sys.executable, "-m", "services.storage.probe"]\n'
-                      'uvicorn_target = "services.storage.api:app"\n')
+    module.write_text(
+        'import sys\nprobe = [sys.executable, "-m", "services.storage.probe"]\n'
+        'uvicorn_target = "services.storage.api:app"\n'
+    )
     found = [imp.target for imp in imports_of("infrastructure.local.components", module)]
     assert found == ["sys", "services.storage.api"]
 
@@ -168,14 +172,17 @@ def test_every_crossing_names_modules_that_exist():
 def test_storage_and_cache_start_without_pyflink():
     """Storage and cache read job schemas through the registry; their import path loads neither PyFlink nor
     processing's Flink side (coordinator, driver, supervisor)."""
-    probe = ("import sys, services.storage.api, services.storage.consumer\n"
-             "import services.cache.api, services.cache.consumer\n"
-             "from services.processing.registry import load_schemas\n"
-             "assert load_schemas(), 'no job schemas'\n"
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyflink', 'py4j')\n"
-             "             or m.startswith('services.processing.') and not m.startswith(PYFLINK_FREE)))")
+    probe = (
+        "import sys, services.storage.api, services.storage.consumer\n"
+        "import services.cache.api, services.cache.consumer\n"
+        "from services.processing.registry import load_schemas\n"
+        "assert load_schemas(), 'no job schemas'\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyflink', 'py4j')\n"
+        "             or m.startswith('services.processing.') and not m.startswith(PYFLINK_FREE)))"
+    )
     probe = probe.replace("PYFLINK_FREE", repr(PYFLINK_FREE))
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"

@@ -32,8 +32,9 @@ LOOPBACK_ALLOWED = {"shared/settings.py", "services/loadgen/commands.py"}
 
 def overridden(tmp_path: Path) -> Settings:
     names = {"events": "ev_x", "dead_letter": "dl_x", "metric_prefix": "p_"}
-    return Settings(state_dir=tmp_path, topics=names,
-                    flink={"rest_host": "jobmanager.internal", "rest_port": 18081})
+    return Settings(
+        state_dir=tmp_path, topics=names, flink={"rest_host": "jobmanager.internal", "rest_port": 18081}
+    )
 
 
 def test_topic_settings_reach_every_reader_and_writer(tmp_path):
@@ -52,8 +53,10 @@ def test_both_sinks_send_dead_letters_to_the_configured_topic(tmp_path):
     """The consumer pipeline is told the dead-letter topic; storage and cache pass topics(settings)'s."""
     s = overridden(tmp_path)
     schemas = load_schemas()
-    for pipeline in (storage_consumer(s, None, threading.Lock(), schemas),  # type: ignore[arg-type]
-                     cache_consumer(s, layouts("test", schemas.values()))):
+    for pipeline in (
+        storage_consumer(s, None, threading.Lock(), schemas),  # type: ignore[arg-type]
+        cache_consumer(s, layouts("test", schemas.values())),
+    ):
         pipeline.consumer.close()
         assert pipeline.writer.dead_letter_topic == "dl_x"
 
@@ -85,14 +88,20 @@ def test_no_product_code_writes_a_loopback_address_outside_the_settings():
         name = str(path.relative_to(REPO_ROOT))
         if name in LOOPBACK_ALLOWED:
             continue
-        found += [f"{name}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1)
-                  if re.search(r"127\.0\.0\.1|localhost|\[?::1\]?\b", line)]
+        found += [
+            f"{name}:{n}"
+            for n, line in enumerate(path.read_text().splitlines(), 1)
+            if re.search(r"127\.0\.0\.1|localhost|\[?::1\]?\b", line)
+        ]
     assert not found, found
 
 
 def schema(name: str, *keys: str) -> MetricSchema:
-    columns = (Column("window_start", "timestamp_ms"), Column("window_end", "timestamp_ms"),
-               *(Column(k, "string") for k in keys))
+    columns = (
+        Column("window_start", "timestamp_ms"),
+        Column("window_end", "timestamp_ms"),
+        *(Column(k, "string") for k in keys),
+    )
     return MetricSchema(name, columns, ("window_start", *keys))
 
 

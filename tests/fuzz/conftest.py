@@ -13,8 +13,9 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import jsonschema
@@ -23,15 +24,15 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import TypeAdapter
 
+from infrastructure.local.isolated import free_ports
 from infrastructure.local.stack import Service
 from services.ingestion.records import HEARTBEAT_KEY
 from shared.events import EVENT_SCHEMA_FILE, HEARTBEAT_TYPE, RawEvent
 from shared.settings import Settings
-from tests.topics import EVENTS
 from tests.cache.conftest import RunningCache, cache_settings
-from infrastructure.local.isolated import free_ports
 from tests.ingestion.conftest import ingestion_settings
 from tests.storage.conftest import storage_settings
+from tests.topics import EVENTS
 
 WRITE_KEY = "fuzz-write-key-5d21"
 READ_KEY = "fuzz-read-key-93be"
@@ -43,14 +44,26 @@ RAW_EVENT = TypeAdapter(RawEvent)
 EVENT_SCHEMA = jsonschema.Draft202012Validator(orjson.loads(EVENT_SCHEMA_FILE.read_bytes()))
 
 
-def run_schemathesis(config: str, base_url: str, headers: dict[str, str], report_dir: Path,
-                     *extra: str) -> tuple[subprocess.CompletedProcess, list[dict[str, Any]]]:
+def run_schemathesis(
+    config: str, base_url: str, headers: dict[str, str], report_dir: Path, *extra: str
+) -> tuple[subprocess.CompletedProcess, list[dict[str, Any]]]:
     """`schemathesis run` (the CLI: its report names each failure with a curl line to reproduce it) against a
     running service, with the settings of tests/fuzz/<config>.toml. Returns the finished process and every
     request/response pair it made (its HAR report)."""
     har = report_dir / "requests.har"
-    argv = [str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(FUZZ_DIR / f"{config}.toml"),
-            "run", f"{base_url}/openapi.json", "--no-color", "--report", "har", "--report-har-path", str(har), *extra]
+    argv = [
+        str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(FUZZ_DIR / f"{config}.toml"),
+        "run",
+        f"{base_url}/openapi.json",
+        "--no-color",
+        "--report",
+        "har",
+        "--report-har-path",
+        str(har),
+        *extra,
+    ]
     for name, value in headers.items():
         argv += ["--header", f"{name}: {value}"]
     done = subprocess.run(argv, cwd=report_dir, capture_output=True, text=True, timeout=FUZZ_TIMEOUT_S)
@@ -68,7 +81,9 @@ class RunningService:
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=30)
 
     def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+        return (
+            "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+        )
 
     def healthy(self) -> bool:
         return self.client.get("/healthz").status_code == 200
@@ -84,9 +99,16 @@ def own_state(settings: Settings, state_dir: Path) -> Settings:
 
 @pytest.fixture(scope="module")
 def ingestion(settings: Settings, kafka: str, tmp_path_factory) -> Iterator[RunningService]:
-    s = ingestion_settings(settings, write_keys=[WRITE_KEY], port=free_ports(1)[0],
-                           max_body_bytes=MAX_BODY_BYTES, max_batch_events=MAX_BATCH_EVENTS)
-    running = RunningService(own_state(s, tmp_path_factory.mktemp("fuzz-ingestion")), "ingestion", {"X-Write-Key": WRITE_KEY})
+    s = ingestion_settings(
+        settings,
+        write_keys=[WRITE_KEY],
+        port=free_ports(1)[0],
+        max_body_bytes=MAX_BODY_BYTES,
+        max_batch_events=MAX_BATCH_EVENTS,
+    )
+    running = RunningService(
+        own_state(s, tmp_path_factory.mktemp("fuzz-ingestion")), "ingestion", {"X-Write-Key": WRITE_KEY}
+    )
     running.service.start()
     yield running
     running.stop()
@@ -95,7 +117,9 @@ def ingestion(settings: Settings, kafka: str, tmp_path_factory) -> Iterator[Runn
 @pytest.fixture(scope="module")
 def storage(settings: Settings, kafka: str, tmp_path_factory) -> Iterator[RunningService]:
     s = storage_settings(settings, read_keys=[READ_KEY], port=free_ports(1)[0])
-    running = RunningService(own_state(s, tmp_path_factory.mktemp("fuzz-storage")), "storage", {"X-Read-Key": READ_KEY})
+    running = RunningService(
+        own_state(s, tmp_path_factory.mktemp("fuzz-storage")), "storage", {"X-Read-Key": READ_KEY}
+    )
     running.service.start()
     yield running
     running.stop()
@@ -117,14 +141,23 @@ class EventsWindow:
         self.start = self._end_offsets()
 
     def _consumer(self) -> Consumer:
-        return Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"fuzz-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        return Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"fuzz-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
 
     def _end_offsets(self) -> dict[int, int]:
         consumer = self._consumer()
         try:
             meta = consumer.list_topics(EVENTS.name, timeout=10).topics[EVENTS.name]
-            return {p: consumer.get_watermark_offsets(TopicPartition(EVENTS.name, p), timeout=10)[1] for p in meta.partitions}
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(EVENTS.name, p), timeout=10)[1]
+                for p in meta.partitions
+            }
         finally:
             consumer.close()
 
@@ -147,7 +180,9 @@ class EventsWindow:
                     todo.pop(msg.partition(), None)
         finally:
             consumer.close()
-        assert not todo, f"could not read partitions {sorted(todo)} of {EVENTS.name} to their end within {timeout_s}s"
+        assert not todo, (
+            f"could not read partitions {sorted(todo)} of {EVENTS.name} to their end within {timeout_s}s"
+        )
         return out
 
     def client_records(self) -> list[dict[str, Any]]:
@@ -155,7 +190,11 @@ class EventsWindow:
         found = []
         for key, value in self.records():
             record = orjson.loads(value)  # strict JSON: no NaN, Infinity or lone surrogates
-            if record["event"]["type"] == HEARTBEAT_TYPE and key == HEARTBEAT_KEY and record["user"]["id"] == "":
+            if (
+                record["event"]["type"] == HEARTBEAT_TYPE
+                and key == HEARTBEAT_KEY
+                and record["user"]["id"] == ""
+            ):
                 continue
             assert_valid_record(key, record)
             found.append(record)
@@ -164,9 +203,13 @@ class EventsWindow:
 
 def assert_valid_record(key: bytes | None, record: dict[str, Any]) -> None:
     errors = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in EVENT_SCHEMA.iter_errors(record)]
-    assert not errors, f"record in {EVENTS.name} breaks event_schema_v1.json: {errors[:3]}; record: {record!r:.500}"
+    assert not errors, (
+        f"record in {EVENTS.name} breaks event_schema_v1.json: {errors[:3]}; record: {record!r:.500}"
+    )
     RAW_EVENT.validate_python(record, strict=True)
-    assert key == record["context"]["session_id"].encode(), f"key {key!r} is not context.session_id of {record!r:.300}"
+    assert key == record["context"]["session_id"].encode(), (
+        f"key {key!r} is not context.session_id of {record!r:.300}"
+    )
 
 
 def accepted_ids(status: int, body: dict[str, Any]) -> list[str]:
@@ -186,8 +229,11 @@ def har_body(entry: dict[str, Any]) -> Any:
 
 
 def server_errors(entries: list[dict[str, Any]]) -> list[str]:
-    return [f"{e['request']['method']} {e['request']['url']} -> {e['response']['status']}"
-            for e in entries if e["response"]["status"] >= 500]
+    return [
+        f"{e['request']['method']} {e['request']['url']} -> {e['response']['status']}"
+        for e in entries
+        if e["response"]["status"] >= 500
+    ]
 
 
 def assert_topic_holds_exactly(window: EventsWindow, ids: list[str]) -> list[dict[str, Any]]:
@@ -196,5 +242,6 @@ def assert_topic_holds_exactly(window: EventsWindow, ids: list[str]) -> list[dic
     assert written == Counter(ids), (
         f"{len(records)} client records in {EVENTS.name}, {len(ids)} accepted; "
         f"written but not accepted: {list((written - Counter(ids)).items())[:5]}, "
-        f"accepted but missing: {list((Counter(ids) - written).items())[:5]}")
+        f"accepted but missing: {list((Counter(ids) - written).items())[:5]}"
+    )
     return records

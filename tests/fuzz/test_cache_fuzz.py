@@ -36,14 +36,37 @@ STREAM_NASTY = [
     ("job with a NUL", "/v1/jobs/%00/stream", {}, {}, 404, ["path", "job"]),
     ("job with invalid UTF-8", "/v1/jobs/%FF%FE/stream", {}, {}, 404, ["path", "job"]),
     ("unknown filter", "/v1/jobs/event_metrics/stream", {"nope": "1"}, {}, 400, ["query", "nope"]),
-    ("window parameter on a stream", "/v1/jobs/event_metrics/stream", {"from": "0"}, {}, 400, ["query", "from"]),
+    (
+        "window parameter on a stream",
+        "/v1/jobs/event_metrics/stream",
+        {"from": "0"},
+        {},
+        400,
+        ["query", "from"],
+    ),
     ("no key", "/v1/jobs/event_metrics/stream", {}, {"X-Read-Key": ""}, 401, ["header", "X-Read-Key"]),
-    ("wrong ?key=", "/v1/jobs/event_metrics/stream", {"key": "wrong"}, {"X-Read-Key": ""}, 401, ["header", "X-Read-Key"]),
-    ("non-ASCII key", "/v1/jobs/event_metrics/stream", {}, {"X-Read-Key": "\xe9".encode("latin-1")}, 401, ["header", "X-Read-Key"]),
+    (
+        "wrong ?key=",
+        "/v1/jobs/event_metrics/stream",
+        {"key": "wrong"},
+        {"X-Read-Key": ""},
+        401,
+        ["header", "X-Read-Key"],
+    ),
+    (
+        "non-ASCII key",
+        "/v1/jobs/event_metrics/stream",
+        {},
+        {"X-Read-Key": "\xe9".encode("latin-1")},
+        401,
+        ["header", "X-Read-Key"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("path, params, headers, status, loc", [c[1:] for c in STREAM_NASTY], ids=[c[0] for c in STREAM_NASTY])
+@pytest.mark.parametrize(
+    "path, params, headers, status, loc", [c[1:] for c in STREAM_NASTY], ids=[c[0] for c in STREAM_NASTY]
+)
 def test_stream_refuses_bad_parameters_before_streaming(cache, path, params, headers, status, loc):
     r, body = open_stream(cache, path, params=params, headers=headers)
     assert r.status_code == status, body[:300]
@@ -52,7 +75,9 @@ def test_stream_refuses_bad_parameters_before_streaming(cache, path, params, hea
     assert problem["loc"] == loc, problem
 
 
-@pytest.mark.parametrize("params", [{"key": READ_KEY}, {"device_category": "\x00\udcff".encode("utf-8", "surrogateescape")}])
+@pytest.mark.parametrize(
+    "params", [{"key": READ_KEY}, {"device_category": "\x00\udcff".encode("utf-8", "surrogateescape")}]
+)
 def test_stream_with_good_parameters_opens(cache, params):
     r, first = open_stream(cache, "/v1/jobs/event_metrics/stream", params=params)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
@@ -70,12 +95,19 @@ WINDOWS_NASTY = [
     ("limit 0", {"limit": "0"}, 422, ["query", "limit"]),
     ("limit 2**70", {"limit": str(2**70)}, 422, ["query", "limit"]),
     ("order in capitals", {"order": "ASC"}, 422, ["query", "order"]),
-    ("filter value with NUL and invalid UTF-8", {"device_category": "\x00\udcff".encode("utf-8", "surrogateescape")}, 200, None),
+    (
+        "filter value with NUL and invalid UTF-8",
+        {"device_category": "\x00\udcff".encode("utf-8", "surrogateescape")},
+        200,
+        None,
+    ),
     ("unknown filter", {"session_id": "x"}, 400, ["query", "session_id"]),
 ]
 
 
-@pytest.mark.parametrize("params, status, loc", [c[1:] for c in WINDOWS_NASTY], ids=[c[0] for c in WINDOWS_NASTY])
+@pytest.mark.parametrize(
+    "params, status, loc", [c[1:] for c in WINDOWS_NASTY], ids=[c[0] for c in WINDOWS_NASTY]
+)
 def test_nasty_window_queries(cache, params, status, loc):
     r = cache.client.get("/v1/jobs/event_metrics/windows", params=params)
     if loc is None:

@@ -16,11 +16,23 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.fuzz.conftest import MAX_BATCH_EVENTS, MAX_BODY_BYTES, WRITE_KEY, EventsWindow, accepted_ids, assert_topic_holds_exactly
+from tests.fuzz.conftest import (
+    MAX_BATCH_EVENTS,
+    MAX_BODY_BYTES,
+    WRITE_KEY,
+    EventsWindow,
+    accepted_ids,
+    assert_topic_holds_exactly,
+)
 from tests.ingestion.conftest import event, expected_loc, refused_at
 
 pytestmark = pytest.mark.kafka
-TRACK, BATCH, SEGMENT_TRACK, SEGMENT_BATCH = "/v1/analytics/track", "/v1/analytics/batch", "/v1/track", "/v1/batch"
+TRACK, BATCH, SEGMENT_TRACK, SEGMENT_BATCH = (
+    "/v1/analytics/track",
+    "/v1/analytics/batch",
+    "/v1/track",
+    "/v1/batch",
+)
 JSON = {"Content-Type": "application/json"}
 ACCEPTED: list[str] = []
 
@@ -46,7 +58,14 @@ def nested(depth: int) -> bytes:
 
 
 def segment_message(**changes: Any) -> dict[str, Any]:
-    return {"type": "track", "event": "Signed Up", "userId": "u-1", "messageId": None, "properties": {"plan": "pro"}, **changes}
+    return {
+        "type": "track",
+        "event": "Signed Up",
+        "userId": "u-1",
+        "messageId": None,
+        "properties": {"plan": "pro"},
+        **changes,
+    }
 
 
 def gzip_bomb() -> bytes:
@@ -71,35 +90,104 @@ def over_limit_event() -> bytes:
 
 NASTY = [
     Nasty("properties nested 10,000 levels", TRACK, splice("properties.deep", nested(10_000)), 400, "body"),
-    Nasty("arrays nested 10,000 levels", TRACK, splice("properties.deep", b"[" * 10_000 + b"]" * 10_000), 400, "body"),
+    Nasty(
+        "arrays nested 10,000 levels",
+        TRACK,
+        splice("properties.deep", b"[" * 10_000 + b"]" * 10_000),
+        400,
+        "body",
+    ),
     Nasty("batch nested 10,000 levels", BATCH, b'{"events":[' + nested(10_000) + b"]}", 400, "body"),
-    Nasty("segment properties nested 10,000 levels", SEGMENT_TRACK,
-          dumps(segment_message()).replace(b'"plan":"pro"', b'"deep":' + nested(10_000)), 400, "body"),
-    Nasty("string over its field limit, body under the body limit", TRACK, dumps(event(user={"id": "u" * (MAX_BODY_BYTES - 2_000)})), 400, "user.id"),
+    Nasty(
+        "segment properties nested 10,000 levels",
+        SEGMENT_TRACK,
+        dumps(segment_message()).replace(b'"plan":"pro"', b'"deep":' + nested(10_000)),
+        400,
+        "body",
+    ),
+    Nasty(
+        "string over its field limit, body under the body limit",
+        TRACK,
+        dumps(event(user={"id": "u" * (MAX_BODY_BYTES - 2_000)})),
+        400,
+        "user.id",
+    ),
     Nasty("body over the limit", TRACK, over_limit_event(), 413, "body"),
-    Nasty("batch body over the limit", BATCH, dumps({"events": [event()], "padding": "x" * MAX_BODY_BYTES}), 413, "body"),
+    Nasty(
+        "batch body over the limit",
+        BATCH,
+        dumps({"events": [event()], "padding": "x" * MAX_BODY_BYTES}),
+        413,
+        "body",
+    ),
     Nasty("invalid UTF-8 in a string", TRACK, dumps(event()).replace(b'"u-1"', b'"u-\xff\xfe"'), 400, "body"),
-    Nasty("invalid UTF-8 in a batch", BATCH, b'{"events":[' + dumps(event()).replace(b'"u-1"', b'"\xc3\x28"') + b"]}", 400, "body"),
+    Nasty(
+        "invalid UTF-8 in a batch",
+        BATCH,
+        b'{"events":[' + dumps(event()).replace(b'"u-1"', b'"\xc3\x28"') + b"]}",
+        400,
+        "body",
+    ),
     Nasty("UTF-8-encoded surrogate", TRACK, dumps(event()).replace(b'"u-1"', b'"\xed\xa0\x80"'), 400, "body"),
     Nasty("lone surrogate escape", TRACK, splice("user.id", rb'"\ud800"'), 400, "body"),
-    Nasty("lone surrogate escape in a batch", BATCH, b'{"events":[' + splice("user.id", rb'"a\udfff"') + b"]}", 400, "body"),
-    Nasty("lone surrogate escape, Segment", SEGMENT_TRACK, dumps(segment_message(userId="X")).replace(b'"X"', rb'"\ud800"'), 400, "body"),
+    Nasty(
+        "lone surrogate escape in a batch",
+        BATCH,
+        b'{"events":[' + splice("user.id", rb'"a\udfff"') + b"]}",
+        400,
+        "body",
+    ),
+    Nasty(
+        "lone surrogate escape, Segment",
+        SEGMENT_TRACK,
+        dumps(segment_message(userId="X")).replace(b'"X"', rb'"\ud800"'),
+        400,
+        "body",
+    ),
     Nasty("NaN property", TRACK, splice("properties.x", b"NaN"), 400, "properties.x"),
     Nasty("Infinity metric", TRACK, splice("metrics.load_time", b"Infinity"), 400, "metrics.load_time"),
-    Nasty("-Infinity metric in a batch", BATCH, b'{"events":[' + splice("metrics.interaction_time", b"-Infinity") + b"]}", 400, "body"),
+    Nasty(
+        "-Infinity metric in a batch",
+        BATCH,
+        b'{"events":[' + splice("metrics.interaction_time", b"-Infinity") + b"]}",
+        400,
+        "body",
+    ),
     Nasty("1e400 metric", TRACK, splice("metrics.load_time", b"1e400"), 400, "metrics.load_time"),
     Nasty("1e400 property", TRACK, splice("properties.x", b"1e400"), 400, "properties.x"),
     Nasty("1e400 timestamp", TRACK, splice("timestamp", b"1e400"), 400, "timestamp"),
     Nasty("2**70 timestamp", TRACK, splice("timestamp", str(2**70).encode()), 400, "timestamp"),
-    Nasty("2**70 screen_width", TRACK, splice("device.screen_width", str(2**70).encode()), 400, "device.screen_width"),
+    Nasty(
+        "2**70 screen_width",
+        TRACK,
+        splice("device.screen_width", str(2**70).encode()),
+        400,
+        "device.screen_width",
+    ),
     Nasty("1e400 screen_width", TRACK, splice("device.screen_width", b"1e400"), 400, "device.screen_width"),
-    Nasty("negative screen_width", TRACK, dumps(event(device={"user_agent": "", "screen_width": -1, "screen_height": 1})), 400, "device.screen_width"),
+    Nasty(
+        "negative screen_width",
+        TRACK,
+        dumps(event(device={"user_agent": "", "screen_width": -1, "screen_height": 1})),
+        400,
+        "device.screen_width",
+    ),
     Nasty("negative load_time", TRACK, dumps(event(metrics={"load_time": -0.5})), 400, "metrics.load_time"),
     Nasty("negative timestamp", TRACK, dumps(event(timestamp=-1)), 400, "timestamp"),
     Nasty("true as timestamp", TRACK, dumps(event(timestamp=True)), 400, "timestamp"),
-    Nasty("string as screen_width", TRACK, dumps(event(device={"user_agent": "", "screen_width": "1920", "screen_height": 1})), 400, "device.screen_width"),
-    Nasty("string as load_time", TRACK, dumps(event(metrics={"load_time": "12.5"})), 400, "metrics.load_time"),
-    Nasty("raw NUL byte between tokens", TRACK, dumps(event()).replace(b',"user"', b',\x00"user"'), 400, "body"),
+    Nasty(
+        "string as screen_width",
+        TRACK,
+        dumps(event(device={"user_agent": "", "screen_width": "1920", "screen_height": 1})),
+        400,
+        "device.screen_width",
+    ),
+    Nasty(
+        "string as load_time", TRACK, dumps(event(metrics={"load_time": "12.5"})), 400, "metrics.load_time"
+    ),
+    Nasty(
+        "raw NUL byte between tokens", TRACK, dumps(event()).replace(b',"user"', b',\x00"user"'), 400, "body"
+    ),
     Nasty("raw NUL byte inside a string", TRACK, dumps(event()).replace(b'"u-1"', b'"u\x00"'), 400, "body"),
     Nasty("array as the event", TRACK, b"[]", 400, "body"),
     Nasty("array as event.user", TRACK, dumps(event(user=[{"id": "u-1"}])), 400, "user"),
@@ -108,32 +196,96 @@ NASTY = [
     Nasty("object as events", BATCH, dumps({"events": {"0": event()}}), 400, "events"),
     Nasty("array of arrays as a batch", BATCH, b"[[]]", 400, "[0]"),  # the first rejected item, by its path
     Nasty("batch of 0", BATCH, dumps({"events": []}), 400, "events"),
-    Nasty(f"batch of {MAX_BATCH_EVENTS + 1}", BATCH, dumps({"events": [event() for _ in range(MAX_BATCH_EVENTS + 1)]}), 413, "events"),
+    Nasty(
+        f"batch of {MAX_BATCH_EVENTS + 1}",
+        BATCH,
+        dumps({"events": [event() for _ in range(MAX_BATCH_EVENTS + 1)]}),
+        413,
+        "events",
+    ),
     Nasty("Segment batch of 0", SEGMENT_BATCH, dumps({"batch": []}), 400, "batch"),
-    Nasty(f"Segment batch of {MAX_BATCH_EVENTS + 1}", SEGMENT_BATCH,
-          dumps({"batch": [segment_message() for _ in range(MAX_BATCH_EVENTS + 1)]}), 413, "batch"),
+    Nasty(
+        f"Segment batch of {MAX_BATCH_EVENTS + 1}",
+        SEGMENT_BATCH,
+        dumps({"batch": [segment_message() for _ in range(MAX_BATCH_EVENTS + 1)]}),
+        413,
+        "batch",
+    ),
     Nasty("reserved heartbeat type", TRACK, dumps(event(event={"type": "__heartbeat"})), 400, "event.type"),
-    Nasty("reserved heartbeat type in a batch", BATCH,
-          dumps({"events": [event(event={"type": "__heartbeat"})]}), 400, "events[0].event.type"),
+    Nasty(
+        "reserved heartbeat type in a batch",
+        BATCH,
+        dumps({"events": [event(event={"type": "__heartbeat"})]}),
+        400,
+        "events[0].event.type",
+    ),
     Nasty("empty body", TRACK, b"", 400, "body"),
     Nasty("empty body, batch", BATCH, b"", 400, "body"),
     Nasty("empty body, Segment", SEGMENT_BATCH, b"", 400, "body"),
     Nasty("application/xml", TRACK, b"<event/>", 415, "Content-Type", {"Content-Type": "application/xml"}),
-    Nasty("multipart form", TRACK, b"--b\r\nContent-Disposition: form-data; name=\"e\"\r\n\r\n{}\r\n--b--\r\n", 415, "Content-Type",
-          {"Content-Type": "multipart/form-data; boundary=b"}),
+    Nasty(
+        "multipart form",
+        TRACK,
+        b'--b\r\nContent-Disposition: form-data; name="e"\r\n\r\n{}\r\n--b--\r\n',
+        415,
+        "Content-Type",
+        {"Content-Type": "multipart/form-data; boundary=b"},
+    ),
     Nasty("no Content-Type, XML body", TRACK, b"<event/>", 400, "body", {}),
     Nasty("gzip bomb", TRACK, gzip_bomb(), 413, "body", {**JSON, "Content-Encoding": "gzip"}),
-    Nasty("truncated gzip", TRACK, gzip.compress(dumps(event()))[:-12], 400, "Content-Encoding", {**JSON, "Content-Encoding": "gzip"}),
-    Nasty("says gzip, sends plain JSON", TRACK, dumps(event()), 400, "Content-Encoding", {**JSON, "Content-Encoding": "gzip"}),
+    Nasty(
+        "truncated gzip",
+        TRACK,
+        gzip.compress(dumps(event()))[:-12],
+        400,
+        "Content-Encoding",
+        {**JSON, "Content-Encoding": "gzip"},
+    ),
+    Nasty(
+        "says gzip, sends plain JSON",
+        TRACK,
+        dumps(event()),
+        400,
+        "Content-Encoding",
+        {**JSON, "Content-Encoding": "gzip"},
+    ),
     Nasty("says br", TRACK, dumps(event()), 415, "Content-Encoding", {**JSON, "Content-Encoding": "br"}),
-    Nasty("says identity, sends gzip", TRACK, gzip.compress(dumps(event())), 400, "body", {**JSON, "Content-Encoding": "identity"}),
+    Nasty(
+        "says identity, sends gzip",
+        TRACK,
+        gzip.compress(dumps(event())),
+        400,
+        "body",
+        {**JSON, "Content-Encoding": "identity"},
+    ),
     Nasty("no write key", TRACK, dumps(event()), 401, "X-Write-Key", {**JSON, "X-Write-Key": ""}),
-    Nasty("wrong write key", TRACK, dumps(event()), 401, "X-Write-Key", {**JSON, "X-Write-Key": WRITE_KEY + "x"}),
-    Nasty("Basic auth that is not base64", SEGMENT_BATCH, dumps({"batch": [segment_message()]}), 401, "X-Write-Key",
-          {**JSON, "X-Write-Key": "", "Authorization": "Basic %%%"}),
-    Nasty("Segment writeKey that is a number", SEGMENT_TRACK, dumps(segment_message(writeKey=5)), 401, "X-Write-Key", {**JSON, "X-Write-Key": ""}),
-    Nasty("Segment writeKey that is an object", SEGMENT_BATCH, dumps({"batch": [segment_message()], "writeKey": {"k": 1}}), 400, "writeKey",
-          {**JSON, "X-Write-Key": ""}),
+    Nasty(
+        "wrong write key", TRACK, dumps(event()), 401, "X-Write-Key", {**JSON, "X-Write-Key": WRITE_KEY + "x"}
+    ),
+    Nasty(
+        "Basic auth that is not base64",
+        SEGMENT_BATCH,
+        dumps({"batch": [segment_message()]}),
+        401,
+        "X-Write-Key",
+        {**JSON, "X-Write-Key": "", "Authorization": "Basic %%%"},
+    ),
+    Nasty(
+        "Segment writeKey that is a number",
+        SEGMENT_TRACK,
+        dumps(segment_message(writeKey=5)),
+        401,
+        "X-Write-Key",
+        {**JSON, "X-Write-Key": ""},
+    ),
+    Nasty(
+        "Segment writeKey that is an object",
+        SEGMENT_BATCH,
+        dumps({"batch": [segment_message()], "writeKey": {"k": 1}}),
+        400,
+        "writeKey",
+        {**JSON, "X-Write-Key": ""},
+    ),
 ]
 
 
@@ -156,8 +308,10 @@ def test_content_length_lies_are_refused_by_the_server(ingestion, window):
     host, port = ingestion.url.removeprefix("http://").split(":")
     for length in (b"-1", b"abc", b"99999999999999999999999"):
         with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(b"POST /v1/analytics/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"X-Write-Key: " + WRITE_KEY.encode() + b"\r\nContent-Length: " + length + b"\r\n\r\n{}")
+            s.sendall(
+                b"POST /v1/analytics/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"X-Write-Key: " + WRITE_KEY.encode() + b"\r\nContent-Length: " + length + b"\r\n\r\n{}"
+            )
             status_line = s.recv(4096).split(b"\r\n", 1)[0]
         assert status_line.split()[1][:1] == b"4", (length, status_line)
     assert ingestion.client.get("/v1/healthz").status_code == 200
@@ -179,7 +333,9 @@ def post_accepted(ingestion, path: str, body: bytes, headers: dict[str, str] | N
 
 def test_duplicate_keys_take_the_last_value_consistently(ingestion, window):
     """Validation and the stored record read one parse of the body, so a duplicate cannot smuggle a value."""
-    raw = dumps(event(event={"type": "dup_keys"})).replace(b'"user":{"id":"u-1"}', b'"user":{"id":"first","id":"last"}')
+    raw = dumps(event(event={"type": "dup_keys"})).replace(
+        b'"user":{"id":"u-1"}', b'"user":{"id":"first","id":"last"}'
+    )
     post_accepted(ingestion, TRACK, raw)
     rejected = ingestion.client.post(TRACK, content=raw.replace(b'"id":"last"', b'"id":""'), headers=JSON)
     assert refused_at(rejected) == (400, ["body", "user.id"])
@@ -187,18 +343,43 @@ def test_duplicate_keys_take_the_last_value_consistently(ingestion, window):
 
 def test_legitimate_edge_inputs_are_accepted(ingestion, window):
     padded = event(event={"type": "padded"})
-    padded["padding"] = "x" * (MAX_BODY_BYTES - len(dumps(padded)) - 20)  # unknown keys are ignored, not stored
+    padded["padding"] = "x" * (
+        MAX_BODY_BYTES - len(dumps(padded)) - 20
+    )  # unknown keys are ignored, not stored
     post_accepted(ingestion, TRACK, dumps(padded))
-    post_accepted(ingestion, TRACK, dumps(event(event={"type": "nul"}, user={"id": "u\u0000"}, properties={"\u0000": "\u0000"})))
-    post_accepted(ingestion, TRACK, dumps(event(event={"type": "whole_float"}, timestamp=None,
-                                                device={"user_agent": "", "screen_width": 1920.0, "screen_height": 0})))
-    post_accepted(ingestion, TRACK, dumps(event(event={"type": "big_numbers"}, properties={"i": 2**63 - 1, "f": 1.7e308})))
-    post_accepted(ingestion, BATCH, dumps({"events": [event(event={"type": "at_limit"}) for _ in range(MAX_BATCH_EVENTS)]}))
+    post_accepted(
+        ingestion,
+        TRACK,
+        dumps(event(event={"type": "nul"}, user={"id": "u\u0000"}, properties={"\u0000": "\u0000"})),
+    )
+    post_accepted(
+        ingestion,
+        TRACK,
+        dumps(
+            event(
+                event={"type": "whole_float"},
+                timestamp=None,
+                device={"user_agent": "", "screen_width": 1920.0, "screen_height": 0},
+            )
+        ),
+    )
+    post_accepted(
+        ingestion,
+        TRACK,
+        dumps(event(event={"type": "big_numbers"}, properties={"i": 2**63 - 1, "f": 1.7e308})),
+    )
+    post_accepted(
+        ingestion,
+        BATCH,
+        dumps({"events": [event(event={"type": "at_limit"}) for _ in range(MAX_BATCH_EVENTS)]}),
+    )
     post_accepted(ingestion, SEGMENT_BATCH, dumps({"batch": [segment_message()] * MAX_BATCH_EVENTS}))
 
 
 def test_topic_holds_exactly_the_accepted_events(ingestion, window):
-    assert len(ACCEPTED) == 1 + 4 + 2 * MAX_BATCH_EVENTS, "run the whole module: the accepting tests above feed this check"
+    assert len(ACCEPTED) == 1 + 4 + 2 * MAX_BATCH_EVENTS, (
+        "run the whole module: the accepting tests above feed this check"
+    )
     records = assert_topic_holds_exactly(window, ACCEPTED)
     by_type = {r["event"]["type"]: r for r in records}
     assert by_type["dup_keys"]["user"]["id"] == "last"

@@ -29,14 +29,34 @@ def raw_sql(storage, body: bytes, content_type: str = "application/json"):
 
 
 SQL_NASTY = [
-    ("parentheses nested 10,000 levels", b'{"sql": "SELECT ' + b"(" * 10_000 + b"1" + b")" * 10_000 + b'"}', 400, ["body", "sql"]),
+    (
+        "parentheses nested 10,000 levels",
+        b'{"sql": "SELECT ' + b"(" * 10_000 + b"1" + b")" * 10_000 + b'"}',
+        400,
+        ["body", "sql"],
+    ),
     ("lone surrogate in sql", rb'{"sql": "SELECT \ud800"}', 400, ["body", "sql"]),
-    ("lone surrogate in a param", rb'{"sql": "SELECT {s:String} AS s", "params": {"s": "\udfff"}}', 400, ["body", "params.s"]),
+    (
+        "lone surrogate in a param",
+        rb'{"sql": "SELECT {s:String} AS s", "params": {"s": "\udfff"}}',
+        400,
+        ["body", "params.s"],
+    ),
     ("NaN param", b'{"sql": "SELECT {x:Float64} AS x", "params": {"x": NaN}}', 400, ["body", "params.x"]),
     ("1e400 param", b'{"sql": "SELECT {x:Float64} AS x", "params": {"x": 1e400}}', 400, ["body", "params.x"]),
-    ("2**70 into Int64", b'{"sql": "SELECT {x:Int64} AS x", "params": {"x": %d}}' % 2**70, 400, ["body", "params.x"]),
+    (
+        "2**70 into Int64",
+        b'{"sql": "SELECT {x:Int64} AS x", "params": {"x": %d}}' % 2**70,
+        400,
+        ["body", "params.x"],
+    ),
     ("array param", b'{"sql": "SELECT {x:Int64} AS x", "params": {"x": [1]}}', 400, ["body", "params.x"]),
-    ("param name that is not an identifier", b'{"sql": "SELECT 1", "params": {"a b": 1}}', 400, ["body", "params.a b"]),
+    (
+        "param name that is not an identifier",
+        b'{"sql": "SELECT 1", "params": {"a b": 1}}',
+        400,
+        ["body", "params.a b"],
+    ),
     ("raw NUL byte in the body", b'{"sql": "SELECT 1\x00"}', 422, ["body", 17]),
     ("escaped NUL in sql", b'{"sql": "SELECT 1\\u0000"}', 400, ["body", "sql"]),
     ("invalid UTF-8 body", b'{"sql": "SELECT \xff\xfe"}', 400, ["body"]),
@@ -45,7 +65,12 @@ SQL_NASTY = [
     ("params as an array", b'{"sql": "SELECT 1", "params": []}', 422, ["body", "params"]),
     ("sql as a number", b'{"sql": 1}', 422, ["body", "sql"]),
     ("empty sql", b'{"sql": "   ;  "}', 400, ["body", "sql"]),
-    ("write behind a duplicate key", b'{"sql": "SELECT 1", "sql": "DROP TABLE event_metrics"}', 400, ["body", "sql"]),
+    (
+        "write behind a duplicate key",
+        b'{"sql": "SELECT 1", "sql": "DROP TABLE event_metrics"}',
+        400,
+        ["body", "sql"],
+    ),
 ]
 
 
@@ -81,7 +106,7 @@ def test_awkward_results_are_valid_json(storage, statement, row):
 METRICS_NASTY = [
     ("from 2**70", {"from": str(2**70), "to": str(2**70 + 1)}, 400, ["query", "from"]),
     ("to 5000 digits", {"from": "0", "to": "9" * 5000}, 400, ["query", "to"]),
-    ("from int64 min, to int64 max", {"from": str(-2**63), "to": str(2**63 - 1)}, 200, None),
+    ("from int64 min, to int64 max", {"from": str(-(2**63)), "to": str(2**63 - 1)}, 200, None),
     ("from 1e400", {"from": "1e400", "to": "1"}, 400, ["query", "from"]),
     ("from NUL", {"from": "\x00", "to": "1"}, 400, ["query", "from"]),
     ("to before from", {"from": "10", "to": "5"}, 400, ["query", "to"]),
@@ -91,11 +116,18 @@ METRICS_NASTY = [
     ("limit -1", {"from": "0", "to": "1", "limit": "-1"}, 422, ["query", "limit"]),
     ("limit NaN", {"from": "0", "to": "1", "limit": "NaN"}, 422, ["query", "limit"]),
     ("unknown filter", {"from": "0", "to": "1", "nope": "x"}, 400, ["query", "nope"]),
-    ("filter with NUL and invalid UTF-8", {"from": "0", "to": "1", "event_type": "\x00\udcff".encode("utf-8", "surrogateescape")}, 200, None),
+    (
+        "filter with NUL and invalid UTF-8",
+        {"from": "0", "to": "1", "event_type": "\x00\udcff".encode("utf-8", "surrogateescape")},
+        200,
+        None,
+    ),
 ]
 
 
-@pytest.mark.parametrize("params, status, loc", [c[1:] for c in METRICS_NASTY], ids=[c[0] for c in METRICS_NASTY])
+@pytest.mark.parametrize(
+    "params, status, loc", [c[1:] for c in METRICS_NASTY], ids=[c[0] for c in METRICS_NASTY]
+)
 def test_nasty_metric_queries(storage, params, status, loc):
     r = storage.client.get("/v1/metrics/event_metrics", params=params)
     if loc is None:
@@ -110,7 +142,18 @@ def test_nasty_job_names_are_404(storage, path):
     refused(storage.client.get(path, params={"from": "0", "to": "1"}), 404, ["path", "job"])
 
 
-@pytest.mark.parametrize("headers", [{"X-Read-Key": "wrong"}, {"X-Read-Key": ""}, {"X-Read-Key": "\xe9t\xe9".encode("latin-1")},
-                                     {"X-Read-Key": "", "Authorization": "Bearer " + READ_KEY + "x"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Read-Key": "wrong"},
+        {"X-Read-Key": ""},
+        {"X-Read-Key": "\xe9t\xe9".encode("latin-1")},
+        {"X-Read-Key": "", "Authorization": "Bearer " + READ_KEY + "x"},
+    ],
+)
 def test_wrong_keys_are_401(storage, headers):
-    refused(storage.client.post("/v1/sql", json={"sql": "SELECT 1"}, headers=headers), 401, ["header", "X-Read-Key"])
+    refused(
+        storage.client.post("/v1/sql", json={"sql": "SELECT 1"}, headers=headers),
+        401,
+        ["header", "X-Read-Key"],
+    )

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 from confluent_kafka import Consumer
 
+from infrastructure.local.isolated import free_ports
 from infrastructure.local.stack import Service
 from shared.settings import Settings
 from tests.topics import EVENTS
-from infrastructure.local.isolated import free_ports
 
 WRITE_KEY = "ingestion-test-key-7f3a"
 
@@ -40,8 +41,13 @@ def expected_loc(field: str) -> list[str]:
 
 def ingestion_settings(settings: Settings, **changes: Any) -> Settings:
     """The session settings with a tighter ingestion section (short timeouts keep the fault test quick)."""
-    base = dict(produce_timeout_ms=2_000, heartbeat_interval_ms=500, max_body_bytes=64 * 1024, max_batch_events=100,
-                retry_after_seconds=2)
+    base = dict(
+        produce_timeout_ms=2_000,
+        heartbeat_interval_ms=500,
+        max_body_bytes=64 * 1024,
+        max_batch_events=100,
+        retry_after_seconds=2,
+    )
     section = settings.ingestion.model_copy(update={**base, **changes})
     return settings.model_copy(update={"ingestion": section})
 
@@ -76,8 +82,16 @@ def event(**overrides: Any) -> dict[str, Any]:
     body = {
         "event": {"type": "page_view"},
         "user": {"id": "u-1"},
-        "device": {"user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64)", "screen_width": 1920, "screen_height": 1080},
-        "context": {"url": "https://shop.example/", "referrer": None, "session_id": f"s-{uuid.uuid4().hex[:8]}"},
+        "device": {
+            "user_agent": "Mozilla/5.0 (Windows NT 10.0; Win64; x64)",
+            "screen_width": 1920,
+            "screen_height": 1080,
+        },
+        "context": {
+            "url": "https://shop.example/",
+            "referrer": None,
+            "session_id": f"s-{uuid.uuid4().hex[:8]}",
+        },
         "properties": {"plan": "pro", "items": 2, "price": 9.5, "new": True},
         "metrics": {"load_time": 120.5},
         "timestamp": int(time.time() * 1000),
@@ -86,10 +100,18 @@ def event(**overrides: Any) -> dict[str, Any]:
     return body
 
 
-def read_events(bootstrap: str, wanted: Callable[[dict], bool], count: int, timeout_s: float = 20) -> list[dict]:
+def read_events(
+    bootstrap: str, wanted: Callable[[dict], bool], count: int, timeout_s: float = 20
+) -> list[dict]:
     """Records of the events topic (from the beginning) that satisfy wanted, with key/headers/partition, until count found."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ingestion-test-{uuid.uuid4().hex}",
-                        "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"ingestion-test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([EVENTS.name])
     found: list[dict] = []
     deadline = time.monotonic() + timeout_s
@@ -100,7 +122,14 @@ def read_events(bootstrap: str, wanted: Callable[[dict], bool], count: int, time
                 continue
             value = orjson.loads(msg.value())
             if event_id(value) is not None and wanted(value):
-                found.append({"key": msg.key(), "value": value, "headers": dict(msg.headers() or []), "partition": msg.partition()})
+                found.append(
+                    {
+                        "key": msg.key(),
+                        "value": value,
+                        "headers": dict(msg.headers() or []),
+                        "partition": msg.partition(),
+                    }
+                )
     finally:
         consumer.close()
     return found

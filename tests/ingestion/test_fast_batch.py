@@ -14,7 +14,8 @@ from typing import Annotated, Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
@@ -25,23 +26,94 @@ from shared.events import HEARTBEAT_TYPE, TRACK_EVENT, TrackEvent
 FULL = {
     "event": {"type": "purchase", "id": "evt-1"},
     "user": {"id": "u-1"},
-    "device": {"user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X)", "screen_width": 390, "screen_height": 844},
-    "context": {"url": "https://shop.example/checkout", "referrer": None, "ip_address": "203.0.113.9", "session_id": "s-1"},
+    "device": {
+        "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_5 like Mac OS X)",
+        "screen_width": 390,
+        "screen_height": 844,
+    },
+    "context": {
+        "url": "https://shop.example/checkout",
+        "referrer": None,
+        "ip_address": "203.0.113.9",
+        "session_id": "s-1",
+    },
     "properties": {"revenue": 42.5, "items": 2, "gift": False, "coupon": "SPRING"},
     "metrics": {"load_time": 812.0, "interaction_time": 35},
     "timestamp": 1_764_000_000_000,
 }
-MINIMAL = {"event": {"type": "page_view"}, "user": {"id": "u-2"},
-           "device": {"user_agent": "", "screen_width": 0, "screen_height": 0}, "context": {"url": "", "session_id": "s-2"}}
-PATHS = [(), ("event",), ("event", "type"), ("event", "id"), ("user",), ("user", "id"), ("device",), ("device", "user_agent"),
-         ("device", "screen_width"), ("device", "screen_height"), ("context",), ("context", "url"), ("context", "referrer"),
-         ("context", "ip_address"), ("context", "session_id"), ("properties",), ("properties", "revenue"), ("properties", "k"),
-         ("metrics",), ("metrics", "load_time"), ("metrics", "interaction_time"), ("timestamp",), ("extra",), ("device", "extra"),
-         ("received_at",)]
+MINIMAL = {
+    "event": {"type": "page_view"},
+    "user": {"id": "u-2"},
+    "device": {"user_agent": "", "screen_width": 0, "screen_height": 0},
+    "context": {"url": "", "session_id": "s-2"},
+}
+PATHS = [
+    (),
+    ("event",),
+    ("event", "type"),
+    ("event", "id"),
+    ("user",),
+    ("user", "id"),
+    ("device",),
+    ("device", "user_agent"),
+    ("device", "screen_width"),
+    ("device", "screen_height"),
+    ("context",),
+    ("context", "url"),
+    ("context", "referrer"),
+    ("context", "ip_address"),
+    ("context", "session_id"),
+    ("properties",),
+    ("properties", "revenue"),
+    ("properties", "k"),
+    ("metrics",),
+    ("metrics", "load_time"),
+    ("metrics", "interaction_time"),
+    ("timestamp",),
+    ("extra",),
+    ("device", "extra"),
+    ("received_at",),
+]
 OUT_OF_RANGE = "__1e400__"  # replaced by the raw JSON number 1e400 (a float Python cannot hold)
-TRICKY = [None, True, False, 0, -1, 5, 5.0, 5.5, -0.0, 1e308, OUT_OF_RANGE, 2**63, 2**63 - 1, -(2**63) - 1, 100_001, "", "x",
-          "5", "true", HEARTBEAT_TYPE, "a" * 64, "a" * 65, "a" * 128, "a" * 129, "a" * 257, "é" * 128, "\ud800", "\x00",
-          [], [1], {}, {"k": "v"}, {"k": None}, {"k": [1]}, {"k": 2**64}, {"type": "x"}, {"id": "y"}]
+TRICKY = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    5,
+    5.0,
+    5.5,
+    -0.0,
+    1e308,
+    OUT_OF_RANGE,
+    2**63,
+    2**63 - 1,
+    -(2**63) - 1,
+    100_001,
+    "",
+    "x",
+    "5",
+    "true",
+    HEARTBEAT_TYPE,
+    "a" * 64,
+    "a" * 65,
+    "a" * 128,
+    "a" * 129,
+    "a" * 257,
+    "é" * 128,
+    "\ud800",
+    "\x00",
+    [],
+    [1],
+    {},
+    {"k": "v"},
+    {"k": None},
+    {"k": [1]},
+    {"k": 2**64},
+    {"type": "x"},
+    {"id": "y"},
+]
 DELETE = object()
 POLICY = SkewPolicy(max_past_ms=10**15, max_future_ms=10**15)
 
@@ -89,7 +161,9 @@ def wire(records: list[Record]) -> list[tuple[bytes, Any, bytes]]:
         value = orjson.loads(record.value)
         if value["event"]["id"] == record.id and _is_uuid7(record.id):
             value["event"]["id"] = "assigned"
-        out.append((record.key, record.headers, orjson.dumps(value, option=orjson.OPT_SORT_KEYS)))  # 5 != 5.0 here
+        out.append(
+            (record.key, record.headers, orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+        )  # 5 != 5.0 here
     return out
 
 
@@ -103,11 +177,15 @@ def _is_uuid7(text: str) -> bool:
 def both_paths(body: bytes, policy: SkewPolicy = POLICY) -> tuple[list | None, list | None]:
     fast = fast_batch.records(body, 100, RECEIVED, policy)
     reference = pydantic_path(body)
-    return (None if fast is None else wire(fast),
-            None if reference is None else wire([to_record(e, RECEIVED, policy) for e in reference]))
+    return (
+        None if fast is None else wire(fast),
+        None if reference is None else wire([to_record(e, RECEIVED, policy) for e in reference]),
+    )
 
 
-mutations = st.lists(st.tuples(st.sampled_from(PATHS), st.sampled_from([DELETE, *TRICKY])), min_size=1, max_size=3)
+mutations = st.lists(
+    st.tuples(st.sampled_from(PATHS), st.sampled_from([DELETE, *TRICKY])), min_size=1, max_size=3
+)
 
 
 def single_paths(body: bytes) -> tuple[list | None, list | None]:
@@ -117,8 +195,10 @@ def single_paths(body: bytes) -> tuple[list | None, list | None]:
         reference = TRACK_EVENT.validate_json(body)
     except ValidationError:
         reference = None
-    return (None if fast is None else wire([fast]),
-            None if reference is None else wire([to_record(reference, RECEIVED, POLICY)]))
+    return (
+        None if fast is None else wire([fast]),
+        None if reference is None else wire([to_record(reference, RECEIVED, POLICY)]),
+    )
 
 
 @settings(max_examples=600, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -132,10 +212,12 @@ def test_fast_path_never_accepts_what_pydantic_refuses_nor_changes_a_value(base,
     if fast is not None:
         assert reference is not None, f"fast path accepted a batch pydantic refuses: {body[-500:]!r}"
         assert fast == reference
-    single = body_of(event)[len(b'{"events": '):-1]
+    single = body_of(event)[len(b'{"events": ') : -1]
     fast_single, reference_single = single_paths(single)
     if fast_single is not None:
-        assert reference_single is not None, f"fast path accepted an event pydantic refuses: {single[-500:]!r}"
+        assert reference_single is not None, (
+            f"fast path accepted an event pydantic refuses: {single[-500:]!r}"
+        )
         assert fast_single == reference_single
 
 
@@ -161,8 +243,15 @@ def test_a_single_valid_event_takes_the_fast_path_with_the_record_pydantic_gives
     assert fast == reference
 
 
-@pytest.mark.parametrize("body", [orjson.dumps(mutate(FULL, ("event", "type"), HEARTBEAT_TYPE)),
-                                  orjson.dumps(mutate(FULL, ("device", "screen_width"), 390.0)), orjson.dumps([FULL]), b"{"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        orjson.dumps(mutate(FULL, ("event", "type"), HEARTBEAT_TYPE)),
+        orjson.dumps(mutate(FULL, ("device", "screen_width"), 390.0)),
+        orjson.dumps([FULL]),
+        b"{",
+    ],
+)
 def test_single_events_the_fast_path_leaves_to_pydantic(body):
     assert fast_batch.record(body, RECEIVED, POLICY) is None
 
@@ -171,14 +260,23 @@ def test_a_bare_array_is_a_batch_too():
     assert fast_batch.decode(orjson.dumps([FULL, MINIMAL]), max_events=100) is not None
 
 
-@pytest.mark.parametrize("body", [
-    body_of([]),                                                   # empty: the pydantic path names the error
-    body_of([FULL] * 101),                                         # over the limit: 413 from the pydantic path
-    body_of([FULL, mutate(FULL, ("event", "type"), HEARTBEAT_TYPE)]),  # reserved type, named by pydantic
-    body_of([mutate(FULL, ("device", "screen_width"), 390.0)]),    # valid for pydantic, refused here: still accepted there
-    b'{"events": [',
-    b'{"events": [' + b'{"a": ' * 10_000 + b"1" + b"}" * 10_000 + b"]}",  # msgspec raises RecursionError here
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        body_of([]),  # empty: the pydantic path names the error
+        body_of([FULL] * 101),  # over the limit: 413 from the pydantic path
+        body_of([FULL, mutate(FULL, ("event", "type"), HEARTBEAT_TYPE)]),  # reserved type, named by pydantic
+        body_of(
+            [mutate(FULL, ("device", "screen_width"), 390.0)]
+        ),  # valid for pydantic, refused here: still accepted there
+        b'{"events": [',
+        b'{"events": ['
+        + b'{"a": ' * 10_000
+        + b"1"
+        + b"}" * 10_000
+        + b"]}",  # msgspec raises RecursionError here
+    ],
+)
 def test_batches_the_fast_path_leaves_to_pydantic(body):
     assert fast_batch.decode(body, max_events=100) is None
 

@@ -24,8 +24,11 @@ def test_no_202_while_the_broker_is_stopped(client, harness, kafka):
     broker = harness.stack.component("kafka")
     broker.stop()
     try:
-        for path, body in [("/v1/analytics/track", event()), ("/v1/analytics/batch", {"events": [event(), event()]}),
-                           ("/v1/analytics/track", event())]:
+        for path, body in [
+            ("/v1/analytics/track", event()),
+            ("/v1/analytics/batch", {"events": [event(), event()]}),
+            ("/v1/analytics/track", event()),
+        ]:
             status, elapsed, headers = post_timed(client, path, body)
             assert status == 503
             assert headers["Retry-After"] == "2"

@@ -37,7 +37,9 @@ def test_accepted_event_is_in_kafka_with_id_key_and_receive_time(client, kafka):
 def test_client_id_is_kept_and_skewed_timestamp_replaced_and_flagged(client, kafka):
     client_id = f"client-{uuid.uuid4()}"
     future = int(time.time() * 1000) + 3_600_000
-    r = client.post("/v1/analytics/track", json=event(event={"type": "click", "id": client_id}, timestamp=future))
+    r = client.post(
+        "/v1/analytics/track", json=event(event={"type": "click", "id": client_id}, timestamp=future)
+    )
     assert r.status_code == 202, r.text
     assert r.json() == {"status": "accepted", "id": client_id, "timestamp_adjusted": True}
     [rec] = read_events(kafka, with_ids({client_id}), 1)
@@ -54,7 +56,13 @@ def test_batch_with_mixed_items_stores_exactly_the_good_ones(client, kafka):
     assert r.status_code == 202, r.text
     body = r.json()
     assert (body["accepted"], body["rejected"], body["failed"]) == (3, 2, 0)
-    assert [x["status"] for x in body["results"]] == ["accepted", "rejected", "accepted", "rejected", "accepted"]
+    assert [x["status"] for x in body["results"]] == [
+        "accepted",
+        "rejected",
+        "accepted",
+        "rejected",
+        "accepted",
+    ]
     assert body["results"][1]["field"] == "user.id"
     assert body["results"][3]["field"].startswith("properties.nested")
 
@@ -65,12 +73,17 @@ def test_batch_with_mixed_items_stores_exactly_the_good_ones(client, kafka):
 def test_a_sessions_events_share_one_partition_whichever_produce_call_wrote_them(client, kafka):
     """Batches go through produce_batch(), records with a header (skewed timestamp) through produce(): same partitioner."""
     sessions = [f"partition-test-session-{i}" for i in range(12)]
-    batch = [event(context={"url": "https://shop.example/", "session_id": s}) for s in sessions for _ in range(3)]
+    batch = [
+        event(context={"url": "https://shop.example/", "session_id": s}) for s in sessions for _ in range(3)
+    ]
     r = client.post("/v1/analytics/batch", json={"events": batch})
     assert r.status_code == 202, r.text
     ids = {x["id"] for x in r.json()["results"]}
     for s in sessions:
-        skewed = client.post("/v1/analytics/track", json=event(context={"url": "https://shop.example/", "session_id": s}, timestamp=1))
+        skewed = client.post(
+            "/v1/analytics/track",
+            json=event(context={"url": "https://shop.example/", "session_id": s}, timestamp=1),
+        )
         assert skewed.status_code == 202 and skewed.json()["timestamp_adjusted"], skewed.text
         ids.add(skewed.json()["id"])
 
@@ -83,13 +96,16 @@ def test_a_sessions_events_share_one_partition_whichever_produce_call_wrote_them
     assert len(set.union(*partitions.values())) > 1, "12 sessions should spread over the 4 partitions"
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"user": {"id": "u"}}, "event"),
-    ("CHANGE:user.id", "user.id"),
-    ("CHANGE:device.screen_width", "device.screen_width"),
-    ("CHANGE:context.session_id", "context.session_id"),
-    ("CHANGE:timestamp", "timestamp"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"user": {"id": "u"}}, "event"),
+        ("CHANGE:user.id", "user.id"),
+        ("CHANGE:device.screen_width", "device.screen_width"),
+        ("CHANGE:context.session_id", "context.session_id"),
+        ("CHANGE:timestamp", "timestamp"),
+    ],
+)
 def test_invalid_event_gets_400_naming_the_field(client, body, field):
     if isinstance(body, str):
         body = event()
@@ -128,7 +144,9 @@ def test_oversized_bodies_get_413(client):
     r = client.post("/v1/analytics/track", json=big)
     assert refused_at(r) == (413, ["body"]) and problem(r)["type"] == "too_large"
     # no Content-Length: the streamed size is checked too
-    r = client.post("/v1/analytics/track", content=iter([orjson.dumps(big)]), headers={"Content-Type": "application/json"})
+    r = client.post(
+        "/v1/analytics/track", content=iter([orjson.dumps(big)]), headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 413
     r = client.post("/v1/analytics/batch", json={"events": [event()] * 101})
     assert refused_at(r) == (413, ["body", "events"])
@@ -136,34 +154,53 @@ def test_oversized_bodies_get_413(client):
 
 def test_gzip_body_accepted_and_gzip_bomb_refused(client, kafka):
     body = event()
-    r = client.post("/v1/analytics/track", content=gzip.compress(orjson.dumps(body)),
-                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    r = client.post(
+        "/v1/analytics/track",
+        content=gzip.compress(orjson.dumps(body)),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert r.status_code == 202, r.text
     assert read_events(kafka, with_ids({r.json()["id"]}), 1)
 
     bomb = gzip.compress(b"[" + b" " * 5_000_000 + b"]")  # ~5 KB on the wire, 5 MB inflated
-    r = client.post("/v1/analytics/batch", content=bomb, headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    r = client.post(
+        "/v1/analytics/batch",
+        content=bomb,
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
     assert r.status_code == 413, r.text
     r = client.post("/v1/analytics/track", content=b"not gzip", headers={"Content-Encoding": "gzip"})
     assert refused_at(r) == (400, ["header", "Content-Encoding"])
 
 
 def test_text_plain_beacon_body_is_accepted(client, kafka):
-    r = client.post("/v1/analytics/track", content=orjson.dumps(event()), headers={"Content-Type": "text/plain;charset=UTF-8"})
+    r = client.post(
+        "/v1/analytics/track",
+        content=orjson.dumps(event()),
+        headers={"Content-Type": "text/plain;charset=UTF-8"},
+    )
     assert r.status_code == 202, r.text
     r = client.post("/v1/analytics/track", content=b"<xml/>", headers={"Content-Type": "application/xml"})
     assert refused_at(r) == (415, ["header", "Content-Type"]) and problem(r)["type"] == "unsupported"
 
 
 def test_cors_preflight_allows_configured_origin_only(client):
-    allowed = client.options("/v1/analytics/track", headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"})
+    allowed = client.options(
+        "/v1/analytics/track",
+        headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST"},
+    )
     assert allowed.headers.get("access-control-allow-origin") == "https://shop.example"
-    other = client.options("/v1/analytics/track", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    other = client.options(
+        "/v1/analytics/track",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     assert "access-control-allow-origin" not in other.headers
 
 
 def test_heartbeats_reach_every_partition(kafka, ingestion):
     since = int(time.time() * 1000)
-    beats = read_events(kafka, lambda v: v["event"]["type"] == "__heartbeat" and v["timestamp"] >= since, 8, timeout_s=15)
+    beats = read_events(
+        kafka, lambda v: v["event"]["type"] == "__heartbeat" and v["timestamp"] >= since, 8, timeout_s=15
+    )
     assert {b["partition"] for b in beats} == {0, 1, 2, 3}
     assert all(b["value"]["timestamp"] == b["value"]["received_at"] for b in beats)

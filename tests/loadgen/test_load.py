@@ -7,20 +7,20 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import orjson
 import pytest
 from confluent_kafka import Consumer
 
+from infrastructure.local.isolated import free_ports
 from infrastructure.local.stack import Service, settings_env
 from services.loadgen.manifest import read_manifest, summary
 from shared.events import HEARTBEAT_TYPE
 from shared.settings import Settings
 from tests.ingestion.conftest import event_id
 from tests.topics import EVENTS
-from infrastructure.local.isolated import free_ports
 
 pytestmark = pytest.mark.kafka
 WRITE_KEY = "loadgen-test-key-91c2"
@@ -30,7 +30,9 @@ RTAP = Path(sys.executable).with_name("rtap")
 @pytest.fixture(scope="module")
 def ingestion(settings: Settings, kafka: str, tmp_path_factory) -> Iterator[Settings]:
     section = settings.ingestion.model_copy(update={"port": free_ports(1)[0], "write_keys": [WRITE_KEY]})
-    own = settings.model_copy(update={"ingestion": section, "state_dir": tmp_path_factory.mktemp("loadgen-ingestion")})
+    own = settings.model_copy(
+        update={"ingestion": section, "state_dir": tmp_path_factory.mktemp("loadgen-ingestion")}
+    )
     svc = Service(own, "ingestion")
     svc.start()
     yield own
@@ -44,8 +46,14 @@ def rtap_load(settings: Settings, *args: str) -> subprocess.CompletedProcess:
 
 def event_ids_in_topic(bootstrap: str, wanted: set[str], timeout_s: float = 60) -> dict[str, int]:
     """How often each wanted id appears in the events topic (heartbeats ignored), read until all are seen."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"loadgen-test-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"loadgen-test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([EVENTS.name])
     seen: dict[str, int] = {}
     deadline = time.monotonic() + timeout_s
@@ -65,8 +73,23 @@ def event_ids_in_topic(bootstrap: str, wanted: set[str], timeout_s: float = 60) 
 
 def test_every_accepted_event_of_the_manifest_is_in_kafka(ingestion: Settings, kafka: str, tmp_path):
     manifest = tmp_path / "manifest.jsonl"
-    result = rtap_load(ingestion, "--events", "500", "--processes", "2", "--duplicate-fraction", "0.05", "--batch-size", "50",
-                       "--rate", "1000", "--seed", str(uuid.uuid4().int % 2**31), "--manifest", str(manifest))
+    result = rtap_load(
+        ingestion,
+        "--events",
+        "500",
+        "--processes",
+        "2",
+        "--duplicate-fraction",
+        "0.05",
+        "--batch-size",
+        "50",
+        "--rate",
+        "1000",
+        "--seed",
+        str(uuid.uuid4().int % 2**31),
+        "--manifest",
+        str(manifest),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     entries = read_manifest(manifest)
     counts = summary(entries)
@@ -81,8 +104,19 @@ def test_every_accepted_event_of_the_manifest_is_in_kafka(ingestion: Settings, k
 
 def test_not_accepted_events_are_listed_as_such(ingestion: Settings, tmp_path):
     manifest = tmp_path / "rejected.jsonl"
-    result = rtap_load(ingestion, "--events", "20", "--batch-size", "10", "--seed", "5", "--manifest", str(manifest),
-                       "--write-key", "wrong-key")
+    result = rtap_load(
+        ingestion,
+        "--events",
+        "20",
+        "--batch-size",
+        "10",
+        "--seed",
+        "5",
+        "--manifest",
+        str(manifest),
+        "--write-key",
+        "wrong-key",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     entries = read_manifest(manifest)
     assert len(entries) == 20

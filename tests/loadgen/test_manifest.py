@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from services.loadgen.manifest import (
-    entry_for, event_metrics, performance_metrics, percentile, read_manifest, record_send, session_metrics, summary,
+    entry_for,
+    event_metrics,
+    percentile,
+    performance_metrics,
+    read_manifest,
+    record_send,
+    session_metrics,
+    summary,
     window_start,
     write_manifest,
 )
@@ -16,11 +23,35 @@ W = 10_000  # window size, ms
 T0 = 1_700_000_000_000  # a multiple of W
 
 
-def entry(id: str, type: str = "page_view", user: str = "u1", ts: int = T0, device: str = "desktop",
-          load: float | None = None, interaction: float | None = None, accepted: bool = True, sends: int = 1) -> dict:
-    return {"id": id, "type": type, "user_id": user, "session_id": "s1", "timestamp": ts, "device_category": device,
-            "load_time": load, "interaction_time": interaction, "revenue": None, "late": False, "sends": sends,
-            "duplicate": sends > 1, "failed_sends": 0 if accepted else sends, "accepted": accepted, "status": 202 if accepted else 503, "timestamp_adjusted": False}
+def entry(
+    id: str,
+    type: str = "page_view",
+    user: str = "u1",
+    ts: int = T0,
+    device: str = "desktop",
+    load: float | None = None,
+    interaction: float | None = None,
+    accepted: bool = True,
+    sends: int = 1,
+) -> dict:
+    return {
+        "id": id,
+        "type": type,
+        "user_id": user,
+        "session_id": "s1",
+        "timestamp": ts,
+        "device_category": device,
+        "load_time": load,
+        "interaction_time": interaction,
+        "revenue": None,
+        "late": False,
+        "sends": sends,
+        "duplicate": sends > 1,
+        "failed_sends": 0 if accepted else sends,
+        "accepted": accepted,
+        "status": 202 if accepted else 503,
+        "timestamp_adjusted": False,
+    }
 
 
 MANIFEST = [
@@ -87,7 +118,10 @@ def test_session_metrics_split_at_the_gap_and_sum_revenue():
         {**entry("s1", user="u1", ts=T0), "session_id": "A"},
         {**entry("s2", type="add_to_cart", user="u1", ts=T0 + 2_999), "session_id": "A"},
         {**entry("s3", type="purchase", user="u1", ts=T0 + 4_000), "session_id": "A", "revenue": 25.5},
-        {**entry("s4", user="u1", ts=T0 + 7_000), "session_id": "A"},  # exactly gap after the previous: a new session
+        {
+            **entry("s4", user="u1", ts=T0 + 7_000),
+            "session_id": "A",
+        },  # exactly gap after the previous: a new session
         {**entry("s5", type="product_view", user="u2", ts=T0 + 1, device="tablet"), "session_id": "B"},
         {**entry("s6", user="u2", ts=T0 + 2, device="tablet", accepted=False), "session_id": "B"},
     ]
@@ -97,5 +131,14 @@ def test_session_metrics_split_at_the_gap_and_sum_revenue():
     assert (first["events"], first["page_views"], first["cart_adds"], first["purchases"]) == (3, 1, 1, 1)
     assert (first["duration_ms"], first["window_end"], first["revenue"]) == (4_000, T0 + 7_000, 25.5)
     assert sessions[(T0 + 1, "B")] == {
-        "window_end": T0 + 3_001, "user_id": "u2", "device_category": "tablet", "duration_ms": 0, "page_views": 0,
-        "events": 1, "products_viewed": 1, "cart_adds": 0, "purchases": 0, "revenue": 0}
+        "window_end": T0 + 3_001,
+        "user_id": "u2",
+        "device_category": "tablet",
+        "duration_ms": 0,
+        "page_views": 0,
+        "events": 1,
+        "products_viewed": 1,
+        "cart_adds": 0,
+        "purchases": 0,
+        "revenue": 0,
+    }

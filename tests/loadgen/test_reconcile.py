@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from services.loadgen.reconcile import reconcile_run
 from services.processing.registry import load_schemas
@@ -30,7 +31,9 @@ class StuckLayers:
             def read() -> dict:
                 self.reads[f"{schema.name}/{layer}"] += 1
                 return {}
+
             return read
+
         return {layer: reader(layer) for layer in ("kafka", "clickhouse", "cache")}
 
     def explain_late(self) -> list[str]:

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from services.loadgen.agents import AGENTS, CATEGORY_BY_AGENT, expected_category
-from services.loadgen.sender import item_outcomes, plan_batches, worker_plans, LoadConfig
+from services.loadgen.sender import LoadConfig, item_outcomes, plan_batches, worker_plans
 from services.loadgen.traffic import EVENT_TYPES, LOAD_MEDIAN_MS, Traffic, TrafficSpec
 from services.processing.device import load_rules
 from shared.events import TRACK_EVENTS
@@ -27,8 +27,11 @@ def pipeline_category(ua: str, width: int, height: int) -> str:
     rules, ua, short = load_rules(), ua.lower(), min(width, height)
     if any(m in ua for m in rules.bot):
         return "bot"
-    if (any(m in ua for m in rules.tablet) or any(re.search(p, ua) for _, p in rules.tablet_models)
-            or ("android" in ua and "mobile" not in ua)):
+    if (
+        any(m in ua for m in rules.tablet)
+        or any(re.search(p, ua) for _, p in rules.tablet_models)
+        or ("android" in ua and "mobile" not in ua)
+    ):
         return "tablet"
     if any(m in ua for m in rules.phone):
         return "tablet" if short >= rules.tablet_min_side else "mobile"
@@ -81,7 +84,9 @@ def test_load_time_has_a_long_tail_and_phones_load_slower_than_desktops():
     by_category: dict[str, list[float]] = {}
     for e in events(20_000):
         if e["metrics"]["load_time"] is not None:
-            category = expected_category(e["device"]["user_agent"], e["device"]["screen_width"], e["device"]["screen_height"])
+            category = expected_category(
+                e["device"]["user_agent"], e["device"]["screen_width"], e["device"]["screen_height"]
+            )
             by_category.setdefault(category, []).append(e["metrics"]["load_time"])
     desktop, mobile = by_category["desktop"], by_category["mobile"]
     assert statistics.median(desktop) == pytest.approx(LOAD_MEDIAN_MS["desktop"], rel=0.15)
@@ -124,7 +129,9 @@ def test_agent_table_has_every_category_and_agrees_with_the_pipeline_classifier(
 
 def test_category_mix_is_mostly_phones_with_some_bots():
     users = {e["user"]["id"]: e["device"] for e in events(20_000)}
-    mix = Counter(expected_category(d["user_agent"], d["screen_width"], d["screen_height"]) for d in users.values())
+    mix = Counter(
+        expected_category(d["user_agent"], d["screen_width"], d["screen_height"]) for d in users.values()
+    )
     total = sum(mix.values())
     assert mix["mobile"] / total == pytest.approx(0.55, abs=0.08)
     assert 0 < mix["bot"] < mix["tablet"] + mix["bot"] < mix["desktop"]
@@ -147,17 +154,35 @@ def test_duplicates_repeat_only_ids_of_earlier_batches():
 
 
 def test_item_outcomes_from_per_item_results_and_from_bodiless_errors():
-    body = {"results": [{"index": 0, "status": "accepted", "timestamp_adjusted": True},
-                        {"index": 1, "status": "rejected"}, {"index": 2, "status": "failed"}]}
+    body = {
+        "results": [
+            {"index": 0, "status": "accepted", "timestamp_adjusted": True},
+            {"index": 1, "status": "rejected"},
+            {"index": 2, "status": "failed"},
+        ]
+    }
     ok, bad, failed = item_outcomes(202, body, 3)
-    assert (ok.accepted, ok.adjusted, bad.accepted, bad.retryable, failed.retryable) == (True, True, False, False, True)
+    assert (ok.accepted, ok.adjusted, bad.accepted, bad.retryable, failed.retryable) == (
+        True,
+        True,
+        False,
+        False,
+        True,
+    )
     assert all(not o.accepted and not o.retryable for o in item_outcomes(401, {"error": "x"}, 2))
     assert all(o.retryable for o in item_outcomes(0, None, 2))
 
 
 def test_worker_plans_split_events_and_rate_exactly(tmp_path):
-    config = LoadConfig(url="http://127.0.0.1:1", events=1_001, rate=300, processes=3, batch_size=10, seed=1,
-                        manifest=tmp_path / "m.jsonl")
+    config = LoadConfig(
+        url="http://127.0.0.1:1",
+        events=1_001,
+        rate=300,
+        processes=3,
+        batch_size=10,
+        seed=1,
+        manifest=tmp_path / "m.jsonl",
+    )
     plans = worker_plans(config, START)
     assert sum(p.events for p in plans) == 1_001
     assert [p.spec.worker for p in plans] == [0, 1, 2]

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -38,13 +38,22 @@ def pipeline_settings(settings: Settings) -> Settings:
     run = uuid.uuid4().hex[:8]
     changes = {
         "ingestion": settings.ingestion.model_copy(update={"heartbeat_interval_ms": 500}),
-        "processing": settings.processing.model_copy(update={
-            "job_name": f"rtap-monitoring-{run}", "consumer_group": f"processing-{run}",
-            "parallelism": 1, "checkpoint_interval_ms": 2_000, "watch_interval_seconds": 1.0,
-            "session_gap_seconds": 3}),
-        "storage": settings.storage.model_copy(update={
-            "batch_seconds": 0.2, "consumer_group": f"storage-{run}", "session_timeout_ms": 6_000}),
-        "cache": settings.cache.model_copy(update={"consumer_group": f"cache-{run}", "session_timeout_ms": 6_000}),
+        "processing": settings.processing.model_copy(
+            update={
+                "job_name": f"rtap-monitoring-{run}",
+                "consumer_group": f"processing-{run}",
+                "parallelism": 1,
+                "checkpoint_interval_ms": 2_000,
+                "watch_interval_seconds": 1.0,
+                "session_gap_seconds": 3,
+            }
+        ),
+        "storage": settings.storage.model_copy(
+            update={"batch_seconds": 0.2, "consumer_group": f"storage-{run}", "session_timeout_ms": 6_000}
+        ),
+        "cache": settings.cache.model_copy(
+            update={"consumer_group": f"cache-{run}", "session_timeout_ms": 6_000}
+        ),
     }
     return settings.model_copy(update=changes)
 

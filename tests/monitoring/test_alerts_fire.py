@@ -17,9 +17,9 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import httpx
 import orjson
@@ -28,9 +28,9 @@ import yaml
 from confluent_kafka import Producer
 
 from infrastructure.local.components import MONITORING_DIR, Prometheus
+from infrastructure.local.isolated import Harness, free_ports, isolated_settings
 from services.processing.registry import load_schemas
 from shared.settings import Settings
-from infrastructure.local.isolated import Harness, free_ports, isolated_settings
 from tests.monitoring.test_live_pipeline import events
 from tests.topics import TOPICS
 
@@ -85,8 +85,12 @@ class FaultStack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[FaultStack]:
     flink = free_ports(2)  # no Flink here; keeps this Prometheus off the session's Flink reporters
-    settings = isolated_settings(tmp_path_factory.mktemp("alerts") / "state", RTAP_INGESTION__PRODUCE_TIMEOUT_MS="1500",
-                                 RTAP_FLINK__JOBMANAGER_METRICS_PORT=str(flink[0]), RTAP_FLINK__TASKMANAGER_METRICS_PORT=str(flink[1]))
+    settings = isolated_settings(
+        tmp_path_factory.mktemp("alerts") / "state",
+        RTAP_INGESTION__PRODUCE_TIMEOUT_MS="1500",
+        RTAP_FLINK__JOBMANAGER_METRICS_PORT=str(flink[0]),
+        RTAP_FLINK__TASKMANAGER_METRICS_PORT=str(flink[1]),
+    )
     harness = Harness(settings)
     prometheus = AlertTestPrometheus(settings)
     try:
@@ -100,18 +104,29 @@ def stack(tmp_path_factory) -> Iterator[FaultStack]:
 
 def alerts(prometheus: str, alertname: str, state: str = "firing") -> list[dict]:
     body = httpx.get(f"{prometheus}/api/v1/alerts", timeout=5).json()
-    return [a for a in body["data"]["alerts"] if a["labels"]["alertname"] == alertname and a["state"] == state]
+    return [
+        a for a in body["data"]["alerts"] if a["labels"]["alertname"] == alertname and a["state"] == state
+    ]
 
 
 def query(prometheus: str, expr: str) -> list[dict]:
     return httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5).json()["data"]["result"]
 
 
-def until_firing(prometheus: str, alertname: str, provoke: Callable[[], None] = lambda: None,
-                 labels: dict[str, str] | None = None) -> float:
+def until_firing(
+    prometheus: str,
+    alertname: str,
+    provoke: Callable[[], None] = lambda: None,
+    labels: dict[str, str] | None = None,
+) -> float:
     """Seconds until the alert fires (with these labels), calling provoke() about once a second meanwhile."""
+
     def found() -> list[dict]:
-        return [a for a in alerts(prometheus, alertname) if labels is None or labels.items() <= a["labels"].items()]
+        return [
+            a
+            for a in alerts(prometheus, alertname)
+            if labels is None or labels.items() <= a["labels"].items()
+        ]
 
     assert not found(), f"{alertname} was firing before the test provoked it: {found()}"
     started = time.monotonic()
@@ -145,20 +160,29 @@ def background(action: Callable[[], None], interval: float) -> Iterator[None]:
 
 
 def test_rules_differ_from_production_only_in_for(stack):
-    production = alert_rules(yaml.safe_load((MONITORING_DIR / "prometheus" / "rules" / "rtap.yml").read_text()))
+    production = alert_rules(
+        yaml.safe_load((MONITORING_DIR / "prometheus" / "rules" / "rtap.yml").read_text())
+    )
     loaded_file = stack.settings.state_path / "prometheus" / "rules" / "rtap.yml"
     loaded = alert_rules(yaml.safe_load(loaded_file.read_text()))
     without_for = [{k: v for k, v in rule.items() if k != "for"} for rule in production]
     assert [{k: v for k, v in rule.items() if k != "for"} for rule in loaded] == without_for
-    served = {rule["name"]: rule["duration"] for group in httpx.get(f"{stack.prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
-              for rule in group["rules"] if rule["type"] == "alerting"}
+    served = {
+        rule["name"]: rule["duration"]
+        for group in httpx.get(f"{stack.prometheus}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        for rule in group["rules"]
+        if rule["type"] == "alerting"
+    }
     assert served == {rule["alert"]: FOR_SECONDS if "for" in rule else 0 for rule in production}
 
 
 def test_no_windows_emitted_fires_while_events_arrive_and_no_flink_job_runs(stack):
     """The stack has no Flink job: ingestion accepts events, no record reaches a *_metrics topic."""
+
     def send_events() -> None:
-        response = httpx.post(f"{stack.url('ingestion')}/v1/analytics/batch", json={"events": events(5)}, timeout=10)
+        response = httpx.post(
+            f"{stack.url('ingestion')}/v1/analytics/batch", json={"events": events(5)}, timeout=10
+        )
         assert response.status_code == 202, response.text
 
     until_firing(stack.prometheus, "NoWindowsEmitted", send_events)
@@ -166,10 +190,15 @@ def test_no_windows_emitted_fires_while_events_arrive_and_no_flink_job_runs(stac
 
 def test_timestamps_adjusted_fires_while_a_client_sends_future_timestamps(stack):
     """Events stamped an hour ahead: ingestion replaces every timestamp, far over 5% of the accepted events."""
+
     def send_future_events() -> None:
         future = [{**e, "timestamp": e["timestamp"] + 3_600_000} for e in events(5)]
-        response = httpx.post(f"{stack.url('ingestion')}/v1/analytics/batch", json={"events": future}, timeout=10)
-        assert response.status_code == 202 and all(r["timestamp_adjusted"] for r in response.json()["results"]), response.text
+        response = httpx.post(
+            f"{stack.url('ingestion')}/v1/analytics/batch", json={"events": future}, timeout=10
+        )
+        assert response.status_code == 202 and all(
+            r["timestamp_adjusted"] for r in response.json()["results"]
+        ), response.text
 
     until_firing(stack.prometheus, "TimestampsAdjusted", send_future_events)
 
@@ -180,8 +209,12 @@ def test_api_5xx_errors_fires_when_the_cache_loses_redis(stack):
     stack.stop("redis")
     statuses: list[int] = []
     try:
-        until_firing(stack.prometheus, "Api5xxErrors", lambda: statuses.append(httpx.get(latest, timeout=10).status_code),
-                     {"job": "cache"})
+        until_firing(
+            stack.prometheus,
+            "Api5xxErrors",
+            lambda: statuses.append(httpx.get(latest, timeout=10).status_code),
+            {"job": "cache"},
+        )
     finally:
         stack.start("redis")
     assert statuses and all(s >= 500 for s in statuses), statuses
@@ -189,8 +222,17 @@ def test_api_5xx_errors_fires_when_the_cache_loses_redis(stack):
 
 def metric_records(n: int) -> list[tuple[bytes, bytes]]:
     window = 4_102_444_800_000 + int(time.time() * 1000) // 10_000 * 10_000  # year 2100: never a real window
-    records = [{"window_start": window, "window_end": window + 10_000, "event_type": f"lag-{uuid.uuid4().hex[:8]}",
-                "device_category": "desktop", "events": 1, "unique_users": 1} for _ in range(n)]
+    records = [
+        {
+            "window_start": window,
+            "window_end": window + 10_000,
+            "event_type": f"lag-{uuid.uuid4().hex[:8]}",
+            "device_category": "desktop",
+            "events": 1,
+            "unique_users": 1,
+        }
+        for _ in range(n)
+    ]
     key = load_schemas()["event_metrics"].key
     return [(orjson.dumps({k: r[k] for k in key}), orjson.dumps(r)) for r in records]
 
@@ -214,8 +256,10 @@ def test_consumer_lag_growing_fires_while_the_cache_consumer_is_stuck_on_redis(s
         os.kill(redis_pid, signal.SIGCONT)
     # The consumer's own gauge is measured inside its blocked loop, so it stays where it was.
     own_lag = 'sum(rtap_consumer_lag_records{sink="cache"})'
-    print(f"broker-side lag {query(stack.prometheus, 'rtap:consumer_lag_records')}, "
-          f"consumer's own gauge {query(stack.prometheus, own_lag)}")
+    print(
+        f"broker-side lag {query(stack.prometheus, 'rtap:consumer_lag_records')}, "
+        f"consumer's own gauge {query(stack.prometheus, own_lag)}"
+    )
 
 
 def test_scrape_target_down_fires_when_a_service_stops(stack):
@@ -232,7 +276,11 @@ def test_kafka_produce_failures_fires_when_the_broker_is_down(stack):
     statuses: list[int] = []
 
     def send_event() -> None:
-        statuses.append(httpx.post(f"{stack.url('ingestion')}/v1/analytics/track", json=events(1)[0], timeout=15).status_code)
+        statuses.append(
+            httpx.post(
+                f"{stack.url('ingestion')}/v1/analytics/track", json=events(1)[0], timeout=15
+            ).status_code
+        )
 
     until_firing(stack.prometheus, "KafkaProduceFailures", send_event)
     assert statuses and all(s == 503 for s in statuses), statuses

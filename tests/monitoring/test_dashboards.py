@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.storage.tables import metric_table
 from services.processing.registry import load_schemas
+from services.storage.tables import metric_table
 
 GRAFANA_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "grafana"
 

@@ -23,7 +23,9 @@ def test_broker_exports_topic_metrics_and_produce_failures(kafka, settings):
 
 def test_prometheus_scrapes_the_broker(kafka, prometheus):
     def kafka_up() -> bool:
-        result = httpx.get(f"{prometheus}/api/v1/query", params={"query": 'up{job="kafka"}'}, timeout=5).json()
+        result = httpx.get(
+            f"{prometheus}/api/v1/query", params={"query": 'up{job="kafka"}'}, timeout=5
+        ).json()
         return any(sample["value"][1] == "1" for sample in result["data"]["result"])
 
     assert wait_until(kafka_up, 30, 1), "Prometheus has no successful scrape of job=kafka"

@@ -20,7 +20,7 @@ def metrics_section() -> str:
     text = OPERATIONS_DOC.read_text()
     start = text.index("## Metrics")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else None]
+    return text[start : end if end != -1 else None]
 
 
 def documented_names(service: str) -> set[str]:
@@ -35,8 +35,14 @@ def exported_names(url: str) -> set[str]:
     client's `<name>_created` timestamps of counters and histograms are not metrics of their own."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     families = {f.name: f.type for f in text_string_to_metric_families(text) if f.name.startswith("rtap_")}
-    created = {f"{name}_created" for name, kind in families.items() if kind in ("counter", "histogram", "summary")}
-    return {name + "_total" if kind == "counter" else name for name, kind in families.items() if name not in created}
+    created = {
+        f"{name}_created" for name, kind in families.items() if kind in ("counter", "histogram", "summary")
+    }
+    return {
+        name + "_total" if kind == "counter" else name
+        for name, kind in families.items()
+        if name not in created
+    }
 
 
 @pytest.mark.parametrize("service", SERVICES)
@@ -54,8 +60,16 @@ def test_http_requests_are_counted_by_route_template_not_by_path(pipeline):
     assert httpx.get(f"{cache}/no/such/path/{uuid.uuid4().hex}", timeout=10).status_code == 404
     assert httpx.request("PROPFIND", f"{cache}/v1/jobs", timeout=10).status_code == 405
     text = httpx.get(f"{cache}/metrics", timeout=10).text
-    counted = {(s.labels["route"], s.labels["method"], s.labels["status"])
-               for f in text_string_to_metric_families(text) if f.name == "rtap_http_requests"
-               for s in f.samples if s.name == "rtap_http_requests_total"}
-    assert {("/v1/jobs/{job}/latest", "GET", "200"), ("unmatched", "GET", "404"), ("/v1/jobs", "other", "405")} <= counted
+    counted = {
+        (s.labels["route"], s.labels["method"], s.labels["status"])
+        for f in text_string_to_metric_families(text)
+        if f.name == "rtap_http_requests"
+        for s in f.samples
+        if s.name == "rtap_http_requests_total"
+    }
+    assert {
+        ("/v1/jobs/{job}/latest", "GET", "200"),
+        ("unmatched", "GET", "404"),
+        ("/v1/jobs", "other", "405"),
+    } <= counted
     assert not [route for route, _, _ in counted if "no/such" in route]

@@ -12,13 +12,24 @@ import yaml
 from infrastructure.local.prometheus_config import local_targets, write_local_config
 
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "prometheus"
-ALERTS = {"ConsumerLagGrowing", "DeadLetterRecords", "NoWindowsEmitted", "Api5xxErrors", "KafkaProduceFailures",
-          "LateEventsDropped", "TimestampsAdjusted", "RedisMemoryNearLimit", "CacheWritesRefused"}
+ALERTS = {
+    "ConsumerLagGrowing",
+    "DeadLetterRecords",
+    "NoWindowsEmitted",
+    "Api5xxErrors",
+    "KafkaProduceFailures",
+    "LateEventsDropped",
+    "TimestampsAdjusted",
+    "RedisMemoryNearLimit",
+    "CacheWritesRefused",
+}
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> str:
     if not shutil.which("promtool"):
-        pytest.fail("promtool is missing: it comes with the Debian prometheus package that `rtap setup` installs")
+        pytest.fail(
+            "promtool is missing: it comes with the Debian prometheus package that `rtap setup` installs"
+        )
     result = subprocess.run(["promtool", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr

@@ -10,25 +10,30 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from infrastructure.local.isolated import free_ports
 from infrastructure.local.stack import Service
+from services.processing.registry import load_schemas
 from shared.events import HEARTBEAT_TYPE
 from shared.kafka_admin import ensure_topics
-from services.processing.registry import load_schemas
 from shared.settings import Settings
 from shared.topics import topics
-from infrastructure.local.isolated import free_ports
 
 WINDOW_MS = 10_000
-DESKTOP_UA = ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-              "Chrome/124.0.0.0 Safari/537.36")
-IPHONE_UA = ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-             "Version/17.4 Mobile/15E148 Safari/604.1")
+DESKTOP_UA = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36"
+)
+IPHONE_UA = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.4 Mobile/15E148 Safari/604.1"
+)
 
 
 def processing_settings(settings: Settings, **overrides: Any) -> Settings:
@@ -36,12 +41,21 @@ def processing_settings(settings: Settings, **overrides: Any) -> Settings:
     run = uuid.uuid4().hex[:8]
     names = {"events": f"events_{run}", "metric_prefix": f"t{run}_"}
     private_topics = settings.topics.model_copy(update=names)
-    processing = settings.processing.model_copy(update={
-        "port": free_ports(1)[0], "job_name": f"rtap-test-{run}", "consumer_group": f"processing-{run}",
-        "parallelism": 1,
-        "window_seconds": WINDOW_MS // 1000, "session_gap_seconds": 3, "watermark_delay_ms": 2_000,
-        "idle_timeout_ms": 600_000, "checkpoint_interval_ms": 2_000, "watch_interval_seconds": 1.0, **overrides,
-    })
+    processing = settings.processing.model_copy(
+        update={
+            "port": free_ports(1)[0],
+            "job_name": f"rtap-test-{run}",
+            "consumer_group": f"processing-{run}",
+            "parallelism": 1,
+            "window_seconds": WINDOW_MS // 1000,
+            "session_gap_seconds": 3,
+            "watermark_delay_ms": 2_000,
+            "idle_timeout_ms": 600_000,
+            "checkpoint_interval_ms": 2_000,
+            "watch_interval_seconds": 1.0,
+            **overrides,
+        }
+    )
     return settings.model_copy(update={"processing": processing, "topics": private_topics})
 
 
@@ -55,14 +69,30 @@ def window_base() -> int:
     return now - now % WINDOW_MS
 
 
-def event(session: str, user: str, event_type: str, ts: int, ua: str = DESKTOP_UA, load: float | None = None,
-          interaction: float | None = None, **properties: Any) -> dict[str, Any]:
+def event(
+    session: str,
+    user: str,
+    event_type: str,
+    ts: int,
+    ua: str = DESKTOP_UA,
+    load: float | None = None,
+    interaction: float | None = None,
+    **properties: Any,
+) -> dict[str, Any]:
     return {
         "event": {"type": event_type, "id": uuid.uuid4().hex},
         "user": {"id": user},
-        "device": {"user_agent": ua, "screen_width": 1920 if ua == DESKTOP_UA else 390,
-                   "screen_height": 1080 if ua == DESKTOP_UA else 844},
-        "context": {"url": "https://shop.example/", "referrer": None, "ip_address": None, "session_id": session},
+        "device": {
+            "user_agent": ua,
+            "screen_width": 1920 if ua == DESKTOP_UA else 390,
+            "screen_height": 1080 if ua == DESKTOP_UA else 844,
+        },
+        "context": {
+            "url": "https://shop.example/",
+            "referrer": None,
+            "ip_address": None,
+            "session_id": session,
+        },
         "properties": properties,
         "metrics": {"load_time": load, "interaction_time": interaction},
         "timestamp": ts,
@@ -80,23 +110,37 @@ class Feed:
 
     def send(self, *events: dict[str, Any]) -> None:
         for e in events:
-            self.producer.produce(self.topic, key=e["context"]["session_id"], value=json.dumps(e), timestamp=e["timestamp"])
+            self.producer.produce(
+                self.topic, key=e["context"]["session_id"], value=json.dumps(e), timestamp=e["timestamp"]
+            )
         assert self.producer.flush(15) == 0
 
     def heartbeat(self, ts: int) -> None:
-        value = json.dumps({"event": {"type": HEARTBEAT_TYPE, "id": "hb"}, "timestamp": ts, "received_at": ts})
+        value = json.dumps(
+            {"event": {"type": HEARTBEAT_TYPE, "id": "hb"}, "timestamp": ts, "received_at": ts}
+        )
         for partition in range(self.partitions):
             self.producer.produce(self.topic, value=value, partition=partition, timestamp=ts)
         assert self.producer.flush(15) == 0
 
 
-def read_metrics(s: Settings, job: str, done: Callable[[dict], bool], timeout: float = 90.0) -> dict[tuple, dict]:
+def read_metrics(
+    s: Settings, job: str, done: Callable[[dict], bool], timeout: float = 90.0
+) -> dict[tuple, dict]:
     """Last value per key of a metric topic, read from the start until done(records) or timeout."""
     schema = load_schemas(s.processing.job_modules)[job]
     topic = topics(s).metric(schema).name
-    consumer = Consumer({"bootstrap.servers": s.kafka.bootstrap, "group.id": f"read-{uuid.uuid4().hex}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)])  # no group coordinator needed
+    consumer = Consumer(
+        {
+            "bootstrap.servers": s.kafka.bootstrap,
+            "group.id": f"read-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.assign(
+        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)]
+    )  # no group coordinator needed
     records: dict[tuple, dict] = {}
     deadline = time.monotonic() + timeout
     try:
@@ -119,7 +163,11 @@ def wait_for_running_job(s: Settings, timeout: float = 180.0, not_id: str | None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for job in flink_jobs(s):
-            if job["name"].startswith(s.processing.job_name + ":") and job["state"] == "RUNNING" and job["jid"] != not_id:
+            if (
+                job["name"].startswith(s.processing.job_name + ":")
+                and job["state"] == "RUNNING"
+                and job["jid"] != not_id
+            ):
                 return job["jid"]
         time.sleep(1)
     raise AssertionError(f"job {s.processing.job_name} not RUNNING within {timeout}s: {flink_jobs(s)}")
@@ -134,7 +182,9 @@ def job_diagnostics(s: Settings) -> str:
             detail = httpx.get(f"{base}/jobs/{job['jid']}", timeout=5).json()
             for v in detail["vertices"]:
                 marks = httpx.get(f"{base}/jobs/{job['jid']}/vertices/{v['id']}/watermarks", timeout=5).json()
-                lines.append(f"{v['name'][:60]}: in={v['metrics'].get('read-records')} out={v['metrics'].get('write-records')} wm={marks}")
+                lines.append(
+                    f"{v['name'][:60]}: in={v['metrics'].get('read-records')} out={v['metrics'].get('write-records')} wm={marks}"
+                )
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ class PageViewsByUrl(BaseJob):
 
     def build(self, t_env, events_view: str, settings) -> str:
         return f"""
-            SELECT {epoch_ms('w_start')} AS window_start, {epoch_ms('w_end')} AS window_end, url, page_views, visitors
+            SELECT {epoch_ms("w_start")} AS window_start, {epoch_ms("w_end")} AS window_end, url, page_views, visitors
             FROM (
                 SELECT window_start AS w_start, window_end AS w_end, url,
                        COUNT(*) AS page_views, COUNT(DISTINCT user_id) AS visitors

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.processing.conftest import WINDOW_MS, Feed, create_topics, event, processing_settings, read_metrics, window_base
+from tests.processing.conftest import (
+    WINDOW_MS,
+    Feed,
+    create_topics,
+    event,
+    processing_settings,
+    read_metrics,
+    window_base,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.slow]
 
@@ -21,8 +29,12 @@ def job_settings(settings, kafka, flink_cluster):
 def test_the_new_jobs_metrics_reach_kafka(job_settings, supervisor):
     base = window_base()
     home, cart = "https://shop.example/", "https://shop.example/cart"
-    events = [event("s1", "u1", "page_view", base + 1_000), event("s2", "u2", "page_view", base + 2_000),
-              event("s1", "u1", "page_view", base + 3_000), event("s1", "u1", "click", base + 3_500)]
+    events = [
+        event("s1", "u1", "page_view", base + 1_000),
+        event("s2", "u2", "page_view", base + 2_000),
+        event("s1", "u1", "page_view", base + 3_000),
+        event("s1", "u1", "click", base + 3_500),
+    ]
     events[2]["context"]["url"] = cart
     feed = Feed(job_settings)
     feed.send(*events)

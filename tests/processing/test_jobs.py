@@ -20,7 +20,15 @@ import pytest
 from infrastructure.local.stack import settings_env
 from services.loadgen.reconcile import Layers
 from tests.conftest import REPO_ROOT
-from tests.processing.conftest import IPHONE_UA, WINDOW_MS, Feed, event, job_diagnostics, read_metrics, window_base
+from tests.processing.conftest import (
+    IPHONE_UA,
+    WINDOW_MS,
+    Feed,
+    event,
+    job_diagnostics,
+    read_metrics,
+    window_base,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.slow]
 
@@ -44,11 +52,22 @@ def phase1_events() -> list[dict]:
         event("s-c", "u3", "page_view", at(2.0), load=120.0),
         event("s-d", "u1", "page_view", at(4.0)),
     ]
-    events += [event("s-perf", "u4", "scroll", at(6.0 + i * 0.04), load=round(rng.uniform(50, 3000), 1),
-                     interaction=round(rng.uniform(1, 300), 1)) for i in range(50)]
+    events += [
+        event(
+            "s-perf",
+            "u4",
+            "scroll",
+            at(6.0 + i * 0.04),
+            load=round(rng.uniform(50, 3000), 1),
+            interaction=round(rng.uniform(1, 300), 1),
+        )
+        for i in range(50)
+    ]
     events += [
         event("s-c", "u3", "page_view", at(11.0), load=130.0),  # window 1 ...
-        event("s-c", "u3", "click", at(9.5), load=500.0),  # ... then window 0 out of order: watermark is 9.0 < 10
+        event(
+            "s-c", "u3", "click", at(9.5), load=500.0
+        ),  # ... then window 0 out of order: watermark is 9.0 < 10
     ]
     return events
 
@@ -84,7 +103,10 @@ def expected_event_metrics() -> dict[tuple, dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for e in counted_events():
         groups[(window_of(e), e["event"]["type"], category(e))].append(e)
-    return {key: {"events": len(es), "unique_users": len({e["user"]["id"] for e in es})} for key, es in groups.items()}
+    return {
+        key: {"events": len(es), "unique_users": len({e["user"]["id"] for e in es})}
+        for key, es in groups.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +115,9 @@ def outputs(job_settings, supervisor):
     feed.send(*PHASE1, *RETRIES)
     feed.heartbeat(at(14.0))
     first = read_metrics(job_settings, "event_metrics", lambda r: (W0, "click", "desktop") in r)
-    assert (W0, "click", "desktop") in first, f"window 0 did not close after heartbeats:\n{job_diagnostics(job_settings)}"
+    assert (W0, "click", "desktop") in first, (
+        f"window 0 did not close after heartbeats:\n{job_diagnostics(job_settings)}"
+    )
     feed.send(LATE, *PHASE2)
     feed.heartbeat(at(30.0))  # then silence: only heartbeats move event time
     expected = expected_event_metrics()
@@ -105,7 +129,10 @@ def outputs(job_settings, supervisor):
 
 
 def test_event_counts_and_unique_users_per_window(outputs):
-    got = {key: {"events": v["events"], "unique_users": v["unique_users"]} for key, v in outputs["event_metrics"].items()}
+    got = {
+        key: {"events": v["events"], "unique_users": v["unique_users"]}
+        for key, v in outputs["event_metrics"].items()
+    }
     assert got == expected_event_metrics()
 
 
@@ -116,12 +143,14 @@ def test_window_bounds_are_epoch_ms(outputs):
 
 def test_out_of_order_event_within_delay_is_counted_and_late_event_is_not(outputs):
     assert outputs["event_metrics"][(W0, "click", "desktop")]["events"] == 1
-    assert outputs["event_metrics"][(W0, "page_view", "desktop")]["events"] == 3  # not 4: the late one is dropped
-    assert ("s-late" not in {k[1] for k in outputs["session_metrics"]})
+    assert (
+        outputs["event_metrics"][(W0, "page_view", "desktop")]["events"] == 3
+    )  # not 4: the late one is dropped
+    assert "s-late" not in {k[1] for k in outputs["session_metrics"]}
 
 
 def test_last_window_closes_during_a_pause_in_traffic(outputs):
-    assert outputs["event_metrics"][(W1, "page_view", "mobile")] ["events"] == 1
+    assert outputs["event_metrics"][(W1, "page_view", "mobile")]["events"] == 1
 
 
 def test_percentiles_match_an_independent_recomputation(outputs):
@@ -136,14 +165,25 @@ def test_percentiles_match_an_independent_recomputation(outputs):
                 continue
             assert record[f"{metric}_avg"] == pytest.approx(sum(values) / len(values))
             for p in (50, 95, 99):
-                assert record[f"{metric}_p{p}"] == pytest.approx(percentile(values, p / 100), rel=1e-9), (window, device, metric, p)
+                assert record[f"{metric}_p{p}"] == pytest.approx(percentile(values, p / 100), rel=1e-9), (
+                    window,
+                    device,
+                    metric,
+                    p,
+                )
 
 
 def test_session_boundaries_and_ecommerce_stats(outputs):
     sessions = {key[1]: v for key, v in outputs["session_metrics"].items() if key[1] != "s-c"}
     s_a = sessions["s-a"]
     assert (s_a["window_start"], s_a["window_end"], s_a["duration_ms"]) == (at(0.5), at(5.5) + 3_000, 5_000)
-    assert (s_a["events"], s_a["page_views"], s_a["products_viewed"], s_a["cart_adds"], s_a["purchases"]) == (4, 1, 1, 1, 1)
+    assert (s_a["events"], s_a["page_views"], s_a["products_viewed"], s_a["cart_adds"], s_a["purchases"]) == (
+        4,
+        1,
+        1,
+        1,
+        1,
+    )
     assert s_a["revenue"] == pytest.approx(49.5)
     assert (s_a["user_id"], s_a["device_category"]) == ("u1", "desktop")
     assert (sessions["s-b"]["events"], sessions["s-b"]["device_category"]) == (2, "mobile")
@@ -151,15 +191,25 @@ def test_session_boundaries_and_ecommerce_stats(outputs):
 
 
 def test_a_gap_longer_than_the_session_gap_splits_the_session(outputs):
-    s_c = sorted((k[0], v["events"], v["window_end"]) for k, v in outputs["session_metrics"].items() if k[1] == "s-c")
+    s_c = sorted(
+        (k[0], v["events"], v["window_end"]) for k, v in outputs["session_metrics"].items() if k[1] == "s-c"
+    )
     assert s_c == [(at(2.0), 1, at(5.0)), (at(9.5), 2, at(14.0))]
 
 
 def test_late_events_are_counted_by_flink(job_settings, outputs):
-    metrics = httpx.get(f"http://127.0.0.1:{job_settings.flink.taskmanager_metrics_port}/metrics", timeout=5).text
-    job = re.sub(r"[^a-zA-Z0-9_]", "_", job_settings.processing.job_name)  # the reporter's label-value escaping
-    dropped = [line for line in metrics.splitlines()
-               if line.startswith("flink_taskmanager_job_task_operator_numLateRecordsDropped") and f'job_name="{job}' in line]
+    metrics = httpx.get(
+        f"http://127.0.0.1:{job_settings.flink.taskmanager_metrics_port}/metrics", timeout=5
+    ).text
+    job = re.sub(
+        r"[^a-zA-Z0-9_]", "_", job_settings.processing.job_name
+    )  # the reporter's label-value escaping
+    dropped = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("flink_taskmanager_job_task_operator_numLateRecordsDropped")
+        and f'job_name="{job}' in line
+    ]
     assert dropped, "no numLateRecordsDropped series for the job"
     assert sum(float(line.rsplit(" ", 1)[1]) for line in dropped) >= 1
     assert Layers(job_settings).late_records_dropped() >= 1  # what a failed reconciliation reports
@@ -168,11 +218,24 @@ def test_late_events_are_counted_by_flink(job_settings, outputs):
 def test_backfill_recomputes_the_range_with_the_same_keys_including_late_events(job_settings, outputs):
     """Policy: a late event is left out of its closed window but stays in Kafka; a backfill counts it."""
     env = {**os.environ, **settings_env(job_settings)}
-    argv = [sys.executable, "-m", "infrastructure.cli", "backfill", "--from", str(W0), "--to", str(W1 + WINDOW_MS), "--timeout", "240"]
+    argv = [
+        sys.executable,
+        "-m",
+        "infrastructure.cli",
+        "backfill",
+        "--from",
+        str(W0),
+        "--to",
+        str(W1 + WINDOW_MS),
+        "--timeout",
+        "240",
+    ]
     result = subprocess.run(argv, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     key = (W0, "page_view", "desktop")
     got = read_metrics(job_settings, "event_metrics", lambda r: r.get(key, {}).get("events") == 4, timeout=30)
     assert got[key]["events"] == 4 and got[key]["unique_users"] == 3
     unchanged = {k: (v["events"], v["unique_users"]) for k, v in got.items() if k != key}
-    assert unchanged == {k: (v["events"], v["unique_users"]) for k, v in expected_event_metrics().items() if k != key}
+    assert unchanged == {
+        k: (v["events"], v["unique_users"]) for k, v in expected_event_metrics().items() if k != key
+    }

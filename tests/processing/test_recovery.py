@@ -19,7 +19,10 @@ BASE = window_base() - WINDOWS * WINDOW_MS
 
 def window_events(w: int) -> list[dict]:
     start = BASE + w * WINDOW_MS
-    return [event(f"s{w}-{i % 5}", f"u{i % 7}", "page_view", start + i * (WINDOW_MS // PER_WINDOW)) for i in range(PER_WINDOW)]
+    return [
+        event(f"s{w}-{i % 5}", f"u{i % 7}", "page_view", start + i * (WINDOW_MS // PER_WINDOW))
+        for i in range(PER_WINDOW)
+    ]
 
 
 def completed_checkpoints(s, job_id: str) -> int:
@@ -36,7 +39,9 @@ def wait_for_checkpoint(s, job_id: str, after: int, timeout: float = 60.0) -> No
     raise AssertionError(f"no checkpoint completed within {timeout}s")
 
 
-def test_every_window_has_its_final_value_after_taskmanager_kill_and_job_loss(harness, job_settings, supervisor):
+def test_every_window_has_its_final_value_after_taskmanager_kill_and_job_loss(
+    harness, job_settings, supervisor
+):
     s, feed = job_settings, Feed(job_settings)
     job_id = wait_for_running_job(s)
     for w in (0, 1):
@@ -61,8 +66,15 @@ def test_every_window_has_its_final_value_after_taskmanager_kill_and_job_loss(ha
     feed.heartbeat(BASE + WINDOWS * WINDOW_MS + 2_500)
 
     expected = {(BASE + w * WINDOW_MS, "page_view", "desktop"): (PER_WINDOW, 7) for w in range(WINDOWS)}
-    got = read_metrics(s, "event_metrics", lambda r: expected.keys() <= r.keys() and all(
-        (r[k]["events"], r[k]["unique_users"]) == v for k, v in expected.items()), timeout=120)
+    got = read_metrics(
+        s,
+        "event_metrics",
+        lambda r: (
+            expected.keys() <= r.keys()
+            and all((r[k]["events"], r[k]["unique_users"]) == v for k, v in expected.items())
+        ),
+        timeout=120,
+    )
     assert {k: (v["events"], v["unique_users"]) for k, v in got.items()} == expected
 
 

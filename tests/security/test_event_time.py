@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -30,14 +31,20 @@ from services.ingestion.records import ORIGINAL_TIMESTAMP_HEADER
 from services.loadgen.manifest import Entry, entry_for
 from services.loadgen.reconcile import Layers, poll, reconcile_run
 from services.loadgen.traffic import Traffic, TrafficSpec
-from shared.events import INT64_MAX
 from services.processing.registry import load_schemas
+from shared.events import INT64_MAX
 from shared.settings import Settings
 from shared.topics import topics
-from tests.topics import EVENTS
 from tests.e2e.stack import INFRASTRUCTURE, full_stack, reconciled_env
+from tests.topics import EVENTS
 
-pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.flink, pytest.mark.redis, pytest.mark.clickhouse]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.kafka,
+    pytest.mark.flink,
+    pytest.mark.redis,
+    pytest.mark.clickhouse,
+]
 
 WINDOW_S, GAP_S = 2, 3
 WATERMARK_DELAY_MS = 4_000  # the future bound stays at its default
@@ -48,8 +55,12 @@ LATE_EVENTS = 20
 # An ordinary event is stamped this much younger than the allowance: its request's own way to ingestion on a busy machine.
 TRAVEL_MARGIN_MS = 1_000
 SETTLE_TIMEOUT_S = 180
-READ_PAUSE_S = 1.0  # several periodic watermark intervals: Flink has read the attacker's events before the next batch
-LIVE_LAG_MS = 3_000  # a live job's window watermark trails the clock by the delay plus about a heartbeat interval
+READ_PAUSE_S = (
+    1.0  # several periodic watermark intervals: Flink has read the attacker's events before the next batch
+)
+LIVE_LAG_MS = (
+    3_000  # a live job's window watermark trails the clock by the delay plus about a heartbeat interval
+)
 ALERT_TIMEOUT_S = 90
 
 
@@ -99,7 +110,9 @@ def ingestion_counter(s: Settings, name: str) -> float:
 
 
 def post_batch(s: Settings, events: list[dict[str, Any]], sent: Sent) -> None:
-    response = httpx.post(f"http://127.0.0.1:{s.ingestion.port}/v1/analytics/batch", json={"events": events}, timeout=30)
+    response = httpx.post(
+        f"http://127.0.0.1:{s.ingestion.port}/v1/analytics/batch", json={"events": events}, timeout=30
+    )
     assert response.status_code == 202, response.text
     results = response.json()["results"]
     assert all(r["status"] == "accepted" for r in results), results
@@ -126,8 +139,12 @@ def send_foreign_records(s: Settings, ahead_ms: int) -> set[str]:
     for partition, event in enumerate(events):
         received = now_ms()
         value = {**event, "timestamp": received + ahead_ms, "received_at": received}
-        producer.produce(topics(s).events.name, key=event["context"]["session_id"].encode(),
-                         value=orjson.dumps(value), partition=partition)
+        producer.produce(
+            topics(s).events.name,
+            key=event["context"]["session_id"].encode(),
+            value=orjson.dumps(value),
+            partition=partition,
+        )
     assert producer.flush(15) == 0
     return {event["event"]["id"] for event in events}
 
@@ -135,24 +152,34 @@ def send_foreign_records(s: Settings, ahead_ms: int) -> set[str]:
 def window_watermark(s: Settings) -> int | None:
     """The lowest watermark of the jobs' window operators (Flink's reporter), None before every one has one."""
     text = httpx.get(f"http://127.0.0.1:{s.flink.taskmanager_metrics_port}/metrics", timeout=10).text
-    marks = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-             if line.startswith("flink_taskmanager_job_task_operator_currentInputWatermark") and "WindowAggregate" in line]
+    marks = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("flink_taskmanager_job_task_operator_currentInputWatermark")
+        and "WindowAggregate" in line
+    ]
     return int(min(marks)) if marks and min(marks) > 0 else None
 
 
 def wait_until_live(s: Settings) -> None:
     """Until the window operators' watermark follows the clock: the job reads the topic as records arrive, so each
     batch below has moved the watermark (or not) before the next one is read."""
+
     def live() -> bool:
         return (window_watermark(s) or 0) >= now_ms() - s.processing.watermark_delay_ms - LIVE_LAG_MS
 
-    assert poll(live, bool, timeout=120), f"the window operators' watermark lags the clock: {window_watermark(s)}"
+    assert poll(live, bool, timeout=120), (
+        f"the window operators' watermark lags the clock: {window_watermark(s)}"
+    )
 
 
 def wait_until_watched(s: Settings) -> None:
     """Until Prometheus holds ingestion's replaced-timestamp counter and Flink's late-record counters, so it sees
     them rise."""
-    names = ("rtap_ingestion_timestamps_adjusted_total", "flink_taskmanager_job_task_operator_numLateRecordsDropped")
+    names = (
+        "rtap_ingestion_timestamps_adjusted_total",
+        "flink_taskmanager_job_task_operator_numLateRecordsDropped",
+    )
     watched = poll(lambda: all(prometheus_samples(s, name) for name in names), bool, timeout=90)
     assert watched, f"Prometheus does not scrape {names}; targets up: {prometheus_up(s)}"
 
@@ -179,15 +206,23 @@ def send_all(s: Settings) -> Sent:
     ordinary = Traffic(TrafficSpec(seed=1, start_ms=start, worker=0))
     for round_ in range(ROUNDS):
         t = now_ms()
-        batch = [e for offset in future_offsets_ms(s) for e in stamped(attacker.events(PER_OFFSET), t + offset, True)]
-        batch += stamped(attacker.events(PER_OFFSET), INT64_MAX, True)  # the largest timestamp the API accepts
+        batch = [
+            e
+            for offset in future_offsets_ms(s)
+            for e in stamped(attacker.events(PER_OFFSET), t + offset, True)
+        ]
+        batch += stamped(
+            attacker.events(PER_OFFSET), INT64_MAX, True
+        )  # the largest timestamp the API accepts
         post_batch(s, batch, sent)
         sent.attacker |= {e["event"]["id"] for e in batch}
         if round_ == 0:
             sent.foreign = send_foreign_records(s, 290_000)
         time.sleep(READ_PAUSE_S)
         t = now_ms()
-        batch = [e for age in ordinary_ages_ms(s) for e in stamped(ordinary.events(ORDINARY_PER_AGE), t - age)]
+        batch = [
+            e for age in ordinary_ages_ms(s) for e in stamped(ordinary.events(ORDINARY_PER_AGE), t - age)
+        ]
         post_batch(s, batch, sent)
         sent.ordinary |= {e["event"]["id"] for e in batch}
     send_late(s, sent)
@@ -195,14 +230,18 @@ def send_all(s: Settings) -> Sent:
 
 
 def raw_times(layers: Layers, since_ms: int) -> dict[str, dict[str, int]]:
-    sql = ("SELECT event_id, toUnixTimestamp64Milli(timestamp) AS ts, toUnixTimestamp64Milli(received_at) AS received "
-           "FROM analytics_events FINAL WHERE received_at >= fromUnixTimestamp64Milli({since:Int64})")
+    sql = (
+        "SELECT event_id, toUnixTimestamp64Milli(timestamp) AS ts, toUnixTimestamp64Milli(received_at) AS received "
+        "FROM analytics_events FINAL WHERE received_at >= fromUnixTimestamp64Milli({since:Int64})"
+    )
     rows = layers.storage_sql(sql, since=since_ms)
     return {row["event_id"]: {"ts": int(row["ts"]), "received": int(row["received"])} for row in rows}
 
 
 def prometheus_samples(s: Settings, expr: str) -> list[dict]:
-    response = httpx.get(f"http://127.0.0.1:{s.prometheus.port}/api/v1/query", params={"query": expr}, timeout=10)
+    response = httpx.get(
+        f"http://127.0.0.1:{s.prometheus.port}/api/v1/query", params={"query": expr}, timeout=10
+    )
     return response.json()["data"]["result"]
 
 
@@ -216,13 +255,18 @@ def prometheus_up(s: Settings) -> dict[str, str]:
 
 def firing(s: Settings, alertname: str) -> bool:
     body = httpx.get(f"http://127.0.0.1:{s.prometheus.port}/api/v1/alerts", timeout=10).json()
-    return any(a["labels"]["alertname"] == alertname and a["state"] == "firing" for a in body["data"]["alerts"])
+    return any(
+        a["labels"]["alertname"] == alertname and a["state"] == "firing" for a in body["data"]["alerts"]
+    )
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Settings]:
-    with full_stack(tmp_path_factory.mktemp("event-time") / "state", INFRASTRUCTURE + ("prometheus",),
-                    **reconciled_env(WINDOW_S, GAP_S, WATERMARK_DELAY_MS)) as (s, _, _):
+    with full_stack(
+        tmp_path_factory.mktemp("event-time") / "state",
+        INFRASTRUCTURE + ("prometheus",),
+        **reconciled_env(WINDOW_S, GAP_S, WATERMARK_DELAY_MS),
+    ) as (s, _, _):
         yield s
 
 
@@ -255,8 +299,10 @@ def expected_entries(run: Run) -> list[Entry]:
 def test_settings_refuse_a_future_bound_above_half_the_watermark_delay():
     def settings(future_ms: int, delay_ms: int) -> Settings:
         s = Settings()
-        return Settings(ingestion=s.ingestion.model_copy(update={"max_future_skew_ms": future_ms}),
-                        processing=s.processing.model_copy(update={"watermark_delay_ms": delay_ms}))
+        return Settings(
+            ingestion=s.ingestion.model_copy(update={"max_future_skew_ms": future_ms}),
+            processing=s.processing.model_copy(update={"watermark_delay_ms": delay_ms}),
+        )
 
     assert allowance_ms(settings(1_000, 2_000)) == 1_000
     with pytest.raises(ValidationError, match="MAX_FUTURE_SKEW_MS"):
@@ -272,7 +318,9 @@ def test_the_defaults_leave_every_client_most_of_the_watermark_delay(tmp_path):
 
 def test_a_timestamp_beyond_the_largest_the_api_accepts_is_refused_naming_the_field(stack):
     body = {**Traffic(TrafficSpec(seed=5, start_ms=now_ms())).events(1)[0], "timestamp": INT64_MAX + 1}
-    response = httpx.post(f"http://127.0.0.1:{stack.ingestion.port}/v1/analytics/track", json=body, timeout=10)
+    response = httpx.post(
+        f"http://127.0.0.1:{stack.ingestion.port}/v1/analytics/track", json=body, timeout=10
+    )
     [problem] = response.json()["detail"]
     assert response.status_code == 400 and problem["loc"] == ["body", "timestamp"], response.text
 
@@ -285,7 +333,9 @@ def test_ingestion_keeps_a_timestamp_within_the_future_bound_and_replaces_any_la
         assert (event_id in run.sent.adjusted_in_response) == beyond, (event_id, client, stored)
         assert stored["ts"] == (stored["received"] if beyond else client), (event_id, client, stored)
     assert run.sent.adjusted_in_response <= run.sent.attacker
-    assert len(run.sent.adjusted_in_response) >= ROUNDS * PER_OFFSET * 6  # 60 s, 290 s, 1 day, INT64_MAX at least
+    assert (
+        len(run.sent.adjusted_in_response) >= ROUNDS * PER_OFFSET * 6
+    )  # 60 s, 290 s, 1 day, INT64_MAX at least
     for event_id in run.sent.ordinary | run.sent.late:
         assert run.raw[event_id]["ts"] == run.sent.events[event_id]["timestamp"]
 
@@ -299,7 +349,9 @@ def test_a_replaced_timestamp_keeps_the_client_value_in_a_header(run):
             headers[value["event"]["id"]] = (dict(message.headers() or []), value)
     assert headers.keys() == run.sent.adjusted_in_response
     for event_id, (record_headers, value) in headers.items():
-        assert record_headers[ORIGINAL_TIMESTAMP_HEADER] == str(run.sent.events[event_id]["timestamp"]).encode()
+        assert (
+            record_headers[ORIGINAL_TIMESTAMP_HEADER] == str(run.sent.events[event_id]["timestamp"]).encode()
+        )
         assert value["timestamp"] == value["received_at"] == run.raw[event_id]["ts"]
 
 
@@ -307,21 +359,35 @@ def test_every_ordinary_event_is_in_its_window_in_every_layer(run):
     problems = reconcile_run(Layers(run.s), load_schemas(), expected_entries(run), SETTLE_TIMEOUT_S)
     allowance = allowance_ms(run.s)
     beyond_bound = [i for i in run.sent.ordinary if run.raw[i]["received"] - run.raw[i]["ts"] > allowance]
-    assert problems == [], (f"{len(problems)} differences ({len(beyond_bound)} of {len(run.sent.ordinary)} ordinary events "
-                            f"reached ingestion later than the bound of {allowance} ms):\n" + "\n".join(problems[:30]))
+    assert problems == [], (
+        f"{len(problems)} differences ({len(beyond_bound)} of {len(run.sent.ordinary)} ordinary events "
+        f"reached ingestion later than the bound of {allowance} ms):\n" + "\n".join(problems[:30])
+    )
 
 
 def test_replaced_and_late_events_are_counted_where_monitoring_sees_them(run):
     adjusted = ingestion_counter(run.s, "rtap_ingestion_timestamps_adjusted_total") - run.adjusted_before
     assert adjusted == len(run.sent.adjusted_in_response)
     layers = Layers(run.s)
-    late = poll(lambda: (layers.late_records_dropped() or 0.0) - run.late_before, lambda n: n >= len(run.sent.late), 60)
-    assert late >= len(run.sent.late), f"Flink counted {late} late records for {len(run.sent.late)} late events"
+    late = poll(
+        lambda: (layers.late_records_dropped() or 0.0) - run.late_before,
+        lambda n: n >= len(run.sent.late),
+        60,
+    )
+    assert late >= len(run.sent.late), (
+        f"Flink counted {late} late records for {len(run.sent.late)} late events"
+    )
     window_ms = run.s.processing.window_seconds * 1000
     late_windows = {run.raw[i]["ts"] // window_ms * window_ms for i in run.sent.late}
     windows = {key[0] for key in layers.topic_metrics(load_schemas()["event_metrics"])}
     assert not late_windows & windows, "a late event reached a window"
     figures = ("rtap:timestamps_adjusted:increase5m", "rtap:late_records_dropped:increase5m")
-    seen = poll(lambda: {f: prometheus_value(run.s, f) for f in figures}, lambda v: all(v.values()), ALERT_TIMEOUT_S)
-    assert all(seen.values()), f"Prometheus figures the dashboard shows: {seen}; targets up: {prometheus_up(run.s)}"
-    assert poll(lambda: firing(run.s, "LateEventsDropped"), bool, ALERT_TIMEOUT_S), "LateEventsDropped did not fire"
+    seen = poll(
+        lambda: {f: prometheus_value(run.s, f) for f in figures}, lambda v: all(v.values()), ALERT_TIMEOUT_S
+    )
+    assert all(seen.values()), (
+        f"Prometheus figures the dashboard shows: {seen}; targets up: {prometheus_up(run.s)}"
+    )
+    assert poll(lambda: firing(run.s, "LateEventsDropped"), bool, ALERT_TIMEOUT_S), (
+        "LateEventsDropped did not fire"
+    )

@@ -14,9 +14,10 @@ import secrets
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -33,10 +34,17 @@ from tests.fuzz.conftest import EventsWindow
 from tests.ingestion.conftest import WRITE_KEY, event, expected_loc, ingestion_settings, problem, refused_at
 
 pytestmark = pytest.mark.kafka
-TRACK, BATCH, SEGMENT_TRACK, SEGMENT_BATCH = "/v1/analytics/track", "/v1/analytics/batch", "/v1/track", "/v1/batch"
+TRACK, BATCH, SEGMENT_TRACK, SEGMENT_BATCH = (
+    "/v1/analytics/track",
+    "/v1/analytics/batch",
+    "/v1/track",
+    "/v1/batch",
+)
 ORIGIN = "https://shop.example"
 BODY_LIMIT = 1_048_576  # the default RTAP_INGESTION__MAX_BODY_BYTES, as in the hostile-user report
-OVER_THE_RECORD_LIMIT = 1_010_000  # a property this long: the body stays under BODY_LIMIT, the record is over Kafka's
+OVER_THE_RECORD_LIMIT = (
+    1_010_000  # a property this long: the body stays under BODY_LIMIT, the record is over Kafka's
+)
 COMPOSE_FILE = Path(__file__).resolve().parents[2] / "infrastructure" / "compose" / "docker-compose.yml"
 
 
@@ -59,14 +67,27 @@ class Ingest:
     def samples(self, name: str) -> dict[tuple[tuple[str, str], ...], float]:
         """Every sample of one metric on /metrics, by its sorted labels."""
         text = self.client.get("/metrics").text
-        return {tuple(sorted(s.labels.items())): s.value for family in text_string_to_metric_families(text)
-                for s in family.samples if s.name == name}
+        return {
+            tuple(sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name
+        }
 
 
-def running_ingestion(settings: Settings, state_dir: Path, kafka_changes: dict[str, Any] | None = None,
-                      **changes: Any) -> Iterator[Ingest]:
-    s = ingestion_settings(settings, **{"write_keys": [WRITE_KEY], "port": free_ports(1)[0], "max_body_bytes": BODY_LIMIT,
-                                        "cors_origins": [ORIGIN], **changes})
+def running_ingestion(
+    settings: Settings, state_dir: Path, kafka_changes: dict[str, Any] | None = None, **changes: Any
+) -> Iterator[Ingest]:
+    s = ingestion_settings(
+        settings,
+        **{
+            "write_keys": [WRITE_KEY],
+            "port": free_ports(1)[0],
+            "max_body_bytes": BODY_LIMIT,
+            "cors_origins": [ORIGIN],
+            **changes,
+        },
+    )
     s = s.model_copy(update={"state_dir": state_dir, "kafka": s.kafka.model_copy(update=kafka_changes or {})})
     service = Service(s, "ingestion")
     service.start()
@@ -83,16 +104,24 @@ def ingest(settings, kafka, tmp_path_factory) -> Iterator[Ingest]:
 @pytest.fixture(scope="module")
 def ingest_without_kafka(settings, kafka, tmp_path_factory) -> Iterator[Ingest]:
     nothing_listens = f"127.0.0.1:{free_ports(1)[0]}"
-    yield from running_ingestion(settings, tmp_path_factory.mktemp("security-no-kafka"), {"bootstrap": nothing_listens},
-                                 produce_timeout_ms=1_000)
+    yield from running_ingestion(
+        settings,
+        tmp_path_factory.mktemp("security-no-kafka"),
+        {"bootstrap": nothing_listens},
+        produce_timeout_ms=1_000,
+    )
 
 
 @pytest.fixture(scope="module")
 def ingest_above_broker_limit(settings, kafka, tmp_path_factory) -> Iterator[Ingest]:
     """Misconfigured on purpose: ingestion's record limit three times the broker's, so the broker refuses the record."""
     limit = broker_limit(settings)
-    yield from running_ingestion(settings, tmp_path_factory.mktemp("security-above-limit"),
-                                 {"max_record_bytes": 3 * limit}, max_body_bytes=4 * limit)
+    yield from running_ingestion(
+        settings,
+        tmp_path_factory.mktemp("security-above-limit"),
+        {"max_record_bytes": 3 * limit},
+        max_body_bytes=4 * limit,
+    )
 
 
 def broker_limit(settings: Settings) -> int:
@@ -128,8 +157,14 @@ def blob(n: int) -> dict[str, str]:
 
 
 def segment_message(tag: str, name: str, **changes: Any) -> dict[str, Any]:
-    return {"type": "track", "event": "Signed Up", "userId": "u-1", "messageId": f"{tag}-{name}", "properties": {"plan": "pro"},
-            **changes}
+    return {
+        "type": "track",
+        "event": "Signed Up",
+        "userId": "u-1",
+        "messageId": f"{tag}-{name}",
+        "properties": {"plan": "pro"},
+        **changes,
+    }
 
 
 def basic(key: str) -> dict[str, str]:
@@ -137,6 +172,7 @@ def basic(key: str) -> dict[str, str]:
 
 
 # 1. One record limit: an event over it is a 413 naming the property; one just under it is written.
+
 
 def test_event_over_the_record_limit_is_413_naming_the_property(ingest, window):
     tag = uuid.uuid4().hex
@@ -149,7 +185,9 @@ def test_event_over_the_record_limit_is_413_naming_the_property(ingest, window):
 
     limit = ingest.settings.kafka.max_event_bytes
     at_limit = tagged(tag, "at-limit", properties=blob(0), timestamp=None)
-    at_limit["properties"] = blob(limit - len(orjson.dumps(at_limit)) - 120)  # the server adds received_at and absent keys
+    at_limit["properties"] = blob(
+        limit - len(orjson.dumps(at_limit)) - 120
+    )  # the server adds received_at and absent keys
     r = ingest.client.post(TRACK, json=at_limit)
     assert r.status_code == 202, r.text
 
@@ -169,9 +207,12 @@ def test_one_record_limit_for_ingestion_producer_local_broker_and_compose(kafka,
 
 # 2. The oversized event with "timestamp": 0 (a record with a header: produce(), not produce_batch()).
 
+
 def test_oversized_event_with_timestamp_zero_is_a_4xx_not_500(ingest, ingest_above_broker_limit, window):
     tag = uuid.uuid4().hex
-    r = ingest.client.post(TRACK, json=tagged(tag, "big", properties=blob(OVER_THE_RECORD_LIMIT), timestamp=0))
+    r = ingest.client.post(
+        TRACK, json=tagged(tag, "big", properties=blob(OVER_THE_RECORD_LIMIT), timestamp=0)
+    )
     assert refused_at(r) == (413, ["body", "properties.blob"]), r.text
 
     refused_by_kafka = tagged(tag, "refused", properties=blob(int(1.5 * OVER_THE_RECORD_LIMIT)), timestamp=0)
@@ -186,10 +227,15 @@ def test_oversized_event_with_timestamp_zero_is_a_4xx_not_500(ingest, ingest_abo
 
 # 3. A Segment item that cannot be mapped is rejected alone.
 
+
 def test_segment_item_nested_too_deep_is_rejected_alone(ingest, window):
     tag = uuid.uuid4().hex
     deep = b'{"a":' * 300 + b"1" + b"}" * 300
-    batch = [segment_message(tag, "first"), segment_message(tag, "deep", properties={"deep": "DEEP"}), segment_message(tag, "last")]
+    batch = [
+        segment_message(tag, "first"),
+        segment_message(tag, "deep", properties={"deep": "DEEP"}),
+        segment_message(tag, "last"),
+    ]
     body = orjson.dumps({"batch": batch}).replace(b'"DEEP"', deep)
     r = ingest.client.post(SEGMENT_BATCH, content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 200, r.text
@@ -202,9 +248,14 @@ def test_segment_item_nested_too_deep_is_rejected_alone(ingest, window):
 
 # 4. Per-record producer errors classified; an item's own problem never stops or half-writes its batch.
 
+
 def test_an_oversize_item_is_rejected_alone_and_its_siblings_are_written(ingest, window):
     tag = uuid.uuid4().hex
-    items = [tagged(tag, "first"), tagged(tag, "big", properties=blob(OVER_THE_RECORD_LIMIT)), tagged(tag, "epoch", timestamp=0)]
+    items = [
+        tagged(tag, "first"),
+        tagged(tag, "big", properties=blob(OVER_THE_RECORD_LIMIT)),
+        tagged(tag, "epoch", timestamp=0),
+    ]
     r = ingest.client.post(BATCH, json={"events": items})
     assert r.status_code == 202, r.text
     answer = r.json()
@@ -241,8 +292,12 @@ def test_records_the_producer_cannot_queue_are_refused_alone_and_the_rest_writte
 
     tag, now, policy = uuid.uuid4().hex, now_ms(), SkewPolicy.from_settings(settings.ingestion)
     too_big = broker_limit(settings) + 1_000
-    events = [tagged(tag, "plain"), tagged(tag, "big-plain", properties=blob(too_big)),
-              tagged(tag, "big-header", properties=blob(too_big), timestamp=0), tagged(tag, "header", timestamp=0)]
+    events = [
+        tagged(tag, "plain"),
+        tagged(tag, "big-plain", properties=blob(too_big)),
+        tagged(tag, "big-header", properties=blob(too_big), timestamp=0),
+        tagged(tag, "header", timestamp=0),
+    ]
     records = [to_record(TRACK_EVENT.validate_python(e), now, policy) for e in events]
     assert [r.headers is not None for r in records] == [False, False, True, True]
 
@@ -262,6 +317,7 @@ def test_records_the_producer_cannot_queue_are_refused_alone_and_the_rest_writte
 
 # 5. A 503 carries the id the event was given, so the client retries it idempotently.
 
+
 def test_a_503_carries_the_ids_to_retry_with(ingest_without_kafka, ingest, window):
     r = ingest_without_kafka.client.post(TRACK, json=event())
     assert r.status_code == 503 and r.headers["Retry-After"], r.text
@@ -271,7 +327,9 @@ def test_a_503_carries_the_ids_to_retry_with(ingest_without_kafka, ingest, windo
     r = ingest_without_kafka.client.post(TRACK, json=tagged(tag, "mine"))
     assert (r.status_code, r.json()["id"]) == (503, f"{tag}-mine"), r.text
 
-    r = ingest_without_kafka.client.post(BATCH, json={"events": [event(), tagged(tag, "in-batch"), {"user": {}}]})
+    r = ingest_without_kafka.client.post(
+        BATCH, json={"events": [event(), tagged(tag, "in-batch"), {"user": {}}]}
+    )
     assert r.status_code == 503, r.text
     results = r.json()["results"]
     assert [x["status"] for x in results] == ["failed", "failed", "rejected"]
@@ -284,6 +342,7 @@ def test_a_503_carries_the_ids_to_retry_with(ingest_without_kafka, ingest, windo
 
 
 # 6. Auth before parsing: a key outside the body is checked before the body is read.
+
 
 @pytest.mark.parametrize("path", [SEGMENT_BATCH, SEGMENT_TRACK])
 def test_segment_routes_check_a_key_outside_the_body_before_parsing_it(ingest, window, path):
@@ -298,7 +357,11 @@ def test_segment_routes_check_a_key_outside_the_body_before_parsing_it(ingest, w
 
     tag = uuid.uuid4().hex
     message = segment_message(tag, "body-key")
-    body = {"batch": [message], "writeKey": WRITE_KEY} if path == SEGMENT_BATCH else {**message, "writeKey": WRITE_KEY}
+    body = (
+        {"batch": [message], "writeKey": WRITE_KEY}
+        if path == SEGMENT_BATCH
+        else {**message, "writeKey": WRITE_KEY}
+    )
     r = anonymous.post(path, json=body)
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     r = anonymous.post(path, json={**body, "writeKey": "wrong"})
@@ -309,6 +372,7 @@ def test_segment_routes_check_a_key_outside_the_body_before_parsing_it(ingest, w
 
 # 7. A client that disconnects mid-body: counted as such, no 5xx, no traceback, nothing produced.
 
+
 @pytest.mark.parametrize("origin", [None, ORIGIN], ids=["direct", "cors-middleware-stack"])
 def test_a_client_that_disconnects_mid_body_is_not_a_server_error(ingest, window, origin):
     tag = uuid.uuid4().hex
@@ -317,15 +381,21 @@ def test_a_client_that_disconnects_mid_body_is_not_a_server_error(ingest, window
     statuses_before = track_statuses(ingest)
     host, port = ingest.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /v1/analytics/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  + (f"Origin: {origin}\r\n".encode() if origin else b"")
-                  + f"X-Write-Key: {WRITE_KEY}\r\nContent-Length: {len(body) + 100}\r\n\r\n".encode() + body)
+        s.sendall(
+            b"POST /v1/analytics/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + (f"Origin: {origin}\r\n".encode() if origin else b"")
+            + f"X-Write-Key: {WRITE_KEY}\r\nContent-Length: {len(body) + 100}\r\n\r\n".encode()
+            + body
+        )
         time.sleep(0.3)
     deadline = time.monotonic() + 15
     while track_statuses(ingest) == statuses_before and time.monotonic() < deadline:
         time.sleep(0.2)
-    counted = {status: n - statuses_before.get(status, 0) for status, n in track_statuses(ingest).items()
-               if n != statuses_before.get(status, 0)}
+    counted = {
+        status: n - statuses_before.get(status, 0)
+        for status, n in track_statuses(ingest).items()
+        if n != statuses_before.get(status, 0)
+    }
     assert counted == {"499": 1}, counted
     assert ingest.samples("rtap_ingestion_rejected_total").get((("reason", "client_disconnect"),), 0) >= 1
     new_log = ingest.log_text()[log_before:]
@@ -334,11 +404,15 @@ def test_a_client_that_disconnects_mid_body_is_not_a_server_error(ingest, window
 
 
 def track_statuses(ingest: Ingest) -> dict[str, float]:
-    return {dict(labels)["status"]: n for labels, n in ingest.samples("rtap_http_requests_total").items()
-            if dict(labels)["route"] == TRACK}
+    return {
+        dict(labels)["status"]: n
+        for labels, n in ingest.samples("rtap_http_requests_total").items()
+        if dict(labels)["route"] == TRACK
+    }
 
 
 # 8. Never a 5xx for what a client can send: other cases found by reading the routes.
+
 
 def nested_list(depth: int) -> bytes:
     return b"[" * depth + b"]" * depth
@@ -349,19 +423,51 @@ def splice(message: dict[str, Any], raw: bytes) -> bytes:
 
 
 ODD_INPUT = [
-    ("Segment sessionId nested 1,000 deep", SEGMENT_TRACK,
-     splice({"type": "track", "event": "x", "userId": "u", "context": {"sessionId": "SPLICE"}}, nested_list(1_000)), 400,
-     "context.sessionId"),
-    ("Segment property nested 1,000 deep", SEGMENT_TRACK,
-     splice({"type": "track", "event": "x", "userId": "u", "properties": {"p": "SPLICE"}}, nested_list(1_000)), 400, "properties.p"),
-    ("Segment timestamp in year 1 without offset", SEGMENT_TRACK,
-     orjson.dumps({"type": "track", "event": "x", "userId": "u", "timestamp": "0001-01-01T00:00:00"}), 400, "timestamp"),
-    ("Segment batch envelope sentAt nested deep", SEGMENT_BATCH,
-     splice({"batch": [{"type": "track", "event": "x", "userId": "u"}], "sentAt": "SPLICE"}, nested_list(1_000)), 400, "sentAt"),
+    (
+        "Segment sessionId nested 1,000 deep",
+        SEGMENT_TRACK,
+        splice(
+            {"type": "track", "event": "x", "userId": "u", "context": {"sessionId": "SPLICE"}},
+            nested_list(1_000),
+        ),
+        400,
+        "context.sessionId",
+    ),
+    (
+        "Segment property nested 1,000 deep",
+        SEGMENT_TRACK,
+        splice(
+            {"type": "track", "event": "x", "userId": "u", "properties": {"p": "SPLICE"}}, nested_list(1_000)
+        ),
+        400,
+        "properties.p",
+    ),
+    (
+        "Segment timestamp in year 1 without offset",
+        SEGMENT_TRACK,
+        orjson.dumps({"type": "track", "event": "x", "userId": "u", "timestamp": "0001-01-01T00:00:00"}),
+        400,
+        "timestamp",
+    ),
+    (
+        "Segment batch envelope sentAt nested deep",
+        SEGMENT_BATCH,
+        splice(
+            {"batch": [{"type": "track", "event": "x", "userId": "u"}], "sentAt": "SPLICE"},
+            nested_list(1_000),
+        ),
+        400,
+        "sentAt",
+    ),
     ("batch item nested 1,000 deep", BATCH, b'{"events":[' + nested_list(1_000) + b"]}", 400, "events[0]"),
     ("integer of 5,000 digits", TRACK, splice(event(properties={"n": "SPLICE"}), b"9" * 5_000), 400, "body"),
-    ("integer of 5,000 digits in a batch", BATCH, b'{"events":[' + splice(event(properties={"n": "SPLICE"}), b"9" * 5_000) + b"]}",
-     400, "body"),
+    (
+        "integer of 5,000 digits in a batch",
+        BATCH,
+        b'{"events":[' + splice(event(properties={"n": "SPLICE"}), b"9" * 5_000) + b"]}",
+        400,
+        "body",
+    ),
     ("timestamp 2**64", TRACK, splice(event(timestamp="SPLICE"), str(2**64).encode()), 400, "timestamp"),
 ]
 
@@ -375,7 +481,10 @@ def test_odd_input_gets_a_precise_4xx(ingest, name, path, body, status, field):
 ODD_FRAMING = [
     ("Content-Length 0 with a body", b"Content-Length: 0\r\n\r\n{}"),
     ("Content-Length with leading zeros", b"Content-Length: 0002\r\n\r\n{}"),
-    ("Content-Length and chunked", b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
+    (
+        "Content-Length and chunked",
+        b"Content-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    ),
     ("two Content-Lengths", b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}"),
     ("Content-Length with a sign", b"Content-Length: +2\r\n\r\n{}"),
     ("chunk size not hex", b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"),
@@ -387,10 +496,18 @@ def test_odd_framing_gets_a_400(ingest, name, framing):
     statuses_before = track_statuses(ingest)
     host, port = ingest.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"POST /v1/analytics/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Write-Key: "
-                  + WRITE_KEY.encode() + b"\r\n" + framing)
+        s.sendall(
+            b"POST /v1/analytics/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Write-Key: "
+            + WRITE_KEY.encode()
+            + b"\r\n"
+            + framing
+        )
         status_line = s.recv(4096).split(b"\r\n", 1)[0]
     assert status_line == b"HTTP/1.1 400 Bad Request", status_line
     assert ingest.client.get("/healthz").status_code == 200
-    server_errors = {status: n for status, n in track_statuses(ingest).items() if status[0] == "5" and n != statuses_before.get(status)}
+    server_errors = {
+        status: n
+        for status, n in track_statuses(ingest).items()
+        if status[0] == "5" and n != statuses_before.get(status)
+    }
     assert not server_errors, server_errors

@@ -14,10 +14,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -31,8 +32,16 @@ from infrastructure.local.stack import Service
 from services.cache.layout import layouts
 from services.processing.registry import load_schemas
 from shared.settings import Settings
-from tests.cache.conftest import READ_KEY, RunningCache, cache_settings, event_record, produce, wait_caught_up, wait_for, \
-    window_base
+from tests.cache.conftest import (
+    READ_KEY,
+    RunningCache,
+    cache_settings,
+    event_record,
+    produce,
+    wait_caught_up,
+    wait_for,
+    window_base,
+)
 from tests.topics import DEAD_LETTER, EVENTS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
@@ -43,12 +52,17 @@ ODD_PASSWORD = "p/a@s:s%w#?d"
 
 # -- private processes ------------------------------------------------------------------------------------------------
 
+
 def private(settings: Settings, state: Path, **sections: dict[str, Any]) -> Settings:
     """settings with its own state directory, fresh service ports and the given section overrides."""
     ingestion_port, storage_port, cache_port, redis_port = free_ports(4)
     updates: dict[str, Any] = {"state_dir": state}
-    base = {"ingestion": {"port": ingestion_port}, "storage": {"port": storage_port}, "cache": {"port": cache_port},
-            "redis": {"port": redis_port}}
+    base = {
+        "ingestion": {"port": ingestion_port},
+        "storage": {"port": storage_port},
+        "cache": {"port": cache_port},
+        "redis": {"port": redis_port},
+    }
     for name in {*base, *sections}:
         section = getattr(settings, name)
         updates[name] = section.model_copy(update={**base.get(name, {}), **sections.get(name, {})})
@@ -93,6 +107,7 @@ def connected_clients(client: redis.Redis) -> int:
 
 # -- raw HTTP -------------------------------------------------------------------------------------------------------
 
+
 def connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.settimeout(10)
@@ -106,7 +121,7 @@ def read_until_closed(sock: socket.socket, limit_s: float) -> tuple[bytes, float
     try:
         while chunk := sock.recv(65536):
             out += chunk
-    except socket.timeout:
+    except TimeoutError:
         return out + b"<still open>", time.monotonic() - started
     return out, time.monotonic() - started
 
@@ -115,7 +130,11 @@ def parse_response(raw: bytes) -> tuple[int, dict[str, str], Any]:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, orjson.loads(body) if body else None
+    return (
+        int(lines[0].split()[1]),
+        {k.lower(): v for k, v in headers.items()},
+        orjson.loads(body) if body else None,
+    )
 
 
 def open_stream(port: int, job: str = "event_metrics") -> socket.socket:
@@ -148,9 +167,12 @@ POOL = 8
 def crowded(settings, kafka, tmp_path_factory) -> Iterator[tuple[RunningCache, redis.Redis]]:
     """A cache API on a redis-server of its own (every client of that Redis is this service), with a stream cap
     and a Redis pool small enough to reach, and room for hundreds of connections."""
-    s = private(cache_settings(settings, read_keys=[READ_KEY]), tmp_path_factory.mktemp("crowded"),
-                cache={"max_streams": STREAMS_CAP, "redis_max_connections": POOL},
-                http={"limit_concurrency": 600, "header_read_seconds": 4.0})
+    s = private(
+        cache_settings(settings, read_keys=[READ_KEY]),
+        tmp_path_factory.mktemp("crowded"),
+        cache={"max_streams": STREAMS_CAP, "redis_max_connections": POOL},
+        http={"limit_concurrency": 600, "header_read_seconds": 4.0},
+    )
     with redis_server(s) as client, running_cache(s) as cache:
         yield cache, client
 
@@ -161,22 +183,36 @@ def test_idle_connections_and_open_streams_leave_requests_answering(crowded):
     http.header_read_seconds."""
     cache, client = crowded
     port = cache.service.port
-    channels = {name: layout.channel for name, layout in layouts(cache.settings.cache.key_prefix, load_schemas().values()).items()}
+    channels = {
+        name: layout.channel
+        for name, layout in layouts(cache.settings.cache.key_prefix, load_schemas().values()).items()
+    }
     with ExitStack() as sockets:
         idle = [sockets.enter_context(closing(connect(port))) for _ in range(300)]
         opened_at = time.monotonic()
         jobs = ["event_metrics", "performance_metrics"]
         streams = [sockets.enter_context(closing(open_stream(port, jobs[i % 2]))) for i in range(STREAMS_CAP)]
-        slowest = max(timed_get(cache.client, path) for _ in range(10)
-                      for path in ("/v1/jobs/event_metrics/latest", "/v1/overview", "/metrics", "/healthz"))
-        assert slowest < 2.0, f"a request took {slowest:.2f} s with 300 idle connections and {len(streams)} streams"
+        slowest = max(
+            timed_get(cache.client, path)
+            for _ in range(10)
+            for path in ("/v1/jobs/event_metrics/latest", "/v1/overview", "/metrics", "/healthz")
+        )
+        assert slowest < 2.0, (
+            f"a request took {slowest:.2f} s with 300 idle connections and {len(streams)} streams"
+        )
         subscribers = dict(client.pubsub_numsub(*(channels[j] for j in jobs)))
-        assert subscribers == {channels[j].encode(): 1 for j in jobs}, "one Redis subscription per job, whatever the streams"
-        assert connected_clients(client) <= POOL + 1, "the API's pool (its pub/sub connection included) plus the consumer"
+        assert subscribers == {channels[j].encode(): 1 for j in jobs}, (
+            "one Redis subscription per job, whatever the streams"
+        )
+        assert connected_clients(client) <= POOL + 1, (
+            "the API's pool (its pub/sub connection included) plus the consumer"
+        )
 
         time.sleep(max(0.0, opened_at + 4.0 + 1.5 - time.monotonic()))
         for sock in idle[:20]:
-            assert read_until_closed(sock, 2.0)[0] == b"", "an idle connection outlived http.header_read_seconds"
+            assert read_until_closed(sock, 2.0)[0] == b"", (
+                "an idle connection outlived http.header_read_seconds"
+            )
 
 
 def test_redis_connections_stay_bounded_under_concurrent_requests(crowded):
@@ -192,7 +228,9 @@ def test_redis_connections_stay_bounded_under_concurrent_requests(crowded):
 
     def hammer(_: int) -> list[int]:
         with httpx.Client(base_url=cache.url, headers=AUTH, timeout=10) as c:
-            return [c.get(path).status_code for path in ("/v1/overview", "/v1/jobs/session_metrics/latest") * 5]
+            return [
+                c.get(path).status_code for path in ("/v1/overview", "/v1/jobs/session_metrics/latest") * 5
+            ]
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -211,16 +249,25 @@ def test_streams_over_the_cap_are_refused_precisely(crowded):
     stream closes, its slot is free again."""
     cache, _ = crowded
     with ExitStack() as sockets:
-        streams = [sockets.enter_context(closing(open_stream(cache.service.port))) for _ in range(STREAMS_CAP)]
+        streams = [
+            sockets.enter_context(closing(open_stream(cache.service.port))) for _ in range(STREAMS_CAP)
+        ]
         refused = cache.client.get("/v1/jobs/event_metrics/stream")
         assert refused.status_code == 429, refused.text[:300]
         assert int(refused.headers["retry-after"]) > 0
         [problem] = refused.json()["detail"]
-        assert problem["type"] == "too_many_streams" and "cache.max_streams" in problem["msg"] and str(STREAMS_CAP) in problem["msg"]
+        assert (
+            problem["type"] == "too_many_streams"
+            and "cache.max_streams" in problem["msg"]
+            and str(STREAMS_CAP) in problem["msg"]
+        )
         assert problem["loc"] == ["path", "job"]
         streams.pop().close()
-        wait_for(lambda: cache.client.get("/metrics").text.count(f"rtap_cache_streams_open {STREAMS_CAP - 1}.0"), 10,
-                 what="the closed stream's slot to be released")
+        wait_for(
+            lambda: cache.client.get("/metrics").text.count(f"rtap_cache_streams_open {STREAMS_CAP - 1}.0"),
+            10,
+            what="the closed stream's slot to be released",
+        )
         sockets.enter_context(closing(open_stream(cache.service.port)))
 
 
@@ -243,15 +290,24 @@ def test_one_subscription_fans_a_window_out_to_every_stream(crowded, kafka):
 
 # -- server-level limits of every service --------------------------------------------------------------------------------
 
-LIMITED = {"limit_concurrency": 20, "header_read_seconds": 2.0, "body_read_seconds": 2.0, "max_header_bytes": 4096}
+LIMITED = {
+    "limit_concurrency": 20,
+    "header_read_seconds": 2.0,
+    "body_read_seconds": 2.0,
+    "max_header_bytes": 4096,
+}
 BODY_ROUTES = {"ingestion": "/v1/analytics/track", "storage": "/v1/sql"}
 
 
 @pytest.fixture(scope="module", params=["ingestion", "storage", "cache"])
 def limited(request, settings, kafka, redis_url, tmp_path_factory) -> Iterator[Service]:
     name = request.param
-    s = private(cache_settings(settings), tmp_path_factory.mktemp(f"limited-{name}"), http=LIMITED,
-                redis={"port": settings.redis.port})
+    s = private(
+        cache_settings(settings),
+        tmp_path_factory.mktemp(f"limited-{name}"),
+        http=LIMITED,
+        redis={"port": settings.redis.port},
+    )
     with running(Service(s, name)) as service:
         yield service
 
@@ -288,7 +344,9 @@ def test_an_oversized_request_head_gets_431(limited):
 def test_a_trickled_body_is_cut_off_at_the_body_deadline(limited):
     route = BODY_ROUTES.get(limited.name, "/healthz")
     with closing(connect(limited.port)) as sock:
-        sock.sendall(f"POST {route} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{".encode())
+        sock.sendall(
+            f"POST {route} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{".encode()
+        )
         raw, took = read_until_closed(sock, 8.0)
     assert took < 2.0 + 2.0, f"{limited.name} kept a trickled body open for {took:.1f} s"
     if limited.name in BODY_ROUTES:  # the route waits for the body: the server answers 408
@@ -306,14 +364,22 @@ def test_over_the_connection_limit_requests_get_503_with_retry_after(limited):
         assert refused.headers["retry-after"] == "1"
         [problem] = refused.json()["detail"]
         assert problem["loc"] == ["connection"] and "http.limit_concurrency" in problem["msg"]
-    wait_for(lambda: httpx.get(f"{limited.url()}/healthz", timeout=5).status_code == 200, 10, what="capacity back")
+    wait_for(
+        lambda: httpx.get(f"{limited.url()}/healthz", timeout=5).status_code == 200, 10, what="capacity back"
+    )
     metrics = httpx.get(f"{limited.url()}/metrics", timeout=5).text
-    refusals = {s.labels["limit"]: s.value for f in text_string_to_metric_families(metrics)
-                if f.name == "rtap_http_server_refused" for s in f.samples if s.name.endswith("_total")}
+    refusals = {
+        s.labels["limit"]: s.value
+        for f in text_string_to_metric_families(metrics)
+        if f.name == "rtap_http_server_refused"
+        for s in f.samples
+        if s.name.endswith("_total")
+    }
     assert refusals["limit_concurrency"] >= 1
 
 
 # -- /metrics while the broker does not answer ----------------------------------------------------------------------
+
 
 @contextmanager
 def silent_broker() -> Iterator[str]:
@@ -330,7 +396,12 @@ def silent_broker() -> Iterator[str]:
 def test_metrics_answer_fast_while_the_broker_does_not(settings, redis_url, tmp_path):
     """The consumer-group lag is measured in the background: a scrape never waits on an unresponsive broker."""
     with silent_broker() as bootstrap:
-        s = private(cache_settings(settings), tmp_path, kafka={"bootstrap": bootstrap}, redis={"port": settings.redis.port})
+        s = private(
+            cache_settings(settings),
+            tmp_path,
+            kafka={"bootstrap": bootstrap},
+            redis={"port": settings.redis.port},
+        )
         with running(Service(s, "cache")) as service:
             for _ in range(5):
                 started = time.monotonic()
@@ -340,6 +411,7 @@ def test_metrics_answer_fast_while_the_broker_does_not(settings, redis_url, tmp_
 
 
 # -- Redis memory and secrets ---------------------------------------------------------------------------------------
+
 
 def test_local_redis_runs_with_maxmemory_and_noeviction(redis_url, settings):
     client = redis.Redis.from_url(redis_url)
@@ -364,7 +436,9 @@ def test_a_full_redis_refuses_writes_loudly_and_loses_nothing(settings, kafka, t
     with redis_server(s) as client, running_cache(s) as cache:
         client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 150_000)
         base = window_base()
-        types = [f"full-{uuid.uuid4().hex[:8]}-{n}" for n in range(7)]  # indexes that hold this test's windows alone
+        types = [
+            f"full-{uuid.uuid4().hex[:8]}-{n}" for n in range(7)
+        ]  # indexes that hold this test's windows alone
         windows = [event_record(base + i * 10_000, types[i % 7], "desktop", i, 1) for i in range(WINDOWS)]
         produce(kafka, "event_metrics", windows)
 
@@ -376,17 +450,29 @@ def test_a_full_redis_refuses_writes_loudly_and_loses_nothing(settings, kafka, t
         assert status["ready"] is False
         metrics = cache.client.get("/metrics").text
         assert 'rtap_consumer_write_blocked{sink="cache"} 1.0' in metrics
-        assert re.search(r'rtap_consumer_write_retries_total\{error="OutOfMemoryError",sink="cache"\} [1-9]', metrics)
-        assert cache.client.get("/v1/jobs/event_metrics/latest").status_code == 200, "reads work while writes are refused"
+        assert re.search(
+            r'rtap_consumer_write_retries_total\{error="OutOfMemoryError",sink="cache"\} [1-9]', metrics
+        )
+        assert cache.client.get("/v1/jobs/event_metrics/latest").status_code == 200, (
+            "reads work while writes are refused"
+        )
 
         client.config_set("maxmemory", 0)
-        wait_ready_again = wait_for(lambda: cache.client.get("/readyz").status_code == 200, 60, 0.3, "writes accepted again")
+        wait_ready_again = wait_for(
+            lambda: cache.client.get("/readyz").status_code == 200, 60, 0.3, "writes accepted again"
+        )
         assert wait_ready_again
         wait_caught_up(cache.client)
-        found = [record for event_type in types
-                 for record in cache.client.get("/v1/jobs/event_metrics/windows",
-                                                params={"event_type": event_type, "limit": 1_000}).json()["records"]]
-        assert len({(r["window_start"], r["event_type"]) for r in found}) == WINDOWS, "a refused window was lost"
+        found = [
+            record
+            for event_type in types
+            for record in cache.client.get(
+                "/v1/jobs/event_metrics/windows", params={"event_type": event_type, "limit": 1_000}
+            ).json()["records"]
+        ]
+        assert len({(r["window_start"], r["event_type"]) for r in found}) == WINDOWS, (
+            "a refused window was lost"
+        )
         assert 'rtap_consumer_write_blocked{sink="cache"} 0.0' in cache.client.get("/metrics").text
 
 
@@ -410,6 +496,7 @@ def test_a_redis_password_with_url_characters_works(settings, tmp_path):
 
 
 # -- storage batches ----------------------------------------------------------------------------------------------------
+
 
 class Record:
     """The part of a confluent_kafka Message the consumer pipeline's batching reads."""
@@ -463,10 +550,15 @@ def test_storage_batches_are_bounded_by_bytes(settings, kafka):
     record_bytes, limit = 300_000, 1_048_576
     storage = settings.storage.model_copy(update={"batch_bytes": limit, "batch_seconds": 60.0})
     processors = {EVENTS.name: lambda key, value, offset: {"offset": offset}}
-    sink = Sink("storage", processors, lambda rows: None,
-                Limits(storage.batch_rows, storage.batch_bytes, storage.batch_seconds))
-    consumer = ConsumerPipeline(sink, {"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bytes-bound"},
-                                DEAD_LETTER.name)
+    sink = Sink(
+        "storage",
+        processors,
+        lambda rows: None,
+        Limits(storage.batch_rows, storage.batch_bytes, storage.batch_seconds),
+    )
+    consumer = ConsumerPipeline(
+        sink, {"bootstrap.servers": settings.kafka.bootstrap, "group.id": "bytes-bound"}, DEAD_LETTER.name
+    )
     consumer.consumer.close()
     consumer.consumer = OneFetch([Record(i, record_bytes) for i in range(40)], consumer.stop_event)
     written: list[tuple[int, int]] = []
@@ -482,6 +574,7 @@ def test_storage_batches_are_bounded_by_bytes(settings, kafka):
 
 # -- Flink REST ------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.flink
 def test_flink_rest_refuses_jar_upload_and_run_but_keeps_job_submission(flink_cluster):
     """/jars/upload and /jars/:id/run are gone (web.submit.enable: false); POST /jobs (how the driver and `flink run`
@@ -490,10 +583,17 @@ def test_flink_rest_refuses_jar_upload_and_run_but_keeps_job_submission(flink_cl
     upload = httpx.post(f"{flink_cluster}/jars/upload", files=jar, timeout=10)
     assert upload.status_code in (400, 404) and "errors" in upload.json(), upload.text
     assert httpx.get(f"{flink_cluster}/jars", timeout=10).status_code == 404, "no jar store to list"
-    assert httpx.post(f"{flink_cluster}/jars/{uuid.uuid4()}_evil.jar/run", json={}, timeout=10).status_code == 404
+    assert (
+        httpx.post(f"{flink_cluster}/jars/{uuid.uuid4()}_evil.jar/run", json={}, timeout=10).status_code
+        == 404
+    )
     features = httpx.get(f"{flink_cluster}/config", timeout=10).json()["features"]
     assert features["web-submit"] is False and features["web-cancel"] is False
     submit = httpx.post(f"{flink_cluster}/jobs", json={}, timeout=10)
-    assert submit.status_code == 400 and "jobGraphFileName" in submit.text, "POST /jobs (job submission) must still be served"
+    assert submit.status_code == 400 and "jobGraphFileName" in submit.text, (
+        "POST /jobs (job submission) must still be served"
+    )
     cancel = httpx.patch(f"{flink_cluster}/jobs/{uuid.uuid4().hex}", params={"mode": "cancel"}, timeout=10)
-    assert cancel.status_code == 404 and "Job could not be found" in cancel.text, "PATCH /jobs/:id (cancel) must still be served"
+    assert cancel.status_code == 404 and "Job could not be found" in cancel.text, (
+        "PATCH /jobs/:id (cancel) must still be served"
+    )

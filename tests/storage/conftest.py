@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import httpx
 import orjson
@@ -27,10 +28,16 @@ WINDOW_MS = 10_000
 
 
 def storage_settings(settings: Settings, **overrides: Any) -> Settings:
-    storage = settings.storage.model_copy(update={
-        "batch_seconds": 0.2, "batch_rows": 500, "read_keys": [READ_KEY], "session_timeout_ms": 6_000,
-        "consumer_group": f"storage-test-{uuid.uuid4().hex[:8]}", **overrides,
-    })
+    storage = settings.storage.model_copy(
+        update={
+            "batch_seconds": 0.2,
+            "batch_rows": 500,
+            "read_keys": [READ_KEY],
+            "session_timeout_ms": 6_000,
+            "consumer_group": f"storage-test-{uuid.uuid4().hex[:8]}",
+            **overrides,
+        }
+    )
     return settings.model_copy(update={"storage": storage})
 
 
@@ -74,17 +81,34 @@ def produce_raw(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, 
 
 
 def event_metric(ws: int, event_type: str, device: str, events: int, users: int) -> dict[str, Any]:
-    return {"window_start": ws, "window_end": ws + WINDOW_MS, "event_type": event_type,
-            "device_category": device, "events": events, "unique_users": users}
+    return {
+        "window_start": ws,
+        "window_end": ws + WINDOW_MS,
+        "event_type": event_type,
+        "device_category": device,
+        "events": events,
+        "unique_users": users,
+    }
 
 
-def raw_event(session_id: str, event_id: str, event_type: str = "page_view", ts: int | None = None) -> dict[str, Any]:
+def raw_event(
+    session_id: str, event_id: str, event_type: str = "page_view", ts: int | None = None
+) -> dict[str, Any]:
     now = int(time.time() * 1000)
     return {
         "event": {"type": event_type, "id": event_id},
         "user": {"id": f"u-{session_id}"},
-        "device": {"user_agent": "Mozilla/5.0 (X11; Linux x86_64)", "screen_width": 1920, "screen_height": 1080},
-        "context": {"url": "https://shop.example/p/1", "referrer": None, "ip_address": "203.0.113.9", "session_id": session_id},
+        "device": {
+            "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+            "screen_width": 1920,
+            "screen_height": 1080,
+        },
+        "context": {
+            "url": "https://shop.example/p/1",
+            "referrer": None,
+            "ip_address": "203.0.113.9",
+            "session_id": session_id,
+        },
         "properties": {"sku": "A-1", "qty": 2, "gift": True},
         "metrics": {"load_time": 812.5, "interaction_time": None},
         "timestamp": ts or now,
@@ -93,7 +117,9 @@ def raw_event(session_id: str, event_id: str, event_type: str = "page_view", ts:
 
 
 def produce_events(bootstrap: str, events: Iterable[dict[str, Any]]) -> None:
-    produce_raw(bootstrap, EVENTS.name, ((e["context"]["session_id"].encode(), orjson.dumps(e)) for e in events))
+    produce_raw(
+        bootstrap, EVENTS.name, ((e["context"]["session_id"].encode(), orjson.dumps(e)) for e in events)
+    )
 
 
 def heartbeat() -> dict[str, Any]:

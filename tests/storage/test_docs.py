@@ -18,7 +18,7 @@ def storage_section() -> str:
     text = API_DOC.read_text()
     start = text.index("## Storage query API")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 @pytest.fixture(scope="module")

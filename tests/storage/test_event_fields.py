@@ -70,8 +70,10 @@ SOURCE_COLUMNS_BEFORE_SCHEMA = """CREATE TABLE events_source (
 COALESCE(received_at, `timestamp`, CAST(0 AS BIGINT)) + 500), 3) - INTERVAL '0 00:00:02.000' DAY TO SECOND(3)
 ) WITH ("""
 
-RAW_VIEW_COLUMNS = ("event_type, event_id, user_id, session_id, user_agent, screen_width, screen_height, "
-                    "url, referrer, properties, load_time, interaction_time, ts, received_at")
+RAW_VIEW_COLUMNS = (
+    "event_type, event_id, user_id, session_id, user_agent, screen_width, screen_height, "
+    "url, referrer, properties, load_time, interaction_time, ts, received_at"
+)
 VIEW_SELECTION = """SELECT event.`type` AS event_type, event.id AS event_id, `user`.id AS user_id,
        context.session_id AS session_id, device.user_agent AS user_agent, device.screen_width AS screen_width,
        device.screen_height AS screen_height, context.url AS url, context.referrer AS referrer, properties,
@@ -136,12 +138,21 @@ def test_todays_event_keeps_the_row_written_before_the_schema():
     event["received_at"] = 1_767_225_600_456
     at = datetime(2026, 1, 1, tzinfo=UTC)
     assert process_event(b"s1", orjson.dumps(event), 7) == {
-        "event_id": "e1", "event_type": "add_to_cart", "user_id": "u-s1", "session_id": "s1",
-        "url": "https://shop.example/p/1", "referrer": None, "ip": "203.0.113.9",
-        "user_agent": "Mozilla/5.0 (X11; Linux x86_64)", "screen_width": 1920, "screen_height": 1080,
+        "event_id": "e1",
+        "event_type": "add_to_cart",
+        "user_id": "u-s1",
+        "session_id": "s1",
+        "url": "https://shop.example/p/1",
+        "referrer": None,
+        "ip": "203.0.113.9",
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+        "screen_width": 1920,
+        "screen_height": 1080,
         "properties": {"sku": "A-1", "qty": "2", "gift": "true"},
-        "load_time": 812.5, "interaction_time": None,
-        "timestamp": at.replace(microsecond=123_000), "received_at": at.replace(microsecond=456_000),
+        "load_time": 812.5,
+        "interaction_time": None,
+        "timestamp": at.replace(microsecond=123_000),
+        "received_at": at.replace(microsecond=456_000),
         "_version": 7,
     }
 
@@ -224,7 +235,8 @@ def test_a_heartbeat_has_every_value_of_the_schema():
 def test_the_guide_lists_the_derived_columns():
     assert event_doc.documented(event_doc.DOC.read_text()) == event_doc.column_list(), (
         "docs/adding-a-job.md lists other raw event columns than shared/events.py declares: "
-        "run .venv/bin/python -m shared.event_doc --write")
+        "run .venv/bin/python -m shared.event_doc --write"
+    )
 
 
 def test_the_row_builder_refuses_a_path_that_is_not_python_names():

@@ -14,10 +14,17 @@ from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.process import wait_until
 from services.storage.consumer import KILL_BEFORE_COMMIT_ENV
 from shared.topics import METRIC_PARTITIONS
-from tests.topics import EVENTS
 from tests.storage.conftest import (
-    event_metric, produce_events, produce_metrics, raw_event, scalar, unique, wait_for, wait_ready,
+    event_metric,
+    produce_events,
+    produce_metrics,
+    raw_event,
+    scalar,
+    unique,
+    wait_for,
+    wait_ready,
 )
+from tests.topics import EVENTS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse, pytest.mark.slow]
 BASE_MS = 1_767_398_400_000  # 2026-01-03
@@ -28,7 +35,10 @@ METRICS_FINAL = "SELECT count() AS c, sum(events) AS s FROM event_metrics FINAL 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
-        return [tp.offset for tp in reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)]
+        return [
+            tp.offset
+            for tp in reader.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        ]
     finally:
         reader.close()
 
@@ -36,7 +46,9 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[i
 def high_watermarks(bootstrap: str, topic: str, partitions: int) -> list[int]:
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("wm")})
     try:
-        return [reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+        return [
+            reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)
+        ]
     finally:
         reader.close()
 
@@ -53,22 +65,44 @@ def test_killed_between_write_and_commit_then_restarted_is_exact(kafka, storage_
     monkeypatch.setenv(KILL_BEFORE_COMMIT_ENV, "1")
     try:
         storage_service.start()
-    except RuntimeSetupError as exc:  # on a busy machine the hook can fire before the service reported healthy
+    except (
+        RuntimeSetupError
+    ) as exc:  # on a busy machine the hook can fire before the service reported healthy
         assert "fault hook" in str(exc), exc
     assert wait_until(lambda: storage_service.pid() is None, 60, 0.3), "the fault hook never fired"
     monkeypatch.delenv(KILL_BEFORE_COMMIT_ENV)
     log = (storage_service.settings.state_path / "logs" / "storage.log").read_text()
     assert "fault hook: killing the process between write and commit" in log
-    uncommitted = [c < h for c, h in zip(committed(kafka, group, "event_metrics", METRIC_PARTITIONS),
-                                         high_watermarks(kafka, "event_metrics", METRIC_PARTITIONS))]
-    uncommitted += [c < h for c, h in zip(committed(kafka, group, EVENTS.name, EVENTS.partitions),
-                                          high_watermarks(kafka, EVENTS.name, EVENTS.partitions))]
+    uncommitted = [
+        c < h
+        for c, h in zip(
+            committed(kafka, group, "event_metrics", METRIC_PARTITIONS),
+            high_watermarks(kafka, "event_metrics", METRIC_PARTITIONS),
+        )
+    ]
+    uncommitted += [
+        c < h
+        for c, h in zip(
+            committed(kafka, group, EVENTS.name, EVENTS.partitions),
+            high_watermarks(kafka, EVENTS.name, EVENTS.partitions),
+        )
+    ]
     assert any(uncommitted), "offsets were committed although the process died before committing"
 
     storage_service.start()
     wait_ready(storage_service)
     assert wait_for(lambda: scalar(api, EVENTS_FINAL, s=session) == 30)
-    row = wait_for(lambda: (r := api.post("/v1/sql", json={"sql": METRICS_FINAL, "params": {"t": event_type}}).json()["rows"][0])["c"] == 20 and r)
+    row = wait_for(
+        lambda: (
+            (
+                r := api.post("/v1/sql", json={"sql": METRICS_FINAL, "params": {"t": event_type}}).json()[
+                    "rows"
+                ][0]
+            )["c"]
+            == 20
+            and r
+        )
+    )
     assert row["s"] == sum(range(1, 21))
     time.sleep(1)  # a late duplicate write would show up now
     assert scalar(api, EVENTS_FINAL, s=session) == 30
@@ -80,7 +114,7 @@ def test_kill9_under_a_steady_stream_then_restart_is_exact(kafka, storage_servic
 
     def stream() -> None:
         for i in range(0, total, 20):
-            produce_events(kafka, events[i:i + 20])
+            produce_events(kafka, events[i : i + 20])
             time.sleep(0.1)
 
     producer = threading.Thread(target=stream)
@@ -93,4 +127,11 @@ def test_kill9_under_a_steady_stream_then_restart_is_exact(kafka, storage_servic
     assert wait_for(lambda: scalar(api, EVENTS_FINAL, s=session) == total)
     time.sleep(1)
     assert scalar(api, EVENTS_FINAL, s=session) == total
-    assert scalar(api, "SELECT uniqExact(event_id) AS c FROM analytics_events WHERE session_id = {s:String}", s=session) == total
+    assert (
+        scalar(
+            api,
+            "SELECT uniqExact(event_id) AS c FROM analytics_events WHERE session_id = {s:String}",
+            s=session,
+        )
+        == total
+    )

@@ -10,17 +10,30 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
-from tests.topics import DEAD_LETTER, EVENTS
 from tests.storage.conftest import (
-    WINDOW_MS, event_metric, heartbeat, produce_events, produce_metrics, produce_raw, raw_event, scalar, unique, wait_for,
+    WINDOW_MS,
+    event_metric,
+    heartbeat,
+    produce_events,
+    produce_metrics,
+    produce_raw,
+    raw_event,
+    scalar,
+    unique,
+    wait_for,
 )
+from tests.topics import DEAD_LETTER, EVENTS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 BASE_MS = 1_767_225_600_000  # 2026-01-01
 
 
-def metric_rows(api: httpx.Client, event_type: str, start: int = BASE_MS, end: int = BASE_MS + 3600_000) -> list[dict]:
-    response = api.get("/v1/metrics/event_metrics", params={"from": start, "to": end, "event_type": event_type})
+def metric_rows(
+    api: httpx.Client, event_type: str, start: int = BASE_MS, end: int = BASE_MS + 3600_000
+) -> list[dict]:
+    response = api.get(
+        "/v1/metrics/event_metrics", params={"from": start, "to": end, "event_type": event_type}
+    )
     assert response.status_code == 200, response.text
     return response.json()["rows"]
 
@@ -42,7 +55,7 @@ def test_replayed_window_does_not_double_and_the_latest_value_wins(kafka, api):
     produce_metrics(kafka, "event_metrics", first)  # the same windows again, as after a Flink restart
     updated = event_metric(BASE_MS, event_type, "mobile", 9, 4)  # a late update of window 0
     produce_metrics(kafka, "event_metrics", [updated])
-    total = f"SELECT sum(events) AS s FROM event_metrics FINAL WHERE event_type = {{t:String}}"
+    total = "SELECT sum(events) AS s FROM event_metrics FINAL WHERE event_type = {t:String}"
     assert wait_for(lambda: scalar(api, total, t=event_type) == 9 + 7 + 7)
     assert [r["events"] for r in metric_rows(api, event_type)] == [9, 7, 7]
 
@@ -63,8 +76,14 @@ def test_raw_events_stored_once_per_event_id_and_heartbeats_skipped(kafka, api):
     produce_events(kafka, [*events, heartbeat(), events[0], events[1]])  # two client retries of the same ids
     count = "SELECT count() AS c FROM analytics_events FINAL WHERE session_id = {s:String}"
     assert wait_for(lambda: scalar(api, count, s=session) == 4)
-    row = api.post("/v1/sql", json={"sql": "SELECT properties, load_time, ip FROM analytics_events FINAL "
-                                           "WHERE event_id = {id:String}", "params": {"id": events[0]["event"]["id"]}}).json()["rows"][0]
+    row = api.post(
+        "/v1/sql",
+        json={
+            "sql": "SELECT properties, load_time, ip FROM analytics_events FINAL "
+            "WHERE event_id = {id:String}",
+            "params": {"id": events[0]["event"]["id"]},
+        },
+    ).json()["rows"][0]
     assert row["properties"] == {"sku": "A-1", "qty": "2", "gift": "true"}
     assert row["load_time"] == 812.5 and row["ip"] == "203.0.113.9"
     heartbeats = "SELECT count() AS c FROM analytics_events WHERE event_type = '__heartbeat'"
@@ -72,25 +91,36 @@ def test_raw_events_stored_once_per_event_id_and_heartbeats_skipped(kafka, api):
 
 
 def dead_letters_for(bootstrap: str, marker: bytes, timeout: float = 20.0) -> list:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("dlq-reader"), "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": unique("dlq-reader"), "auto.offset.reset": "earliest"}
+    )
     consumer.subscribe([DEAD_LETTER.name])
     found, deadline = [], time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and not found:
             for msg in consumer.consume(100, timeout=0.5):
-                if not msg.error() and msg.key() == marker and dict(msg.headers() or []).get("consumer") == b"storage":
+                if (
+                    not msg.error()
+                    and msg.key() == marker
+                    and dict(msg.headers() or []).get("consumer") == b"storage"
+                ):
                     found.append(msg)
     finally:
         consumer.close()
     return found
 
 
-@pytest.mark.parametrize("topic,value,reason_part", [
-    ("event_metrics", b"{not json", "not JSON"),
-    ("event_metrics", orjson.dumps({"window_start": BASE_MS, "event_type": "x"}), "missing column"),
-    (EVENTS.name, orjson.dumps({"event": {"type": "click"}}), "event.id"),
-])
-def test_poison_record_goes_to_dead_letter_and_the_next_record_is_stored(kafka, api, topic, value, reason_part):
+@pytest.mark.parametrize(
+    "topic,value,reason_part",
+    [
+        ("event_metrics", b"{not json", "not JSON"),
+        ("event_metrics", orjson.dumps({"window_start": BASE_MS, "event_type": "x"}), "missing column"),
+        (EVENTS.name, orjson.dumps({"event": {"type": "click"}}), "event.id"),
+    ],
+)
+def test_poison_record_goes_to_dead_letter_and_the_next_record_is_stored(
+    kafka, api, topic, value, reason_part
+):
     marker = unique("poison").encode()
     produce_raw(kafka, topic, [(marker, value)])
     event_type = unique("after-poison")
@@ -109,8 +139,13 @@ def test_readyz_and_metrics(api):
     ready = wait_for(lambda: (r := api.get("/readyz")).status_code == 200 and r.json())
     assert ready["clickhouse"]["ok"] and ready["consumer"]["assigned_partitions"] > 0
     text = api.get("/metrics").text
-    names = ("records_written_total", "batch_seconds", "lag_records", "dead_letter_total",
-             "write_retries_total")
+    names = (
+        "records_written_total",
+        "batch_seconds",
+        "lag_records",
+        "dead_letter_total",
+        "write_retries_total",
+    )
     for name in names:
         assert f"rtap_consumer_{name}" in text, name
     assert 'rtap_consumer_records_written_total{sink="storage",topic="event_metrics"}' in text
@@ -121,17 +156,21 @@ def test_query_api_requires_the_read_key(storage_service):
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"X-Read-Key": "wrong"}).status_code == 401
     from tests.storage.conftest import READ_KEY
+
     assert httpx.get(url, headers={"Authorization": f"Bearer {READ_KEY}"}).status_code == 200
     assert httpx.get(f"{storage_service.url()}/healthz").status_code == 200
 
 
-@pytest.mark.parametrize("params,name", [
-    ({"to": "1"}, "from"),
-    ({"from": "yesterday", "to": "1"}, "from"),
-    ({"from": "10", "to": "5"}, "to"),
-    ({"from": "0", "to": "1", "limit": "0"}, "limit"),
-    ({"from": "0", "to": "1", "colour": "red"}, "colour"),
-])
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"to": "1"}, "from"),
+        ({"from": "yesterday", "to": "1"}, "from"),
+        ({"from": "10", "to": "5"}, "to"),
+        ({"from": "0", "to": "1", "limit": "0"}, "limit"),
+        ({"from": "0", "to": "1", "colour": "red"}, "colour"),
+    ],
+)
 def test_metric_query_errors_name_the_parameter(api, params, name):
     response = api.get("/v1/metrics/event_metrics", params=params)
     assert response.status_code in (400, 422)
@@ -146,7 +185,8 @@ def test_unknown_job_is_404(api):
 def test_an_unknown_route_is_a_404_in_the_one_error_shape(api):
     response = api.get("/v1/no_such_route")
     assert response.status_code == 404 and response.json() == {
-        "detail": [{"loc": ["path"], "msg": "Not Found", "type": "not_found"}]}
+        "detail": [{"loc": ["path"], "msg": "Not Found", "type": "not_found"}]
+    }
 
 
 def test_clickhouse_health_asks_the_storage_service_while_it_owns_chdb(storage_service, api):

@@ -32,7 +32,11 @@ WRITES = [
 @pytest.fixture(scope="module")
 def seeded(kafka, api) -> tuple[str, int]:
     event_type = unique("sql")
-    produce_metrics(kafka, "event_metrics", [event_metric(BASE_MS + i * 10_000, event_type, "desktop", 3, 1) for i in range(4)])
+    produce_metrics(
+        kafka,
+        "event_metrics",
+        [event_metric(BASE_MS + i * 10_000, event_type, "desktop", 3, 1) for i in range(4)],
+    )
     count = "SELECT count() AS c FROM event_metrics FINAL WHERE event_type = {t:String}"
     wait_for(lambda: scalar(api, count, t=event_type) == 4)
     return event_type, scalar(api, "SELECT count() AS c FROM event_metrics")
@@ -41,7 +45,12 @@ def seeded(kafka, api) -> tuple[str, int]:
 def assert_unchanged(api, seeded) -> None:
     """The seeded rows are all there (system tables are outside the sandbox; tests/security checks the disk for new tables)."""
     event_type, total = seeded
-    assert scalar(api, "SELECT count() AS c FROM event_metrics FINAL WHERE event_type = {t:String}", t=event_type) == 4
+    assert (
+        scalar(
+            api, "SELECT count() AS c FROM event_metrics FINAL WHERE event_type = {t:String}", t=event_type
+        )
+        == 4
+    )
     assert scalar(api, "SELECT count() AS c FROM event_metrics") >= total
 
 
@@ -66,10 +75,18 @@ def test_injection_in_a_bound_parameter_is_just_a_value(api, seeded):
     statement = "SELECT count() AS c FROM event_metrics FINAL WHERE event_type = {t:String}"
     assert scalar(api, statement, t=tricky) == 0
     assert sql(api, "SELECT {n:Int64} AS n", n="1; DROP TABLE event_metrics").status_code == 400
-    response = api.get("/v1/metrics/event_metrics", params={"from": BASE_MS, "to": BASE_MS + 3600_000, "event_type": tricky})
+    response = api.get(
+        "/v1/metrics/event_metrics", params={"from": BASE_MS, "to": BASE_MS + 3600_000, "event_type": tricky}
+    )
     assert response.status_code == 200 and response.json()["rows"] == []
-    response = api.get("/v1/metrics/event_metrics", params={"from": BASE_MS, "to": BASE_MS + 3600_000,
-                                                             "event_type": f"{event_type}'; DROP TABLE event_metrics; --"})
+    response = api.get(
+        "/v1/metrics/event_metrics",
+        params={
+            "from": BASE_MS,
+            "to": BASE_MS + 3600_000,
+            "event_type": f"{event_type}'; DROP TABLE event_metrics; --",
+        },
+    )
     assert response.status_code == 200 and response.json()["rows"] == []
     assert_unchanged(api, seeded)
 
@@ -81,6 +98,7 @@ def test_limits_apply(api, seeded):
 
 def test_sql_needs_the_read_key(storage_service):
     import httpx
+
     response = httpx.post(f"{storage_service.url()}/v1/sql", json={"sql": "SELECT 1"})
     assert response.status_code == 401 and response.json()["detail"][0]["loc"] == ["header", "X-Read-Key"]
 
@@ -91,14 +109,24 @@ def rtap_sql(*args: str):
 
 def test_rtap_sql_prints_a_table(seeded):
     event_type, _ = seeded
-    result = rtap_sql("SELECT event_type, sum(events) AS total FROM event_metrics FINAL WHERE event_type = {t:String} "
-                      "GROUP BY event_type", "--param", f"t={event_type}")
+    result = rtap_sql(
+        "SELECT event_type, sum(events) AS total FROM event_metrics FINAL WHERE event_type = {t:String} "
+        "GROUP BY event_type",
+        "--param",
+        f"t={event_type}",
+    )
     assert result.exit_code == 0, result.output
     assert event_type in result.output and "12" in result.output and "1 row(s)" in result.output
 
 
-@pytest.mark.parametrize("statement", ["DROP TABLE event_metrics", "SELECT 1; DROP TABLE event_metrics",
-                                       "INSERT INTO event_metrics (event_type) VALUES ('x')"])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP TABLE event_metrics",
+        "SELECT 1; DROP TABLE event_metrics",
+        "INSERT INTO event_metrics (event_type) VALUES ('x')",
+    ],
+)
 def test_rtap_sql_refuses_write_statements(api, seeded, statement):
     result = rtap_sql(statement)
     assert result.exit_code == 2
@@ -108,8 +136,11 @@ def test_rtap_sql_refuses_write_statements(api, seeded, statement):
 
 def test_rtap_sql_injection_in_a_param_changes_nothing(api, seeded):
     event_type, _ = seeded
-    result = rtap_sql("SELECT count() AS c FROM event_metrics FINAL WHERE event_type = {t:String}",
-                      "--param", f"t={event_type}' OR 1=1; DROP TABLE event_metrics; --")
+    result = rtap_sql(
+        "SELECT count() AS c FROM event_metrics FINAL WHERE event_type = {t:String}",
+        "--param",
+        f"t={event_type}' OR 1=1; DROP TABLE event_metrics; --",
+    )
     assert result.exit_code == 0, result.output
     assert "│ 0 " in result.output
     assert_unchanged(api, seeded)

@@ -13,11 +13,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from services.processing.registry import load_schemas
 from services.storage.backends import Backend, ChdbBackend, ServerBackend, reader_limits
 from services.storage.processors import BadRecord, metric_processor, process_event
 from services.storage.query import metric_query
 from services.storage.tables import Table, events_table, events_ttl, metric_table, migrate
-from services.processing.registry import load_schemas
 from shared.metrics import Column, MetricSchema
 from shared.settings import Settings
 from tests.storage.conftest import event_metric, heartbeat, raw_event
@@ -27,8 +27,12 @@ SERVER_URL = os.environ.get("RTAP_TEST_CLICKHOUSE_URL", "")
 
 
 def versioned_schema(name: str, extra: bool) -> MetricSchema:
-    columns = [Column("window_start", "timestamp_ms"), Column("window_end", "timestamp_ms"),
-               Column("page", "string"), Column("views", "int64")]
+    columns = [
+        Column("window_start", "timestamp_ms"),
+        Column("window_end", "timestamp_ms"),
+        Column("page", "string"),
+        Column("views", "int64"),
+    ]
     if extra:
         columns.append(Column("p95_ms", "float64"))
     return MetricSchema(name=name, columns=tuple(columns), key=("window_start", "page"))
@@ -42,8 +46,12 @@ def chdb(tmp_path_factory) -> Backend:
 
 
 def backends() -> list:
-    server = pytest.param("server", marks=pytest.mark.skipif(
-        not SERVER_URL, reason="RTAP_TEST_CLICKHOUSE_URL is not set: no ClickHouse server to test against"))
+    server = pytest.param(
+        "server",
+        marks=pytest.mark.skipif(
+            not SERVER_URL, reason="RTAP_TEST_CLICKHOUSE_URL is not set: no ClickHouse server to test against"
+        ),
+    )
     return [pytest.param("chdb", marks=pytest.mark.clickhouse), server]
 
 
@@ -62,7 +70,7 @@ def test_every_schema_has_a_table_keyed_by_its_key():
         table = metric_table(schema)
         assert table.order_by == schema.key
         assert table.engine.startswith("ReplacingMergeTree(_version")
-        assert table.column_names[:len(schema.columns)] == schema.column_names
+        assert table.column_names[: len(schema.columns)] == schema.column_names
         assert f"toYYYYMM(`{schema.window_start}`)" == table.partition_by
 
 
@@ -81,7 +89,9 @@ def test_migration_adds_columns_keeps_data_and_is_idempotent(backend):
     db = f"mig_{uuid.uuid4().hex[:8]}"
     v1, v2 = versioned_schema("pages", extra=False), versioned_schema("pages", extra=True)
     assert migrate(backend, db, [metric_table(v1)])
-    row = metric_processor(v1)(b"", orjson.dumps({"window_start": 1_000, "window_end": 2_000, "page": "/", "views": 3}), 0)
+    row = metric_processor(v1)(
+        b"", orjson.dumps({"window_start": 1_000, "window_end": 2_000, "page": "/", "views": 3}), 0
+    )
     backend.insert(f"{db}.pages", [row])
     applied = migrate(backend, db, [metric_table(v2)])
     assert applied == [f"ALTER TABLE `{db}`.`pages` ADD COLUMN IF NOT EXISTS `p95_ms` Nullable(Float64)"]
@@ -97,8 +107,12 @@ def test_ttl_change_is_migrated(backend):
     db = f"ttl_{uuid.uuid4().hex[:8]}"
     table = events_table(Settings())
     migrate(backend, db, [table])
-    shorter = Table(table.name, table.columns, table.engine, table.order_by, table.partition_by, events_ttl(3))
-    assert migrate(backend, db, [shorter]) == [f"ALTER TABLE `{db}`.`{table.name}` MODIFY TTL {events_ttl(3)}"]
+    shorter = Table(
+        table.name, table.columns, table.engine, table.order_by, table.partition_by, events_ttl(3)
+    )
+    assert migrate(backend, db, [shorter]) == [
+        f"ALTER TABLE `{db}`.`{table.name}` MODIFY TTL {events_ttl(3)}"
+    ]
     assert migrate(backend, db, [shorter]) == []
     backend.command(f"DROP DATABASE `{db}`")
 
@@ -110,7 +124,10 @@ def test_replayed_rows_collapse_with_final_and_tombstones_hide(backend):
     process = metric_processor(schema)
     first = event_metric(1_767_225_600_000, "click", "desktop", 5, 2)
     second = event_metric(1_767_225_610_000, "click", "desktop", 6, 2)
-    rows = [process(b"", orjson.dumps(r), offset) for offset, r in enumerate([first, second, first, {**first, "events": 8}])]
+    rows = [
+        process(b"", orjson.dumps(r), offset)
+        for offset, r in enumerate([first, second, first, {**first, "events": 8}])
+    ]
     for row in rows:  # one insert per row: separate parts, as separate batches would make
         backend.insert(f"{db}.event_metrics", [row])
     sql, params = metric_query(schema, db, 0, 2_000_000_000_000, {"event_type": "click"}, 10)
@@ -148,11 +165,15 @@ def test_heartbeat_is_skipped_and_a_real_event_becomes_a_row():
     assert row["properties"]["gift"] == "true"
 
 
-@pytest.mark.parametrize("value,field", [
-    (b"[]", "value"), (b"not json", "value"),
-    (orjson.dumps({**raw_event("s", "e"), "timestamp": "soon"}), "timestamp"),
-    (orjson.dumps({**raw_event("s", "e"), "context": {"url": "/"}}), "context.session_id"),
-])
+@pytest.mark.parametrize(
+    "value,field",
+    [
+        (b"[]", "value"),
+        (b"not json", "value"),
+        (orjson.dumps({**raw_event("s", "e"), "timestamp": "soon"}), "timestamp"),
+        (orjson.dumps({**raw_event("s", "e"), "context": {"url": "/"}}), "context.session_id"),
+    ],
+)
 def test_bad_raw_events_name_the_field(value, field):
     with pytest.raises(BadRecord, match=field.replace(".", r"\.")):
         process_event(b"k", value, 0)
@@ -178,8 +199,11 @@ def batch_writer(backend: Backend, lock, stop, table_of: dict[str, str], max_wai
 def storage_retries() -> float:
     from shared.consumer_pipeline import RETRIES
 
-    return sum(s.value for s in RETRIES.collect()[0].samples
-               if s.name.endswith("_total") and s.labels["sink"] == "storage")
+    return sum(
+        s.value
+        for s in RETRIES.collect()[0].samples
+        if s.name.endswith("_total") and s.labels["sink"] == "storage"
+    )
 
 
 @pytest.mark.clickhouse
@@ -194,8 +218,18 @@ def test_a_failed_write_is_retried_until_it_succeeds(chdb):
     schema = versioned_schema("late_table", extra=False)
     lock, stop = threading.Lock(), threading.Event()
     sink, writer = batch_writer(chdb, lock, stop, {"late_topic": f"{db}.late_table"}, max_wait=0.2)
-    batch = Batch(sink, rows={"late_topic": [metric_processor(schema)(b"", orjson.dumps(
-        {"window_start": 1_000, "window_end": 2_000, "page": "/a", "views": 1}), 0)]})
+    batch = Batch(
+        sink,
+        rows={
+            "late_topic": [
+                metric_processor(schema)(
+                    b"",
+                    orjson.dumps({"window_start": 1_000, "window_end": 2_000, "page": "/a", "views": 1}),
+                    0,
+                )
+            ]
+        },
+    )
     before = storage_retries()
 
     def create_later() -> None:
@@ -220,7 +254,9 @@ def test_a_write_that_never_succeeds_is_never_passed(chdb):
     from shared.consumer_pipeline import Batch
 
     stop = threading.Event()
-    sink, writer = batch_writer(chdb, threading.Lock(), stop, {"t": "no_such_db.no_such_table"}, max_wait=0.05)
+    sink, writer = batch_writer(
+        chdb, threading.Lock(), stop, {"t": "no_such_db.no_such_table"}, max_wait=0.05
+    )
     batch = Batch(sink, rows={"t": [{"a": 1}]})
     threading.Timer(0.5, stop.set).start()
     with pytest.raises(Exception, match="(?i)no_such"):

@@ -44,9 +44,15 @@ def add_event_routes(app: IngestionApp, ing: Ingestion) -> None:
     limits = ing.limits
     track_accepted = ing.metrics.accepted_total.labels("track")
 
-    @direct_post(app, "/v1/analytics/track", status_code=202, tags=["events"],
-                 openapi_extra=body_schema("TrackEvent"), responses=TRACK_RESPONSES,
-                 seconds=ing.metrics.request_seconds.labels("track"))
+    @direct_post(
+        app,
+        "/v1/analytics/track",
+        status_code=202,
+        tags=["events"],
+        openapi_extra=body_schema("TrackEvent"),
+        responses=TRACK_RESPONSES,
+        seconds=ing.metrics.request_seconds.labels("track"),
+    )
     async def track(request: Request) -> Response:
         """One event. 202 once Kafka acknowledged it (acks=all); a 503 carries its id to retry with."""
         ing.check_key(request)
@@ -56,12 +62,19 @@ def add_event_routes(app: IngestionApp, ing: Ingestion) -> None:
         track_accepted.inc()
         if record.timestamp_adjusted:
             ing.metrics.adjusted_total.inc()
-        return json_response(202, {"status": "accepted", "id": record.id,
-                                   "timestamp_adjusted": record.timestamp_adjusted})
+        return json_response(
+            202, {"status": "accepted", "id": record.id, "timestamp_adjusted": record.timestamp_adjusted}
+        )
 
-    @direct_post(app, "/v1/analytics/batch", status_code=202, tags=["events"],
-                 openapi_extra=body_schema("BatchRequest"), responses=BATCH_RESPONSES,
-                 seconds=ing.metrics.request_seconds.labels("batch"))
+    @direct_post(
+        app,
+        "/v1/analytics/batch",
+        status_code=202,
+        tags=["events"],
+        openapi_extra=body_schema("BatchRequest"),
+        responses=BATCH_RESPONSES,
+        seconds=ing.metrics.request_seconds.labels("batch"),
+    )
     async def batch(request: Request) -> Response:
         """Many events with per-item results; a valid item is never dropped because a sibling is bad."""
         ing.check_key(request)

@@ -21,8 +21,12 @@ def add_ops_routes(app: FastAPI, ing: Ingestion) -> None:
         """The process is up (does not touch Kafka)."""
         return {"status": "ok"}
 
-    @app.get("/v1/readyz", tags=["ops"], response_model=Health,
-             responses={503: {"model": Health, "description": "Kafka unreachable"}})
+    @app.get(
+        "/v1/readyz",
+        tags=["ops"],
+        response_model=Health,
+        responses={503: {"model": Health, "description": "Kafka unreachable"}},
+    )
     async def readyz() -> Response:
         """Kafka reachable and the events topic known."""
         try:

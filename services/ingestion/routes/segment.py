@@ -35,8 +35,9 @@ SUCCESS = {"success": True}
 def add_segment_routes(app: IngestionApp, ing: Ingestion) -> None:
     limits = ing.limits
 
-    @direct_post(app, "/v1/batch", tags=["segment"], openapi_extra=body_schema("SegmentBatch"),
-                 responses=RESPONSES)
+    @direct_post(
+        app, "/v1/batch", tags=["segment"], openapi_extra=body_schema("SegmentBatch"), responses=RESPONSES
+    )
     async def segment_batch(request: Request) -> Response:
         """Segment-compatible batch (what Segment's libraries send); write key as the module says."""
         data = await keyed_body(ing, request, strict_key=True)
@@ -49,8 +50,9 @@ def add_segment_routes(app: IngestionApp, ing: Ingestion) -> None:
         at = "" if isinstance(data, list) else "batch"
         return segment_status(await ingest_items(ing, "segment", valid, invalid, at, SUCCESS))
 
-    @direct_post(app, "/v1/track", tags=["segment"], openapi_extra=body_schema("SegmentMessage"),
-                 responses=RESPONSES)
+    @direct_post(
+        app, "/v1/track", tags=["segment"], openapi_extra=body_schema("SegmentMessage"), responses=RESPONSES
+    )
     async def segment_track(request: Request) -> Response:
         """One Segment track/page/screen message; write key as for /v1/batch."""
         data = await keyed_body(ing, request, strict_key=False)
@@ -67,8 +69,9 @@ async def keyed_body(ing: Ingestion, request: Request, strict_key: bool) -> Any:
     return data
 
 
-def segment_records(ing: Ingestion, messages: list[Any],
-                    sent_at: datetime | None) -> tuple[Items, list[Rejection]]:
+def segment_records(
+    ing: Ingestion, messages: list[Any], sent_at: datetime | None
+) -> tuple[Items, list[Rejection]]:
     """Each message mapped to our record on its own; one that cannot be mapped is rejected with its reason."""
     received = now_ms()
     valid: Items = []

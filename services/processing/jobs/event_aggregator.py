@@ -1,5 +1,5 @@
-from shared.metrics import Column, MetricSchema
 from services.processing.job import BaseJob, epoch_ms, interval
+from shared.metrics import Column, MetricSchema
 
 
 class EventAggregator(BaseJob):
@@ -20,7 +20,7 @@ class EventAggregator(BaseJob):
     def build(self, t_env, events_view: str, settings) -> str:
         window = settings.processing.window_seconds
         return f"""
-            SELECT {epoch_ms('w_start')} AS window_start, {epoch_ms('w_end')} AS window_end,
+            SELECT {epoch_ms("w_start")} AS window_start, {epoch_ms("w_end")} AS window_end,
                    event_type, device_category, events, unique_users
             FROM (
                 SELECT window_start AS w_start, window_end AS w_end, event_type, device_category,

@@ -1,5 +1,5 @@
-from shared.metrics import Column, MetricSchema
 from services.processing.job import BaseJob, epoch_ms, interval
+from shared.metrics import Column, MetricSchema
 
 
 class PerformanceTracker(BaseJob):
@@ -28,7 +28,7 @@ class PerformanceTracker(BaseJob):
     def build(self, t_env, events_view: str, settings) -> str:
         window = settings.processing.window_seconds
         return f"""
-            SELECT {epoch_ms('w_start')} AS window_start, {epoch_ms('w_end')} AS window_end, device_category, events,
+            SELECT {epoch_ms("w_start")} AS window_start, {epoch_ms("w_end")} AS window_end, device_category, events,
                    load_time_count, load_time_avg, lp[1] AS load_time_p50, lp[2] AS load_time_p95, lp[3] AS load_time_p99,
                    interaction_time_count, interaction_time_avg,
                    ip[1] AS interaction_time_p50, ip[2] AS interaction_time_p95, ip[3] AS interaction_time_p99

@@ -1,5 +1,5 @@
-from shared.metrics import Column, MetricSchema
 from services.processing.job import BaseJob, interval
+from shared.metrics import Column, MetricSchema
 
 
 class SessionTracker(BaseJob):
