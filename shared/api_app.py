@@ -25,5 +25,5 @@ def service_app(
     if cors:
         app.add_middleware(CORSMiddleware, **cors)
     app.add_middleware(HttpMetrics)
-    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)  # type: ignore[arg-type]
     return app

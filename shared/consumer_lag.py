@@ -1,11 +1,12 @@
 """A consumer group's backlog, read from the broker by a thread of its own.
 
 The consumers report the lag they see from inside their own loop, so a consumer thread that is stuck
-(a write that never returns) or dead (its backend failed) stops updating it. This collector's thread reads the
-group's committed offsets and the partitions' end offsets from the broker every `interval_s`, independently of
-the consumer thread, so the backlog of such a consumer keeps growing where ConsumerLagGrowing and the dashboards
-look. A scrape serves the last measurement and never waits on the broker; while the broker cannot be asked, the
-last measurement is served until it is `stale_after` intervals old, then no sample.
+(a write that never returns) or dead (its backend failed) stops updating it. This collector's thread reads
+the group's committed offsets and the partitions' end offsets from the broker every `interval_s`,
+independently of the consumer thread, so the backlog of such a consumer keeps growing where
+ConsumerLagGrowing and the dashboards look. A scrape serves the last measurement and never waits on the
+broker; while the broker cannot be asked, the last measurement is served until it is `stale_after`
+intervals old, then no sample.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from prometheus_client import CollectorRegistry, Metric
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -41,8 +42,8 @@ class GroupLag(Collector):
         # log_level 2: the consumer in the same process already logs a broker outage.
         self.admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 2})
         # Committed offsets come from a consumer of the group that never joins it: the admin client's
-        # list_consumer_group_offsets crashes librdkafka 2.x (a null group handle in its OffsetFetch error path)
-        # while the broker's group coordinator is still loading.
+        # list_consumer_group_offsets crashes librdkafka 2.x (a null group handle in its OffsetFetch error
+        # path) while the broker's group coordinator is still loading.
         self.offsets = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 2}
         )
@@ -57,7 +58,8 @@ class GroupLag(Collector):
         self.thread.start()
 
     def collect(self) -> Iterator[Metric]:
-        """The last measurement, unless it is stale (broker unreachable for a while: ScrapeTargetDown/Kafka alerts)."""
+        """The last measurement, unless it is stale
+        (broker unreachable for a while: ScrapeTargetDown/Kafka alerts)."""
         last = self.last
         if last is None or time.monotonic() - last[0] > self.max_age_s:
             return
@@ -84,9 +86,7 @@ class GroupLag(Collector):
                 if failing:
                     log.info("consumer group lag measured again", group=self.group)
                 failing = False
-            except (
-                Exception
-            ) as exc:  # broker unreachable (or anything else): keep the last figure until it goes stale
+            except Exception as exc:  # broker unreachable or anything else: keep the last figure until stale
                 if not failing:
                     log.warning(
                         "consumer group lag not measured; retrying",
@@ -106,9 +106,9 @@ class GroupLag(Collector):
             (tp.topic, tp.partition): tp.offset
             for tp in self.offsets.committed(partitions, timeout=self.timeout_s)
         }
-        ends = self._offsets(partitions, OffsetSpec.latest())
+        ends = self._offsets(partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
         never = [tp for tp in partitions if committed.get((tp.topic, tp.partition), -1) < 0]
-        committed.update(self._offsets(never, OffsetSpec.earliest()))
+        committed.update(self._offsets(never, OffsetSpec.earliest()))  # type: ignore[no-untyped-call]
         lag = dict.fromkeys(self.topics, 0)
         for key, end in ends.items():
             lag[key[0]] += max(0, end - committed[key])
@@ -130,7 +130,8 @@ class GroupLag(Collector):
 
 
 class GroupLagRegistry(CollectorRegistry):
-    """A registry of its own (served next to the default one), so apps created twice in one process do not clash."""
+    """A registry of its own (served next to the default one),
+    so apps created twice in one process do not clash."""
 
     def __init__(self, lag: GroupLag):
         super().__init__()

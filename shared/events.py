@@ -33,7 +33,7 @@ import json
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, NotRequired, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, NotRequired, Union, cast, get_args, get_origin, get_type_hints
 
 from pydantic import (
     AfterValidator,
@@ -45,6 +45,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     TypeAdapter,
+    with_config,
 )
 from pydantic.fields import FieldInfo
 from typing_extensions import TypedDict, is_typeddict
@@ -55,7 +56,7 @@ EVENT_SCHEMA_FILE = Path(__file__).with_name(f"event_schema_v{EVENT_SCHEMA_VERSI
 
 INT64_MAX = 2**63 - 1
 Int64 = Annotated[StrictInt, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
-PropertyValue = Union[StrictBool, Int64, StrictFloat, StrictStr]
+PropertyValue = StrictBool | Int64 | StrictFloat | StrictStr
 EventType = Annotated[
     str,
     Field(min_length=1, max_length=128, description="e.g. page_view, product_view, add_to_cart, purchase"),
@@ -90,26 +91,26 @@ Millis = Annotated[float | None, Field(ge=0, strict=True, description="milliseco
 IGNORE_EXTRA = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
+@with_config(IGNORE_EXTRA)
 class EventInfo(TypedDict):
-    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
     type: ClientEventType
     id: NotRequired[EventId | None]
 
 
+@with_config(IGNORE_EXTRA)
 class User(TypedDict):
-    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
     id: Annotated[str, Field(min_length=1, max_length=256)]
 
 
+@with_config(IGNORE_EXTRA)
 class Device(TypedDict):
-    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
     user_agent: Annotated[str, Field(max_length=4096)]
     screen_width: ScreenSize
     screen_height: ScreenSize
 
 
+@with_config(IGNORE_EXTRA)
 class Context(TypedDict):
-    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
     url: Text
     referrer: NotRequired[Text | None]
     ip_address: NotRequired[Annotated[str, Field(max_length=64)] | None]
@@ -119,16 +120,16 @@ class Context(TypedDict):
     ]
 
 
+@with_config(IGNORE_EXTRA)
 class Metrics(TypedDict):
-    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
     load_time: NotRequired[Millis]
     interaction_time: NotRequired[Millis]
 
 
+@with_config(IGNORE_EXTRA)
 class TrackEvent(TypedDict):
     """One event as a client sends it to POST /v1/analytics/track."""
 
-    __pydantic_config__ = IGNORE_EXTRA  # type: ignore[misc]
     event: EventInfo
     user: User
     device: Device
@@ -157,12 +158,12 @@ class WireMetrics(TypedDict):
     interaction_time: Millis
 
 
+@with_config(
+    ConfigDict(title="RawEvent", json_schema_extra={"$id": f"rtap:analytics_events:v{EVENT_SCHEMA_VERSION}"})
+)
 class RawEvent(TypedDict):
     """One record value in topic analytics_events (every key present)."""
 
-    __pydantic_config__ = ConfigDict(
-        title="RawEvent", json_schema_extra={"$id": f"rtap:analytics_events:v{EVENT_SCHEMA_VERSION}"}
-    )  # type: ignore[misc]
     event: WireEventInfo
     user: User
     device: Device
@@ -352,7 +353,7 @@ TRACK_EVENT = TypeAdapter(TrackEvent)
 TRACK_EVENTS = TypeAdapter(list[TrackEvent])
 
 
-def complete(event: dict[str, Any]) -> dict[str, Any]:
+def complete(event: TrackEvent) -> dict[str, Any]:
     """A validated TrackEvent with every optional key present (None or empty), as the wire format wants."""
     event["event"].setdefault("id", None)
     context = event["context"]
@@ -363,7 +364,7 @@ def complete(event: dict[str, Any]) -> dict[str, Any]:
     metrics.setdefault("load_time", None)
     metrics.setdefault("interaction_time", None)
     event.setdefault("timestamp", None)
-    return event
+    return cast(dict[str, Any], event)
 
 
 def event_json_schema() -> dict[str, Any]:

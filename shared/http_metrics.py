@@ -12,7 +12,7 @@ An exception that escapes the app is counted as the 500 that Starlette's error m
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from functools import lru_cache
 from typing import Any
 
@@ -33,7 +33,7 @@ LATENCY = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -67,7 +67,8 @@ class HttpMetrics:
 
 @lru_cache(maxsize=4096)
 def children(route: str, method: str, status: int) -> tuple[Any, Any]:
-    """The labelled counter and histogram, looked up once per combination (labels() costs a lock and a dict)."""
+    """The labelled counter and histogram, looked up once per combination
+    (labels() costs a lock and a dict)."""
     return REQUESTS.labels(route, method, str(status)), LATENCY.labels(route, method)
 
 

@@ -1,22 +1,23 @@
 """The uvicorn server of every HTTP service, with the bounds uvicorn itself lacks (settings section `http`).
 
-uvicorn 0.54 bounds idle keep-alive time (`timeout_keep_alive`) and concurrency (`limit_concurrency`, answered with a
-plain-text 503), but has no deadline for receiving a request: its keep-alive timer is armed only after a response, so a
-client that connects and sends nothing, or trickles a header byte at a time, holds its connection forever; and
-httptools does not limit the size of a request head. BoundedHttpTools adds what is missing:
+uvicorn 0.54 bounds idle keep-alive time (`timeout_keep_alive`) and concurrency (`limit_concurrency`,
+answered with a plain-text 503), but has no deadline for receiving a request: its keep-alive timer is armed
+only after a response, so a client that connects and sends nothing, or trickles a header byte at a time,
+holds its connection forever; and httptools does not limit the size of a request head. BoundedHttpTools
+adds what is missing:
 
-- the request head must arrive within `header_read_seconds` (counted from connect, or from the first byte of a
-  later request on the same connection), else 408;
-- the body must arrive within `body_read_seconds` after the head, else 408 (or the connection is closed when the
-  app already answered);
+- the request head must arrive within `header_read_seconds` (counted from connect, or from the first byte
+  of a later request on the same connection), else 408;
+- the body must arrive within `body_read_seconds` after the head, else 408 (or the connection is closed
+  when the app already answered);
 - a head over `max_header_bytes` is refused with 431;
 - over `limit_concurrency` open connections or running requests: 503 with Retry-After.
 
-Deadlines are checked by one sweep per server, so a late head or body is refused up to a quarter of the shorter
-deadline after it is due.
+Deadlines are checked by one sweep per server, so a late head or body is refused up to a quarter of the
+shorter deadline after it is due.
 
-Every refusal is a JSON body in the APIs' error shape naming the setting, followed by closing the connection, and
-is counted in rtap_http_server_refused_total{limit}.
+Every refusal is a JSON body in the APIs' error shape naming the setting, followed by closing the
+connection, and is counted in rtap_http_server_refused_total{limit}.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ def refusal(status: int, loc: str, msg: str, kind: str, retry_after: int | None 
 
 
 class BoundedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol plus a request-receipt deadline, a head size cap and a JSON over-capacity answer.
+    """uvicorn's httptools protocol plus a request-receipt deadline, a head size cap and a JSON
+    over-capacity answer.
 
-    A request only records when its head or body is due; one sweep per server (every `SWEEP_FRACTION` of the shorter
-    deadline) refuses the connections past it, so no timer is armed or cancelled per request."""
+    A request only records when its head or body is due; one sweep per server (every `SWEEP_FRACTION` of
+    the shorter deadline) refuses the connections past it, so no timer is armed or cancelled per request."""
 
     def __init__(self, *args: Any, limits: HttpServerSettings, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -101,9 +103,8 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._due = self.loop.time() + self.limits.header_read_seconds
 
     def on_headers_complete(self) -> None:
-        over_cap = (
-            self._head_bytes > self.limits.max_header_bytes
-        )  # that read may also hold body bytes: parse to know
+        # that read may also hold body bytes: parse to know
+        over_cap = self._head_bytes > self.limits.max_header_bytes
         self._head_pending, self._head_bytes = False, 0
         self._due = self.loop.time() + self.limits.body_read_seconds
         if self.transport.is_closing():
@@ -113,8 +114,8 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         if self._over_capacity():
             msg = (
-                f"the server is at its limit of {self.limits.limit_concurrency} open connections and running requests "
-                f"(http.limit_concurrency); retry after {self.limits.retry_after_seconds} s"
+                f"the server is at its limit of {self.limits.limit_concurrency} open connections and "
+                f"running requests (http.limit_concurrency); retry after {self.limits.retry_after_seconds} s"
             )
             self._refuse(
                 "limit_concurrency",
@@ -154,15 +155,20 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         self._due = None
         if self._head_pending:
-            silent = (
-                self._head_bytes == 0 and self.cycle is None
-            )  # connected and never sent a byte: nothing to answer
-            msg = f"the request head did not arrive within {self.limits.header_read_seconds:g} s (http.header_read_seconds)"
+            # connected and never sent a byte: nothing to answer
+            silent = self._head_bytes == 0 and self.cycle is None
+            msg = (
+                f"the request head did not arrive within {self.limits.header_read_seconds:g} s "
+                "(http.header_read_seconds)"
+            )
             self._refuse(
                 "header_read_seconds", None if silent else refusal(408, "header", msg, "request_timeout")
             )
             return
-        msg = f"the request body did not arrive within {self.limits.body_read_seconds:g} s (http.body_read_seconds)"
+        msg = (
+            f"the request body did not arrive within {self.limits.body_read_seconds:g} s "
+            "(http.body_read_seconds)"
+        )
         self._refuse("body_read_seconds", refusal(408, "body", msg, "request_timeout"))
 
     def _refuse(self, limit: str, response: bytes | None) -> None:
@@ -175,9 +181,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         self.transport.close()
 
 
-SWEEP_FRACTION = (
-    0.25  # a late head or body is refused within its deadline plus this fraction of the shorter one
-)
+# A late head or body is refused within its deadline plus this fraction of the shorter one.
+SWEEP_FRACTION = 0.25
 _sweeping: weakref.WeakSet[ServerState] = weakref.WeakSet()
 
 
@@ -199,7 +204,8 @@ def _ensure_sweep(state: ServerState, loop: asyncio.AbstractEventLoop, limits: H
 
 
 def server_options(limits: HttpServerSettings) -> dict[str, Any]:
-    """uvicorn.run keyword arguments for these limits (the HTTP protocol, keep-alive, graceful shutdown, no WebSocket)."""
+    """uvicorn.run keyword arguments for these limits
+    (the HTTP protocol, keep-alive, graceful shutdown, no WebSocket)."""
     return {
         "http": functools.partial(BoundedHttpTools, limits=limits),
         "ws": "none",

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import FilteringBoundLogger
 
 
 def configure_logging(level: str = "INFO", json: bool = False) -> None:
@@ -24,5 +25,6 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     )
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)
+def get_logger(name: str) -> FilteringBoundLogger:
+    logger: FilteringBoundLogger = structlog.get_logger(name)
+    return logger

@@ -18,15 +18,18 @@ def until_stopped(
     max_wait: float = 5.0,
     on_retry: Callable[[BaseException], None] = lambda exc: None,
 ) -> Retrying:
-    """Exponential backoff (0.1 s doubling up to max_wait), forever; once `stop` is set the last error is raised.
-    on_retry gets each failure (to count it, or to report it in a readiness check)."""
+    """Exponential backoff (0.1 s doubling up to max_wait), forever; once `stop` is set the last error is
+    raised. on_retry gets each failure (to count it, or to report it in a readiness check)."""
 
     def before_sleep(state: RetryCallState) -> None:
-        on_retry(state.outcome.exception())
+        error = state.outcome.exception() if state.outcome is not None else None
+        if error is None:  # not reached: tenacity sleeps only after a failed attempt
+            return
+        on_retry(error)
         log.warning(
             f"{what} failed, retrying",
             attempt=state.attempt_number,
-            error=str(state.outcome.exception()).splitlines()[0][:300],
+            error=str(error).splitlines()[0][:300],
         )
 
     return Retrying(

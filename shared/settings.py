@@ -57,7 +57,7 @@ class KafkaSettings(BaseModel):
 
     @property
     def max_event_bytes(self) -> int:
-        """The largest event value (the JSON record) that fits in max_record_bytes with any key and headers."""
+        """The largest event value (JSON record) that fits in max_record_bytes with any key and headers."""
         return self.max_record_bytes - RECORD_FRAMING_BYTES
 
 
@@ -100,8 +100,9 @@ class RedisSettings(BaseModel):
     port: int = 6379
     password: str | None = None
     exporter_port: int = 9121  # prometheus-redis-exporter next to the local redis-server
-    # Local redis-server and Compose's redis (its environment holds the same variable). Policy noeviction: a full
-    # Redis refuses writes, the cache consumer retries them without committing (docs/operations.md, Redis memory).
+    # Local redis-server and Compose's redis (its environment holds the same variable).
+    # Policy noeviction: a full Redis refuses writes, the cache consumer retries them without committing
+    # (docs/operations.md, Redis memory).
     maxmemory: str = Field(default="256mb", pattern=r"^[1-9][0-9]*(b|kb|mb|gb)?$")
 
     @property
@@ -115,7 +116,8 @@ class ClickHouseSettings(BaseModel):
     # for example http://default:secret@clickhouse:8123/rtap
     url: str = ""
     database: str = "rtap"
-    # The password of `url`'s user, kept out of the URL (any character works); set, it overrides one in the URL.
+    # The password of `url`'s user, kept out of the URL (any character works);
+    # set, it overrides one in the URL.
     password: str = ""
     # The storage API's read-only user on a ClickHouse server (its settings profile holds the SQL limits as
     # constraints; see docs/security.md). Empty: the API uses `url` with the limits sent per query.
@@ -124,17 +126,16 @@ class ClickHouseSettings(BaseModel):
 
 
 class HttpServerSettings(BaseModel):
-    """Limits of the HTTP server of every service (ingestion, storage, cache), per process (shared/http_server.py)."""
+    """Limits of the HTTP server of every service (ingestion, storage, cache), per process
+    (shared/http_server.py)."""
 
     limit_concurrency: int = Field(default=1_000, ge=1)  # open connections and running requests; beyond: 503
     retry_after_seconds: int = Field(default=1, ge=0)  # Retry-After of that 503
     keep_alive_seconds: int = Field(default=5, ge=1)  # an idle keep-alive connection is closed after this
-    header_read_seconds: float = Field(
-        default=10.0, gt=0
-    )  # request head, from connect or its first byte; beyond: 408
-    body_read_seconds: float = Field(
-        default=30.0, gt=0
-    )  # request body, from the end of the head; beyond: 408
+    # request head, from connect or its first byte; beyond: 408
+    header_read_seconds: float = Field(default=10.0, gt=0)
+    # request body, from the end of the head; beyond: 408
+    body_read_seconds: float = Field(default=30.0, gt=0)
     max_header_bytes: int = Field(default=32_768, ge=1_024)  # request line and header fields; beyond: 431
     backlog: int = Field(default=1_024, ge=1)  # connections the kernel queues before the server accepts them
     shutdown_grace_seconds: int = Field(default=3, ge=0)  # open requests and streams get this long on SIGTERM
@@ -151,8 +152,8 @@ class IngestionSettings(ServiceAddress):
     max_body_bytes: int = 1_048_576
     max_batch_events: int = 1_000
     cors_origins: list[str] = Field(default_factory=list)
-    # Clock-skew policy (services/ingestion/records.py): a client timestamp older than max_clock_skew_ms or later
-    # than max_future_skew_ms, relative to the receive time, is replaced by the receive time.
+    # Clock-skew policy (services/ingestion/records.py): a client timestamp older than max_clock_skew_ms or
+    # later than max_future_skew_ms, relative to the receive time, is replaced by the receive time.
     max_clock_skew_ms: int = Field(default=24 * 3600 * 1000, ge=0)
     max_future_skew_ms: int = Field(default=500, ge=0)  # at most half of processing.watermark_delay_ms
     produce_timeout_ms: int = 5_000
@@ -232,12 +233,10 @@ class CacheSettings(ServiceAddress):
     session_timeout_ms: int = 10_000
     max_streams: int = Field(default=200, ge=1)  # open SSE streams per process; beyond: 429 with Retry-After
     stream_queue: int = Field(default=1_000, ge=1)  # windows a stream may fall behind before it is ended
-    redis_max_connections: int = Field(
-        default=32, ge=2
-    )  # the API's pool, its one pub/sub connection included
-    redis_timeout_seconds: float = Field(
-        default=5.0, gt=0
-    )  # wait for a pooled connection, and for a Redis reply
+    # the API's pool, its one pub/sub connection included
+    redis_max_connections: int = Field(default=32, ge=2)
+    # wait for a pooled connection, and for a Redis reply
+    redis_timeout_seconds: float = Field(default=5.0, gt=0)
 
 
 class Settings(BaseSettings):
@@ -277,16 +276,17 @@ class Settings(BaseSettings):
         if 2 * future > delay:
             raise ValueError(
                 f"RTAP_INGESTION__MAX_FUTURE_SKEW_MS ({future}) must be at most half of"
-                f" RTAP_PROCESSING__WATERMARK_DELAY_MS ({delay}): one client stamping its events {future} ms ahead"
-                f" moves the watermark that far and leaves every other client only {self.lateness_allowance_ms} ms before its"
-                f" events are late (docs/operations.md, Event time and clock skew)"
+                f" RTAP_PROCESSING__WATERMARK_DELAY_MS ({delay}): one client stamping its events"
+                f" {future} ms ahead moves the watermark that far and leaves every other client only"
+                f" {self.lateness_allowance_ms} ms before its events are late"
+                f" (docs/operations.md, Event time and clock skew)"
             )
         return self
 
     @property
     def lateness_allowance_ms(self) -> int:
-        """How long after its own timestamp an event may reach ingestion and still be counted in its window, whatever
-        timestamps other clients send: the watermark delay minus the future skew ingestion keeps."""
+        """How long after its own timestamp an event may reach ingestion and still be counted in its window,
+        whatever timestamps other clients send: the watermark delay minus the future skew ingestion keeps."""
         return self.processing.watermark_delay_ms - self.ingestion.max_future_skew_ms
 
     @property

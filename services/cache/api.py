@@ -45,8 +45,8 @@ def json_response(body: bytes) -> Response:
 
 
 def redis_pool(settings: Settings) -> BlockingConnectionPool:
-    """At most cache.redis_max_connections connections, whatever the clients do: a request waits for a free one
-    (up to cache.redis_timeout_seconds) instead of opening another."""
+    """At most cache.redis_max_connections connections, whatever the clients do: a request waits for a free
+    one (up to cache.redis_timeout_seconds) instead of opening another."""
     c = settings.cache
     return BlockingConnectionPool.from_url(
         settings.redis.url,
@@ -185,9 +185,8 @@ def add_health_routes(app: FastAPI, cache: CacheApp) -> None:
         return Response(orjson.dumps(body), 200 if ready else 503, media_type=JSON)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def metrics() -> (
-        Response
-    ):  # the group lag is measured in the background: nothing here waits on the broker
+    async def metrics() -> Response:
+        # the group lag is measured in the background: nothing here waits on the broker
         lag = generate_latest(cache.lag_registry) if cache.lag_registry else b""
         return Response(generate_latest() + lag, media_type=CONTENT_TYPE_LATEST)
 
@@ -211,7 +210,7 @@ def job_path(cache: CacheApp) -> Any:
     )
 
 
-def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
+def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list[Any]) -> None:
     @app.get(
         "/v1/jobs",
         tags=["jobs"],
@@ -232,7 +231,10 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         tags=["jobs"],
         dependencies=guarded,
         responses=error_responses(400, 401, 404),
-        summary="Every record of the newest window; group-key filters as query parameters (e.g. ?device_category=mobile)",
+        summary=(
+            "Every record of the newest window; group-key filters as query parameters"
+            " (e.g. ?device_category=mobile)"
+        ),
     )
     async def latest(request: Request, job: str = job_path(cache)) -> Response:
         layout = cache.layout(job)
@@ -282,12 +284,16 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         return json_response(head + b',"records":' + found.json() + b"}")
 
     def stream_subject(request: Request, job: str = job_path(cache)) -> tuple[JobLayout, dict[str, str]]:
-        """Checked before the stream starts: a bad job or filter is a 404/400, not a 200 cut off mid-stream."""
+        """Checked before the stream starts:
+        a bad job or filter is a 404/400, not a 200 cut off mid-stream."""
         layout = cache.layout(job)
         return layout, cache.filters(layout, request, {"key"})
 
-    async def stream_slot(subject: tuple = Depends(stream_subject)) -> AsyncIterator[Stream]:
-        """Held for the whole response, so the refusal (429 at cache.max_streams, 503 without Redis) comes before it."""
+    async def stream_slot(
+        subject: tuple[JobLayout, dict[str, str]] = Depends(stream_subject),
+    ) -> AsyncIterator[Stream]:
+        """Held for the whole response,
+        so the refusal (429 at cache.max_streams, 503 without Redis) comes before it."""
         layout, filters = subject
         try:
             async with cache.streams.open(layout.channel, filters) as stream:
@@ -297,15 +303,19 @@ def add_job_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
         except SubscriptionUnavailable as exc:
             raise unavailable("redis", f"Redis unavailable ({exc}); retry later", 1) from None
 
+    slot_dependency = Depends(stream_slot)
+
     @app.get(
         "/v1/jobs/{job}/stream",
         tags=["jobs"],
         dependencies=guarded,
         response_class=EventSourceResponse,
         responses=error_responses(400, 401, 404, 429, 503),
-        summary="Server-Sent Events: each new or updated window of the job (event 'window', data = the record)",
+        summary=(
+            "Server-Sent Events: each new or updated window of the job (event 'window', data = the record)"
+        ),
     )
-    async def stream(request: Request, slot: Stream = Depends(stream_slot)) -> AsyncIterator[ServerSentEvent]:
+    async def stream(request: Request, slot: Stream = slot_dependency) -> AsyncIterator[ServerSentEvent]:
         yield ServerSentEvent(comment="subscribed", retry=2000)
         while not slot.ended and not await request.is_disconnected():
             payload = await slot.next(timeout=1.0)
@@ -326,7 +336,7 @@ def too_many_streams(settings: Settings) -> HTTPException:
     )
 
 
-def add_session_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
+def add_session_routes(app: FastAPI, cache: CacheApp, guarded: list[Any]) -> None:
     def sessions() -> JobLayout:
         if cache.sessions_job is None:
             raise param_error(404, "path", "job", "no job is keyed by session_id")
@@ -416,7 +426,7 @@ async def job_overview(cache: CacheApp, layout: JobLayout) -> dict[str, Any]:
     }
 
 
-def add_page_routes(app: FastAPI, cache: CacheApp, guarded: list) -> None:
+def add_page_routes(app: FastAPI, cache: CacheApp, guarded: list[Any]) -> None:
     page = DASHBOARD.read_bytes()
 
     @app.get(

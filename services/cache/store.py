@@ -63,8 +63,8 @@ class CacheStore:
         """Records with start <= window_start < end, ordered by window_start."""
         index = layout.index(filters)
         lo, hi = start, f"({end}"
-        bounds = (hi, lo) if descending else (lo, hi)
-        members = await self.redis.zrange(index, *bounds, byscore=True, desc=descending, offset=0, num=limit)
+        bounds: tuple[int | str, int | str] = (hi, lo) if descending else (lo, hi)
+        members = await self.redis.zrange(index, *bounds, byscore=True, desc=descending, offset=0, num=limit)  # type: ignore[arg-type]
         return await self._records(layout, index, members)
 
     async def newest(self, layout: JobLayout, filters: Mapping[str, Any], limit: int) -> Windows:
@@ -73,10 +73,10 @@ class CacheStore:
         return await self._records(layout, index, members)
 
     async def count_ending_after(self, layout: JobLayout, since_ms: int) -> int:
-        return await self.redis.zcount(layout.end_index, since_ms, "+inf")
+        return int(await self.redis.zcount(layout.end_index, since_ms, "+inf"))
 
     async def size(self, layout: JobLayout) -> int:
-        return await self.redis.zcard(layout.all_index)
+        return int(await self.redis.zcard(layout.all_index))
 
     async def _records(self, layout: JobLayout, index: str, members: list[bytes]) -> Windows:
         if not members:
@@ -85,7 +85,7 @@ class CacheStore:
         return await self._present(index, members, values)
 
     async def _present(self, index: str, members: list[bytes], values: list[bytes | None]) -> Windows:
-        gone = [m for m, v in zip(members, values) if v is None]
+        gone = [m for m, v in zip(members, values, strict=True) if v is None]
         if gone:  # expired or deleted windows: drop them from this index too
             await self.redis.zrem(index, *gone)
         return Windows([v for v in values if v is not None])

@@ -1,9 +1,9 @@
-"""The cache API's SSE streams: one Redis connection subscribed once to each job's channel, fanned out in-process.
+"""The cache API's SSE streams: one Redis connection subscribed to every job's channel, fanned out in-process.
 
 A stream costs a bounded queue of the windows that match its filters, never a Redis connection: at most
-`cache.max_streams` are open per process (TooManyStreams beyond), and a stream that falls `cache.stream_queue` windows
-behind is ended (EventSource clients reconnect) instead of buffering without bound. When the subscription breaks,
-every open stream ends and the hub subscribes again.
+`cache.max_streams` are open per process (TooManyStreams beyond), and a stream that falls
+`cache.stream_queue` windows behind is ended (EventSource clients reconnect) instead of buffering without
+bound. When the subscription breaks, every open stream ends and the hub subscribes again.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def matches(record: Mapping[str, Any], filters: Mapping[str, str]) -> bool:
 
 
 class Stream:
-    """One client's view of a channel: the windows matching its filters published since it opened, or why it ended."""
+    """One client's view of a channel: the windows matching its filters published since it opened,
+    or why it ended."""
 
     def __init__(self, size: int, filters: Mapping[str, str]):
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(size)
@@ -75,11 +76,12 @@ class StreamHub:
         self.streams: dict[str, set[Stream]] = {c: set() for c in self.channels}
         self.open_count = 0
         self.subscribed = asyncio.Event()
-        self.reader: asyncio.Task | None = None
+        self.reader: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def open(self, channel: str, filters: Mapping[str, str]) -> AsyncIterator[Stream]:
-        """A stream of `channel`, once the shared subscription is live; TooManyStreams / SubscriptionUnavailable before."""
+        """A stream of `channel`, once the shared subscription is live;
+        TooManyStreams / SubscriptionUnavailable before."""
         if self.open_count >= self.max_streams:
             raise TooManyStreams(self.max_streams)
         stream = Stream(self.queue_size, filters)
@@ -135,12 +137,11 @@ class StreamHub:
                         self.subscribed.set()
                 elif msg["type"] == "message" and self.streams.get(msg["channel"].decode()):
                     self._fan_out(self.streams[msg["channel"].decode()], msg["data"])
-                    await asyncio.sleep(
-                        0
-                    )  # a burst (a consumer batch) must not fill the queues before streams drain them
+                    # a burst (a consumer batch) must not fill the queues before streams drain them
+                    await asyncio.sleep(0)
         finally:
             with suppress(RedisError):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     @staticmethod
     def _fan_out(streams: set[Stream], payload: bytes) -> None:

@@ -52,9 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         IngestionApp, "rtap ingestion", DESCRIPTION, cors, lifespan=lifespan(ing), telemetry=NO_OPENTELEMETRY
     )
     app.state.ingestion = ing
-    app.add_exception_handler(IngestError, ingest_error_handler)
-    app.add_exception_handler(RequestValidationError, request_validation_handler)
-    app.add_exception_handler(ClientDisconnect, client_disconnect_handler)
+    app.add_exception_handler(IngestError, ingest_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, request_validation_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientDisconnect, client_disconnect_handler)  # type: ignore[arg-type]
     add_event_routes(app, ing)
     add_segment_routes(app, ing)
     add_ops_routes(app, ing)

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from prometheus_client import Histogram
 from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from services.ingestion.errors import CLIENT_CLOSED, IngestError, ingest_error_handler, json_response
 from shared.api_errors import error_body
@@ -28,7 +29,7 @@ from shared.http_metrics import record as record_http
 from shared.logging import get_logger
 
 log = get_logger("ingestion")
-Endpoint = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 class DirectRoute(APIRoute):
@@ -65,7 +66,7 @@ class IngestionApp(FastAPI):
         self.router.routes.sort(key=lambda route: not isinstance(route, DirectRoute))
         self.cors_configured = cors_configured
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         post = scope["type"] == "http" and scope["method"] == "POST"
         hot = self.hot_routes.get(scope["path"]) if post else None
         if hot is None or (self.cors_configured and any(name == b"origin" for name, _ in scope["headers"])):
@@ -98,7 +99,7 @@ def direct_post(
     def register(endpoint: Endpoint) -> Endpoint:
         stacked = timed(seconds, endpoint) if seconds else endpoint
         app.router.add_api_route(path, stacked, methods=["POST"], route_class_override=DirectRoute, **kwargs)
-        app.hot_routes[path] = HotRoute(app.router.routes[-1], endpoint, seconds)
+        app.hot_routes[path] = HotRoute(cast(DirectRoute, app.router.routes[-1]), endpoint, seconds)
         return endpoint
 
     return register
@@ -118,7 +119,7 @@ def timed(seconds: Histogram, endpoint: Endpoint) -> Endpoint:
     return run
 
 
-def observe(hot: HotRoute, scope: dict[str, Any], status: int, started: float) -> None:
+def observe(hot: HotRoute, scope: Scope, status: int, started: float) -> None:
     """What the skipped middleware and timed() would measure: the route's histogram, the HTTP metrics."""
     elapsed = time.perf_counter() - started
     if hot.seconds is not None:

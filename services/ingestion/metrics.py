@@ -56,7 +56,7 @@ class IngestionMetrics:
     def exposition() -> tuple[bytes, str]:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(), CONTENT_TYPE_LATEST
 

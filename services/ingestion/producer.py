@@ -11,9 +11,10 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from services.ingestion.records import HEARTBEAT_KEY, Record, heartbeat_value, now_ms
 from shared.logging import get_logger
@@ -43,21 +44,27 @@ class Unavailable(Exception):
 
 
 def is_permanent(err: KafkaError) -> bool:
-    """True when Kafka refuses the record itself (a retry gets the same answer); False when a retry may succeed."""
+    """True when Kafka refuses the record itself (a retry gets the same answer);
+    False when a retry may succeed."""
     return err.code() in PERMANENT_ERRORS
 
 
+Failures = list[tuple[KafkaError, bytes]]
+Delivered = Callable[[KafkaError | None, Message], None]
+
+
 class _Pending:
-    """The acknowledgements one request waits for. Counted on the poll thread only; resolved once, on the loop."""
+    """The acknowledgements a request awaits. Counted on the poll thread only; resolved once, on the loop."""
 
     __slots__ = ("future", "remaining", "failed", "done")
 
-    def __init__(self, future: asyncio.Future, n: int, done: list):
-        self.future, self.remaining, self.failed, self.done = future, n, [], done
+    def __init__(self, future: asyncio.Future[Failures], n: int, done: list[_Pending]):
+        self.future, self.remaining, self.done = future, n, done
+        self.failed: Failures = []
 
-    def delivered(self, err: KafkaError | None, msg) -> None:
+    def delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self.failed.append((err, msg.value()))
+            self.failed.append((err, cast(bytes, msg.value())))  # every record's value is bytes
         self.count_off(1)
 
     def count_off(self, n: int) -> None:
@@ -70,7 +77,7 @@ class _Pending:
             self.future.set_result(self.failed)
 
 
-def producer_config(settings: Settings) -> dict:
+def producer_config(settings: Settings) -> dict[str, Any]:
     s = settings.ingestion
     return {
         "bootstrap.servers": settings.kafka.bootstrap,
@@ -95,9 +102,8 @@ class EventProducer:
         self.queue_max = settings.ingestion.queue_max_messages
         self._producer = Producer(producer_config(settings))
         self._done: list[_Pending] = []
-        self._unqueued: deque[tuple[_Pending, int]] = (
-            deque()
-        )  # counted off on the poll thread, like deliveries
+        # counted off on the poll thread, like deliveries
+        self._unqueued: deque[tuple[_Pending, int]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -118,12 +124,12 @@ class EventProducer:
         return len(self._producer)
 
     async def send(self, records: Sequence[Record]) -> list[KafkaError | None]:
-        """Per-record errors once every queued record is acknowledged (acks=all): None for a written record, else
-        the KafkaError of its delivery report, or of librdkafka refusing to queue it. Unavailable when Kafka did not
-        acknowledge in time or the queue is full before anything was queued."""
+        """Per-record errors once every queued record is acknowledged (acks=all): None for a written record,
+        else the KafkaError of its delivery report, or of librdkafka refusing to queue it. Unavailable when
+        Kafka did not acknowledge in time or the queue is full before anything was queued."""
         if len(self._producer) + len(records) > self.queue_max:
             raise Unavailable("producer queue is full")
-        pending = _Pending(self._loop.create_future(), len(records), self._done)
+        pending = _Pending(self._started_loop().create_future(), len(records), self._done)
         refused = self._enqueue(records, pending.delivered)
         if len(refused) == len(records):
             return [refused[i] for i in range(len(records))]
@@ -135,19 +141,27 @@ class EventProducer:
             raise Unavailable(f"Kafka did not acknowledge within {self.timeout_s:g}s") from None
         return per_record_errors(records, failed, refused)
 
-    def _enqueue(self, records: Sequence[Record], delivered) -> dict[int, KafkaError]:
-        """Queue the records: one produce_batch() call (C loop, key partitioner) for records without headers, produce()
-        for the rest. Returns the records librdkafka refused to queue (no delivery report comes for them), by index."""
-        plain = [{"value": r.value, "key": r.key} for r in records if r.headers is None]
+    def _enqueue(self, records: Sequence[Record], delivered: Delivered) -> dict[int, KafkaError]:
+        """Queue the records: one produce_batch() call (C loop, key partitioner) for records without headers,
+        produce() for the rest. Returns the records librdkafka refused to queue (no delivery report comes for
+        them), by index."""
+        # produce_batch() adds "_error" (a KafkaError) to the dict of each record it refuses
+        plain: list[dict[str, Any]] = [{"value": r.value, "key": r.key} for r in records if r.headers is None]
         refused: dict[int, KafkaError] = {}
         if plain and self._producer.produce_batch(self.topic, plain, on_delivery=delivered) < len(plain):
             plain_indexes = (i for i, r in enumerate(records) if r.headers is None)
-            refused.update((i, m["_error"]) for i, m in zip(plain_indexes, plain) if "_error" in m)
+            refused.update(
+                (i, m["_error"]) for i, m in zip(plain_indexes, plain, strict=True) if "_error" in m
+            )
         for i, r in enumerate(records):
             if r.headers is not None:
                 try:
                     self._producer.produce(
-                        self.topic, r.value, r.key, headers=r.headers, on_delivery=delivered
+                        self.topic,
+                        r.value,
+                        r.key,
+                        headers=r.headers,  # type: ignore[arg-type]
+                        on_delivery=delivered,
                     )
                 except BufferError:
                     refused[i] = KafkaError(KafkaError._QUEUE_FULL)
@@ -173,7 +187,7 @@ class EventProducer:
             raise KafkaException(meta.error)
         return len(meta.partitions)
 
-    def _heartbeat_delivered(self, err: KafkaError | None, _msg) -> None:
+    def _heartbeat_delivered(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             self.heartbeat_errors += 1
 
@@ -187,9 +201,14 @@ class EventProducer:
                 done = self._done[:]  # callbacks append on this same thread, so copy-and-clear is safe
                 self._done.clear()
                 try:
-                    self._loop.call_soon_threadsafe(_resolve, done)
+                    self._started_loop().call_soon_threadsafe(_resolve, done)
                 except RuntimeError:  # loop closed during shutdown
                     return
+
+    def _started_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("EventProducer.start() was not called")
+        return self._loop
 
 
 def _resolve(done: list[_Pending]) -> None:
@@ -200,8 +219,8 @@ def _resolve(done: list[_Pending]) -> None:
 def per_record_errors(
     records: Sequence[Record], failed: list[tuple[KafkaError, bytes]], refused: dict[int, KafkaError]
 ) -> list[KafkaError | None]:
-    """Each record's error: its refusal to queue, or its failed delivery report (matched by value; equal values
-    share their reports)."""
+    """Each record's error: its refusal to queue, or its failed delivery report (matched by value; equal
+    values share their reports)."""
     errors: list[KafkaError | None] = [None] * len(records)
     if failed:
         by_value: dict[bytes, list[int]] = {}

@@ -1,5 +1,5 @@
-"""The per-event size limit: a record value longer than KafkaSettings.max_event_bytes is refused with 413 before
-anything is produced, naming what makes it too large, so Kafka never refuses a record that a client sent.
+"""The per-event size limit: a record value longer than KafkaSettings.max_event_bytes is refused with 413
+before anything is produced, naming what makes it too large, so Kafka never refuses a record a client sent.
 
 The check is one len() per record; only a refused record is parsed again, to name its field.
 """

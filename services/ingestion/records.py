@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from uuid_utils import uuid7
 
-from shared.events import EVENT, HEARTBEAT_TYPE, complete
+from shared.events import EVENT, HEARTBEAT_TYPE, TrackEvent, complete
 from shared.settings import IngestionSettings
 
 ORIGINAL_TIMESTAMP_HEADER = "rtap-original-timestamp"
@@ -61,8 +60,9 @@ class Record:
     timestamp_adjusted: bool
 
 
-def to_record(event: dict[str, Any], received_at: int, policy: SkewPolicy) -> Record:
-    """event: a validated TrackEvent (mutated into the wire value). fast_batch._record mirrors this for structs."""
+def to_record(event: TrackEvent, received_at: int, policy: SkewPolicy) -> Record:
+    """event: a validated TrackEvent (mutated into the wire value).
+    fast_batch._record mirrors this for structs."""
     value = complete(event)
     info = value["event"]
     info["id"] = info["id"] or new_event_id()

@@ -4,13 +4,16 @@ Mapping (Segment -> ours):
   messageId -> event.id; track `event` -> event.type (e-commerce spec names mapped, others snake_cased);
   page -> page_view; screen -> screen_view; userId (else anonymousId) -> user.id;
   context.userAgent, context.screen.{width,height} -> device (missing: "" and 0);
-  context.page.{url,referrer} (else properties.url/referrer) -> context.url/referrer; context.ip -> ip_address;
-  context.sessionId / context.session_id / properties.session_id (a string or number), else anonymousId, else userId
-  -> session_id;
+  context.page.{url,referrer} (else properties.url/referrer) -> context.url/referrer;
+  context.ip -> ip_address;
+  context.sessionId / context.session_id / properties.session_id (a string or number), else anonymousId,
+  else userId -> session_id;
   properties: scalars kept, nested values JSON-encoded (at most MAX_NESTING levels), nulls dropped;
   properties.load_time/interaction_time -> metrics;
-  timestamp (ISO-8601; without an offset: UTC) corrected by sentAt like Segment does: receive time - (sentAt - timestamp).
-identify, group and alias carry no event for the jobs and are rejected per item, as is a message that cannot be mapped.
+  timestamp (ISO-8601; without an offset: UTC) corrected by sentAt like Segment does:
+  receive time - (sentAt - timestamp).
+identify, group and alias carry no event for the jobs and are rejected per item, as is a message that
+cannot be mapped.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.events import TRACK_EVENT
+from shared.events import TRACK_EVENT, TrackEvent
 
 SEGMENT_EVENT_TYPES = {
     "Product Viewed": "product_view",
@@ -99,7 +102,8 @@ def corrected_timestamp(msg: SegmentMessage, batch_sent_at: datetime | None, rec
 
 
 def flat_properties(properties: dict[str, Any]) -> dict[str, Any]:
-    """Scalars as they are, nested values as JSON text, nulls dropped; SegmentMappingError for a value nested too deep."""
+    """Scalars as they are, nested values as JSON text, nulls dropped;
+    SegmentMappingError for a value nested too deep."""
     out = {}
     for name, value in properties.items():
         if value is None:
@@ -132,14 +136,18 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def to_track_event(msg: SegmentMessage, batch_sent_at: datetime | None, received_at: int) -> dict[str, Any]:
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def to_track_event(msg: SegmentMessage, batch_sent_at: datetime | None, received_at: int) -> TrackEvent:
     """The Segment message as our event; raises SegmentMappingError or pydantic ValidationError."""
     user_id = msg.userId or msg.anonymousId
     if not user_id:
         raise SegmentMappingError("userId or anonymousId is required", "userId")
     ctx, props = msg.context, msg.properties
-    page = ctx.get("page") if isinstance(ctx.get("page"), dict) else {}
-    screen = ctx.get("screen") if isinstance(ctx.get("screen"), dict) else {}
+    page = _object(ctx.get("page"))
+    screen = _object(ctx.get("screen"))
     return TRACK_EVENT.validate_python(
         {
             "event": {"type": event_type(msg), "id": msg.messageId},
