@@ -1,4 +1,4 @@
-"""Real user agents with the screen sizes such devices report, and the device category the pipeline should derive."""
+"""Real user agents, their devices' screen sizes and the device category the pipeline should derive."""
 
 from __future__ import annotations
 

@@ -65,7 +65,10 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(
                 min=0,
-                help="events per second in total (0 = as fast as possible, up to 10,000 per process: no event is posted before its timestamp)",
+                help=(
+                    "events per second in total (0 = as fast as possible, up to 10,000 per process: "
+                    "no event is posted before its timestamp)"
+                ),
             ),
         ] = 1_000,
         duration: Annotated[
@@ -84,12 +87,8 @@ def register(app: typer.Typer) -> None:
         duplicate_fraction: Annotated[
             float, typer.Option(min=0, max=1, help="share of extra sends repeating an already-sent event id")
         ] = 0.0,
-        seed: Annotated[
-            int | None, typer.Option(help="random seed (same seed, same events and ids)")
-        ] = None,
-        url: Annotated[
-            str | None, typer.Option(help="ingestion URL (default: settings.ingestion)")
-        ] = None,
+        seed: Annotated[int | None, typer.Option(help="random seed (same seed, same events and ids)")] = None,
+        url: Annotated[str | None, typer.Option(help="ingestion URL (default: settings.ingestion)")] = None,
         write_key: Annotated[
             str | None, typer.Option(envvar="RTAP_WRITE_KEY", help="write key (default: first configured)")
         ] = None,
@@ -102,7 +101,7 @@ def register(app: typer.Typer) -> None:
         ] = 2,
         allow_remote: Annotated[bool, typer.Option(help="allow a --url that is not this machine")] = False,
     ) -> None:
-        """Send realistic shop traffic (sessions, page views, clicks, product views, carts, purchases) and write a manifest."""
+        """Send realistic shop sessions (page/product views, clicks, carts, purchases); write a manifest."""
         settings = Settings()
         target = url or settings.ingestion.url
         check_target(target, allow_remote)
@@ -139,7 +138,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"manifest: {config.manifest}")
         if summary["not_accepted"]:
             console.print(
-                f"[yellow]{summary['not_accepted']} events were not accepted (listed in the manifest)[/yellow]"
+                f"[yellow]{summary['not_accepted']} events were not accepted "
+                "(listed in the manifest)[/yellow]"
             )
 
 
@@ -150,8 +150,8 @@ def run_with_progress(config: LoadConfig, started: float) -> dict[str, int]:
         TaskProgressColumn(),
         TimeElapsedColumn(),
         TextColumn(
-            "sent {task.fields[sends]:,} accepted {task.fields[accepted]:,} rejected {task.fields[rejected]:,} "
-            "{task.fields[rate]:,.0f}/s"
+            "sent {task.fields[sends]:,} accepted {task.fields[accepted]:,} "
+            "rejected {task.fields[rejected]:,} {task.fields[rate]:,.0f}/s"
         ),
     )
     with Progress(*columns, console=console, transient=False) as bar:

@@ -4,7 +4,8 @@ A manifest is JSON lines, one object per distinct event id:
   id, type, user_id, session_id, timestamp (epoch ms sent), device_category (from the agent table),
   load_time, interaction_time, revenue (purchases, else null), late (sent with an old timestamp),
   sends (how many times it was posted: duplicate sends and retries), duplicate (sends > 1),
-  failed_sends (posts not answered "accepted": no answer, 5xx, 503 while Kafka was down), accepted (some send was answered "accepted"), status (HTTP status of the last send, 0 = no answer),
+  failed_sends (posts not answered "accepted": no answer, 5xx, 503 while Kafka was down),
+  accepted (some send was answered "accepted"), status (HTTP status of the last send, 0 = no answer),
   timestamp_adjusted (ingestion replaced the timestamp by its receive time; such events cannot be
   placed in a window from the manifest).
 Every function here is pure: entries in, plain dicts out.
@@ -101,7 +102,8 @@ def event_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[int, s
 
 
 def performance_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[int, str], dict[str, Any]]:
-    """(window_start, device_category) -> events and count/avg/p50/p95/p99 of load_time and interaction_time."""
+    """(window_start, device_category) -> events and count/avg/p50/p95/p99 of load_time and
+    interaction_time."""
     groups: dict[tuple[int, str], list[Entry]] = defaultdict(list)
     for e in accepted(entries):
         groups[(window_start(e["timestamp"], window_ms), e["device_category"])].append(e)

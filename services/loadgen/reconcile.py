@@ -1,8 +1,8 @@
 """Reconciliation: what each layer holds, compared with the independent recomputation from a load manifest.
 
-Layers: the raw Kafka topic (event ids), each metric topic (last record per key), ClickHouse through the storage
-API (metrics and raw rows) and Redis through the cache API. Used by the end-to-end and fault tests and by
-`rtap bench`.
+Layers: the raw Kafka topic (event ids), each metric topic (last record per key), ClickHouse through the
+storage API (metrics and raw rows) and Redis through the cache API. Used by the end-to-end and fault tests
+and by `rtap bench`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from shared.metrics import MetricSchema
 from shared.settings import Settings
 from shared.topics import topics
 
-Key = tuple
-REL_TOL = (
-    1e-9  # float columns (averages, interpolated percentiles, revenue): same formula, only rounding differs
-)
+Key = tuple[Any, ...]
+# float columns (averages, interpolated percentiles, revenue): same formula, only rounding differs
+REL_TOL = 1e-9
 ABS_TOL = 1e-6
 
 
@@ -40,7 +39,7 @@ def same_value(expected: Any, actual: Any, column_type: str) -> bool:
         return expected is None and actual is None
     if column_type == "float64":
         return math.isclose(float(expected), float(actual), rel_tol=REL_TOL, abs_tol=ABS_TOL)
-    return expected == actual
+    return bool(expected == actual)
 
 
 def reconcile(
@@ -70,13 +69,21 @@ def expected_metrics(entries: list[Entry], s: Settings) -> dict[str, dict[Key, d
 
 
 def within(actual: dict[Key, dict[str, Any]], start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
-    """The records whose window starts in [start_ms, end_ms): one run's share of a layer that holds several runs."""
+    """The records whose window starts in [start_ms, end_ms): one run's share of a layer holding several
+    runs."""
     return {key: record for key, record in actual.items() if start_ms <= key[0] < end_ms}
 
 
-def window_range(expected: dict[Key, dict]) -> tuple[int, int]:
+def window_range(expected: dict[Key, dict[str, Any]]) -> tuple[int, int]:
     starts = [key[0] for key in expected]
     return min(starts), max(starts) + 1
+
+
+def settled(
+    schema: MetricSchema, expected: dict[Key, dict[str, Any]]
+) -> Callable[[dict[Key, dict[str, Any]]], bool]:
+    """A done() for poll: true once a layer's records reconcile with `expected`."""
+    return lambda actual: not reconcile(schema, expected, actual)
 
 
 def poll(read: Callable[[], Any], done: Callable[[Any], bool], timeout: float, pause: float = 1.0) -> Any:
@@ -97,8 +104,8 @@ class Layers:
         self.headers = {"X-Read-Key": read_key} if read_key else {}
 
     def consume_all(self, topic: str, partitions: int, timeout_s: float = 60.0) -> Iterator[Any]:
-        """Every record of a topic from the beginning up to its end offsets at the time of the call (heartbeats keep
-        the raw topic growing, so "until idle" would never end)."""
+        """Every record of a topic from the beginning up to its end offsets at the time of the call
+        (heartbeats keep the raw topic growing, so "until idle" would never end)."""
         consumer = Consumer(
             {
                 "bootstrap.servers": self.s.kafka.bootstrap,
@@ -116,11 +123,12 @@ class Layers:
         try:
             while pending and time.monotonic() < deadline:
                 for m in consumer.consume(1_000, timeout=0.5):
-                    if m.error():
+                    partition, offset = m.partition(), m.offset()
+                    if m.error() or partition is None or offset is None:
                         continue
-                    if m.offset() >= ends[m.partition()] - 1:
-                        pending.discard(m.partition())
-                    if m.offset() < ends[m.partition()]:
+                    if offset >= ends[partition] - 1:
+                        pending.discard(partition)
+                    if offset < ends[partition]:
                         yield m
         finally:
             consumer.close()
@@ -148,7 +156,8 @@ class Layers:
             timeout=30,
         )
         response.raise_for_status()
-        return response.json()["rows"]
+        rows: list[dict[str, Any]] = response.json()["rows"]
+        return rows
 
     def storage_metrics(self, schema: MetricSchema, start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
         response = httpx.get(
@@ -175,7 +184,8 @@ class Layers:
         table = self.s.storage.events_table
         sql = (
             f"SELECT count() AS rows, uniqExact(event_id) AS ids FROM {table} FINAL "
-            "WHERE timestamp >= fromUnixTimestamp64Milli({lo:Int64}) AND timestamp < fromUnixTimestamp64Milli({hi:Int64})"
+            "WHERE timestamp >= fromUnixTimestamp64Milli({lo:Int64}) "
+            "AND timestamp < fromUnixTimestamp64Milli({hi:Int64})"
         )
         return self.storage_sql(sql, lo=start_ms, hi=end_ms)[0]
 
@@ -193,18 +203,20 @@ class Layers:
         )
 
     def explain_late(self) -> list[str]:
-        """A line for a failed reconciliation when Flink dropped late records: their windows differ by policy."""
+        """A line for a failed reconciliation when Flink dropped late records: their windows differ by
+        policy."""
         late = self.late_records_dropped()
         if not late:
             return []
         return [
             f"flink: {late:.0f} records arrived after their window closed (numLateRecordsDropped; late by "
-            f"policy and still in Kafka and raw storage, e.g. a sender behind its schedule by more than the watermark delay)"
+            "policy and still in Kafka and raw storage, e.g. a sender behind its schedule by more than "
+            "the watermark delay)"
         ]
 
     def metric_readers(
-        self, schema: MetricSchema, expected: dict[Key, dict]
-    ) -> dict[str, Callable[[], dict]]:
+        self, schema: MetricSchema, expected: dict[Key, dict[str, Any]]
+    ) -> dict[str, Callable[[], dict[Key, dict[str, Any]]]]:
         """One reader per layer that holds this job's metrics, each limited to the windows of `expected`."""
         start, end = window_range(expected)
         return {
@@ -222,8 +234,9 @@ def time_span(entries: list[Entry]) -> tuple[int, int]:
 def reconcile_run(
     layers: Layers, schemas: dict[str, MetricSchema], entries: list[Entry], timeout: float
 ) -> list[str]:
-    """Every difference between the stack and the manifest once every layer settled, or as they are `timeout` seconds
-    from now (the layers settle concurrently, so one deadline for all: a layer read after it is read once)."""
+    """Every difference between the stack and the manifest once every layer settled, or as they are
+    `timeout` seconds from now (the layers settle concurrently, so one deadline for all: a layer read
+    after it is read once)."""
     deadline = time.monotonic() + timeout
 
     def left() -> float:
@@ -241,7 +254,7 @@ def reconcile_run(
         problems.append(f"clickhouse raw: {rows}, expected {len(wanted)} rows, one per id")
     for job, expected in expected_metrics(counted, layers.s).items():
         for layer, read in layers.metric_readers(schemas[job], expected).items():
-            actual = poll(read, lambda a: not reconcile(schemas[job], expected, a), left())
+            actual = poll(read, settled(schemas[job], expected), left())
             problems += [f"{layer}: {p}" for p in reconcile(schemas[job], expected, actual)]
     if problems:
         problems += layers.explain_late()

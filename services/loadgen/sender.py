@@ -11,8 +11,9 @@ import multiprocessing
 import queue
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -114,18 +115,20 @@ def post_batch(client: httpx.Client, batch: list[dict[str, Any]]) -> tuple[list[
 def deliver(
     client: httpx.Client, batch: list[dict[str, Any]], entries: dict[str, Entry], retries: int
 ) -> tuple[int, int]:
-    """Post a batch; items the server could not write (503, no answer) are posted again, at most `retries` times.
-    Returns (posts, events newly accepted)."""
+    """Post a batch; items the server could not write (503, no answer) are posted again, at most `retries`
+    times. Returns (posts, events newly accepted)."""
     pending, posts, newly = batch, 0, 0
     for attempt in range(retries + 1):
         outcomes, pause = post_batch(client, pending)
         posts += len(pending)
-        for event, outcome in zip(pending, outcomes):
+        for event, outcome in zip(pending, outcomes, strict=True):
             entry = entries[event["event"]["id"]]
             newly += outcome.accepted and not entry["accepted"]
             record_send(entry, outcome.status, outcome.accepted, outcome.adjusted)
         pending = [
-            e for e, o in zip(pending, outcomes) if o.retryable and not entries[e["event"]["id"]]["accepted"]
+            e
+            for e, o in zip(pending, outcomes, strict=True)
+            if o.retryable and not entries[e["event"]["id"]]["accepted"]
         ]
         if not pending or attempt == retries:
             break
@@ -163,9 +166,10 @@ def run_worker(plan: WorkerPlan, progress: Any) -> None:
 
 
 def wait_until_past(timestamp_ms: int) -> None:
-    """Return once the wall clock has reached timestamp_ms. A batch holds a stretch of the schedule; posted before
-    its newest timestamp has passed, it would carry future timestamps, which ingestion replaces by its receive time
-    beyond RTAP_INGESTION__MAX_FUTURE_SKEW_MS (and the manifest could no longer place those events in windows)."""
+    """Return once the wall clock has reached timestamp_ms. A batch holds a stretch of the schedule; posted
+    before its newest timestamp has passed, it would carry future timestamps, which ingestion replaces by its
+    receive time beyond RTAP_INGESTION__MAX_FUTURE_SKEW_MS (and the manifest could no longer place those
+    events in windows)."""
     time.sleep(max(0.0, timestamp_ms / 1000 - time.time()))
 
 
@@ -193,7 +197,8 @@ class LoadConfig:
 
 
 def worker_plans(config: LoadConfig, start_ms: int) -> list[WorkerPlan]:
-    """Split the events and the rate evenly over the processes; each worker gets its own seed stream and part file."""
+    """Split the events and the rate evenly over the processes; each worker gets its own seed stream and
+    part file."""
     n = max(1, min(config.processes, config.events))
     per_rate = config.rate / n if config.rate > 0 else 0.0
     spec = TrafficSpec(
@@ -246,7 +251,10 @@ def run_load(
 
 
 def collect_progress(
-    updates: Any, processes: list, limit_s: float, on_progress: Callable[[dict[int, Progress]], None]
+    updates: Any,
+    processes: Sequence[BaseProcess],
+    limit_s: float,
+    on_progress: Callable[[dict[int, Progress]], None],
 ) -> dict[int, Progress]:
     latest: dict[int, Progress] = {}
     deadline = time.monotonic() + limit_s

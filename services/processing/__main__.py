@@ -1,4 +1,4 @@
-"""`python -m services.processing`: the supervisor that keeps the Flink job running, with /healthz and /metrics.
+"""`python -m services.processing`: the supervisor keeping the Flink job running, with /healthz and /metrics.
 
 Run by `flink run -py services/processing/__main__.py` (Compose) it instead builds and submits the
 jobs inside the Flink CLI, which is recognisable by the gateway port the CLI hands to Python.
@@ -13,6 +13,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # executed as a file by `flink run -py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -22,8 +23,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from shared.logging import configure_logging
 from shared.settings import Settings
 
+if TYPE_CHECKING:
+    from services.processing.supervisor import Supervisor
 
-def metrics_registry(supervisor) -> CollectorRegistry:
+
+def metrics_registry(supervisor: Supervisor) -> CollectorRegistry:
     registry = CollectorRegistry()
     running = Gauge("rtap_processing_job_running", "1 while the Flink job is RUNNING", registry=registry)
     running.set_function(lambda: 1.0 if supervisor.status.state == "RUNNING" else 0.0)
@@ -34,7 +38,7 @@ def metrics_registry(supervisor) -> CollectorRegistry:
     return registry
 
 
-def http_handler(supervisor, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
+def http_handler(supervisor: Supervisor, registry: CollectorRegistry) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server naming)
             if self.path == "/healthz":
@@ -55,7 +59,7 @@ def http_handler(supervisor, registry: CollectorRegistry) -> type[BaseHTTPReques
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args) -> None:
+        def log_message(self, *args: Any) -> None:
             pass
 
     return Handler

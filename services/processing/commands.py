@@ -1,4 +1,4 @@
-"""`rtap backfill --from T1 --to T2`: recompute a time range's metrics with the same jobs, bounded, same keys."""
+"""`rtap backfill --from T1 --to T2`: recompute a time range's metrics: same jobs, bounded, same keys."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         end: Annotated[str, typer.Option("--to", help="range end, exclusive: epoch ms or ISO time")],
         timeout: Annotated[float, typer.Option(help="seconds to wait for the bounded job")] = 1800.0,
     ) -> None:
-        """Recompute the metrics of [--from, --to) from the retained Kafka events (same jobs, bounded, same keys)."""
+        """Recompute metrics of [--from, --to) from retained Kafka events (same jobs, bounded, same keys)."""
         settings = Settings()
         start_ms, end_ms = parse_time(start, "--from"), parse_time(end, "--to")
         try:

@@ -20,6 +20,7 @@ from shared.events import (
     ID_PATH,
     RECEIVED_PATH,
     TYPE_PATH,
+    EventField,
     EventSchema,
 )
 from shared.metrics import FLINK_TYPES, MetricSchema
@@ -32,7 +33,8 @@ EVENTS_VIEW = "events"
 
 @dataclass(frozen=True)
 class Bounds:
-    """A bounded run (backfill): event-time range [start_ms, end_ms) and the Kafka record-time range to read."""
+    """A bounded run (backfill): event-time range [start_ms, end_ms) and the Kafka record-time range to
+    read."""
 
     start_ms: int
     end_ms: int
@@ -68,7 +70,7 @@ def source_columns(event: EventSchema) -> list[str]:
     return [f"{quote(key)} {_flink_type(node)}" for key, node in tree.items()]
 
 
-def _flink_type(node: Any) -> str:
+def _flink_type(node: EventField | dict[str, Any]) -> str:
     if isinstance(node, dict):
         return f"ROW<{', '.join(f'{quote(key)} {_flink_type(child)}' for key, child in node.items())}>"
     return node.type.flink
@@ -96,7 +98,10 @@ class JobCoordinator:
     def pipeline_name(self) -> str:
         names = ", ".join(job.name for job in self.jobs)
         if self.bounds:
-            return f"{self.settings.processing.job_name}-backfill [{self.bounds.start_ms}, {self.bounds.end_ms}): {names}"
+            return (
+                f"{self.settings.processing.job_name}-backfill "
+                f"[{self.bounds.start_ms}, {self.bounds.end_ms}): {names}"
+            )
         return f"{self.settings.processing.job_name}: {names}"
 
     def sink_topic(self, schema: MetricSchema) -> str:
@@ -128,10 +133,11 @@ class JobCoordinator:
 )"""
 
     def watermark_sql(self) -> str:
-        """Event time minus the watermark delay, where event time counts for at most max_future_skew_ms past the
-        record's receive time. Ingestion already bounds every timestamp it writes that way (clock-skew policy), so
-        this changes nothing for its records; a record from another writer, or from an ingestion configured with a
-        larger bound, still cannot move the watermark further. The record keeps its event time for its window."""
+        """Event time minus the watermark delay, where event time counts for at most max_future_skew_ms past
+        the record's receive time. Ingestion already bounds every timestamp it writes that way (clock-skew
+        policy), so this changes nothing for its records; a record from another writer, or from an ingestion
+        configured with a larger bound, still cannot move the watermark further. The record keeps its event
+        time for its window."""
         delay = interval(self.settings.processing.watermark_delay_ms / 1000)
         bounded_ms = f"LEAST({EVENT_MS}, {RECEIVED_MS} + {self.settings.ingestion.max_future_skew_ms})"
         return f"TO_TIMESTAMP_LTZ({bounded_ms}, 3) - {delay}"
@@ -204,8 +210,11 @@ FROM ({events})"""
         return f"INSERT INTO {self.sink_table(job.schema)} ({columns})\nSELECT {columns} FROM ({query})"
 
     def _within_bounds(self, schema: MetricSchema, query: str) -> str:
-        """Backfill writes only windows the bounded read saw whole, so it never overwrites a value with a partial one."""
+        """Backfill writes only windows the bounded read saw whole, so it never overwrites a value with a
+        partial one. An unbounded run keeps every window."""
         b = self.bounds
+        if b is None:
+            return query
         start, end = quote(schema.window_start), quote(schema.window_end)
         return (
             f"SELECT * FROM ({query}) WHERE {start} >= {b.start_ms} AND {start} < {b.end_ms}"
@@ -221,7 +230,8 @@ FROM ({events})"""
             "table.exec.source.idle-timeout": f"{p.idle_timeout_ms} ms",
             # Plan the events view once for all jobs (one dedup, one device category), not once per job.
             "table.optimizer.reuse-optimize-block-with-digest-enabled": "true",
-            # Only the deduplication keeps state by key without a window; window state is freed by the watermark.
+            # Only the deduplication keeps state by key without a window; window state is freed by the
+            # watermark.
             "table.exec.state.ttl": f"{max(p.dedup_seconds, 1)} s",
         }
         if self.bounds is None:

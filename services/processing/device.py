@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 FUNCTION = "device_category"
 FUNCTION_CLASS = "rtap.udf.DeviceCategory"
@@ -39,7 +40,13 @@ class Rules:
 
 @cache
 def load_rules(path: Path = RULES_FILE) -> Rules:
-    kinds: dict[str, list] = {"bot": [], "tablet": [], "tablet-model": [], "phone": [], "tablet-min-side": []}
+    kinds: dict[str, list[Any]] = {
+        "bot": [],
+        "tablet": [],
+        "tablet-model": [],
+        "phone": [],
+        "tablet-min-side": [],
+    }
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             kind, *values = line.split("\t")

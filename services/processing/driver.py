@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from services.processing.coordinator import Bounds, JobCoordinator
 from shared.settings import Settings
@@ -38,7 +39,7 @@ def remote_config(settings: Settings, savepoint: str | None) -> dict[str, str]:
     return config
 
 
-def table_env(config: dict[str, str]):
+def table_env(config: dict[str, str]) -> Any:
     from pyflink.common import Configuration
     from pyflink.table import EnvironmentSettings, TableEnvironment
 

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -52,15 +53,16 @@ class FlinkRest:
     def __init__(self, settings: Settings):
         self.base = settings.flink.rest_url
 
-    def jobs(self) -> list[dict]:
-        return httpx.get(f"{self.base}/jobs/overview", timeout=5).json()["jobs"]
+    def jobs(self) -> list[dict[str, Any]]:
+        jobs: list[dict[str, Any]] = httpx.get(f"{self.base}/jobs/overview", timeout=5).json()["jobs"]
+        return jobs
 
     def cancel(self, job_id: str) -> None:
         httpx.patch(f"{self.base}/jobs/{job_id}", params={"mode": "cancel"}, timeout=10)
 
 
 def submit_job(
-    savepoint: str | None = None, extra_args: list[str] | None = None, env: dict | None = None
+    savepoint: str | None = None, extra_args: list[str] | None = None, env: dict[str, str] | None = None
 ) -> str:
     """Run the driver in a child process (its JVM gateway exits with it); return the job id."""
     argv = [
@@ -82,7 +84,8 @@ def submit_job(
     if result.returncode != 0 or not lines:
         detail = [line for line in result.stderr.splitlines() if "Exception" in line or "Error" in line][-3:]
         raise RuntimeError(f"job submission failed (exit {result.returncode}): {' | '.join(detail)[:600]}")
-    return json.loads(lines[-1])["job_id"]
+    job_id: str = json.loads(lines[-1])["job_id"]
+    return job_id
 
 
 class Supervisor:
@@ -94,7 +97,7 @@ class Supervisor:
         self.stopping = threading.Event()
         self._last_submit = 0.0
 
-    def our_active_job(self) -> dict | None:
+    def our_active_job(self) -> dict[str, Any] | None:
         jobs = [j for j in self.rest.jobs() if j["name"] == self.name and j["state"] in ACTIVE_STATES]
         return max(jobs, key=lambda j: j["start-time"], default=None)
 
@@ -141,7 +144,7 @@ class Supervisor:
             log.warning("could not cancel job", error=str(exc))
         self._set(state="stopped")
 
-    def _set(self, **changes) -> None:
+    def _set(self, **changes: Any) -> None:
         for key, value in changes.items():
             setattr(self.status, key, value)
         self.status.updated_at = time.time()

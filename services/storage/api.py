@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -36,6 +36,7 @@ from shared.metrics import MetricSchema
 from shared.settings import Settings
 
 log = get_logger("storage.api")
+T = TypeVar("T")
 RESERVED = {"from", "to", "limit"}
 DESCRIPTION = "Historical metrics from ClickHouse: per-job time ranges and read-only SQL."
 
@@ -72,7 +73,8 @@ class MetricRows(BaseModel):
 
 
 class ReaderPool:
-    """Read-only connections (a chDB connection runs one query at a time); a read that finds none free is a 503."""
+    """Read-only connections (a chDB connection runs one query at a time); a read that finds none free is a
+    503."""
 
     def __init__(self, settings: Settings):
         self.size = settings.storage.sql_max_concurrent
@@ -97,7 +99,8 @@ class ReaderPool:
 
 
 def sandbox_tables(backend: Backend, database: str, pipeline: frozenset[str]) -> Tables:
-    """The sandbox's view of the database: pipeline tables, the other tables there, the engine's function names."""
+    """The sandbox's view of the database: pipeline tables, the other tables there, the engine's function
+    names."""
     functions = backend.query("SELECT lower(name) AS name FROM system.functions")
     present = backend.query("SELECT name FROM system.tables WHERE database = {db:String}", {"db": database})
     return Tables(
@@ -109,7 +112,8 @@ def sandbox_tables(backend: Backend, database: str, pipeline: frozenset[str]) ->
 
 
 class Storage:
-    """What the routes share: the writer backend (the consumer's, behind a lock), read-only readers, the consumer.
+    """What the routes share: the writer backend (the consumer's, behind a lock), read-only readers, the
+    consumer.
 
     Reads go to connections of their own (a chDB connection runs one query at a time), so a long query never
     delays a write; there are storage.sql_max_concurrent of them, and a read that finds none free is refused.
@@ -149,7 +153,8 @@ class Storage:
             ) from None
 
     def checked_sql(self, sql: str, params: dict[str, Any]) -> str:
-        """The statement ClickHouse formatted from sql, once its syntax tree passed the sandbox (services/storage/sandbox.py)."""
+        """The statement ClickHouse formatted from sql, once its syntax tree passed the sandbox
+        (services/storage/sandbox.py)."""
         return canonical_statement(self.readers["sql"].read, sql, params, self.tables)
 
     def clickhouse_ok(self) -> tuple[bool, str]:
@@ -192,12 +197,14 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
 
 
 def openapi_with_sql_request(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus SqlRequest: /v1/sql reads its own body (after the key check), so no route names the model."""
+    """FastAPI's schema plus SqlRequest: /v1/sql reads its own body (after the key check), so no route names
+    the model."""
     if app.openapi_schema is None:
         schema = FastAPI.openapi(app)
         schema["components"]["schemas"]["SqlRequest"] = SqlRequest.model_json_schema(
             ref_template="#/components/schemas/{model}"
         )
+        return schema
     return app.openapi_schema
 
 
@@ -226,14 +233,13 @@ def add_health_routes(app: FastAPI, storage: Storage) -> None:
         return JSONResponse(body, 200 if ready else 503)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def metrics() -> (
-        Response
-    ):  # on the event loop, not behind queries in the thread pool; nothing here blocks
+    async def metrics() -> Response:
+        # on the event loop, not behind queries in the thread pool; nothing here blocks
         lag = generate_latest(storage.lag_registry) if storage.lag_registry else b""
         return Response(generate_latest() + lag, media_type=CONTENT_TYPE_LATEST)
 
 
-def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
+def add_query_routes(app: FastAPI, storage: Storage, guarded: list[Any]) -> None:
     max_limit = storage.settings.storage.max_limit
 
     @app.get(
@@ -242,7 +248,9 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
         dependencies=guarded,
         response_model=MetricRows,
         responses=error_responses(400, 401, 404, 503),
-        summary="A job's windows with window_start in [from, to), filtered by group keys (exact, de-duplicated)",
+        summary=(
+            "A job's windows with window_start in [from, to), filtered by group keys (exact, de-duplicated)"
+        ),
     )
     def job_metrics(
         request: Request,
@@ -276,7 +284,10 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list) -> None:
         response_model=SqlResult,
         responses=error_responses(400, 401, 413, 503),
         openapi_extra=SQL_REQUEST_BODY,
-        summary="One read-only SELECT over the pipeline's tables, checked on ClickHouse's own syntax tree, with limits",
+        summary=(
+            "One read-only SELECT over the pipeline's tables, checked on ClickHouse's own syntax tree, "
+            "with limits"
+        ),
     )
     async def sql(request: Request) -> Response:
         body = sql_request(
@@ -303,8 +314,9 @@ def run_sql(storage: Storage, sql: str, params: dict[str, Any]) -> list[dict[str
     return clickhouse_answer(lambda: storage.readers["sql"].read(checked, params), "body", "sql")
 
 
-def clickhouse_answer(read: Any, where: str, name: str) -> Any:
-    """read(): ClickHouse's refusal (unknown table, bad parameter, a limit, readonly) is a 400; no answer at all a 503."""
+def clickhouse_answer(read: Callable[[], T], where: str, name: str) -> T:
+    """read(): ClickHouse's refusal (unknown table, bad parameter, a limit, readonly) is a 400; no answer at
+    all a 503."""
     try:
         return read()
     except (HTTPException, SandboxError):
@@ -318,8 +330,8 @@ def clickhouse_answer(read: Any, where: str, name: str) -> Any:
 
 
 def refusal(exc: Exception) -> str:
-    """ClickHouse's reason, without what only helps someone map the server: its version, spelling hints that name
-    tables the API does not serve, and the sandbox's own wrapping query."""
+    """ClickHouse's reason, without what only helps someone map the server: its version, spelling hints
+    that name tables the API does not serve, and the sandbox's own wrapping query."""
     text = _first_line(exc)
     for tail in (" Maybe you meant", " In scope SELECT formatQuery(", " (version "):
         text = text.split(tail, 1)[0]
@@ -362,7 +374,8 @@ async def bounded_body(request: Request, limit: int) -> bytes:
 
 
 def sql_request(content_type: str, body: bytes) -> SqlRequest:
-    """The JSON body as a SqlRequest; errors in FastAPI's validation shape (422 naming the field, 400 for bad UTF-8)."""
+    """The JSON body as a SqlRequest; errors in FastAPI's validation shape (422 naming the field, 400 for
+    bad UTF-8)."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise RequestValidationError(

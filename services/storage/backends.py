@@ -32,13 +32,15 @@ class ChdbBackend:
     kind = "chdb"
 
     def __init__(self, path: Path, options: dict[str, Any] | None = None, database: str | None = None):
-        """options: ClickHouse settings of this connection alone (another connection to the path keeps its own)."""
+        """options: ClickHouse settings of this connection alone (another connection to the path keeps its
+        own)."""
         from chdb import session
 
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
         startup = "&".join(f"{name}={value}" for name, value in (options or {}).items())
-        self.session = session.Session(f"{path}?{startup}" if startup else str(path))
+        connection = f"{path}?{startup}" if startup else str(path)
+        self.session: Any = session.Session(connection)  # type: ignore[no-untyped-call]
         if database:
             self.command(f"USE `{database}`")
 
@@ -48,7 +50,8 @@ class ChdbBackend:
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         result = self.session.query(sql, "JSONEachRow", params=_escaped(params) or None)
         text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
-        # one row per "\n": str.splitlines() would also split inside values holding U+0085, which ClickHouse writes raw
+        # one row per "\n": str.splitlines() would also split inside values holding U+0085, which
+        # ClickHouse writes raw
         return [json.loads(line) for line in text.split("\n") if line.strip()]
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
@@ -57,7 +60,8 @@ class ChdbBackend:
             return
         payload = b"\n".join(orjson.dumps(r) for r in rows).decode()
         self.session.query(
-            f"INSERT INTO {table} SETTINGS date_time_input_format = 'best_effort' FORMAT JSONEachRow\n{payload}",
+            f"INSERT INTO {table} SETTINGS date_time_input_format = 'best_effort' "
+            f"FORMAT JSONEachRow\n{payload}",
             "Null",
         )
 
@@ -76,13 +80,14 @@ class ServerBackend:
         query_settings: dict[str, Any] | None = None,
         password: str = "",
     ):
-        """create: make the database first (the writer; a read-only user cannot). query_settings: sent with every query.
-        password: overrides one in the URL (clickhouse.password, which no URL syntax has to carry)."""
+        """create: make the database first (the writer; a read-only user cannot). query_settings: sent with
+        every query. password: overrides one in the URL (clickhouse.password, which no URL syntax has to
+        carry)."""
         import clickhouse_connect
 
         # Connect to "default" first: a database named at connect time must already exist.
         self.client = clickhouse_connect.get_client(
-            dsn=url, password=password or None, database="default", autogenerate_session_id=False
+            dsn=url, password=password, database="default", autogenerate_session_id=False
         )
         if create:
             self.client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
@@ -110,7 +115,8 @@ class ServerBackend:
 
 
 def _escaped(params: dict[str, Any] | None) -> dict[str, Any]:
-    """chDB reads a text parameter in the escaped (TabSeparated) format, as clickhouse-client does: escape it so."""
+    """chDB reads a text parameter in the escaped (TabSeparated) format, as clickhouse-client does: escape
+    it so."""
     return {
         name: _escape_text(value) if isinstance(value, str) else value
         for name, value in (params or {}).items()
@@ -141,13 +147,15 @@ def reader_limits(settings: Settings) -> dict[str, Any]:
         "max_memory_usage": s.sql_max_memory_bytes,
         "max_rows_to_read": s.sql_max_rows_to_read,
         "read_overflow_mode": "throw",
-        "output_format_json_validate_utf8": 1,  # bytes that are not UTF-8 come back as U+FFFD, not as broken JSON
+        # bytes that are not UTF-8 come back as U+FFFD, not as broken JSON
+        "output_format_json_validate_utf8": 1,
         "readonly": 1,
     }
 
 
 def open_reader(settings: Settings) -> Backend:
-    """The storage API's own read-only connection: its queries run beside the consumer's writes, never behind them.
+    """The storage API's own read-only connection: its queries run beside the consumer's writes, never
+    behind them.
 
     chDB: a second connection to the same engine with the limits as its startup settings. A ClickHouse server:
     clickhouse.reader_url (a read-only user whose profile holds the limits), else the writer's URL with the

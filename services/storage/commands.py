@@ -74,7 +74,8 @@ def register(app: typer.Typer) -> None:
             )
         except httpx.HTTPError as exc:
             err_console.print(
-                f"[red]storage API not reachable at {base}[/red] ({type(exc).__name__}); is it running? (rtap up)"
+                f"[red]storage API not reachable at {base}[/red] ({type(exc).__name__}); "
+                "is it running? (rtap up)"
             )
             raise typer.Exit(1) from None
         if response.status_code != 200:

@@ -1,4 +1,4 @@
-"""The SQL API's sandbox: user SQL is checked on ClickHouse's own syntax tree, and the checked text is what runs.
+"""The SQL API's sandbox: user SQL is checked on ClickHouse's own syntax tree; the checked text is what runs.
 
 1. ClickHouse formats the statement (`formatQuery`): one statement, comments gone, quoting normalised.
    That canonical text is the only text used afterwards.
@@ -104,7 +104,7 @@ class Node:
 
     @property
     def name(self) -> str:
-        """The first word after the kind: a function, table or column name (never trusted beyond that word)."""
+        """The first word after the kind: a function, table or column name (not trusted beyond that word)."""
         return self.text.split(" ", 1)[0]
 
     def preorder(self) -> Iterator[Node]:
@@ -178,7 +178,7 @@ class Allowlist:
         )
 
     def _aggregate_with_combinators(self, name: str) -> bool:
-        """sumIf, uniqMergeState, quantilesIfOrNull: an allowed aggregate followed by aggregate combinators."""
+        """sumIf, uniqMergeState, quantilesIfOrNull: an allowed aggregate followed by combinators."""
         for suffix in COMBINATORS:
             if name.endswith(suffix) and len(name) > len(suffix):
                 base = name[: -len(suffix)]
@@ -223,7 +223,8 @@ class Tables:
 
 @dataclass(frozen=True)
 class Scope:
-    """What one part of a statement may use: the tables, the WITH names of the queries around it, the functions."""
+    """What one part of a statement may use: the tables, the WITH names of the queries around it, the
+    functions."""
 
     tables: Tables
     defined: frozenset[str]
@@ -251,7 +252,7 @@ def _name_with_elements(root: Node, names: list[str]) -> None:
     elements = [node for node in root.preorder() if node.kind == "WithElement"]
     if len(elements) != len(names):
         raise SandboxError("a WITH clause of the statement has a name the sandbox cannot read")
-    for element, name in zip(elements, names):
+    for element, name in zip(elements, names, strict=True):
         element.text = name
 
 
@@ -297,7 +298,8 @@ def _check_function(node: Node, parent: Node | None, scope: Scope) -> None:
 
 
 def _check_in_operand(node: Node, scope: Scope) -> None:
-    """`x IN name` reads the table `name` (or a system table of that name): only a pipeline table may stand there."""
+    """`x IN name` reads the table `name` (or a system table of that name): only a pipeline table may stand
+    there."""
     arguments = node.children[0].children if node.children else []
     if len(arguments) == 2 and arguments[1].kind == "Identifier":
         _check_table(arguments[1].name, Scope(scope.tables, frozenset(), scope.functions))
@@ -325,7 +327,7 @@ def canonical_statement(run: Runner, sql: str, params: dict[str, Any], tables: T
     run(sql, params) executes on the read-only connection; ClickHouse errors propagate to the caller.
     """
     rows = run("SELECT formatQuery({statement:String}) AS q", {"statement": sql})
-    canonical = rows[0]["q"]
+    canonical: str = rows[0]["q"]
     if SETTINGS_LINE.search(canonical):  # refused before EXPLAIN, which would apply them
         raise SandboxError("SETTINGS is not allowed; limits are fixed by the server")
     printout = run("EXPLAIN AST " + canonical, params)
@@ -339,7 +341,8 @@ def canonical_statement(run: Runner, sql: str, params: dict[str, Any], tables: T
 
 
 def defined_names(canonical: str) -> list[str]:
-    """The names a formatted statement's WITH clauses give to subqueries: `name AS` on a line, `(` on the next.
+    """The names a formatted statement's WITH clauses give to subqueries: `name AS` on a line, `(` on the
+    next.
 
     Only ClickHouse's own formatting is read here; in it no literal or identifier holds a raw line break,
     so the shape can come from nothing but a WITH clause. A name missed here only refuses the statement.

@@ -168,7 +168,8 @@ def _pending_statements(backend: Backend, database: str, table: Table) -> list[s
 
 def _current_ttl(backend: Backend, database: str, table: str) -> str | None:
     rows = backend.query(
-        "SELECT create_table_query AS q FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        "SELECT create_table_query AS q FROM system.tables "
+        "WHERE database = {db:String} AND name = {t:String}",
         {"db": database, "t": table},
     )
     match = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", rows[0]["q"]) if rows else None

@@ -1,5 +1,8 @@
+from typing import Any
+
 from services.processing.job import BaseJob, epoch_ms, interval
 from shared.metrics import Column, MetricSchema
+from shared.settings import Settings
 
 
 class EventAggregator(BaseJob):
@@ -17,7 +20,7 @@ class EventAggregator(BaseJob):
         key=("window_start", "event_type", "device_category"),
     )
 
-    def build(self, t_env, events_view: str, settings) -> str:
+    def build(self, t_env: Any, events_view: str, settings: Settings) -> str:
         window = settings.processing.window_seconds
         return f"""
             SELECT {epoch_ms("w_start")} AS window_start, {epoch_ms("w_end")} AS window_end,

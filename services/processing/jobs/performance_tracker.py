@@ -1,5 +1,8 @@
+from typing import Any
+
 from services.processing.job import BaseJob, epoch_ms, interval
 from shared.metrics import Column, MetricSchema
+from shared.settings import Settings
 
 
 class PerformanceTracker(BaseJob):
@@ -25,11 +28,13 @@ class PerformanceTracker(BaseJob):
         key=("window_start", "device_category"),
     )
 
-    def build(self, t_env, events_view: str, settings) -> str:
+    def build(self, t_env: Any, events_view: str, settings: Settings) -> str:
         window = settings.processing.window_seconds
         return f"""
-            SELECT {epoch_ms("w_start")} AS window_start, {epoch_ms("w_end")} AS window_end, device_category, events,
-                   load_time_count, load_time_avg, lp[1] AS load_time_p50, lp[2] AS load_time_p95, lp[3] AS load_time_p99,
+            SELECT {epoch_ms("w_start")} AS window_start, {epoch_ms("w_end")} AS window_end,
+                   device_category, events,
+                   load_time_count, load_time_avg,
+                   lp[1] AS load_time_p50, lp[2] AS load_time_p95, lp[3] AS load_time_p99,
                    interaction_time_count, interaction_time_avg,
                    ip[1] AS interaction_time_p50, ip[2] AS interaction_time_p95, ip[3] AS interaction_time_p99
             FROM (
@@ -37,7 +42,8 @@ class PerformanceTracker(BaseJob):
                        COUNT(*) AS events,
                        COUNT(load_time) AS load_time_count, AVG(load_time) AS load_time_avg,
                        PERCENTILE(load_time, ARRAY[0.5, 0.95, 0.99]) AS lp,
-                       COUNT(interaction_time) AS interaction_time_count, AVG(interaction_time) AS interaction_time_avg,
+                       COUNT(interaction_time) AS interaction_time_count,
+                       AVG(interaction_time) AS interaction_time_avg,
                        PERCENTILE(interaction_time, ARRAY[0.5, 0.95, 0.99]) AS ip
                 FROM TABLE(TUMBLE(TABLE {events_view}, DESCRIPTOR(event_time), {interval(window)}))
                 GROUP BY window_start, window_end, device_category

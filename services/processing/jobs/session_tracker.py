@@ -1,5 +1,8 @@
+from typing import Any
+
 from services.processing.job import BaseJob, interval
 from shared.metrics import Column, MetricSchema
+from shared.settings import Settings
 
 
 class SessionTracker(BaseJob):
@@ -23,11 +26,12 @@ class SessionTracker(BaseJob):
         key=("window_start", "session_id"),
     )
 
-    def build(self, t_env, events_view: str, settings) -> str:
+    def build(self, t_env: Any, events_view: str, settings: Settings) -> str:
         gap_s = settings.processing.session_gap_seconds
         return f"""
-            SELECT first_ms AS window_start, last_ms + {gap_s * 1000} AS window_end, session_id, user_id, device_category,
-                   last_ms - first_ms AS duration_ms, page_views, events, products_viewed, cart_adds, purchases, revenue
+            SELECT first_ms AS window_start, last_ms + {gap_s * 1000} AS window_end,
+                   session_id, user_id, device_category, last_ms - first_ms AS duration_ms,
+                   page_views, events, products_viewed, cart_adds, purchases, revenue
             FROM (
                 SELECT session_id, MIN(ts) AS first_ms, MAX(ts) AS last_ms,
                        MAX(user_id) AS user_id, MAX(device_category) AS device_category,
@@ -36,8 +40,14 @@ class SessionTracker(BaseJob):
                        COUNT(*) FILTER (WHERE event_type = 'product_view') AS products_viewed,
                        COUNT(*) FILTER (WHERE event_type = 'add_to_cart') AS cart_adds,
                        COUNT(*) FILTER (WHERE event_type = 'purchase') AS purchases,
-                       COALESCE(SUM(TRY_CAST(properties['revenue'] AS DOUBLE)) FILTER (WHERE event_type = 'purchase'), 0.0) AS revenue
-                FROM TABLE(SESSION(TABLE {events_view} PARTITION BY session_id, DESCRIPTOR(event_time), {interval(gap_s)}))
+                       COALESCE(
+                           SUM(TRY_CAST(properties['revenue'] AS DOUBLE))
+                               FILTER (WHERE event_type = 'purchase'),
+                           0.0
+                       ) AS revenue
+                FROM TABLE(SESSION(
+                    TABLE {events_view} PARTITION BY session_id, DESCRIPTOR(event_time), {interval(gap_s)}
+                ))
                 GROUP BY window_start, window_end, session_id
             )
         """
