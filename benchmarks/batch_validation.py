@@ -1,8 +1,8 @@
-"""CPU per event of a batch body's validation and record building, in-process (no HTTP, no Kafka): pydantic's
-whole-batch JSON validation (the fast path before msgspec); msgspec decoding alone; the fast path as the app runs it
-(msgspec structs, values encoded by msgspec); and pydantic's validation plus its record building (dicts
-encoded by orjson: what the fast path did before 2026-11-30 after validating). Then the same two paths for the
-body of one event, as the track endpoint takes it.
+"""CPU per event of a batch body's validation and record building, in-process (no HTTP, no Kafka):
+pydantic's whole-batch JSON validation (the fast path before msgspec); msgspec decoding alone; the fast path
+as the app runs it (msgspec structs, values encoded by msgspec); and pydantic's validation plus its record
+building (dicts encoded by orjson: what the fast path did before 2026-11-30 after validating). Then the same
+two paths for the body of one event, as the track endpoint takes it.
 
     .venv/bin/python benchmarks/batch_validation.py [--events 500] [--rounds 5]
 
@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 from pydantic import TypeAdapter
@@ -25,11 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ingestion import sample_event  # noqa: E402
 from services.ingestion import fast_batch  # noqa: E402
-from services.ingestion.records import SkewPolicy, now_ms, to_record  # noqa: E402
+from services.ingestion.records import Record, SkewPolicy, now_ms, to_record  # noqa: E402
 from shared.events import TRACK_EVENT, TrackEvent  # noqa: E402
 from shared.settings import IngestionSettings  # noqa: E402
 
-PYDANTIC_BATCH = TypeAdapter(TypedDict("BatchEnvelope", {"events": list[TrackEvent]}))
+
+class BatchEnvelope(TypedDict):
+    events: list[TrackEvent]
+
+
+PYDANTIC_BATCH = TypeAdapter(BatchEnvelope)
 
 
 def best_us_per_event(work: Callable[[], object], events: int, rounds: int, repeats: int = 40) -> float:
@@ -50,11 +56,13 @@ def main() -> None:
     body = orjson.dumps({"events": [sample_event(i) for i in range(args.events)]})
     policy = SkewPolicy.from_settings(IngestionSettings())
 
-    def dict_records() -> list:
+    def dict_records() -> list[Record]:
         received = now_ms()
-        return [to_record(e, received, policy) for e in PYDANTIC_BATCH.validate_json(body)["events"]]
+        events = cast(list[dict[str, Any]], PYDANTIC_BATCH.validate_json(body)["events"])
+        return [to_record(e, received, policy) for e in events]
 
     print(f"{args.events} events, {len(body) / args.events:.0f} bytes of JSON each")
+    work: Callable[[], object]
     for name, work in (
         ("pydantic validate_json", lambda: PYDANTIC_BATCH.validate_json(body)),
         ("msgspec decode only", lambda: fast_batch.decode(body, args.events)),
@@ -65,7 +73,10 @@ def main() -> None:
     one = orjson.dumps(sample_event(0))
     print("one event (POST /v1/analytics/track), per request:")
     for name, work in (
-        ("pydantic + to_record", lambda: to_record(TRACK_EVENT.validate_json(one), now_ms(), policy)),
+        (
+            "pydantic + to_record",
+            lambda: to_record(cast(dict[str, Any], TRACK_EVENT.validate_json(one)), now_ms(), policy),
+        ),
         ("fast path: fast_batch.record", lambda: fast_batch.record(one, now_ms(), policy)),
     ):
         print(f"{name:34} {best_us_per_event(work, 1, args.rounds, repeats=20_000):6.2f} us")

@@ -37,7 +37,8 @@ WINDOW_MS = 10_000
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def seed(settings: Settings, windows: int) -> int:
@@ -104,7 +105,7 @@ async def load(port: int, path: str, connections: int, duration: float) -> tuple
     return counts[0], time.perf_counter() - start
 
 
-def client(port: int, path: str, connections: int, duration: float, out: mp.Queue) -> None:
+def client(port: int, path: str, connections: int, duration: float, out: mp.Queue[tuple[int, float]]) -> None:
     out.put(asyncio.run(load(port, path, connections, duration)))
 
 
@@ -114,7 +115,7 @@ def run_load(server_pid: int, port: int, path: str, connections: int, duration: 
     The second is the worker's capacity even when other processes compete for the cores.
     """
     server = psutil.Process(server_pid)
-    out: mp.Queue = mp.Queue()
+    out: mp.Queue[tuple[int, float]] = mp.Queue()
     proc = mp.Process(target=client, args=(port, path, connections, duration, out))
     cpu_before = sum(server.cpu_times()[:2])
     proc.start()
@@ -133,7 +134,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=500, help="windows seeded (x20 group combinations)")
     args = parser.parse_args()
     print(
-        f"load average before: {' '.join(f'{x:.2f}' for x in psutil.getloadavg())} on {psutil.cpu_count()} cores"
+        f"load average before: {' '.join(f'{x:.2f}' for x in psutil.getloadavg())}"
+        f" on {psutil.cpu_count()} cores"
     )
 
     state = Path(tempfile.mkdtemp(prefix="rtap-bench-cache-"))
@@ -148,6 +150,8 @@ def main() -> None:
     try:
         base = seed(settings, args.windows)
         server.start()
+        if server.pid is None:
+            raise RuntimeError("the cache API process did not start")
         url = f"http://127.0.0.1:{settings.cache.port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -159,12 +163,18 @@ def main() -> None:
         mid = base + args.windows // 2 * WINDOW_MS
         queries = {
             "latest (20 records)": "/v1/jobs/event_metrics/latest",
-            "latest, filtered (1 record)": "/v1/jobs/event_metrics/latest?event_type=click&device_category=mobile",
-            "range, filtered, 10 windows": f"/v1/jobs/event_metrics/windows?from={mid}&to={mid + 10 * WINDOW_MS}&event_type=click&device_category=mobile",
+            "latest, filtered (1 record)": (
+                "/v1/jobs/event_metrics/latest?event_type=click&device_category=mobile"
+            ),
+            "range, filtered, 10 windows": (
+                f"/v1/jobs/event_metrics/windows?from={mid}&to={mid + 10 * WINDOW_MS}"
+                "&event_type=click&device_category=mobile"
+            ),
             "range, 100 records": f"/v1/jobs/event_metrics/windows?from={mid}&limit=100",
         }
         print(
-            f"cache API, 1 worker, {args.connections} keep-alive connections, {args.duration:.0f} s per query, "
+            f"cache API, 1 worker, {args.connections} keep-alive connections, "
+            f"{args.duration:.0f} s per query, "
             f"{args.windows * 20} records seeded"
         )
         for name, path in queries.items():

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -27,6 +28,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from infrastructure.local.components import Component  # noqa: E402
 from infrastructure.local.stack import Service, Stack  # noqa: E402
 from shared.settings import IngestionSettings, KafkaSettings, Settings  # noqa: E402
 
@@ -36,10 +38,11 @@ HOST = "127.0.0.1"
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def sample_event(i: int) -> dict:
+def sample_event(i: int) -> dict[str, Any]:
     return {
         "event": {"type": "page_view"},
         "user": {"id": f"user-{i % 1000}"},
@@ -59,7 +62,10 @@ def sample_event(i: int) -> dict:
 
 
 def http_request(path: str, body: bytes) -> bytes:
-    head = f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
@@ -102,7 +108,8 @@ def cpu_seconds(server: psutil.Process) -> float:
 
 
 def event_loop_seconds(server: psutil.Process) -> float:
-    """CPU of the server's main thread, which runs the event loop (one worker; the Kafka client has its own threads)."""
+    """CPU of the server's main thread, which runs the event loop (one worker; the Kafka client has its own
+    threads)."""
     return next((t.user_time + t.system_time for t in server.threads() if t.id == server.pid), 0.0)
 
 
@@ -114,7 +121,7 @@ def phase(
     connections: int,
     seconds: float,
     events_per_request: int,
-) -> dict:
+) -> dict[str, Any]:
     """Run one load phase and print throughput, latency and the server's own CPU use.
 
     events per server CPU-second is what one worker could do on a core of its own: on this
@@ -126,10 +133,13 @@ def phase(
     p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
     events = stats.ok * events_per_request
     print(
-        f"{name:<7} {stats.ok / elapsed:>8,.0f} req/s {events / elapsed:>10,.0f} events/s | server CPU {server_cpu / elapsed:4.2f} cores, "
-        f"{events / max(server_cpu, 1e-9):>9,.0f} events per server CPU-second | p50 {p50:5.1f} ms p99 {p99:6.1f} ms | "
+        f"{name:<7} {stats.ok / elapsed:>8,.0f} req/s {events / elapsed:>10,.0f} events/s | "
+        f"server CPU {server_cpu / elapsed:4.2f} cores, "
+        f"{events / max(server_cpu, 1e-9):>9,.0f} events per server CPU-second | "
+        f"p50 {p50:5.1f} ms p99 {p99:6.1f} ms | "
         f"202s {stats.ok:,} non-202 {stats.failed:,} ({elapsed:.1f}s)\n"
-        f"{'':7} event-loop thread {loop_cpu / elapsed:4.2f} cores, {loop_cpu / max(events, 1) * 1e6:5.1f} us per event",
+        f"{'':7} event-loop thread {loop_cpu / elapsed:4.2f} cores, "
+        f"{loop_cpu / max(events, 1) * 1e6:5.1f} us per event",
         flush=True,
     )
     return {
@@ -146,7 +156,7 @@ def phase(
 
 
 @contextmanager
-def running(component) -> Iterator[None]:
+def running(component: Component) -> Iterator[None]:
     component.start()
     try:
         yield
@@ -187,7 +197,8 @@ def run(args: argparse.Namespace) -> None:
             "/v1/analytics/batch", orjson.dumps({"events": [sample_event(i) for i in range(args.batch_size)]})
         )
         print(
-            f"ingestion: {args.workers} worker(s) on {HOST}:{port}; load client: 1 process; {args.duration:g}s per phase"
+            f"ingestion: {args.workers} worker(s) on {HOST}:{port}; load client: 1 process; "
+            f"{args.duration:g}s per phase"
         )
         server = psutil.Process(service.pid())
         asyncio.run(load(port, single, args.connections, 2.0))  # warm-up

@@ -5,10 +5,12 @@ value and key) and waits for every acknowledgement, like one batch request in th
 Prints events/s and events per CPU-second of this process (the client's whole cost: its own
 threads included; the broker runs in a separate process).
 
-    .venv/bin/python benchmarks/kafka_clients.py [--duration 10] [--clients service,produce_batch,aiokafka,kafka-python]
+    .venv/bin/python benchmarks/kafka_clients.py [--duration 10] \\
+        [--clients service,produce_batch,aiokafka,kafka-python]
 
 Clients (a client whose package is not installed is reported and skipped):
-  service        the ingestion service's EventProducer (confluent-kafka produce(), one delivery callback per record)
+  service        the ingestion service's EventProducer (confluent-kafka produce(), one delivery callback
+                 per record)
   produce_batch  confluent-kafka Producer.produce_batch() with one callback for all records of a batch
   confluent-aio  confluent_kafka.aio.AIOProducer (one asyncio future per record)
   aiokafka       aiokafka AIOKafkaProducer (pure Python protocol on asyncio)
@@ -25,6 +27,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
+
+from confluent_kafka import KafkaError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -61,13 +65,15 @@ async def service_client(settings: Settings, stack: AsyncExitStack) -> SendBatch
 class BatchProducer(EventProducer):
     """EventProducer with produce_batch(): one C call and one callback object per request."""
 
-    async def send(self, records: Sequence[Record]) -> list:
+    async def send(self, records: Sequence[Record]) -> list[KafkaError | None]:
+        if self._loop is None:
+            raise RuntimeError("BatchProducer.send before start()")
         pending = _Pending(self._loop.create_future(), len(records), self._done)
         queued = self._producer.produce_batch(
             self.topic, [{"value": r.value, "key": r.key} for r in records], on_delivery=pending.delivered
         )
         assert queued == len(records), f"only {queued} of {len(records)} queued"
-        return per_record_errors(records, await asyncio.wait_for(pending.future, self.timeout_s))
+        return per_record_errors(records, await asyncio.wait_for(pending.future, self.timeout_s), {})
 
 
 async def produce_batch_client(settings: Settings, stack: AsyncExitStack) -> SendBatch:
@@ -100,7 +106,7 @@ async def confluent_aio_client(settings: Settings, stack: AsyncExitStack) -> Sen
 
 
 async def aiokafka_client(settings: Settings, stack: AsyncExitStack) -> SendBatch:
-    from aiokafka import AIOKafkaProducer
+    from aiokafka import AIOKafkaProducer  # type: ignore[import-not-found]
 
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap,
@@ -180,7 +186,8 @@ async def measure(name: str, settings: Settings, args: argparse.Namespace, pool:
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         print(
             f"{name:<14} {sent / elapsed:>9,.0f} events/s | client CPU {cpu / elapsed:4.2f} cores, "
-            f"{sent / cpu:>9,.0f} events per client CPU-second, {cpu / sent * 1e6:5.1f} us/event | {sent:,} events in {elapsed:.1f}s",
+            f"{sent / cpu:>9,.0f} events per client CPU-second, {cpu / sent * 1e6:5.1f} us/event | "
+            f"{sent:,} events in {elapsed:.1f}s",
             flush=True,
         )
 

@@ -29,13 +29,14 @@ from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E4
 from infrastructure.local.stack import settings_env  # noqa: E402
 from services.processing.supervisor import submit_job  # noqa: E402
 from shared.events import HEARTBEAT_TYPE  # noqa: E402
+from shared.settings import Settings  # noqa: E402
 from shared.topics import topics  # noqa: E402
 from tests.processing.conftest import DESKTOP_UA, IPHONE_UA, create_topics, processing_settings  # noqa: E402
 
 TYPES = ["page_view"] * 6 + ["product_view"] * 2 + ["click", "add_to_cart", "purchase"]
 
 
-def preload(s, n: int, start_ms: int) -> None:
+def preload(s: Settings, n: int, start_ms: int) -> None:
     producer = Producer(
         {
             "bootstrap.servers": s.kafka.bootstrap,

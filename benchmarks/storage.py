@@ -45,7 +45,8 @@ EVENTS = topics(Settings()).events  # private_settings changes ports, not topic 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def private_settings(state: Path, batch_rows: int, batch_seconds: float) -> Settings:
@@ -157,19 +158,21 @@ def backlog_phase(producer: Producer, url: str, n: int, pid: int) -> None:
             last = now
             break
         time.sleep(0.1)
-    if last is None:
+    if last is None or first is None:
         print(f"backlog: only {rows - base:.0f} of {expected} rows written within 120 s")
         return
     cpu = cpu_seconds(pid) - cpu_before
     print(
-        f"backlog: {expected} rows ({n} raw events + {expected - n} metric records) produced in {produced_s:.1f} s"
+        f"backlog: {expected} rows ({n} raw events + {expected - n} metric records)"
+        f" produced in {produced_s:.1f} s"
     )
     print(
         f"backlog: storage process used {cpu:.1f} CPU-s -> {expected / cpu:,.0f} rows per storage CPU-second"
     )
     print(
         f"backlog: written in {last - started:.1f} s after the first produce -> "
-        f"{expected / (last - started):,.0f} rows/s end to end, {expected / max(last - first, 1e-9):,.0f} rows/s while writing"
+        f"{expected / (last - started):,.0f} rows/s end to end, "
+        f"{expected / max(last - first, 1e-9):,.0f} rows/s while writing"
     )
 
 
@@ -197,8 +200,10 @@ def sustained_phase(producer: Producer, url: str, rate: int, duration: float) ->
     lags.sort()
     p50, p95, peak = lags[len(lags) // 2], lags[int(len(lags) * 0.95)], lags[-1]
     print(
-        f"sustained: {sent / duration:,.0f} events/s offered for {duration:.0f} s; lag (records not yet written+committed): "
-        f"p50 {p50:,.0f}, p95 {p95:,.0f}, max {peak:,.0f}; drained {drained_at if drained_at is not None else float('nan'):.1f} s after the producer stopped"
+        f"sustained: {sent / duration:,.0f} events/s offered for {duration:.0f} s; "
+        "lag (records not yet written+committed): "
+        f"p50 {p50:,.0f}, p95 {p95:,.0f}, max {peak:,.0f}; "
+        f"drained {drained_at if drained_at is not None else float('nan'):.1f} s after the producer stopped"
     )
 
 
@@ -224,7 +229,8 @@ def main() -> None:
             while httpx.get(f"{storage.url()}/readyz", timeout=10).status_code != 200:
                 time.sleep(0.5)
             print(
-                f"storage: chDB, batch_rows={args.batch_rows}, batch_seconds={args.batch_seconds}; cores: {os.cpu_count()}"
+                f"storage: chDB, batch_rows={args.batch_rows}, batch_seconds={args.batch_seconds}; "
+                f"cores: {os.cpu_count()}"
             )
             producer = Producer(
                 {
@@ -234,7 +240,10 @@ def main() -> None:
                     "queue.buffering.max.messages": 500_000,
                 }
             )
-            backlog_phase(producer, storage.url(), args.backlog, storage.pid())
+            pid = storage.pid()
+            if pid is None:
+                raise RuntimeError("the storage service is not running")
+            backlog_phase(producer, storage.url(), args.backlog, pid)
             sustained_phase(producer, storage.url(), args.rate, args.duration)
         finally:
             storage.stop()

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infrastructure.local import jars
-from infrastructure.local.components import REPO_ROOT, Status
+from infrastructure.local.components import REPO_ROOT, Component, Status
 from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.stack import Stack
 from shared.settings import Settings
@@ -44,7 +44,8 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def setup(quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
-    """Resolve the Maven jars (Kafka broker, Flink Kafka connector) and build the Java functions into the state directory."""
+    """Resolve the Maven jars (Kafka broker, Flink Kafka connector) and build the Java functions into the
+    state directory."""
     settings = _settings()
     try:
         Stack(settings).check_state_dir()
@@ -84,7 +85,7 @@ def up(
     try:
         with console.status("starting") as spinner:
 
-            def started(component) -> None:
+            def started(component: Component) -> None:
                 console.print(f"[green]✓[/green] {component.name} {component.url()}")
                 spinner.update(f"starting (after {component.name})")
 

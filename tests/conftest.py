@@ -1,4 +1,5 @@
-"""Session-wide real services: each component starts once, on first use, in a private state dir with free ports."""
+"""Session-wide real services: each component starts once, on first use, in a private state dir with
+free ports."""
 
 from __future__ import annotations
 

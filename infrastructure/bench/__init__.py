@@ -1,1 +1,2 @@
-"""`rtap bench`: ingest, end-to-end throughput with reconciliation, freshness and memory of a private local stack."""
+"""`rtap bench`: ingest, end-to-end throughput with reconciliation, freshness and memory of a private
+local stack."""

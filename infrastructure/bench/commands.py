@@ -1,5 +1,5 @@
-"""`rtap bench`: ingest benchmark, then a private full stack under `rtap load`: throughput with reconciliation,
-freshness, memory; prints tables, writes results.json and bench.png."""
+"""`rtap bench`: ingest benchmark, then a private full stack under `rtap load`: throughput with
+reconciliation, freshness, memory; prints tables, writes results.json and bench.png."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from infrastructure.local.errors import RuntimeSetupError
 console = Console()
 
 
-def raise_interrupt(*_) -> None:
+def raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
@@ -54,7 +54,10 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 min=0,
                 max=600_000,
-                help="bounded out-of-orderness (ms) of the bench stack; events later than this are late by policy and fail the reconciliation",
+                help=(
+                    "bounded out-of-orderness (ms) of the bench stack; "
+                    "events later than this are late by policy and fail the reconciliation"
+                ),
             ),
         ] = 5_000,
         out: Annotated[Path, typer.Option(help="directory for results.json, bench.png and the logs")] = Path(
@@ -84,7 +87,8 @@ def register(app: typer.Typer) -> None:
         def tick(elapsed: float, now_rate: float, accepted: float) -> None:
             if int(elapsed) % 5 == 0:
                 step(
-                    f"  load {elapsed:4.0f}/{duration:g}s  accepted {accepted:,.0f}  now {now_rate:,.0f} events/s"
+                    f"  load {elapsed:4.0f}/{duration:g}s  accepted {accepted:,.0f}"
+                    f"  now {now_rate:,.0f} events/s"
                 )
 
         try:

@@ -1,26 +1,28 @@
-"""Freshness: from a window's close (window end + watermark delay, wall clock: the load generator stamps events
-with its real-time schedule) until its final record is visible in the cache API (SSE stream), in ClickHouse (the
-storage API, polled) and in its Kafka metric topic (the record's timestamp: Flink's emit delay).
+"""Freshness: from a window's close (window end + watermark delay, wall clock: the load generator stamps
+events with its real-time schedule) until its final record is visible in the cache API (SSE stream), in
+ClickHouse (the storage API, polled) and in its Kafka metric topic (the record's timestamp: Flink's emit
+delay).
 
-Each watcher records, per window key, every distinct value it saw and when (epoch ms); the final value of a window
-is the one recomputed from the load manifest, so a window counts as visible when that exact value is."""
+Each watcher records, per window key, every distinct value it saw and when (epoch ms); the final value of
+a window is the one recomputed from the load manifest, so a window counts as visible when that exact value
+is."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import numpy
 import orjson
 
-from services.loadgen.reconcile import Key, Layers, same_value
+from services.loadgen.reconcile import Layers, same_value
 from shared.metrics import MetricSchema
 from shared.topics import topics
 
-Arrivals = dict[Key, list[tuple[float, dict[str, Any]]]]
+Arrivals = dict[tuple[Any, ...], list[tuple[float, dict[str, Any]]]]
 PERCENTILES = (50, 95, 99)
 
 
@@ -45,7 +47,7 @@ class Watcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
 
-    def start(self):
+    def start(self) -> Self:
         self._thread.start()
         return self
 
@@ -61,7 +63,8 @@ class Watcher:
 
 
 class CacheStream(Watcher):
-    """Follows `/v1/jobs/{job}/stream` of the cache API (one connection per job) and records each window's arrivals."""
+    """Follows `/v1/jobs/{job}/stream` of the cache API (one connection per job) and records each window's
+    arrivals."""
 
     def __init__(
         self,
@@ -169,7 +172,8 @@ class ClickHousePoller(Watcher):
 
 
 def kafka_arrivals(layers: Layers, schema: MetricSchema) -> Arrivals:
-    """Every record of the job's metric topic with its Kafka timestamp (the sink writes it when Flink emits)."""
+    """Every record of the job's metric topic with its Kafka timestamp (the sink writes it when Flink
+    emits)."""
     arrivals: Arrivals = {}
     topic = topics(layers.s).metric(schema)
     for message in layers.consume_all(topic.name, topic.partitions):
@@ -185,11 +189,12 @@ def is_final(schema: MetricSchema, want: dict[str, Any], got: dict[str, Any]) ->
 
 def delays_ms(
     schema: MetricSchema,
-    expected: dict[Key, dict[str, Any]],
+    expected: dict[tuple[Any, ...], dict[str, Any]],
     arrivals: Arrivals,
-    close_ms: Callable[[Key], float],
+    close_ms: Callable[[tuple[Any, ...]], float],
 ) -> tuple[list[float], int]:
-    """(delay from close until the final value was first seen, for each window seen with it; windows never seen so)."""
+    """(delay from close until the final value was first seen, for each window seen with it; windows never
+    seen so)."""
     delays, missing = [], 0
     for key, want in expected.items():
         first = next((at for at, record in arrivals.get(key, []) if is_final(schema, want, record)), None)

@@ -1,5 +1,5 @@
-"""Single-event and batch ingest: benchmarks/ingestion.py in its own process (it starts a private Kafka broker and
-the ingestion service, and stops them), results read back from its --json file."""
+"""Single-event and batch ingest: benchmarks/ingestion.py in its own process (it starts a private Kafka
+broker and the ingestion service, and stops them), results read back from its --json file."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -16,7 +17,7 @@ SCRIPT = REPO_ROOT / "benchmarks" / "ingestion.py"
 START_UP_S = 180  # broker and service start-up, warm-up, shutdown
 
 
-def run_ingest(duration: float, out_dir: Path) -> list[dict]:
+def run_ingest(duration: float, out_dir: Path) -> list[dict[str, Any]]:
     """The phase results (name, requests_per_s, events_per_s, server_cpu_cores, events_per_server_cpu_second,
     p50_ms, p99_ms); its output goes to out_dir/ingestion.log."""
     result_file, log_file = out_dir / "ingestion.json", out_dir / "ingestion.log"
@@ -35,11 +36,13 @@ def run_ingest(duration: float, out_dir: Path) -> list[dict]:
     if code != 0 or not result_file.exists():
         tail = log_file.read_text(errors="replace").strip().splitlines()[-5:]
         raise RuntimeError(f"benchmarks/ingestion.py failed (exit {code}): {' | '.join(tail)}")
-    return orjson.loads(result_file.read_bytes())["phases"]
+    phases: list[dict[str, Any]] = orjson.loads(result_file.read_bytes())["phases"]
+    return phases
 
 
-def interrupt(proc: subprocess.Popen) -> None:
-    """SIGINT a child that is still running (as Ctrl-C: its finally blocks stop what it started), then kill."""
+def interrupt(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT a child that is still running (as Ctrl-C: its finally blocks stop what it started), then
+    kill."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGINT)

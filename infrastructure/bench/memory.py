@@ -1,11 +1,13 @@
-"""Resident memory of every process of the stack, sampled once a second: each component's process and all its
-children (the Kafka and Flink JVMs under their launch scripts, Python workers, the processing supervisor's gateway)."""
+"""Resident memory of every process of the stack, sampled once a second: each component's process and all
+its children (the Kafka and Flink JVMs under their launch scripts, Python workers, the processing
+supervisor's gateway)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 
@@ -46,9 +48,10 @@ class MemorySampler(Periodic):
             (time.time(), {name: tree_rss(pid_of()) for name, pid_of in self.processes.items()})
         )
 
-    def summary(self) -> dict:
-        """Peak and mean MB per process and of the total (the total's peak is the peak of the per-sample sums)."""
-        out: dict = {"processes": {}, "samples": len(self.samples)}
+    def summary(self) -> dict[str, Any]:
+        """Peak and mean MB per process and of the total (the total's peak is the peak of the per-sample
+        sums)."""
+        out: dict[str, Any] = {"processes": {}, "samples": len(self.samples)}
         for name in self.processes:
             values = [sample[name] for _, sample in self.samples if sample.get(name)]
             out["processes"][name] = {
@@ -62,12 +65,12 @@ class MemorySampler(Periodic):
         }
         return out
 
-    def series(self) -> dict[str, list]:
+    def series(self) -> dict[str, list[float]]:
         """Per-process MB over time (seconds since the first sample), for the plot."""
         if not self.samples:
             return {"t": []}
         t0 = self.samples[0][0]
-        out: dict[str, list] = {"t": [t - t0 for t, _ in self.samples]}
+        out: dict[str, list[float]] = {"t": [t - t0 for t, _ in self.samples]}
         for name in self.processes:
             out[name] = [sample.get(name, 0) / MB for _, sample in self.samples]
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Self
 
 
 class Periodic:
@@ -11,7 +12,7 @@ class Periodic:
     def sample(self) -> None:
         raise NotImplementedError
 
-    def start(self):
+    def start(self) -> Self:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=type(self).__name__, daemon=True)
         self._thread.start()

@@ -1,8 +1,10 @@
-"""The bench results as rich tables, a JSON file and a PNG plot (accepted rate over time, freshness, memory)."""
+"""The bench results as rich tables, a JSON file and a PNG plot (accepted rate over time, freshness,
+memory)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 from rich.table import Table
@@ -19,7 +21,7 @@ def ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def ingest_table(phases: list[dict]) -> Table:
+def ingest_table(phases: list[dict[str, Any]]) -> Table:
     table = Table(title="ingest (benchmarks/ingestion.py)")
     for col in (
         "phase",
@@ -44,7 +46,7 @@ def ingest_table(phases: list[dict]) -> Table:
     return table
 
 
-def end_to_end_table(e2e: dict) -> Table:
+def end_to_end_table(e2e: dict[str, Any]) -> Table:
     table = Table(title="end to end (rtap load -> every layer, reconciled against the manifest)")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -65,7 +67,7 @@ def end_to_end_table(e2e: dict) -> Table:
     return table
 
 
-def freshness_table(freshness: dict) -> Table:
+def freshness_table(freshness: dict[str, Any]) -> Table:
     table = Table(title="freshness: window close (end + watermark delay) -> final record visible, ms")
     for col in ("job", "layer", "windows", "missing", "p50", "p95", "p99", "max"):
         table.add_column(col, justify="left" if col in ("job", "layer") else "right")
@@ -86,7 +88,7 @@ def freshness_table(freshness: dict) -> Table:
     return table
 
 
-def memory_table(memory: dict) -> Table:
+def memory_table(memory: dict[str, Any]) -> Table:
     table = Table(title=f"memory (RSS of each process tree, {memory['samples']} samples, 1/s)")
     for col in ("process", "peak MB", "mean MB"):
         table.add_column(col, justify="left" if col == "process" else "right")
@@ -100,7 +102,7 @@ def memory_table(memory: dict) -> Table:
     return table
 
 
-def targets(results: dict) -> list[tuple[str, str, str, bool]]:
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     """(target, wanted, measured, met) for each of the issue's targets."""
     e2e, fresh, memory = results["end_to_end"], results["freshness"], results["memory"]
     out = [
@@ -138,7 +140,7 @@ def targets(results: dict) -> list[tuple[str, str, str, bool]]:
     return out
 
 
-def targets_table(results: dict) -> Table:
+def targets_table(results: dict[str, Any]) -> Table:
     table = Table(title="against the targets")
     for col in ("target", "wanted", "measured", "met"):
         table.add_column(col)
@@ -147,7 +149,7 @@ def targets_table(results: dict) -> Table:
     return table
 
 
-def tables(results: dict) -> list[Table]:
+def tables(results: dict[str, Any]) -> list[Table]:
     out = [ingest_table(results["ingest"])] if results.get("ingest") else []
     return out + [
         end_to_end_table(results["end_to_end"]),
@@ -157,12 +159,13 @@ def tables(results: dict) -> list[Table]:
     ]
 
 
-def write_json(results: dict, path: Path) -> None:
+def write_json(results: dict[str, Any], path: Path) -> None:
     path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
 
 
-def plot(results: dict, path: Path) -> None:
-    """Three panels, 1200x900 px: accepted events/s over time, freshness per job and layer, memory per process."""
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Three panels, 1200x900 px: accepted events/s over time, freshness per job and layer, memory per
+    process."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,10 +193,10 @@ def plot(results: dict, path: Path) -> None:
     if data:
         fresh_ax.boxplot(data, whis=(5, 95), showfliers=True)
         fresh_ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
-    for layer, limit in TARGET_P95_MS.items():
+    for limit in TARGET_P95_MS.values():
         fresh_ax.axhline(limit / 1000, color="gray", linestyle=":", linewidth=1)
     fresh_ax.set(
-        title="freshness: window close + watermark -> final record visible (box 25-75%, whiskers 5-95%)",
+        title=("freshness: window close + watermark -> final record visible (box 25-75%, whiskers 5-95%)"),
         ylabel="seconds",
     )
 

@@ -1,6 +1,7 @@
-"""One `rtap bench` run: ingest phases, then a private full stack under `rtap load` at a fixed rate, reconciled
-against the manifest, with freshness watchers, the accepted-rate scraper and the memory sampler running throughout.
-Every wait has a deadline; everything started here is stopped on the way out, also on Ctrl-C."""
+"""One `rtap bench` run: ingest phases, then a private full stack under `rtap load` at a fixed rate,
+reconciled against the manifest, with freshness watchers, the accepted-rate scraper and the memory sampler
+running throughout. Every wait has a deadline; everything started here is stopped on the way out, also on
+Ctrl-C."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from infrastructure.bench.freshness import (
     kafka_arrivals,
 )
 from infrastructure.bench.ingest import run_ingest
-from infrastructure.bench.memory import MemorySampler
+from infrastructure.bench.memory import MemorySampler, PidOf
 from infrastructure.bench.stack import INFRASTRUCTURE, MONITORING, full_stack, load_command, stack_env
 from infrastructure.bench.throughput import AcceptedRate
 from services.loadgen.manifest import accepted, read_manifest
@@ -58,9 +59,9 @@ Tick = Callable[
 
 
 def bench_env(config: BenchConfig) -> dict[str, str]:
-    """Settings of the bench stack that differ from `rtap up`: a short session gap (sessions close within the run),
-    the watermark delay (senders that fall behind their schedule on a saturated machine send events that much late),
-    and read limits large enough to reconcile every session window through the APIs."""
+    """Settings of the bench stack that differ from `rtap up`: a short session gap (sessions close within
+    the run), the watermark delay (senders that fall behind their schedule on a saturated machine send events
+    that much late), and read limits large enough to reconcile every session window through the APIs."""
     limit = str(max(100_000, int(config.rate * config.duration)))
     return {
         "RTAP_PROCESSING__SESSION_GAP_SECONDS": str(config.session_gap_s),
@@ -105,7 +106,13 @@ def run_bench(config: BenchConfig, out_dir: Path, step: Step, tick: Tick) -> dic
 
 
 def end_to_end(
-    s: Settings, config: BenchConfig, processes: dict, tmp: Path, out_dir: Path, step: Step, tick: Tick
+    s: Settings,
+    config: BenchConfig,
+    processes: dict[str, PidOf],
+    tmp: Path,
+    out_dir: Path,
+    step: Step,
+    tick: Tick,
 ) -> dict[str, Any]:
     schemas = load_schemas()
     fresh = {job: schemas[job] for job in FRESHNESS_JOBS}
@@ -124,7 +131,8 @@ def end_to_end(
         if not cache.wait_subscribed(SUBSCRIBE_TIMEOUT_S):
             raise RuntimeError(f"the cache SSE stream did not subscribe within {SUBSCRIBE_TIMEOUT_S}s")
         step(
-            f"load: rtap load --rate {config.rate:g} --duration {config.duration:g} --processes {config.processes}"
+            f"load: rtap load --rate {config.rate:g} --duration {config.duration:g}"
+            f" --processes {config.processes}"
         )
         manifest = tmp / "manifest.jsonl"
         load_started = time.time()
@@ -142,8 +150,9 @@ def end_to_end(
     expected = expected_metrics(counted, s)
     layers = Layers(s)
 
-    def close_ms(key: tuple) -> float:
-        return key[0] + window_ms + delay_ms
+    def close_ms(key: tuple[Any, ...]) -> float:
+        window_start: int = key[0]
+        return window_start + window_ms + delay_ms
 
     freshness = {}
     for job, schema in fresh.items():
@@ -186,8 +195,9 @@ def end_to_end(
 
 
 def warm_up(s: Settings, config: BenchConfig, tmp: Path, out_dir: Path, step: Step) -> None:
-    """A short load before the measured one (the first windows of a fresh job include JIT and class loading), then a
-    wait until a new window begins, so the measured run's windows hold only its own events (reconciled exactly)."""
+    """A short load before the measured one (the first windows of a fresh job include JIT and class
+    loading), then a wait until a new window begins, so the measured run's windows hold only its own events
+    (reconciled exactly)."""
     rate = min(config.rate, 1_000)
     step(f"warm-up: rtap load --rate {rate:g} --duration {config.warmup_s:g}")
     warm = replace(config, rate=rate, duration=config.warmup_s, seed=config.seed + 1_000)
@@ -207,7 +217,8 @@ def run_load(
     tick: Tick,
     rate: AcceptedRate | None = None,
 ) -> None:
-    """`rtap load` in its own process group (its sender processes with it), bounded by duration + LOAD_GRACE_S."""
+    """`rtap load` in its own process group (its sender processes with it), bounded by duration +
+    LOAD_GRACE_S."""
     argv = load_command(
         manifest,
         "--rate",
@@ -251,7 +262,7 @@ def run_load(
         raise RuntimeError(f"rtap load failed (exit {proc.returncode}): {' | '.join(tail)}")
 
 
-def stop_group(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the load's process group if it still runs, SIGKILL after 10 s."""
     if proc.poll() is not None:
         return

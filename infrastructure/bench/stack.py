@@ -1,6 +1,6 @@
-"""The full local stack as processes on free ports in a state directory of its own (never the `rtap up` stack):
-infrastructure from a Harness, the four services, and the running pipeline job. Shared by `rtap bench` and the
-end-to-end and fault tests."""
+"""The full local stack as processes on free ports in a state directory of its own (never the `rtap up`
+stack): infrastructure from a Harness, the four services, and the running pipeline job. Shared by `rtap bench`
+and the end-to-end and fault tests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -27,7 +28,7 @@ def wait_for_flink_job(s: Settings, timeout: float = 180.0) -> str:
     """The id of the pipeline's RUNNING Flink job; TimeoutError when it is not running within `timeout`."""
     url = f"{s.flink.rest_url}/jobs/overview"
     deadline = time.monotonic() + timeout
-    jobs: list = []
+    jobs: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         try:
             jobs = httpx.get(url, timeout=5).json()["jobs"]
@@ -37,7 +38,8 @@ def wait_for_flink_job(s: Settings, timeout: float = 180.0) -> str:
             j for j in jobs if j["name"].startswith(s.processing.job_name + ":") and j["state"] == "RUNNING"
         ]
         if running:
-            return running[0]["jid"]
+            jid: str = running[0]["jid"]
+            return jid
         time.sleep(1)
     raise TimeoutError(f"Flink job {s.processing.job_name} not RUNNING within {timeout}s: {jobs}")
 
@@ -49,7 +51,8 @@ def full_stack(
     on_start: Callable[[str], None] = lambda name: None,
     **env: str,
 ) -> Iterator[tuple[Settings, Harness, dict[str, Service]]]:
-    """Start infrastructure, then the services, wait for the pipeline job; stop all of it on exit (also on errors)."""
+    """Start infrastructure, then the services, wait for the pipeline job; stop all of it on exit (also on
+    errors)."""
     s = isolated_settings(state_dir, **env)
     harness, services = Harness(s), {}
     try:

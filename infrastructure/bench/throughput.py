@@ -41,13 +41,18 @@ class AcceptedRate(Periodic):
 
     def series(self, since: float) -> tuple[list[float], list[float]]:
         """(seconds since `since`, events/s over the preceding interval) for each pair of samples."""
-        pairs = zip(self.samples, self.samples[1:])
+        pairs = zip(self.samples, self.samples[1:], strict=False)
         points = [(t1 - since, (v1 - v0) / (t1 - t0)) for (t0, v0), (t1, v1) in pairs if t1 > t0]
         return [t for t, _ in points], [r for _, r in points]
 
     def sustained(self) -> float:
-        """Events/s from the first to the last sample where the counter moved (idle time before and after left out)."""
-        moved = [(t1, v1, t0, v0) for (t0, v0), (t1, v1) in zip(self.samples, self.samples[1:]) if v1 > v0]
+        """Events/s from the first to the last sample where the counter moved (idle time before and after left
+        out)."""
+        moved = [
+            (t1, v1, t0, v0)
+            for (t0, v0), (t1, v1) in zip(self.samples, self.samples[1:], strict=False)
+            if v1 > v0
+        ]
         if not moved:
             return 0.0
         start_t, start_v = moved[0][2], moved[0][3]

@@ -152,7 +152,8 @@ class Kafka(Component):
                     "min.insync.replicas=1",
                     "group.initial.rebalance.delay.ms=0",
                     "auto.create.topics.enable=false",
-                    f"message.max.bytes={k.max_record_bytes}",  # one limit with ingestion (KafkaSettings.max_record_bytes)
+                    # one limit with ingestion (KafkaSettings.max_record_bytes)
+                    f"message.max.bytes={k.max_record_bytes}",
                     "",
                 ]
             )
@@ -295,7 +296,8 @@ class Redis(Component):
 
 
 class RedisExporter(Component):
-    """prometheus-redis-exporter (Debian package) for the local redis-server; the password goes by environment."""
+    """prometheus-redis-exporter (Debian package) for the local redis-server; the password goes by
+    environment."""
 
     name = "redis-exporter"
 
@@ -308,7 +310,8 @@ class RedisExporter(Component):
     def prepare(self) -> None:
         if not shutil.which("prometheus-redis-exporter"):
             raise RuntimeSetupError(
-                "prometheus-redis-exporter is not installed; run ./rtap setup (Debian package prometheus-redis-exporter)"
+                "prometheus-redis-exporter is not installed; "
+                "run ./rtap setup (Debian package prometheus-redis-exporter)"
             )
 
     def argv(self) -> list[str]:
@@ -484,9 +487,9 @@ def write_flink_conf(settings: Settings, conf_dir: Path) -> None:
                     }
                 }
             },
-            # No jar upload or run over REST (/jars/*). Jobs are submitted with POST /jobs (the driver's REST client and
-            # `flink run`), which this does not touch; the supervisor cancels with PATCH /jobs/:id, which web.cancel.enable
-            # does not touch either (it only hides the web UI's button).
+            # No jar upload or run over REST (/jars/*). Jobs are submitted with POST /jobs (the driver's REST
+            # client and `flink run`), which this does not touch; the supervisor cancels with PATCH /jobs/:id,
+            # which web.cancel.enable does not touch either (it only hides the web UI's button).
             "web": {"submit": {"enable": False}, "cancel": {"enable": False}},
         }
     )
@@ -557,5 +560,5 @@ def _http_ok(url: str) -> tuple[bool, str]:
     return response.status_code < 400, f"HTTP {response.status_code}"
 
 
-def json_dump(data) -> str:
+def json_dump(data: object) -> str:
     return json.dumps(data, indent=2, sort_keys=True)

@@ -1,6 +1,6 @@
-"""A private local stack: settings whose every port is free and whose state lives in a directory of its own, and a
-Harness that starts components on demand and stops what it started. Used by the tests, the benchmarks and `rtap bench`,
-so none of them touches a stack started by `rtap up`."""
+"""A private local stack: settings whose every port is free and whose state lives in a directory of its own,
+and a Harness that starts components on demand and stops what it started. Used by the tests, the benchmarks
+and `rtap bench`, so none of them touches a stack started by `rtap up`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from shared.settings import Settings
 
 def free_ports(n: int) -> list[int]:
     """n distinct free ports, consecutive pairs where Flink needs a range."""
-    socks, ports = [], []
+    socks: list[socket.socket] = []
+    ports: list[int] = []
     while len(ports) < n:
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
@@ -45,7 +46,7 @@ def adjacent_free_pair(start: int) -> int:
     raise RuntimeError("no two adjacent free ports in 20000-39999")
 
 
-def isolated_settings(state_dir: Path, **overrides) -> Settings:
+def isolated_settings(state_dir: Path, **overrides: str) -> Settings:
     """Settings whose every port is free and whose state lives in state_dir."""
     p = free_ports(12)
     base = adjacent_free_pair(20000 + (os.getpid() % 2000) * 10)  # Flink metrics need two adjacent ports

@@ -42,7 +42,8 @@ def resolve(bundle: str, jar_root: Path, pom_dir: Path = POM_DIR) -> Path:
 
 
 def build_udf(jar_root: Path, module: Path = UDF_MODULE) -> Path:
-    """Return the project's Java function jar (services/processing/udf), building it when its sources changed."""
+    """Return the project's Java function jar (services/processing/udf), building it when its sources
+    changed."""
     target = jar_root / "udf"
     jar, stamp = target / UDF_JAR, target / ".sources-sha256"
     digest = hashlib.sha256()
@@ -77,7 +78,8 @@ def prepare_pipeline_jars(settings: Settings) -> list[Path]:
 def fresh_folder(target: Path) -> None:
     if not shutil.which("mvn"):
         raise RuntimeSetupError(
-            "Maven (mvn) is required to resolve the Kafka and Flink jars and to build the Java functions, and is not on PATH"
+            "Maven (mvn) is required to resolve the Kafka and Flink jars and to build the Java functions, "
+            "and is not on PATH"
         )
     if target.exists():
         shutil.rmtree(target)
@@ -88,7 +90,8 @@ def maven(args: list[str], what: str, target: Path) -> None:
     result = subprocess.run(["mvn", "-q", "-B", *args], capture_output=True, text=True)
     if result.returncode != 0:
         shutil.rmtree(target, ignore_errors=True)
-        lines = [l for l in (result.stdout + result.stderr).splitlines() if "ERROR" in l] or ["(no output)"]
+        output = (result.stdout + result.stderr).splitlines()
+        lines = [line for line in output if "ERROR" in line] or ["(no output)"]
         raise RuntimeSetupError(f"Maven could not {what}: {lines[0].strip()[:300]}")
 
 

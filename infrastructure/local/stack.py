@@ -42,7 +42,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _env_value(value) -> str:
+def _env_value(value: object) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return "" if value is None else str(value)
@@ -106,7 +106,8 @@ class Stack:
         if state.exists() and any(state.iterdir()):
             if not marker.exists():
                 raise RuntimeSetupError(
-                    f"{state} is not an rtap state directory (no {STATE_MARKER}); choose another RTAP_STATE_DIR or remove it"
+                    f"{state} is not an rtap state directory (no {STATE_MARKER}); "
+                    "choose another RTAP_STATE_DIR or remove it"
                 )
             try:
                 fmt = json.loads(marker.read_text())["format"]

@@ -1,5 +1,5 @@
-"""`rtap bench` end to end at a small rate: every section of results.json measured, the run reconciled exactly,
-and the plot a real PNG. The bench starts its own private stack (free ports, temporary state)."""
+"""`rtap bench` end to end at a small rate: every section of results.json measured, the run reconciled
+exactly, and the plot a real PNG. The bench starts its own private stack (free ports, temporary state)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The bench stack's settings are valid settings: its reconciliation reads fit the storage API's reader limits."""
+"""The bench stack's settings are valid: its reconciliation reads fit the storage API's reader limits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Cache service fixtures: a private key prefix and consumer group per service, metric records in Flink's shape.
+"""Cache service fixtures: a private key prefix and consumer group per service, metric records in
+Flink's shape.
 
 Windows start in the year 2100 (plus a random offset) so that "latest" and "recent" are this test's
 records even when other tests write real metric records to the same shared topics.
@@ -50,7 +51,8 @@ def schema(name: str) -> MetricSchema:
 
 
 def produce(bootstrap: str, job: str, records: Iterable[dict[str, Any]], raw: bool = False) -> None:
-    """Write metric records as Flink's upsert-kafka sink does: key = JSON of the key columns, value = flat JSON."""
+    """Write metric records as Flink's upsert-kafka sink does: key = JSON of the key columns,
+    value = flat JSON."""
     s = schema(job)
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     for record in records:

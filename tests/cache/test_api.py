@@ -1,4 +1,5 @@
-"""Metric records in Kafka become the cache API's exact answers; replays change nothing; bad input gets named 4xx."""
+"""Metric records in Kafka become the cache API's exact answers; replays change nothing; bad input gets
+named 4xx."""
 
 from __future__ import annotations
 
@@ -79,7 +80,10 @@ def test_latest_with_group_key_filter(cache, events):
 
 def test_windows_range_limit_order_and_filters(cache, events):
     base, records = events
-    get = lambda **p: cache.client.get("/v1/jobs/event_metrics/windows", params=p).json()["records"]
+
+    def get(**p):
+        return cache.client.get("/v1/jobs/event_metrics/windows", params=p).json()["records"]
+
     assert by_key(get(**{"from": base, "to": base + 2 * WINDOW_MS})) == by_key(records)
     assert by_key(get(**{"from": base, "to": base + WINDOW_MS})) == by_key(records[:3])
     assert get(**{"from": base, "limit": 2, "order": "desc"})[0]["window_start"] == base + WINDOW_MS

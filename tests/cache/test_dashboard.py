@@ -1,4 +1,5 @@
-"""Headless Chromium loads the live dashboard against the running cache service and sees numbers appear and change."""
+"""Headless Chromium loads the live dashboard against the running cache service and sees numbers
+appear and change."""
 
 from __future__ import annotations
 

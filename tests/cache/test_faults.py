@@ -1,4 +1,4 @@
-"""kill -9 of the cache service in the middle of consuming, then a restart: every window is in Redis, exactly."""
+"""kill -9 of the cache service while it consumes, then a restart: every window is in Redis, exactly."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def test_kill9_mid_batch_loses_nothing(settings, kafka, redis_url):
     layout = layouts(s.cache.key_prefix, load_schemas().values())["event_metrics"]
     index = layout.index({"event_type": "fault", "device_category": "desktop"})
     r = redis.Redis.from_url(redis_url)
-    written = lambda: r.zcount(index, base, "+inf")
+
+    def written():
+        return r.zcount(index, base, "+inf")
 
     cache = RunningCache(s)
     cache.service.start()
@@ -61,5 +63,6 @@ def test_kill9_mid_batch_loses_nothing(settings, kafka, redis_url):
     finally:
         cache.stop()
     print(
-        f"killed after {at_kill} windows written ({partial} by the time the process was gone); restart wrote the rest"
+        f"killed after {at_kill} windows written ({partial} by the time the process was gone); "
+        "restart wrote the rest"
     )

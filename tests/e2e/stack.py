@@ -44,7 +44,8 @@ def reconciled_env(window_s: int, gap_s: int, watermark_delay_ms: int) -> dict[s
 
 
 def rtap_load(s: Settings, manifest: Path, *args: str, wait: bool = True) -> Any:
-    """Run `rtap load` against the stack; returns the manifest entries, or the running process when wait=False."""
+    """Run `rtap load` against the stack; returns the manifest entries, or the running process when
+    wait=False."""
     argv = load_command(
         manifest, "--processes", "2", "--batch-size", "100", "--seed", str(uuid.uuid4().int % 2**31), *args
     )

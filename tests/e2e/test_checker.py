@@ -1,4 +1,5 @@
-"""The checker itself: a deliberately broken metric set (a window dropped, a count changed) is reported, both ways."""
+"""The checker itself: a deliberately broken metric set (a window dropped, a count changed) is
+reported, both ways."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ ENTRIES = [
 
 
 def as_records(expected: dict, key_columns: tuple[str, ...]) -> dict:
-    return {key: {**dict(zip(key_columns, key)), **values} for key, values in expected.items()}
+    return {key: {**dict(zip(key_columns, key, strict=True)), **values} for key, values in expected.items()}
 
 
 def test_a_faithful_metric_set_reconciles():
@@ -65,7 +66,8 @@ def test_a_dropped_window_and_a_changed_count_are_both_reported():
     problems = reconcile(schema, expected, broken)
     assert problems == [
         f"event_metrics missing {dropped}",
-        f"event_metrics {changed} events: expected {expected[changed]['events']}, got {expected[changed]['events'] + 1}",
+        f"event_metrics {changed} events: expected {expected[changed]['events']}, "
+        f"got {expected[changed]['events'] + 1}",
     ]
 
 

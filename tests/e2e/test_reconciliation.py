@@ -1,8 +1,10 @@
-"""End-to-end reconciliation on the full local stack: `rtap load` -> ingestion -> Kafka -> Flink -> metric topics
--> ClickHouse (storage API) and Redis (cache API), every layer checked against the recomputation from the manifest.
+"""End-to-end reconciliation on the full local stack: `rtap load` -> ingestion -> Kafka -> Flink -> metric
+topics -> ClickHouse (storage API) and Redis (cache API), every layer checked against the recomputation from
+the manifest.
 
-The stack runs on the module's own settings (2 s windows, 3 s session gap) so its timings do not affect other tests.
-The workload repeats 5% of its sends with the same event id (client retries): every layer must count them once.
+The stack runs on the module's own settings (2 s windows, 3 s session gap) so its timings do not affect other
+tests. The workload repeats 5% of its sends with the same event id (client retries): every layer must count
+them once.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ pytestmark = [
 ]
 
 WINDOW_S, GAP_S = 2, 3
-# The senders stamp planned send times; a CI machine once stalled a sender by more than 2 s and ~10 events of one
-# window were late by policy. This module checks exactness, not the lateness policy (tests/processing covers that).
+# The senders stamp planned send times; a CI machine once stalled a sender by more than 2 s and ~10 events of
+# one window were late by policy. This module checks exactness, not the lateness policy (tests/processing
+# covers that).
 WATERMARK_DELAY_MS = 10_000
 EVENTS_SENT = 3_000
 SETTLE_TIMEOUT_S = 120
@@ -130,7 +133,8 @@ def test_cache_latest_window_equals_the_recomputation(stack, layers, workload, j
 
 
 def test_duplicate_sends_are_one_row_in_raw_storage(stack, layers, workload, tmp_path):
-    """Runs after the reconciliation tests (its events land in later windows): re-sent ids stay single in ClickHouse."""
+    """Runs after the reconciliation tests (its events land in later windows): re-sent ids stay single in
+    ClickHouse."""
     entries = rtap_load(
         stack, tmp_path / "dups.jsonl", "--events", "400", "--rate", "1000", "--duplicate-fraction", "0.2"
     )

@@ -1,15 +1,16 @@
 """kill -9 of each component under sustained load, then restart: every accepted event counted exactly once.
 
-One full local stack for the module; one scenario per component, in turn: `rtap load` runs at a steady rate, the
-component is killed with SIGKILL a few seconds in and started again at once, the load finishes (its senders retry
-what was not acknowledged, with the same event ids), and every layer (raw topic, metric topics, ClickHouse raw and
-metric tables, cache API) is reconciled against the manifest. Scenarios use disjoint time ranges.
+One full local stack for the module; one scenario per component, in turn: `rtap load` runs at a steady rate,
+the component is killed with SIGKILL a few seconds in and started again at once, the load finishes (its
+senders retry what was not acknowledged, with the same event ids), and every layer (raw topic, metric topics,
+ClickHouse raw and metric tables, cache API) is reconciled against the manifest. Scenarios use disjoint time
+ranges.
 
-The watermark delay is 45 s here: while ingestion or Kafka is down, senders hold their events and retry them when
-it is back, so those events arrive up to the outage's length (plus Retry-After) behind the heartbeats. A broker
-killed late in the session takes ~20 s to come back (log recovery), which a 20 s delay did not cover. A production
-operator sizes the delay the same way; events later than it are late by policy (counted, repairable with
-`rtap backfill`).
+The watermark delay is 45 s here: while ingestion or Kafka is down, senders hold their events and retry them
+when it is back, so those events arrive up to the outage's length (plus Retry-After) behind the heartbeats. A
+broker killed late in the session takes ~20 s to come back (log recovery), which a 20 s delay did not cover. A
+production operator sizes the delay the same way; events later than it are late by policy (counted, repairable
+with `rtap backfill`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ RATE = 400  # events/s, steady, for LOAD_SECONDS
 LOAD_SECONDS = 20
 KILL_AFTER_EVENTS = 2_000  # accepted by ingestion before the kill: the load is really flowing
 SETTLE_TIMEOUT_S = 300  # for every layer together (one deadline): watermark delay + a Flink restart + storage
-# processing is the supervisor that submits the Flink job; flink-jobmanager loses the job (no HA), the supervisor
-# resubmits it from the newest retained checkpoint
+# processing is the supervisor that submits the Flink job; flink-jobmanager loses the job (no HA), the
+# supervisor resubmits it from the newest retained checkpoint
 COMPONENTS = (
     "ingestion",
     "flink-taskmanager",
@@ -87,7 +88,8 @@ def accepted_so_far(s) -> float:
 
 
 def wait_for_load(s, load, events: int, timeout: float = 60.0) -> None:
-    """Block until ingestion has accepted `events` more events (spawning the senders can take seconds when busy)."""
+    """Block until ingestion has accepted `events` more events (spawning the senders can take seconds
+    when busy)."""
     start, deadline = accepted_so_far(s), time.monotonic() + timeout
     while accepted_so_far(s) - start < events:
         assert load.poll() is None, f"rtap load ended before the kill:\n{load.stdout.read()}"

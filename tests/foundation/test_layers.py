@@ -72,7 +72,7 @@ def process_modules(tree: ast.AST) -> set[int]:
     started = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.List, ast.Tuple)):
-            for flag, value in zip(node.elts, node.elts[1:]):
+            for flag, value in zip(node.elts, node.elts[1:], strict=False):
                 if isinstance(flag, ast.Constant) and flag.value == "-m":
                     started.add(id(value))
     return started

@@ -111,7 +111,8 @@ WINDOWS_NASTY = [
 def test_nasty_window_queries(cache, params, status, loc):
     r = cache.client.get("/v1/jobs/event_metrics/windows", params=params)
     if loc is None:
-        # other tests' windows share the metric topics, so a wide range may hold records: only bounds are checked
+        # other tests' windows share the metric topics, so a wide range may hold records: only bounds are
+        # checked
         low, high = int(params.get("from", 0)), int(params.get("to", 2**63 - 1))
         assert r.status_code == status, r.text[:300]
         assert all(low <= w["window_start"] < high for w in r.json()["records"]), r.text[:300]

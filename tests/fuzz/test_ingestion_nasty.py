@@ -42,7 +42,7 @@ def dumps(value: Any) -> bytes:
 
 
 def splice(path: str, raw: bytes, base: dict[str, Any] | None = None) -> bytes:
-    """A valid event whose value at path (dotted) is replaced by raw JSON text, which orjson could not write."""
+    """A valid event whose value at path (dotted) is replaced by raw JSON text that orjson could not write."""
     marker = "__SPLICE__"
     body = base or event()
     *parents, last = path.split(".")

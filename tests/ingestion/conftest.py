@@ -103,7 +103,8 @@ def event(**overrides: Any) -> dict[str, Any]:
 def read_events(
     bootstrap: str, wanted: Callable[[dict], bool], count: int, timeout_s: float = 20
 ) -> list[dict]:
-    """Records of the events topic (from the beginning) that satisfy wanted, with key/headers/partition, until count found."""
+    """Records of the events topic (from the beginning) that satisfy wanted, with key/headers/partition, until
+    count found."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,

@@ -165,7 +165,7 @@ def test_api_docs_list_every_served_endpoint(client):
 
 
 def test_two_workers_answer_metrics_with_one_process_wide_view(settings, kafka, tmp_path_factory):
-    """RTAP_INGESTION__WORKERS=2: requests spread over both workers, and /metrics from either counts them all."""
+    """RTAP_INGESTION__WORKERS=2: requests spread over both workers, /metrics from either counts them all."""
     two = ingestion_settings(settings, workers=2, port=free_ports(1)[0])
     svc = Service(two.model_copy(update={"state_dir": tmp_path_factory.mktemp("two-workers")}), "ingestion")
     svc.start()

@@ -1,4 +1,4 @@
-"""Segment's official Python library sends to our /v1/batch unchanged; the events land in Kafka in our shape."""
+"""Segment's official Python library sends to our /v1/batch unchanged; events land in Kafka in our shape."""
 
 from __future__ import annotations
 

@@ -71,7 +71,8 @@ def test_batch_with_mixed_items_stores_exactly_the_good_ones(client, kafka):
 
 
 def test_a_sessions_events_share_one_partition_whichever_produce_call_wrote_them(client, kafka):
-    """Batches go through produce_batch(), records with a header (skewed timestamp) through produce(): same partitioner."""
+    """Batches go through produce_batch(), records with a header (skewed timestamp) through produce(): same
+    partitioner."""
     sessions = [f"partition-test-session-{i}" for i in range(12)]
     batch = [
         event(context={"url": "https://shop.example/", "session_id": s}) for s in sessions for _ in range(3)

@@ -189,7 +189,7 @@ def test_no_windows_emitted_fires_while_events_arrive_and_no_flink_job_runs(stac
 
 
 def test_timestamps_adjusted_fires_while_a_client_sends_future_timestamps(stack):
-    """Events stamped an hour ahead: ingestion replaces every timestamp, far over 5% of the accepted events."""
+    """Events stamped an hour ahead: ingestion replaces every timestamp, far over 5% of accepted events."""
 
     def send_future_events() -> None:
         future = [{**e, "timestamp": e["timestamp"] + 3_600_000} for e in events(5)]
@@ -238,7 +238,7 @@ def metric_records(n: int) -> list[tuple[bytes, bytes]]:
 
 
 def test_consumer_lag_growing_fires_while_the_cache_consumer_is_stuck_on_redis(stack):
-    """Redis hangs (SIGSTOP): the cache consumer blocks on its first write while metric records keep coming."""
+    """Redis hangs (SIGSTOP): the cache consumer blocks on its first write as metric records keep coming."""
     topic = TOPICS.metric(load_schemas()["event_metrics"]).name
     producer = Producer({"bootstrap.servers": stack.settings.kafka.bootstrap, "acks": "all"})
 

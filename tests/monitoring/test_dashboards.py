@@ -58,7 +58,7 @@ def test_sql_panel_queries_run_on_the_metric_tables(tmp_path):
         db.query("CREATE DATABASE IF NOT EXISTS rtap")
         for schema in load_schemas().values():
             db.query(metric_table(schema).create_sql("rtap"))
-        for title, sql in targets("grafana-clickhouse-datasource"):
+        for _title, sql in targets("grafana-clickhouse-datasource"):
             concrete = sql.replace(generator().TIME_FILTER, "window_start >= now() - INTERVAL 1 DAY")
             db.query(concrete.replace("FROM ", "FROM rtap."))  # raises on an unknown column or bad SQL
     finally:

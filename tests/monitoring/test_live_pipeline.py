@@ -1,4 +1,4 @@
-"""With the pipeline running and a little traffic, every dashboard query returns data and alerts fire for real.
+"""With the pipeline running and some traffic, every dashboard query returns data and alerts fire for real.
 
 PromQL panels run against the session's Prometheus (scraping the services every 5 s); SQL panels run through
 the storage service's read-only POST /v1/sql.
@@ -62,7 +62,7 @@ def query(prometheus: str, expr: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def traffic(pipeline, prometheus) -> None:
-    """The Flink job is running, a few events went in, and later events keep watermarks (and windows) moving."""
+    """The Flink job is running, a few events went in, and later events keep watermarks and windows moving."""
     processing = pipeline.url("processing")
     running = wait_for(
         lambda: "rtap_processing_job_running 1.0" in httpx.get(f"{processing}/metrics", timeout=5).text, 150
@@ -87,7 +87,8 @@ STORED_TIMEOUT_S = 300  # in a full session the fresh consumer groups first read
 
 @pytest.fixture(scope="module")
 def stored(traffic, pipeline) -> None:
-    """The traffic's own event_metrics windows are in ClickHouse: processing and storage worked through the backlog."""
+    """The traffic's own event_metrics windows are in ClickHouse: processing and storage worked through the
+    backlog."""
     sql = (
         "SELECT count() AS n FROM event_metrics FINAL WHERE event_type = 'purchase' "
         "AND window_start >= now() - INTERVAL 1 HOUR"
@@ -102,7 +103,8 @@ def stored(traffic, pipeline) -> None:
             name: httpx.get(f"{pipeline.url(name)}/readyz", timeout=5).text for name in ("storage", "cache")
         }
         pytest.fail(
-            f"no event_metrics window of this module's traffic in ClickHouse within {STORED_TIMEOUT_S} s; {ready}"
+            f"no event_metrics window of this module's traffic in ClickHouse within {STORED_TIMEOUT_S} s; "
+            f"{ready}"
         )
 
 
@@ -140,7 +142,8 @@ def test_dead_letter_alert_fires_on_a_poison_metric_record(traffic, pipeline, pr
         2,
     )
     assert both, (
-        f"DeadLetterRecords not firing for storage and cache within 60 s: {firing(prometheus, 'DeadLetterRecords')}; "
+        "DeadLetterRecords not firing for storage and cache within 60 s: "
+        f"{firing(prometheus, 'DeadLetterRecords')}; "
         f"{query(prometheus, DEAD_LETTER_SERIES)}"
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -125,8 +125,11 @@ class Feed:
 
 
 def read_metrics(
-    s: Settings, job: str, done: Callable[[dict], bool], timeout: float = 90.0
-) -> dict[tuple, dict]:
+    s: Settings,
+    job: str,
+    done: Callable[[dict[tuple[Any, ...], dict[str, Any]]], bool],
+    timeout: float = 90.0,
+) -> dict[tuple[Any, ...], dict[str, Any]]:
     """Last value per key of a metric topic, read from the start until done(records) or timeout."""
     schema = load_schemas(s.processing.job_modules)[job]
     topic = topics(s).metric(schema).name
@@ -141,22 +144,26 @@ def read_metrics(
     consumer.assign(
         [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)]
     )  # no group coordinator needed
-    records: dict[tuple, dict] = {}
+    records: dict[tuple[Any, ...], dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and not done(records):
             for message in consumer.consume(500, timeout=0.5):
-                if message.error() or message.value() is None:
+                raw = message.value()
+                if message.error() or raw is None:
                     continue
-                value = json.loads(message.value())
+                value = json.loads(raw)
                 records[tuple(value[k] for k in schema.key)] = value
     finally:
         consumer.close()
     return records
 
 
-def flink_jobs(s: Settings) -> list[dict]:
-    return httpx.get(f"http://127.0.0.1:{s.flink.rest_port}/jobs/overview", timeout=5).json()["jobs"]
+def flink_jobs(s: Settings) -> list[dict[str, Any]]:
+    jobs: list[dict[str, Any]] = httpx.get(
+        f"http://127.0.0.1:{s.flink.rest_port}/jobs/overview", timeout=5
+    ).json()["jobs"]
+    return jobs
 
 
 def wait_for_running_job(s: Settings, timeout: float = 180.0, not_id: str | None = None) -> str:
@@ -168,7 +175,8 @@ def wait_for_running_job(s: Settings, timeout: float = 180.0, not_id: str | None
                 and job["state"] == "RUNNING"
                 and job["jid"] != not_id
             ):
-                return job["jid"]
+                jid: str = job["jid"]
+                return jid
         time.sleep(1)
     raise AssertionError(f"job {s.processing.job_name} not RUNNING within {timeout}s: {flink_jobs(s)}")
 
@@ -183,20 +191,21 @@ def job_diagnostics(s: Settings) -> str:
             for v in detail["vertices"]:
                 marks = httpx.get(f"{base}/jobs/{job['jid']}/vertices/{v['id']}/watermarks", timeout=5).json()
                 lines.append(
-                    f"{v['name'][:60]}: in={v['metrics'].get('read-records')} out={v['metrics'].get('write-records')} wm={marks}"
+                    f"{v['name'][:60]}: in={v['metrics'].get('read-records')}"
+                    f" out={v['metrics'].get('write-records')} wm={marks}"
                 )
     return "\n".join(lines)
 
 
 @pytest.fixture(scope="module")
-def job_settings(settings, kafka, flink_cluster) -> Settings:
+def job_settings(settings: Settings, kafka: str, flink_cluster: str) -> Settings:
     s = processing_settings(settings)
     create_topics(s)
     return s
 
 
 @pytest.fixture(scope="module")
-def supervisor(job_settings):
+def supervisor(job_settings: Settings) -> Iterator[Service]:
     service = Service(job_settings, "processing")
     service.start()
     try:

@@ -31,4 +31,4 @@ class PageViewsByUrl(BaseJob):
                 WHERE event_type = 'page_view'
                 GROUP BY window_start, window_end, url
             )
-        """
+        """  # noqa: E501

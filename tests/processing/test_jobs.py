@@ -1,8 +1,8 @@
 """The three built-in jobs on the real Flink session cluster and Kafka, with explicit event times.
 
-Phase 1 sends the first window's events (one out of order, within the watermark delay, and five
-sent twice with the same event id) and heartbeats that close it. Phase 2 sends an event later than the watermark, the second window's
-events, then only heartbeats (a pause in traffic): the last window and sessions still close.
+Phase 1 sends the first window's events (one out of order, within the watermark delay, and five sent twice
+with the same event id) and heartbeats that close it. Phase 2 sends an event later than the watermark, the
+second window's events, then only heartbeats (a pause in traffic): the last window and sessions still close.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
 """Event time that no client can poison (docs/operations.md, "Event time and clock skew").
 
-One client stamps its events ahead of the clock, from half the future bound F to the largest timestamp the API
-accepts; "another writer" puts a record stamped far ahead straight on the events topic; an ordinary client sends
-events up to D - F old (D: watermark delay); then a slow client sends events behind the watermark the window
-operators report. On the full local stack:
+One client stamps its events ahead of the clock, from half the future bound F to the largest timestamp the
+API accepts; "another writer" puts a record stamped far ahead straight on the events topic; an ordinary client
+sends events up to D - F old (D: watermark delay); then a slow client sends events behind the watermark the
+window operators report. On the full local stack:
 - ingestion keeps a timestamp at most F ahead of its receive time, replaces any later one by the receive time
   (flag, original in a header, counter), and raw storage holds the very value the jobs windowed by;
-- every ordinary event is in its window: the raw table, the metric topics, ClickHouse and the cache API reconcile
-  with the recomputation from the stored timestamps;
-- the replaced and the late events are visible in ingestion's and Flink's counters, in Prometheus' figures, and
-  the LateEventsDropped alert fires.
+- every ordinary event is in its window: the raw table, the metric topics, ClickHouse and the cache API
+  reconcile with the recomputation from the stored timestamps;
+- the replaced and the late events are visible in ingestion's and Flink's counters, in Prometheus' figures,
+  and the LateEventsDropped alert fires.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ ROUNDS = 4
 PER_OFFSET = 3
 ORDINARY_PER_AGE = 10
 LATE_EVENTS = 20
-# An ordinary event is stamped this much younger than the allowance: its request's own way to ingestion on a busy machine.
+# An ordinary event is stamped this much younger than the allowance: its request's own way to ingestion on a
+# busy machine.
 TRAVEL_MARGIN_MS = 1_000
 SETTLE_TIMEOUT_S = 180
 READ_PAUSE_S = (
@@ -116,7 +117,7 @@ def post_batch(s: Settings, events: list[dict[str, Any]], sent: Sent) -> None:
     assert response.status_code == 202, response.text
     results = response.json()["results"]
     assert all(r["status"] == "accepted" for r in results), results
-    for event, result in zip(events, results):
+    for event, result in zip(events, results, strict=True):
         assert result["id"] == event["event"]["id"]
         sent.events[result["id"]] = event
         if result["timestamp_adjusted"]:
@@ -132,8 +133,8 @@ def stamped(events: list[dict[str, Any]], timestamp: int, new_sessions: bool = F
 
 
 def send_foreign_records(s: Settings, ahead_ms: int) -> set[str]:
-    """Records written to every partition of the events topic by something other than ingestion, stamped ahead_ms
-    into the future (every partition, so they would move the watermark of all of them)."""
+    """Records written to every partition of the events topic by something other than ingestion, stamped
+    ahead_ms into the future (every partition, so they would move the watermark of all of them)."""
     events = Traffic(TrafficSpec(seed=99, start_ms=now_ms(), worker=3)).events(EVENTS.partitions)
     producer = Producer({"bootstrap.servers": s.kafka.bootstrap, "acks": "all"})
     for partition, event in enumerate(events):
@@ -150,7 +151,7 @@ def send_foreign_records(s: Settings, ahead_ms: int) -> set[str]:
 
 
 def window_watermark(s: Settings) -> int | None:
-    """The lowest watermark of the jobs' window operators (Flink's reporter), None before every one has one."""
+    """The lowest watermark of the jobs' window operators (Flink's reporter), None until every one has one."""
     text = httpx.get(f"http://127.0.0.1:{s.flink.taskmanager_metrics_port}/metrics", timeout=10).text
     marks = [
         float(line.rsplit(" ", 1)[1])
@@ -162,8 +163,8 @@ def window_watermark(s: Settings) -> int | None:
 
 
 def wait_until_live(s: Settings) -> None:
-    """Until the window operators' watermark follows the clock: the job reads the topic as records arrive, so each
-    batch below has moved the watermark (or not) before the next one is read."""
+    """Until the window operators' watermark follows the clock: the job reads the topic as records arrive, so
+    each batch below has moved the watermark (or not) before the next one is read."""
 
     def live() -> bool:
         return (window_watermark(s) or 0) >= now_ms() - s.processing.watermark_delay_ms - LIVE_LAG_MS
@@ -174,8 +175,8 @@ def wait_until_live(s: Settings) -> None:
 
 
 def wait_until_watched(s: Settings) -> None:
-    """Until Prometheus holds ingestion's replaced-timestamp counter and Flink's late-record counters, so it sees
-    them rise."""
+    """Until Prometheus holds ingestion's replaced-timestamp counter and Flink's late-record counters, so it
+    sees them rise."""
     names = (
         "rtap_ingestion_timestamps_adjusted_total",
         "flink_taskmanager_job_task_operator_numLateRecordsDropped",
@@ -186,8 +187,8 @@ def wait_until_watched(s: Settings) -> None:
 
 def send_late(s: Settings, sent: Sent) -> None:
     """A slow client's events, each in a session of its own, stamped so far behind the watermark the window
-    operators already passed that their tumbling windows and sessions are closed: late by policy, whenever Flink
-    reads them."""
+    operators already passed that their tumbling windows and sessions are closed: late by policy, whenever
+    Flink reads them."""
     watermark = poll(lambda: window_watermark(s), bool, timeout=60)
     assert watermark, "the window operators report no watermark"
     behind_ms = 2 * s.processing.window_seconds * 1000 + s.processing.session_gap_seconds * 1000
@@ -199,7 +200,8 @@ def send_late(s: Settings, sent: Sent) -> None:
 
 
 def send_all(s: Settings) -> Sent:
-    """ROUNDS rounds: the attacker, a pause in which Flink reads its events, the ordinary client; then the slow client."""
+    """ROUNDS rounds: the attacker, a pause in which Flink reads its events, the ordinary client; then the
+    slow client."""
     sent = Sent()
     start = now_ms()
     attacker = Traffic(TrafficSpec(seed=1, start_ms=start, worker=1))
@@ -231,7 +233,8 @@ def send_all(s: Settings) -> Sent:
 
 def raw_times(layers: Layers, since_ms: int) -> dict[str, dict[str, int]]:
     sql = (
-        "SELECT event_id, toUnixTimestamp64Milli(timestamp) AS ts, toUnixTimestamp64Milli(received_at) AS received "
+        "SELECT event_id, toUnixTimestamp64Milli(timestamp) AS ts, "
+        "toUnixTimestamp64Milli(received_at) AS received "
         "FROM analytics_events FINAL WHERE received_at >= fromUnixTimestamp64Milli({since:Int64})"
     )
     rows = layers.storage_sql(sql, since=since_ms)
@@ -286,7 +289,7 @@ def run(stack: Settings) -> Run:
 
 
 def expected_entries(run: Run) -> list[Entry]:
-    """Every accepted event but the late ones, at the timestamp raw storage holds (the one the jobs must use)."""
+    """Every accepted event but the late ones, at the timestamp in raw storage (the one the jobs must use)."""
     entries = []
     for event_id, event in run.sent.events.items():
         if event_id not in run.sent.late:

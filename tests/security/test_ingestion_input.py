@@ -1,9 +1,9 @@
-"""Ingestion's trust boundary (issue 14): whatever a client sends gets a precise answer, never a 5xx, and the events
-topic holds exactly what was answered as written.
+"""Ingestion's trust boundary (issue 14): whatever a client sends gets a precise answer, never a 5xx, and the
+events topic holds exactly what was answered as written.
 
-Against real ingestion processes and the session's real Kafka broker: one with write keys and the default body and
-record limits (`ingest`), one whose Kafka is unreachable (`ingest_without_kafka`), and one whose record limit is set
-above the broker's, so that Kafka itself refuses a record (`ingest_above_broker_limit`).
+Against real ingestion processes and the session's real Kafka broker: one with write keys and the default body
+and record limits (`ingest`), one whose Kafka is unreachable (`ingest_without_kafka`), and one whose record
+limit is set above the broker's, so that Kafka itself refuses a record (`ingest_above_broker_limit`).
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ def ingest_without_kafka(settings, kafka, tmp_path_factory) -> Iterator[Ingest]:
 
 @pytest.fixture(scope="module")
 def ingest_above_broker_limit(settings, kafka, tmp_path_factory) -> Iterator[Ingest]:
-    """Misconfigured on purpose: ingestion's record limit three times the broker's, so the broker refuses the record."""
+    """Misconfigured on purpose: ingestion's record limit three times the broker's, so the broker
+    refuses the record."""
     limit = broker_limit(settings)
     yield from running_ingestion(
         settings,
@@ -152,7 +153,8 @@ def tagged(tag: str, name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def blob(n: int) -> dict[str, str]:
-    """A property of n random hex digits: lz4 cannot shrink it, so its record reaches the broker at full size."""
+    """A property of n random hex digits: lz4 cannot shrink it, so its record reaches the broker at
+    full size."""
     return {"blob": secrets.token_hex(n // 2 + 1)[:n]}
 
 
@@ -282,9 +284,9 @@ def test_a_record_kafka_refuses_is_a_4xx_for_that_item_not_a_retry(ingest_above_
 
 
 def test_records_the_producer_cannot_queue_are_refused_alone_and_the_rest_written(settings, kafka, window):
-    """Below the HTTP layer, without the size check: librdkafka refuses to queue a record over message.max.bytes,
-    by produce_batch() (no header) or produce() (a header: skewed timestamp); each is that record's permanent error,
-    and its siblings are written and acknowledged."""
+    """Below the HTTP layer, without the size check: librdkafka refuses to queue a record over
+    message.max.bytes, by produce_batch() (no header) or produce() (a header: skewed timestamp); each is that
+    record's permanent error, and its siblings are written and acknowledged."""
     from services.ingestion.producer import EventProducer
     from services.ingestion.records import SkewPolicy, now_ms, to_record
     from shared.events import TRACK_EVENT

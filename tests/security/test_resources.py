@@ -50,7 +50,7 @@ AUTH = {"X-Read-Key": READ_KEY}
 ODD_PASSWORD = "p/a@s:s%w#?d"
 
 
-# -- private processes ------------------------------------------------------------------------------------------------
+# -- private processes ---------------------------------------------------------------------------------------
 
 
 def private(settings: Settings, state: Path, **sections: dict[str, Any]) -> Settings:
@@ -105,7 +105,7 @@ def connected_clients(client: redis.Redis) -> int:
     return int(client.info("clients")["connected_clients"]) - 1
 
 
-# -- raw HTTP -------------------------------------------------------------------------------------------------------
+# -- raw HTTP ------------------------------------------------------------------------------------------------
 
 
 def connect(port: int) -> socket.socket:
@@ -157,7 +157,7 @@ def timed_get(client: httpx.Client, path: str) -> float:
     return time.monotonic() - started
 
 
-# -- the cache API under many connections and streams ------------------------------------------------------------------
+# -- the cache API under many connections and streams --------------------------------------------------------
 
 STREAMS_CAP = 60
 POOL = 8
@@ -165,8 +165,8 @@ POOL = 8
 
 @pytest.fixture(scope="module")
 def crowded(settings, kafka, tmp_path_factory) -> Iterator[tuple[RunningCache, redis.Redis]]:
-    """A cache API on a redis-server of its own (every client of that Redis is this service), with a stream cap
-    and a Redis pool small enough to reach, and room for hundreds of connections."""
+    """A cache API on a redis-server of its own (every client of that Redis is this service), with a stream
+    cap and a Redis pool small enough to reach, and room for hundreds of connections."""
     s = private(
         cache_settings(settings, read_keys=[READ_KEY]),
         tmp_path_factory.mktemp("crowded"),
@@ -178,9 +178,9 @@ def crowded(settings, kafka, tmp_path_factory) -> Iterator[tuple[RunningCache, r
 
 
 def test_idle_connections_and_open_streams_leave_requests_answering(crowded):
-    """300 connections that never send a byte and the full quota of SSE streams: every ordinary request still answers
-    within 2 s, the streams share one Redis subscription per job, and the idle connections are closed at
-    http.header_read_seconds."""
+    """300 connections that never send a byte and the full quota of SSE streams: every ordinary request still
+    answers within 2 s, the streams share one Redis subscription per job, and the idle connections are closed
+    at http.header_read_seconds."""
     cache, client = crowded
     port = cache.service.port
     channels = {
@@ -216,8 +216,9 @@ def test_idle_connections_and_open_streams_leave_requests_answering(crowded):
 
 
 def test_redis_connections_stay_bounded_under_concurrent_requests(crowded):
-    """64 clients at once on Redis-backed routes: Redis sees at most the pool (cache.redis_max_connections) plus the
-    consumer's connection, and every request is answered (waiting for a pooled connection, not failing)."""
+    """64 clients at once on Redis-backed routes: Redis sees at most the pool (cache.redis_max_connections)
+    plus the consumer's connection, and every request is answered (waiting for a pooled connection, not
+    failing)."""
     cache, client = crowded
     peak, stop = [0], threading.Event()
 
@@ -245,8 +246,8 @@ def test_redis_connections_stay_bounded_under_concurrent_requests(crowded):
 
 
 def test_streams_over_the_cap_are_refused_precisely(crowded):
-    """At cache.max_streams open streams, the next one gets 429 with Retry-After and a body naming the limit; when a
-    stream closes, its slot is free again."""
+    """At cache.max_streams open streams, the next one gets 429 with Retry-After and a body naming the limit;
+    when a stream closes, its slot is free again."""
     cache, _ = crowded
     with ExitStack() as sockets:
         streams = [
@@ -288,7 +289,7 @@ def test_one_subscription_fans_a_window_out_to_every_stream(crowded, kafka):
                 seen += chunk
 
 
-# -- server-level limits of every service --------------------------------------------------------------------------------
+# -- server-level limits of every service --------------------------------------------------------------------
 
 LIMITED = {
     "limit_concurrency": 20,
@@ -345,7 +346,8 @@ def test_a_trickled_body_is_cut_off_at_the_body_deadline(limited):
     route = BODY_ROUTES.get(limited.name, "/healthz")
     with closing(connect(limited.port)) as sock:
         sock.sendall(
-            f"POST {route} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{".encode()
+            f"POST {route} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100\r\n\r\n{".encode()
         )
         raw, took = read_until_closed(sock, 8.0)
     assert took < 2.0 + 2.0, f"{limited.name} kept a trickled body open for {took:.1f} s"
@@ -378,7 +380,7 @@ def test_over_the_connection_limit_requests_get_503_with_retry_after(limited):
     assert refusals["limit_concurrency"] >= 1
 
 
-# -- /metrics while the broker does not answer ----------------------------------------------------------------------
+# -- /metrics while the broker does not answer ---------------------------------------------------------------
 
 
 @contextmanager
@@ -394,7 +396,7 @@ def silent_broker() -> Iterator[str]:
 
 
 def test_metrics_answer_fast_while_the_broker_does_not(settings, redis_url, tmp_path):
-    """The consumer-group lag is measured in the background: a scrape never waits on an unresponsive broker."""
+    """The consumer-group lag is measured in the background: a scrape never waits on a silent broker."""
     with silent_broker() as bootstrap:
         s = private(
             cache_settings(settings),
@@ -410,7 +412,7 @@ def test_metrics_answer_fast_while_the_broker_does_not(settings, redis_url, tmp_
                 assert time.monotonic() - started < 1.0, "a scrape waited on the broker"
 
 
-# -- Redis memory and secrets ---------------------------------------------------------------------------------------
+# -- Redis memory and secrets --------------------------------------------------------------------------------
 
 
 def test_local_redis_runs_with_maxmemory_and_noeviction(redis_url, settings):
@@ -430,8 +432,8 @@ WINDOWS = 600
 
 
 def test_a_full_redis_refuses_writes_loudly_and_loses_nothing(settings, kafka, tmp_path):
-    """At maxmemory (noeviction) the consumer's writes fail: /readyz and the metrics say so, reads still answer,
-    nothing is committed; once Redis has room the consumer catches up and every window is there."""
+    """At maxmemory (noeviction) the consumer's writes fail: /readyz and the metrics say so, reads still
+    answer, nothing is committed; once Redis has room the consumer catches up and every window is there."""
     s = private(cache_settings(settings, read_keys=[READ_KEY]), tmp_path)
     with redis_server(s) as client, running_cache(s) as cache:
         client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 150_000)
@@ -495,7 +497,7 @@ def test_a_redis_password_with_url_characters_works(settings, tmp_path):
             redis.Redis(port=s.redis.port, password="wrong").ping()
 
 
-# -- storage batches ----------------------------------------------------------------------------------------------------
+# -- storage batches -----------------------------------------------------------------------------------------
 
 
 class Record:
@@ -543,8 +545,8 @@ class OneFetch:
 
 
 def test_storage_batches_are_bounded_by_bytes(settings, kafka):
-    """40 records of 300 kB in one fetch, storage.batch_bytes = 1 MiB: no batch holds more than 1 MiB plus one record,
-    and every record is written and committed once."""
+    """40 records of 300 kB in one fetch, storage.batch_bytes = 1 MiB: no batch holds more than 1 MiB plus one
+    record, and every record is written and committed once."""
     from shared.consumer_pipeline import ConsumerPipeline, Limits, Sink
 
     record_bytes, limit = 300_000, 1_048_576
@@ -569,16 +571,17 @@ def test_storage_batches_are_bounded_by_bytes(settings, kafka):
     assert max(size for _, size in written) <= limit + record_bytes, written
     assert [tp[0].offset for tp in consumer.consumer.commits][-1] == 40
     del consumer
-    gc.collect()  # the consumer (a cycle through its unstarted thread) and its producer, before the session's broker stops
+    # the consumer (a cycle through its unstarted thread) and its producer, before the session's broker stops
+    gc.collect()
 
 
-# -- Flink REST ------------------------------------------------------------------------------------------------------
+# -- Flink REST ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.flink
 def test_flink_rest_refuses_jar_upload_and_run_but_keeps_job_submission(flink_cluster):
-    """/jars/upload and /jars/:id/run are gone (web.submit.enable: false); POST /jobs (how the driver and `flink run`
-    submit) and PATCH /jobs/:id (how the supervisor cancels) remain."""
+    """/jars/upload and /jars/:id/run are gone (web.submit.enable: false); POST /jobs (how the driver and
+    `flink run` submit) and PATCH /jobs/:id (how the supervisor cancels) remain."""
     jar = {"jarfile": ("evil.jar", b"PK\x05\x06" + b"\0" * 18, "application/x-java-archive")}
     upload = httpx.post(f"{flink_cluster}/jars/upload", files=jar, timeout=10)
     assert upload.status_code in (400, 404) and "errors" in upload.json(), upload.text

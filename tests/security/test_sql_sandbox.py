@@ -322,13 +322,21 @@ def test_the_checked_statement_is_the_one_that_runs(api):  # noqa: F811
 
 
 ANALYST_QUERIES = [
-    "SELECT event_type, sum(events) AS events FROM event_metrics FINAL WHERE window_start >= now() - INTERVAL 1 DAY GROUP BY event_type",
-    "WITH t AS (SELECT event_type, max(unique_users) AS u FROM rtap.event_metrics GROUP BY event_type) SELECT * FROM t ORDER BY u DESC LIMIT 5",
-    "SELECT device_category, quantilesIf(0.5, 0.95)(events, events > 0) AS q, countIf(events > 1) AS c FROM event_metrics GROUP BY device_category",
-    "SELECT toStartOfHour(window_start) AS h, uniqExactMerge(s) FROM (SELECT window_start, uniqExactState(event_type) AS s FROM event_metrics GROUP BY window_start) GROUP BY h",
-    "SELECT event_type, row_number() OVER (PARTITION BY device_category ORDER BY events DESC) AS r FROM event_metrics LIMIT 10",
-    "SELECT arrayMap(x -> x * 2, [1, 2, 3]) AS a, JSONExtractString('{\"k\": \"v\"}', 'k') AS j, domain('https://a.example/p') AS d",
-    "SELECT count() FROM analytics_events WHERE event_type IN ('page_view', 'purchase') AND toDate(`timestamp`) = today() AND properties['sku'] != ''",
+    "SELECT event_type, sum(events) AS events FROM event_metrics FINAL "
+    "WHERE window_start >= now() - INTERVAL 1 DAY GROUP BY event_type",
+    "WITH t AS (SELECT event_type, max(unique_users) AS u FROM rtap.event_metrics GROUP BY event_type) "
+    "SELECT * FROM t ORDER BY u DESC LIMIT 5",
+    "SELECT device_category, quantilesIf(0.5, 0.95)(events, events > 0) AS q, countIf(events > 1) AS c "
+    "FROM event_metrics GROUP BY device_category",
+    "SELECT toStartOfHour(window_start) AS h, uniqExactMerge(s) "
+    "FROM (SELECT window_start, uniqExactState(event_type) AS s FROM event_metrics GROUP BY window_start) "
+    "GROUP BY h",
+    "SELECT event_type, row_number() OVER (PARTITION BY device_category ORDER BY events DESC) AS r "
+    "FROM event_metrics LIMIT 10",
+    "SELECT arrayMap(x -> x * 2, [1, 2, 3]) AS a, JSONExtractString('{\"k\": \"v\"}', 'k') AS j, "
+    "domain('https://a.example/p') AS d",
+    "SELECT count() FROM analytics_events WHERE event_type IN ('page_view', 'purchase') "
+    "AND toDate(`timestamp`) = today() AND properties['sku'] != ''",
     "SELECT number AS n FROM numbers(3) ORDER BY n WITH FILL FROM 0 TO 5",
     "SELECT * EXCEPT (unique_users) FROM event_metrics FINAL LIMIT 1",
     "SELECT COUNT(*) AS c, SUM(events) AS s, Max(events) AS m FROM event_metrics",
@@ -342,7 +350,7 @@ def test_what_analysts_need_is_allowed(api, statement):  # noqa: F811
 
 
 def test_every_allowed_function_exists_in_the_engine():
-    """A stale name in the allowlist would be harmless, but it means the list was not made from this engine."""
+    """A stale name in the allowlist would be harmless, but means the list was not made from this engine."""
     from services.storage.sandbox import TABLE_FUNCTIONS, Allowlist
 
     engine = chdb.connect(":memory:")
@@ -390,7 +398,10 @@ def test_a_memory_hungry_query_is_refused_and_the_process_stays_small(storage_se
     assert process.memory_info().rss < 2 * storage_service.settings.storage.sql_max_memory_bytes + 1024**3
 
 
-SLOW = "SELECT count() AS n FROM numbers(20000000) ARRAY JOIN range(10) AS k WHERE sipHash64(number, k, {salt:String}) % 7 = 3"
+SLOW = (
+    "SELECT count() AS n FROM numbers(20000000) ARRAY JOIN range(10) AS k "
+    "WHERE sipHash64(number, k, {salt:String}) % 7 = 3"
+)
 
 
 def test_a_long_query_does_not_hold_up_the_consumer_writes(kafka, storage_service, api):  # noqa: F811
@@ -441,7 +452,8 @@ def test_queries_beyond_the_concurrency_cap_get_503(storage_service, api):  # no
 
 
 def test_the_compose_reader_profile_holds_the_same_limits_as_constraints():
-    """With a ClickHouse server, the storage API's read-only user has the limits chDB's reader connection has."""
+    """With a ClickHouse server, the storage API's read-only user has the limits chDB's reader
+    connection has."""
     import xml.etree.ElementTree as ElementTree
 
     from services.storage.backends import reader_limits

@@ -58,7 +58,7 @@ def api(storage_service) -> httpx.Client:
 
 
 def wait_ready(service: Service, timeout: float = 90.0) -> None:
-    """Ready = ClickHouse reachable and partitions assigned (a fresh broker's first group join takes a while)."""
+    """Ready = ClickHouse reachable and partitions assigned (a fresh broker's first group join is slow)."""
     wait_for(lambda: httpx.get(f"{service.url()}/readyz", timeout=10).status_code == 200, timeout, 0.5)
 
 

@@ -78,6 +78,7 @@ def test_killed_between_write_and_commit_then_restarted_is_exact(kafka, storage_
         for c, h in zip(
             committed(kafka, group, "event_metrics", METRIC_PARTITIONS),
             high_watermarks(kafka, "event_metrics", METRIC_PARTITIONS),
+            strict=True,
         )
     ]
     uncommitted += [
@@ -85,6 +86,7 @@ def test_killed_between_write_and_commit_then_restarted_is_exact(kafka, storage_
         for c, h in zip(
             committed(kafka, group, EVENTS.name, EVENTS.partitions),
             high_watermarks(kafka, EVENTS.name, EVENTS.partitions),
+            strict=True,
         )
     ]
     assert any(uncommitted), "offsets were committed although the process died before committing"

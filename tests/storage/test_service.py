@@ -1,4 +1,5 @@
-"""The storage service against real Kafka and chDB: records arrive, replays do not double, poison goes to the dead letter."""
+"""The storage service against real Kafka and chDB: records arrive, replays do not double, poison goes to the
+dead letter."""
 
 from __future__ import annotations
 

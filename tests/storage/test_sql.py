@@ -1,4 +1,5 @@
-"""Read-only SQL: injection attempts and write statements are refused and change nothing (API and `rtap sql`)."""
+"""Read-only SQL: injection attempts and write statements are refused and change nothing
+(API and `rtap sql`)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def seeded(kafka, api) -> tuple[str, int]:
 
 
 def assert_unchanged(api, seeded) -> None:
-    """The seeded rows are all there (system tables are outside the sandbox; tests/security checks the disk for new tables)."""
+    """The seeded rows are all there (system tables are outside the sandbox; tests/security checks the disk
+    for new tables)."""
     event_type, total = seeded
     assert (
         scalar(

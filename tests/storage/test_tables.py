@@ -146,7 +146,7 @@ def test_values_with_line_separators_come_back_whole(backend, odd):
 
 
 def test_the_readers_connection_refuses_writes_and_setting_changes(chdb):
-    """The storage API's chDB connection: readonly=1 and the limits are its own, beside the writer's connection."""
+    """The storage API's chDB connection: readonly=1 and limits of its own, beside the writer's connection."""
     reader = ChdbBackend(chdb.path, {"readonly": 1, **reader_limits(Settings())})
     try:
         with pytest.raises(Exception, match="(?i)readonly"):
@@ -208,7 +208,8 @@ def storage_retries() -> float:
 
 @pytest.mark.clickhouse
 def test_a_failed_write_is_retried_until_it_succeeds(chdb):
-    """The table is missing at first (a real ClickHouse error); the writer backs off and retries until it exists."""
+    """The table is missing at first (a real ClickHouse error); the writer backs off and retries until
+    it exists."""
     import threading
     import time
 
