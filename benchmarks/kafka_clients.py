@@ -36,6 +36,7 @@ from benchmarks.ingestion import bench_settings, running, sample_event  # noqa: 
 from infrastructure.local.stack import Stack  # noqa: E402
 from services.ingestion.producer import EventProducer, _Pending, per_record_errors  # noqa: E402
 from services.ingestion.records import Record, SkewPolicy, now_ms, to_record  # noqa: E402
+from shared.events import TRACK_EVENT  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import topics  # noqa: E402
 
@@ -47,7 +48,7 @@ DURABLE = {"acks": "all", "idempotence": True, "compression": "lz4", "linger_ms"
 
 def records(n: int) -> list[Record]:
     policy = SkewPolicy(24 * 3600 * 1000, 3600 * 1000)
-    return [to_record(sample_event(i), now_ms(), policy) for i in range(n)]
+    return [to_record(TRACK_EVENT.validate_python(sample_event(i)), now_ms(), policy) for i in range(n)]
 
 
 async def service_client(settings: Settings, stack: AsyncExitStack) -> SendBatch:

@@ -1,4 +1,4 @@
-"""rtap: the front door to the local pipeline (up, down, status, setup, test)."""
+"""rtap: the front door to the local pipeline (up, down, status, setup, lint, test)."""
 
 from __future__ import annotations
 
@@ -44,8 +44,7 @@ def _fail(exc: Exception) -> None:
 
 @app.command()
 def setup(quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
-    """Resolve the Maven jars (Kafka broker, Flink Kafka connector) and build the Java functions into the
-    state directory."""
+    """Resolve the Maven jars (Kafka, Flink's Kafka connector); build the Java functions into the state."""
     settings = _settings()
     try:
         Stack(settings).check_state_dir()
@@ -125,9 +124,39 @@ def status() -> None:
         raise typer.Exit(1)
 
 
+# Each tool reads its configuration from pyproject.toml.
+LINT_STEPS = (
+    ("ruff format --check", ("ruff", "format", "--check", ".")),
+    ("ruff check", ("ruff", "check", ".")),
+    ("mypy", ("mypy",)),
+)
+
+
+def run_lint() -> int:
+    """Run LINT_STEPS in order; 0 when all pass, else the exit code of the first that fails."""
+    for name, args in LINT_STEPS:
+        err.print(f"lint: {name}")
+        code = subprocess.call([sys.executable, "-m", *args], cwd=REPO_ROOT)
+        if code:
+            err.print(f"[red]lint: {name} failed (exit {code})[/red]")
+            return code
+    return 0
+
+
+@app.command()
+def lint() -> None:
+    """Check formatting, lint rules (ruff) and types (mypy --strict), as pyproject.toml configures them."""
+    raise typer.Exit(run_lint())
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def test(ctx: typer.Context) -> None:
-    """Run the whole test suite (pytest) against real components; extra arguments go to pytest."""
+def test(
+    ctx: typer.Context,
+    with_lint: Annotated[bool, typer.Option("--lint/--no-lint", help="run `rtap lint` first")] = True,
+) -> None:
+    """Run `rtap lint`, then every test (pytest) on real components; extra arguments go to pytest."""
+    if with_lint and (code := run_lint()):
+        raise typer.Exit(code)
     cmd = [sys.executable, "-m", "pytest", *ctx.args]
     raise typer.Exit(subprocess.call(cmd, cwd=REPO_ROOT, env={**os.environ}))
 

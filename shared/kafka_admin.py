@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -24,10 +26,8 @@ def ensure_topics(bootstrap: str, topics: list[Topic], replication_factor: int =
             if t.name not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new, timeout_ms=15_000)
-            except TopicAlreadyExistsError:
-                pass
         return [t.name for t in new]
     finally:
         admin.close()

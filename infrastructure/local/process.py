@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -131,10 +132,8 @@ class ManagedProcess:
         if alive:
             _signal_group(pid, signal.SIGKILL)
             for p in alive:
-                try:
+                with contextlib.suppress(psutil.Error):
                     p.kill()
-                except psutil.Error:
-                    pass
             psutil.wait_procs(alive, timeout=5)
         self.pid_file.unlink(missing_ok=True)
         return True
@@ -144,10 +143,8 @@ class ManagedProcess:
         pid = self.pid()
         if pid:
             _signal_group(pid, signal.SIGKILL)
-            try:
+            with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).wait(10)
-            except psutil.Error:
-                pass
             self.pid_file.unlink(missing_ok=True)
 
 
@@ -155,10 +152,8 @@ def _signal_group(pid: int, sig: int) -> None:
     try:
         os.killpg(os.getpgid(pid), sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:

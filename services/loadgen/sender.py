@@ -259,7 +259,7 @@ def collect_progress(
     latest: dict[int, Progress] = {}
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline and not all(
-        latest.get(i, None) and latest[i].done for i in range(len(processes))
+        latest.get(i) and latest[i].done for i in range(len(processes))
     ):
         try:
             update = updates.get(timeout=0.25)

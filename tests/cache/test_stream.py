@@ -16,20 +16,20 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
 
 def read_stream(url: str, headers: dict, params: dict, lines: queue.Queue, stop: threading.Event) -> None:
-    with httpx.Client(timeout=httpx.Timeout(10, read=30)) as client:
-        with client.stream("GET", url, headers=headers, params=params) as response:
-            lines.put(("status", response.status_code, response.headers.get("content-type")))
-            try:
-                for line in response.iter_lines():
-                    lines.put(("line", line))
-                    if stop.is_set():
-                        return
-            except (
-                httpx.RemoteProtocolError
-            ):  # the service shut down mid-stream; EventSource clients reconnect
-                lines.put(("closed", "cut"))
-                return
-            lines.put(("closed", "ended"))
+    with (
+        httpx.Client(timeout=httpx.Timeout(10, read=30)) as client,
+        client.stream("GET", url, headers=headers, params=params) as response,
+    ):
+        lines.put(("status", response.status_code, response.headers.get("content-type")))
+        try:
+            for line in response.iter_lines():
+                lines.put(("line", line))
+                if stop.is_set():
+                    return
+        except httpx.RemoteProtocolError:  # the service shut down mid-stream; EventSource clients reconnect
+            lines.put(("closed", "cut"))
+            return
+        lines.put(("closed", "ended"))
 
 
 def test_stream_receives_window_written_after_connect(cache, kafka):

@@ -62,9 +62,13 @@ def imports_of(module: str, path: Path) -> Iterator[Import]:
             yield from (Import(module, alias.name, node.lineno) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             yield Import(module, absolute(module, is_package, node), node.lineno)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_NAME.match(node.value):
-            if id(node) not in started:
-                yield Import(module, node.value.split(":")[0], node.lineno)
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and MODULE_NAME.match(node.value)
+            and id(node) not in started
+        ):
+            yield Import(module, node.value.split(":")[0], node.lineno)
 
 
 def process_modules(tree: ast.AST) -> set[int]:
