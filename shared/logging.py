@@ -21,10 +21,12 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
 
 
 def get_logger(name: str) -> FilteringBoundLogger:
-    logger: FilteringBoundLogger = structlog.get_logger(name)
+    """A logger whose lines carry `module=<name>`; safe at import time (configured on first use)."""
+    logger: FilteringBoundLogger = structlog.get_logger(module=name)
     return logger

@@ -29,7 +29,7 @@ def until_stopped(
         log.warning(
             f"{what} failed, retrying",
             attempt=state.attempt_number,
-            error=str(error).splitlines()[0][:300],
+            error=(str(error).partition("\n")[0] or type(error).__name__)[:300],
         )
 
     return Retrying(
