@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
 import subprocess
@@ -378,7 +377,6 @@ class FlinkProcess(Component):
     """Flink from PyFlink's wheel: a JobManager and a TaskManager, configured under state/flink/conf."""
 
     script = ""
-    metrics_port_attr = ""
 
     @property
     def conf_dir(self) -> Path:
@@ -558,7 +556,3 @@ def _http_ok(url: str) -> tuple[bool, str]:
     except httpx.HTTPError as exc:
         return False, type(exc).__name__
     return response.status_code < 400, f"HTTP {response.status_code}"
-
-
-def json_dump(data: object) -> str:
-    return json.dumps(data, indent=2, sort_keys=True)

@@ -37,6 +37,9 @@ class IngestionMetrics:
         self.heartbeats_total = Counter(
             "rtap_ingestion_heartbeats_total", "Heartbeat records produced (one per partition per tick)"
         )
+        self.heartbeat_errors_total = Counter(
+            "rtap_ingestion_heartbeat_errors_total", "Heartbeat records not queued or not delivered"
+        )
         self.request_seconds = Histogram(
             "rtap_ingestion_request_seconds", "Ingest request latency", ["endpoint"], buckets=LATENCY_BUCKETS
         )

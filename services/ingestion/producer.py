@@ -96,7 +96,9 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 
 
 class EventProducer:
-    def __init__(self, settings: Settings, topic: str):
+    def __init__(
+        self, settings: Settings, topic: str, on_heartbeat_error: Callable[[], object] = lambda: None
+    ):
         self.topic = topic
         self.timeout_s = settings.ingestion.produce_timeout_ms / 1000
         self.queue_max = settings.ingestion.queue_max_messages
@@ -107,7 +109,7 @@ class EventProducer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.heartbeat_errors = 0
+        self._on_heartbeat_error = on_heartbeat_error  # called on the poll thread too
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -170,7 +172,7 @@ class EventProducer:
         return refused
 
     def heartbeat(self, partitions: int) -> None:
-        """One heartbeat record to every partition (fire and forget; counted when it fails)."""
+        """A heartbeat record to every partition, fire and forget; on_heartbeat_error for each that fails."""
         value = heartbeat_value(now_ms())
         for p in range(partitions):
             try:
@@ -178,7 +180,7 @@ class EventProducer:
                     self.topic, value, HEARTBEAT_KEY, partition=p, on_delivery=self._heartbeat_delivered
                 )
             except (BufferError, KafkaException):
-                self.heartbeat_errors += 1
+                self._on_heartbeat_error()
 
     def partitions(self, timeout_s: float = 5.0) -> int:
         """Partition count of the topic from broker metadata (blocking: call in a thread)."""
@@ -189,7 +191,7 @@ class EventProducer:
 
     def _heartbeat_delivered(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
-            self.heartbeat_errors += 1
+            self._on_heartbeat_error()
 
     def _poll_loop(self) -> None:
         while not self._stop.is_set():

@@ -31,9 +31,9 @@ class Ingestion:
         self.limits = settings.ingestion
         self.max_event_bytes = settings.kafka.max_event_bytes
         events = topics(settings).events
-        self.producer = EventProducer(settings, events.name)
-        self.policy = SkewPolicy.from_settings(settings.ingestion)
         self.metrics = METRICS
+        self.producer = EventProducer(settings, events.name, self.metrics.heartbeat_errors_total.inc)
+        self.policy = SkewPolicy.from_settings(settings.ingestion)
         self.partitions = events.partitions
 
     def check_key(self, request: Request) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from services.processing import jobs
 from shared.metrics import MetricSchema, registered_schemas
-from shared.settings import Settings, get_settings
+from shared.settings import get_settings
 
 
 def job_module_names(extra_modules: Iterable[str] = ()) -> list[str]:
@@ -32,11 +32,3 @@ def load_schemas(extra_modules: Iterable[str] | None = None) -> dict[str, Metric
     for name in job_module_names(extra_modules):
         importlib.import_module(name)
     return registered_schemas()
-
-
-def schema_named(settings: Settings, name: str) -> MetricSchema:
-    """The registered schema called `name`; ValueError naming the known ones when there is none."""
-    schemas = load_schemas(settings.processing.job_modules)
-    if name not in schemas:
-        raise ValueError(f"no job schema is named {name!r}; known: {', '.join(schemas)}")
-    return schemas[name]

@@ -23,6 +23,7 @@ def test_health_ready_and_metrics(client):
     assert client.get("/v1/healthz").status_code == 200
     ready = client.get("/v1/readyz")
     assert ready.status_code == 200 and ready.json() == {"status": "ready", "partitions": 4}
+    assert client.get("/readyz").json() == ready.json()
     assert client.post("/v1/analytics/track", json=event()).status_code == 202
     assert client.post("/v1/analytics/track", json={}).status_code == 400
     text = client.get("/metrics").text
@@ -33,6 +34,7 @@ def test_health_ready_and_metrics(client):
         "rtap_ingestion_produce_seconds_bucket",
         "rtap_ingestion_producer_queue_depth",
         "rtap_ingestion_heartbeats_total",
+        "rtap_ingestion_heartbeat_errors_total",
     ):
         assert name in text
 

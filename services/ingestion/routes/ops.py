@@ -21,6 +21,7 @@ def add_ops_routes(app: FastAPI, ing: Ingestion) -> None:
         """The process is up (does not touch Kafka)."""
         return {"status": "ok"}
 
+    @app.get("/readyz", include_in_schema=False)
     @app.get(
         "/v1/readyz",
         tags=["ops"],
