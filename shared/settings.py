@@ -204,11 +204,11 @@ class StorageSettings(ServiceAddress):
 
     @model_validator(mode="after")
     def metric_reads_fit_the_reader_limits(self) -> StorageSettings:
-        """/v1/metrics runs on the same read-only connections as /v1/sql, under their result-row limit."""
+        """A job's windows are read on the read-only connections of /v1/sql, under their row limit."""
         if self.max_limit > self.sql_max_rows:
             raise ValueError(
                 f"storage.max_limit ({self.max_limit}) must not exceed storage.sql_max_rows "
-                f"({self.sql_max_rows}): a /v1/metrics read runs under the SQL result-row limit"
+                f"({self.sql_max_rows}): a /v1/jobs/{{job}}/windows read runs under the SQL result-row limit"
             )
         return self
 

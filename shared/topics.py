@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shared.metrics import MetricSchema
+from shared.metric_schema import MetricSchema
 from shared.settings import Settings
 
 DAY_MS = 24 * 3600 * 1000

@@ -19,7 +19,7 @@ import numpy
 import orjson
 
 from services.loadgen.reconcile import Layers, same_value
-from shared.metrics import MetricSchema
+from shared.metric_schema import MetricSchema
 from shared.topics import topics
 
 Arrivals = dict[tuple[Any, ...], list[tuple[float, dict[str, Any]]]]
@@ -126,7 +126,7 @@ class CacheStream(Watcher):
 
 
 class ClickHousePoller(Watcher):
-    """Polls the storage API `/v1/metrics/{job}` for the recent windows every `interval` seconds."""
+    """Polls the storage API `/v1/jobs/{job}/windows` for the recent windows every `interval` seconds."""
 
     def __init__(
         self,
@@ -158,7 +158,7 @@ class ClickHousePoller(Watcher):
         now = int(now_ms())
         try:
             response = client.get(
-                f"/v1/metrics/{job}",
+                f"/v1/jobs/{job}/windows",
                 params={"from": now - self.lookback_ms, "to": now + 60_000, "limit": 10_000},
             )
             response.raise_for_status()

@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import orjson
 
-from shared.metrics import MetricSchema
+from shared.metric_schema import MetricSchema
 
 SESSION_KEY = "session_id"
 

@@ -13,8 +13,8 @@ from typing import Any
 from fastapi import Request
 
 from services.ingestion.errors import unauthorized, unavailable
-from services.ingestion.metrics import METRICS
 from services.ingestion.producer import EventProducer, Unavailable
+from services.ingestion.prometheus import METRICS
 from services.ingestion.records import Record, SkewPolicy
 from shared.api_keys import WRITE_KEY, key_matches, presented_key
 from shared.settings import Settings

@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from services.loadgen.manifest import Entry, accepted, event_metrics, performance_metrics, session_metrics
 from shared.events import HEARTBEAT_TYPE
-from shared.metrics import MetricSchema
+from shared.metric_schema import MetricSchema
 from shared.settings import Settings
 from shared.topics import topics
 
@@ -161,7 +161,7 @@ class Layers:
 
     def storage_metrics(self, schema: MetricSchema, start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
         response = httpx.get(
-            f"{self.s.storage.url}/v1/metrics/{schema.name}",
+            f"{self.s.storage.url}/v1/jobs/{schema.name}/windows",
             headers=self.headers,
             params={"from": start_ms, "to": end_ms, "limit": self.s.storage.max_limit},
             timeout=30,

@@ -23,7 +23,7 @@ from shared.events import (
     EventField,
     EventSchema,
 )
-from shared.metrics import FLINK_TYPES, MetricSchema
+from shared.metric_schema import FLINK_TYPES, MetricSchema
 from shared.settings import Settings
 from shared.topics import topics
 

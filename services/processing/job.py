@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from shared.metrics import MetricSchema, register
+from shared.metric_schema import MetricSchema, register
 
 
 def epoch_ms(window_bound: str) -> str:

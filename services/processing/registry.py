@@ -12,7 +12,7 @@ import pkgutil
 from collections.abc import Iterable
 
 from services.processing import jobs
-from shared.metrics import MetricSchema, registered_schemas
+from shared.metric_schema import MetricSchema, registered_schemas
 from shared.settings import get_settings
 
 

@@ -32,7 +32,7 @@ from shared.api_errors import body_error, error_responses, param_error, unavaila
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
 from shared.logging import get_logger
-from shared.metrics import MetricSchema
+from shared.metric_schema import MetricSchema
 from shared.settings import Settings
 
 log = get_logger("storage.api")
@@ -126,7 +126,7 @@ class Storage:
         self.backend: Backend = open_backend(settings)
         tables = all_tables(settings, self.schemas)
         migrate(self.backend, settings.clickhouse.database, tables)
-        self.readers = {route: ReaderPool(settings) for route in ("sql", "metrics")}
+        self.readers = {route: ReaderPool(settings) for route in ("sql", "windows")}
         self.tables = sandbox_tables(
             self.backend, settings.clickhouse.database, frozenset(t.name for t in tables)
         )
@@ -242,8 +242,10 @@ def add_health_routes(app: FastAPI, storage: Storage) -> None:
 def add_query_routes(app: FastAPI, storage: Storage, guarded: list[Any]) -> None:
     max_limit = storage.settings.storage.max_limit
 
+    # the earlier name of the route, kept for existing clients
+    @app.get("/v1/metrics/{job}", dependencies=guarded, include_in_schema=False)
     @app.get(
-        "/v1/metrics/{job}",
+        "/v1/jobs/{job}/windows",
         tags=["query"],
         dependencies=guarded,
         response_model=MetricRows,
@@ -252,7 +254,7 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list[Any]) -> None
             "A job's windows with window_start in [from, to), filtered by group keys (exact, de-duplicated)"
         ),
     )
-    def job_metrics(
+    def job_windows(
         request: Request,
         from_: Annotated[str, Query(alias="from", description="epoch ms or ISO-8601, inclusive")],
         to: Annotated[str, Query(description="epoch ms or ISO-8601, exclusive")],
@@ -274,7 +276,7 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list[Any]) -> None
             )
         except QueryError as exc:
             raise param_error(400, exc.where, exc.name, exc.msg) from None
-        rows = clickhouse_answer(lambda: storage.readers["metrics"].read(sql, params), "query", "from")
+        rows = clickhouse_answer(lambda: storage.readers["windows"].read(sql, params), "query", "from")
         return json_rows({"job": job, "rows": rows, "row_count": len(rows)})
 
     @app.post(

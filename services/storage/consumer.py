@@ -13,7 +13,7 @@ from typing import Any
 from services.storage.backends import Backend
 from services.storage.processors import metric_processor, process_event
 from shared.consumer_pipeline import ConsumerPipeline, Limits, Processor, Sink, Writer
-from shared.metrics import MetricSchema
+from shared.metric_schema import MetricSchema
 from shared.settings import Settings
 from shared.topics import topics
 

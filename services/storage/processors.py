@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from services.storage.tables import DELETED, VERSION
 from shared.consumer_pipeline import BadRecord
 from shared.events import EPOCH_MS, EVENT, HEARTBEAT_TYPE, PROPERTIES, TYPE_PATH, EventField, EventSchema
-from shared.metrics import MetricSchema
+from shared.metric_schema import MetricSchema
 
 Row = dict[str, Any]
 Processor = Callable[[bytes | None, bytes | None, int], Row | None]

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.storage.tables import DELETED, qualified
-from shared.metrics import MetricSchema
+from shared.metric_schema import MetricSchema
 
 PARAM_TYPES = {"string": "String", "int64": "Int64", "float64": "Float64", "timestamp_ms": "Int64"}
 PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

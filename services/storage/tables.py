@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from services.storage.backends import Backend
 from shared.events import EVENT, EVENT_TIME_PATH, ID_PATH, EventSchema
 from shared.logging import get_logger
-from shared.metrics import CLICKHOUSE_TYPES, MetricSchema
+from shared.metric_schema import CLICKHOUSE_TYPES, MetricSchema
 from shared.settings import Settings
 
 log = get_logger("storage.tables")

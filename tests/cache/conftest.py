@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 
 from infrastructure.local.stack import Service
 from services.processing.registry import load_schemas
-from shared.metrics import MetricSchema
+from shared.metric_schema import MetricSchema
 from shared.settings import Settings
 from tests.topics import TOPICS
 

@@ -18,7 +18,7 @@ import pytest
 from services.loadgen.manifest import accepted
 from services.loadgen.reconcile import Layers, by_key, expected_metrics, poll, reconcile, time_span
 from services.processing.registry import load_schemas
-from shared.metrics import MetricSchema
+from shared.metric_schema import MetricSchema
 from shared.settings import Settings
 from tests.e2e.stack import full_stack, reconciled_env, rtap_load
 

@@ -20,7 +20,7 @@ from services.processing.registry import load_schemas
 from services.processing.supervisor import FlinkRest
 from services.storage.consumer import processors as storage_processors
 from services.storage.consumer import storage_consumer, tables
-from shared.metrics import Column, MetricSchema
+from shared.metric_schema import Column, MetricSchema
 from shared.settings import Settings
 from shared.topics import topics
 

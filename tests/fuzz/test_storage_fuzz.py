@@ -1,5 +1,5 @@
 """The storage query API on real chDB: schemathesis over every operation, then hand-picked nasty inputs
-for POST /v1/sql and GET /v1/metrics/{job}. Never a 5xx; every 4xx names the parameter."""
+for POST /v1/sql and GET /v1/jobs/{job}/windows. Never a 5xx; every 4xx names the parameter."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ METRICS_NASTY = [
     "params, status, loc", [c[1:] for c in METRICS_NASTY], ids=[c[0] for c in METRICS_NASTY]
 )
 def test_nasty_metric_queries(storage, params, status, loc):
-    r = storage.client.get("/v1/metrics/event_metrics", params=params)
+    r = storage.client.get("/v1/jobs/event_metrics/windows", params=params)
     if loc is None:
         assert r.status_code == status, r.text[:500]
     else:
@@ -137,7 +137,9 @@ def test_nasty_metric_queries(storage, params, status, loc):
     assert storage.healthy()
 
 
-@pytest.mark.parametrize("path", ["/v1/metrics/%FF", "/v1/metrics/%00", "/v1/metrics/%ED%A0%80"])
+@pytest.mark.parametrize(
+    "path", ["/v1/jobs/%FF/windows", "/v1/jobs/%00/windows", "/v1/jobs/%ED%A0%80/windows"]
+)
 def test_nasty_job_names_are_404(storage, path):
     refused(storage.client.get(path, params={"from": "0", "to": "1"}), 404, ["path", "job"])
 

@@ -4,7 +4,7 @@ docs/adding-a-job.md walks through this file; tests/processing/test_example_job.
 """
 
 from services.processing.job import BaseJob, epoch_ms, interval
-from shared.metrics import Column, MetricSchema
+from shared.metric_schema import Column, MetricSchema
 
 
 class PageViewsByUrl(BaseJob):

@@ -416,7 +416,7 @@ def test_a_long_query_does_not_hold_up_the_consumer_writes(kafka, storage_servic
     stored = wait_for(
         lambda: (
             api.get(
-                "/v1/metrics/event_metrics",
+                "/v1/jobs/event_metrics/windows",
                 params={"from": BASE_MS, "to": BASE_MS + 10_000, "event_type": event_type},
             )
             .json()

@@ -36,7 +36,7 @@ def test_documented_routes_match_openapi(openapi):
 
 
 def test_documented_parameters_exist(openapi):
-    names = {p["name"] for p in openapi["paths"]["/v1/metrics/{job}"]["get"]["parameters"]}
+    names = {p["name"] for p in openapi["paths"]["/v1/jobs/{job}/windows"]["get"]["parameters"]}
     assert {"job", "from", "to", "limit"} <= names
     body = openapi["components"]["schemas"]["SqlRequest"]["properties"]
     assert set(body) == {"sql", "params"}

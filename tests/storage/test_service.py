@@ -33,7 +33,7 @@ def metric_rows(
     api: httpx.Client, event_type: str, start: int = BASE_MS, end: int = BASE_MS + 3600_000
 ) -> list[dict]:
     response = api.get(
-        "/v1/metrics/event_metrics", params={"from": start, "to": end, "event_type": event_type}
+        "/v1/jobs/event_metrics/windows", params={"from": start, "to": end, "event_type": event_type}
     )
     assert response.status_code == 200, response.text
     return response.json()["rows"]
@@ -153,7 +153,7 @@ def test_readyz_and_metrics(api):
 
 
 def test_query_api_requires_the_read_key(storage_service):
-    url = f"{storage_service.url()}/v1/metrics/event_metrics?from=0&to=1"
+    url = f"{storage_service.url()}/v1/jobs/event_metrics/windows?from=0&to=1"
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"X-Read-Key": "wrong"}).status_code == 401
     from tests.storage.conftest import READ_KEY
@@ -173,13 +173,22 @@ def test_query_api_requires_the_read_key(storage_service):
     ],
 )
 def test_metric_query_errors_name_the_parameter(api, params, name):
-    response = api.get("/v1/metrics/event_metrics", params=params)
+    response = api.get("/v1/jobs/event_metrics/windows", params=params)
     assert response.status_code in (400, 422)
     assert response.json()["detail"][0]["loc"][-1] == name
 
 
+def test_the_earlier_route_name_answers_the_same(kafka, api):
+    event_type = unique("alias")
+    produce_metrics(kafka, "event_metrics", [event_metric(BASE_MS, event_type, "desktop", 7, 2)])
+    rows = wait_for(lambda: metric_rows(api, event_type))
+    params = {"from": BASE_MS, "to": BASE_MS + 3600_000, "event_type": event_type}
+    old = api.get("/v1/metrics/event_metrics", params=params)
+    assert old.status_code == 200 and old.json()["rows"] == rows
+
+
 def test_unknown_job_is_404(api):
-    response = api.get("/v1/metrics/no_such_job", params={"from": 0, "to": 1})
+    response = api.get("/v1/jobs/no_such_job/windows", params={"from": 0, "to": 1})
     assert response.status_code == 404 and response.json()["detail"][0]["loc"] == ["path", "job"]
 
 

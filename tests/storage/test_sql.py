@@ -78,11 +78,12 @@ def test_injection_in_a_bound_parameter_is_just_a_value(api, seeded):
     assert scalar(api, statement, t=tricky) == 0
     assert sql(api, "SELECT {n:Int64} AS n", n="1; DROP TABLE event_metrics").status_code == 400
     response = api.get(
-        "/v1/metrics/event_metrics", params={"from": BASE_MS, "to": BASE_MS + 3600_000, "event_type": tricky}
+        "/v1/jobs/event_metrics/windows",
+        params={"from": BASE_MS, "to": BASE_MS + 3600_000, "event_type": tricky},
     )
     assert response.status_code == 200 and response.json()["rows"] == []
     response = api.get(
-        "/v1/metrics/event_metrics",
+        "/v1/jobs/event_metrics/windows",
         params={
             "from": BASE_MS,
             "to": BASE_MS + 3600_000,

@@ -18,7 +18,7 @@ from services.storage.backends import Backend, ChdbBackend, ServerBackend, reade
 from services.storage.processors import BadRecord, metric_processor, process_event
 from services.storage.query import metric_query
 from services.storage.tables import Table, events_table, events_ttl, metric_table, migrate
-from shared.metrics import Column, MetricSchema
+from shared.metric_schema import Column, MetricSchema
 from shared.settings import Settings
 from tests.storage.conftest import event_metric, heartbeat, raw_event
 from tests.topics import DEAD_LETTER

@@ -1,7 +1,7 @@
 from typing import Any
 
 from services.processing.job import BaseJob, interval
-from shared.metrics import Column, MetricSchema
+from shared.metric_schema import Column, MetricSchema
 from shared.settings import Settings
 
 
