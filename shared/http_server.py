@@ -23,16 +23,22 @@ connection, and is counted in rtap_http_server_refused_total{limit}.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import functools
+import signal
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import orjson
+import uvicorn
 from prometheus_client import Counter
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from shared.settings import HttpServerSettings
+from shared.logging import configure_logging
+from shared.settings import HttpServerSettings, ServiceAddress, Settings
 
 LIMITS = ("limit_concurrency", "header_read_seconds", "body_read_seconds", "max_header_bytes")
 REFUSED = Counter(
@@ -201,6 +207,27 @@ def _ensure_sweep(state: ServerState, loop: asyncio.AbstractEventLoop, limits: H
         loop.call_later(interval, sweep)
 
     loop.call_later(interval, sweep)
+
+
+def serve(create_app: Callable[[Settings], ASGIApp], section: Callable[[Settings], ServiceAddress]) -> None:
+    """A service's `python -m` entry: settings, logging, then its app on the section's host and port under
+    these limits. `kill -USR1 <pid>` prints every thread's stack to the log."""
+    faulthandler.register(signal.SIGUSR1)
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.env == "production")
+    address = section(settings)
+    uvicorn.run(create_app(settings), **uvicorn_options(settings, address))
+
+
+def uvicorn_options(settings: Settings, address: ServiceAddress) -> dict[str, Any]:
+    """uvicorn.run keyword arguments of every service: its address, quiet access logs, the HTTP limits."""
+    return {
+        "host": address.host,
+        "port": address.port,
+        "log_level": "warning",
+        "access_log": False,
+        **server_options(settings.http),
+    }
 
 
 def server_options(limits: HttpServerSettings) -> dict[str, Any]:

@@ -6,12 +6,14 @@ and Prometheus multiprocess mode gives /metrics one process-wide view.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
+import signal
 
 import uvicorn
 
-from shared.http_server import server_options
+from shared.http_server import uvicorn_options
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -24,16 +26,10 @@ def multiprocess_metrics_dir(settings: Settings) -> str:
 
 
 def main() -> None:
+    faulthandler.register(signal.SIGUSR1)
     settings = Settings()
     configure_logging(settings.log_level, json=settings.env == "production")
-    options = dict(
-        host=settings.ingestion.host,
-        port=settings.ingestion.port,
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        **server_options(settings.http),
-    )
+    options = {**uvicorn_options(settings, settings.ingestion), "loop": "uvloop"}
     if settings.ingestion.workers > 1:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiprocess_metrics_dir(settings)
         uvicorn.run(
