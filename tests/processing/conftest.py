@@ -130,9 +130,10 @@ def read_metrics(
     done: Callable[[dict[tuple[Any, ...], dict[str, Any]]], bool],
     timeout: float = 90.0,
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Last value per key of a metric topic, read from the start until done(records) or timeout."""
+    """Last value per key of a metric topic: read from the start up to the end of every partition, again
+    until done(records) or timeout (a read that stopped mid-topic would see a key's earlier value)."""
     schema = load_schemas(s.processing.job_modules)[job]
-    topic = topics(s).metric(schema).name
+    topic = topics(s).metric(schema)
     consumer = Consumer(
         {
             "bootstrap.servers": s.kafka.bootstrap,
@@ -141,19 +142,28 @@ def read_metrics(
             "auto.offset.reset": "earliest",
         }
     )
-    consumer.assign(
-        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(2)]
-    )  # no group coordinator needed
+    partitions = [TopicPartition(topic.name, p, OFFSET_BEGINNING) for p in range(topic.partitions)]
+    consumer.assign(partitions)  # no group coordinator needed
     records: dict[tuple[Any, ...], dict[str, Any]] = {}
+    read_to = {tp.partition: 0 for tp in partitions}
     deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline and not done(records):
-            for message in consumer.consume(500, timeout=0.5):
-                raw = message.value()
-                if message.error() or raw is None:
-                    continue
-                value = json.loads(raw)
-                records[tuple(value[k] for k in schema.key)] = value
+        while time.monotonic() < deadline:
+            ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=5)[1] for tp in partitions}
+            while time.monotonic() < deadline and any(read_to[p] < end for p, end in ends.items()):
+                for message in consumer.consume(500, timeout=0.5):
+                    partition, offset = message.partition(), message.offset()
+                    if message.error() or partition is None or offset is None:
+                        continue
+                    read_to[partition] = offset + 1
+                    raw = message.value()
+                    if raw is None:
+                        continue
+                    value = json.loads(raw)
+                    records[tuple(value[k] for k in schema.key)] = value
+            if done(records):
+                break
+            time.sleep(0.25)
     finally:
         consumer.close()
     return records
