@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.processing.conftest import (
@@ -49,3 +51,12 @@ def test_the_new_jobs_metrics_reach_kafka(job_settings, supervisor):
 def test_the_built_in_jobs_still_run_beside_it(job_settings, supervisor):
     got = read_metrics(job_settings, "event_metrics", lambda r: len(r) >= 2, timeout=30)
     assert {k[1] for k in got} == {"page_view", "click"}
+
+
+def test_the_guide_quotes_this_file_as_it_is():
+    """docs/adding-a-job.md shows the example job's code exactly (everything after its docstring)."""
+    root = Path(__file__).resolve().parents[2]
+    code = (root / "tests/processing/example_job.py").read_text()
+    guide = (root / "docs/adding-a-job.md").read_text()
+    quoted = guide.split("```python\n", 1)[1].split("```\n", 1)[0]
+    assert quoted == code[code.index("from services.processing.job") :]
