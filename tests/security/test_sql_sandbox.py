@@ -18,12 +18,14 @@ import psutil
 import pytest
 
 from tests.storage.conftest import (
+    api,  # noqa: F401  (a fixture, used by name)
     event_metric,
     produce_metrics,
     sql,
+    storage_service,  # noqa: F401  (a fixture, used by name)
     unique,
     wait_for,
-)  # noqa: F401
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.clickhouse]
 SECRET = f"canary-{uuid.uuid4().hex}"
@@ -269,7 +271,7 @@ def canary(tmp_path_factory) -> tuple[str, Path]:
     return f"'{directory / 'secret.txt'}'", directory / "written.txt"
 
 
-def metadata_files(storage_service) -> set[Path]:
+def metadata_files(storage_service) -> set[Path]:  # noqa: F811
     """Every table and database definition chDB keeps on disk: a created table or database adds one."""
     return set((storage_service.settings.state_path / "clickhouse" / "metadata").rglob("*.sql"))
 
