@@ -11,7 +11,8 @@ that did not answer (`kafka`, `clickhouse`, `redis`); name is the parameter, hea
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request, Response
 from fastapi.exception_handlers import http_exception_handler
@@ -38,6 +39,8 @@ DESCRIPTIONS = {
     503: "backend unavailable, or too many queries running; retry after Retry-After seconds",
 }
 
+V = TypeVar("V")
+
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these status codes, each with the ErrorBody model."""
@@ -57,6 +60,14 @@ def error_body(loc: list[str | int], msg: str, kind: str = "value_error") -> dic
 def param_error(status: int, where: str, name: str, msg: str, kind: str = "value_error") -> HTTPException:
     """A refusal naming one request part: where is body, query, path or header."""
     return HTTPException(status, [problem([where, name], msg, kind)])
+
+
+def known_job(jobs: Mapping[str, V], job: str) -> V:
+    """jobs[job], or a 404 naming the path parameter `job` and the jobs there are."""
+    try:
+        return jobs[job]
+    except KeyError:
+        raise param_error(404, "path", "job", f"unknown job {job!r}; known: {sorted(jobs)}") from None
 
 
 def body_error(status: int, msg: str, kind: str = "value_error") -> HTTPException:

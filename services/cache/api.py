@@ -27,7 +27,7 @@ from services.cache.store import CacheStore
 from services.cache.streams import Stream, StreamHub, SubscriptionUnavailable, TooManyStreams
 from services.processing.registry import load_schemas
 from shared.api_app import service_app
-from shared.api_errors import error_body, error_responses, param_error, problem, unavailable
+from shared.api_errors import error_body, error_responses, known_job, param_error, problem, unavailable
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
 from shared.settings import Settings
@@ -97,12 +97,7 @@ class CacheApp:
         return {**status, "lag_records": sum(lag.values()) if lag is not None else None}
 
     def layout(self, job: str) -> JobLayout:
-        try:
-            return self.layouts[job]
-        except KeyError:
-            raise param_error(
-                404, "path", "job", f"unknown job {job!r}; known: {sorted(self.layouts)}"
-            ) from None
+        return known_job(self.layouts, job)
 
     def filters(self, layout: JobLayout, request: Request, reserved: set[str]) -> dict[str, str]:
         """Group-key filters from the query string; any other unknown parameter is an error naming it."""

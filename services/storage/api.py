@@ -28,7 +28,7 @@ from services.storage.query import QueryError, bind_params, check_text, metric_q
 from services.storage.sandbox import SandboxError, Tables, canonical_statement
 from services.storage.tables import all_tables, migrate
 from shared.api_app import service_app
-from shared.api_errors import body_error, error_responses, param_error, unavailable
+from shared.api_errors import body_error, error_responses, known_job, param_error, unavailable
 from shared.api_keys import read_key_guard
 from shared.consumer_lag import group_lag_registry
 from shared.logging import get_logger
@@ -145,12 +145,7 @@ class Storage:
         )
 
     def schema(self, job: str) -> MetricSchema:
-        try:
-            return self.schemas[job]
-        except KeyError:
-            raise param_error(
-                404, "path", "job", f"unknown job {job!r}; known: {sorted(self.schemas)}"
-            ) from None
+        return known_job(self.schemas, job)
 
     def checked_sql(self, sql: str, params: dict[str, Any]) -> str:
         """The statement ClickHouse formatted from sql, once its syntax tree passed the sandbox
