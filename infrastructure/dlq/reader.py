@@ -73,6 +73,7 @@ class DeadLetterReader:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",  # a start that retention removed meanwhile: the oldest left
                 "queued.max.messages.kbytes": PREFETCH_KBYTES,
                 "log_level": 2,  # broker trouble becomes one DlqError, not librdkafka's log lines
             }
