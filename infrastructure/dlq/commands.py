@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -20,10 +20,12 @@ from rich.table import Table
 from rich.text import Text
 
 from infrastructure.dlq.reader import DeadLetterReader, DlqError, Selection
-from infrastructure.dlq.replay import Replayer, Summary, consumer_processors
 from services.processing.commands import parse_time
 from shared.dead_letters import REPLAYED_FROM_DLQ_OFFSET, DeadLetter, header_text, message_headers
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from infrastructure.dlq.replay import Summary
 
 console = Console()
 err = Console(stderr=True)
@@ -94,7 +96,8 @@ def position(letter: DeadLetter) -> str:
 
 
 def source(letter: DeadLetter) -> Text:
-    where = f"{letter.source_topic or '?'}/{letter.source_partition}/{letter.source_offset}"
+    parts = (letter.source_topic or None, letter.source_partition, letter.source_offset)
+    where = "/".join("?" if part is None else str(part) for part in parts)
     return Text(printable(where, REASON_WIDTH))
 
 
@@ -171,7 +174,7 @@ def show_letter(settings: Settings, partition: int, offset: int, max_bytes: int)
     with failing_clearly(), DeadLetterReader(settings) as reader:
         msg = reader.at(partition, offset)
     letter = DeadLetter.of(msg)
-    console.print(f"dead letter {position(letter)} of {escape(reader.topic)}, {iso(letter.timestamp_ms)} UTC")
+    console.print(f"dead letter {position(letter)} of {escape(reader.topic)}, {iso(letter.timestamp_ms)}")
     console.print(headers_table(msg))
     console.print(Text(f"key ({letter.key_bytes} bytes): {preview(msg.key() or b'', 200)}"), soft_wrap=True)
     console.print(f"value ({letter.value_bytes} bytes):")
@@ -180,6 +183,8 @@ def show_letter(settings: Settings, partition: int, offset: int, max_bytes: int)
 
 def replay_letters(settings: Settings, chosen: Selection, dry_run: bool) -> tuple[Summary, str | None]:
     """Offer every selected dead letter to a Replayer; the summary, and why it stopped early (or None)."""
+    from infrastructure.dlq.replay import Replayer, consumer_processors  # the services' processors: on use
+
     replayer = Replayer(settings, consumer_processors(settings), dry_run)
     stopped = None
     try:
