@@ -1,8 +1,11 @@
-"""`rtap dlq`'s pure parts: what it prints of hostile bytes is escaped and bounded; selections match as the
-options say."""
+"""`rtap dlq` without a broker: what it prints of hostile bytes is escaped and bounded; selections match as
+the options say; an unreachable Kafka is a clear error."""
 
 from __future__ import annotations
 
+from typer.testing import CliRunner
+
+from infrastructure import cli
 from infrastructure.dlq.commands import preview, printable, value_text
 from infrastructure.dlq.reader import Selection
 from shared.dead_letters import DeadLetter
@@ -37,3 +40,10 @@ def test_a_selection_matches_reason_in_any_case_topic_exactly_and_time_in_half_o
     assert Selection(since_ms=1_000, until_ms=1_001).matches(letter())
     assert not Selection(until_ms=1_000).matches(letter())
     assert not Selection(since_ms=0).matches(letter(at=None))
+
+
+def test_an_unreachable_kafka_is_one_line_on_stderr_and_exit_code_1(monkeypatch):
+    monkeypatch.setenv("RTAP_KAFKA__BOOTSTRAP", "127.0.0.1:1")
+    result = CliRunner().invoke(cli.app, ["dlq", "list"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: Kafka not reachable at 127.0.0.1:1") and not result.stdout
