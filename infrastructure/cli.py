@@ -162,13 +162,14 @@ def test(
 
 
 # Services add their own commands (backfill, sql, load) in services/<name>/commands.py, each exposing
-# register(app); bench is tooling beside the CLI. tests/foundation/test_cli_commands.py keeps this list equal
-# to the commands.py files that exist; a module that cannot be imported stops the CLI.
+# register(app); bench and dlq are tooling beside the CLI. tests/foundation/test_cli_commands.py keeps this
+# list equal to the commands.py files that exist; a module that cannot be imported stops the CLI.
 COMMAND_MODULES = (
     "services.processing.commands",
     "services.storage.commands",
     "services.loadgen.commands",
     "infrastructure.bench.commands",
+    "infrastructure.dlq.commands",
 )
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)

@@ -31,6 +31,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared import dead_letters
 from shared.logging import get_logger
 from shared.retry import until_stopped
 
@@ -62,7 +63,8 @@ Writer = Callable[[dict[str, list[Any]]], None]
 
 
 class BadRecord(ValueError):
-    """A record that can never be written; the dead-letter topic gets it with this reason."""
+    """A record that can never be written; the dead-letter topic gets it with this reason
+    (shared/dead_letters.py)."""
 
 
 @dataclass(frozen=True)
@@ -204,13 +206,9 @@ class BatchWriter:
                 offset=msg.offset(),
                 reason=reason,
             )
-            headers: list[tuple[str, str | bytes | None]] = [
-                ("reason", reason.encode()),
-                ("source_topic", topic.encode()),
-                ("source_partition", str(msg.partition()).encode()),
-                ("source_offset", str(msg.offset()).encode()),
-                ("consumer", self.sink.name.encode()),
-            ]
+            headers = dead_letters.headers(
+                reason, topic, int(msg.partition() or 0), int(msg.offset() or 0), self.sink.name
+            )
             self.producer.produce(self.dead_letter_topic, key=msg.key(), value=msg.value(), headers=headers)
         for attempt in until_stopped(self.stop, "dead-letter delivery"):
             with attempt:

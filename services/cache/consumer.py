@@ -19,6 +19,8 @@ from shared.consumer_pipeline import BadRecord, ConsumerPipeline, Limits, Proces
 from shared.settings import CacheSettings, Settings
 from shared.topics import topics
 
+SINK = "cache"  # the consumer header of its dead letters
+
 
 @dataclass
 class Decoded:
@@ -88,7 +90,7 @@ def cache_consumer(settings: Settings, layouts: dict[str, JobLayout]) -> Consume
     cache = settings.cache
     writer = redis_writer(redis.Redis.from_url(settings.redis.url), cache)
     sink = Sink(
-        "cache",
+        SINK,
         processors(settings, layouts),
         writer,
         Limits(cache.batch_records, cache.batch_bytes, cache.batch_seconds),

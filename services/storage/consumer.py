@@ -17,6 +17,7 @@ from shared.metric_schema import MetricSchema
 from shared.settings import Settings
 from shared.topics import topics
 
+SINK = "storage"  # the consumer header of its dead letters
 KILL_BEFORE_COMMIT_ENV = "RTAP_STORAGE_FAULT_KILL_BEFORE_COMMIT"  # the pipeline's hook, named by the sink
 
 
@@ -51,7 +52,7 @@ def storage_consumer(
     storage = settings.storage
     limits = Limits(storage.batch_rows, storage.batch_bytes, storage.batch_seconds)
     writer = table_writer(backend, lock, tables(settings, schemas))
-    sink = Sink("storage", processors(settings, schemas), writer, limits, storage.retry_max_seconds)
+    sink = Sink(SINK, processors(settings, schemas), writer, limits, storage.retry_max_seconds)
     return ConsumerPipeline(
         sink,
         {

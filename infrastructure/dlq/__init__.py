@@ -1,0 +1,1 @@
+"""`rtap dlq`: list, show and replay the dead-letter topic."""
