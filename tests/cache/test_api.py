@@ -10,6 +10,8 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
+from services.cache.consumer import SINK
+from shared import dead_letters
 from tests.cache.conftest import (
     READ_KEY,
     WINDOW_MS,
@@ -260,8 +262,9 @@ def dead_letter_reasons(bootstrap: str, marker: bytes) -> list[str]:
 
         def collect():
             for msg in consumer.consume(100, timeout=1.0):
-                if not msg.error() and msg.key() == marker:
-                    found.append(dict(msg.headers())["reason"].decode())
+                headers = dict(msg.headers() or []) if not msg.error() else {}
+                if msg.key() == marker and headers.get(dead_letters.CONSUMER) == SINK.encode():
+                    found.append(headers[dead_letters.REASON].decode())
             return len(found) >= 2
 
         wait_for(collect, 30, 0, "dead-letter records")
