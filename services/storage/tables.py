@@ -209,7 +209,7 @@ def resort(backend: Backend, database: str, table: Table) -> list[str]:
     current = _table_info(backend, database, table.name)
     if current is None:
         return []
-    if _normalized(current["sorting_key"]) == _normalized(table.sorting_key):
+    if _normalized_key(current["sorting_key"]) == _normalized_key(table.sorting_key):
         return _drop_copies(backend, database, table.name, keep="")
     started = time.monotonic()
     copy = _copy_definition(backend, database, table, current["uuid"])
@@ -341,6 +341,23 @@ def _current_ttl(backend: Backend, database: str, table: str) -> str | None:
     info = _table_info(backend, database, table)
     match = re.search(r"\bTTL (.+?)(?: SETTINGS |$)", info["create_table_query"]) if info else None
     return match.group(1).strip() if match else None
+
+
+def _normalized_key(key: str) -> str:
+    """ClickHouse prints a sorting key of one expression in parentheses, of several without."""
+    normalized = _normalized(key)
+    wrapped = normalized.startswith("(") and _closing_paren(normalized) == len(normalized) - 1
+    return normalized[1:-1] if wrapped else normalized
+
+
+def _closing_paren(text: str) -> int:
+    """The index of the parenthesis closing the one that opens `text`."""
+    depth = 0
+    for index, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return index
+    return -1
 
 
 def _normalized(expression: str | None) -> str:

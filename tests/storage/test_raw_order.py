@@ -25,7 +25,6 @@ from tests.storage.test_event_fields import TABLE_BEFORE_SCHEMA
 SETTINGS = Settings()
 TABLE = events_table(SETTINGS).name
 NEW_KEY = "event_type, cityHash64(user_id), event_id"
-OLD_KEY = "event_id"
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +126,7 @@ def test_a_raw_table_with_the_old_key_is_re_sorted_keeping_every_row(chdb):
     fill(chdb, db)
     chdb.insert(f"{db}.{TABLE}", [event_row("purchase-1-0", "purchase", days_ago=1, offset=99)])  # a retry
     before = every_row(chdb, db)
-    assert sorting_key(chdb, db) == OLD_KEY and len(before) == 36
+    assert sorting_key(chdb, db).strip("()") == "event_id" and len(before) == 36
 
     applied = migrate(chdb, db, [events_table(SETTINGS)])
 
@@ -222,7 +221,8 @@ def generated_events(db: str) -> str:
 
 
 def rows_read(backend: ChdbBackend, sql: str) -> int:
-    return int(backend.session.query(sql, "Null").rows_read())
+    """Rows the query read from the table, from the statistics of ClickHouse's JSON output."""
+    return int(orjson.loads(backend.session.query(sql, "JSON").bytes())["statistics"]["rows_read"])
 
 
 @pytest.mark.clickhouse
