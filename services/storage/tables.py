@@ -137,13 +137,15 @@ def events_table(settings: Settings, event: EventSchema = EVENT) -> Table:
 
 
 def events_sorting_key(event: EventSchema = EVENT) -> tuple[str, ...]:
-    """Event type, hashed user id, event id; the day is the partition, so it is no part of the key.
+    """Event type, day of event time, hashed user id, event id.
 
-    Every part is a value of the client's payload, the same in each retry of an event, so a retried event
-    still replaces itself; no time is, since an event sent without a timestamp gets its receive time.
+    The day is the partition's too: it adds no way for two rows of one event to differ in key. Every other
+    part is a value of the client's payload, the same in each retry of an event, so a retried event still
+    replaces itself; no finer time is, since an event sent without a timestamp gets its receive time.
     """
     return (
         quoted(event.at(TYPE_PATH).column),
+        f"toDate({quoted(event.at(EVENT_TIME_PATH).column)})",
         f"cityHash64({quoted(event.at(USER_PATH).column)})",
         quoted(event.at(ID_PATH).column),
     )

@@ -122,7 +122,8 @@ def chdb(tmp_path_factory):
 def test_todays_event_keeps_the_raw_table_written_before_the_schema():
     """All but its sort order, changed since (tests/storage/test_raw_order.py)."""
     resorted = TABLE_BEFORE_SCHEMA.replace(
-        "ORDER BY (`event_id`)", "ORDER BY (`event_type`, cityHash64(`user_id`), `event_id`)"
+        "ORDER BY (`event_id`)",
+        "ORDER BY (`event_type`, toDate(`timestamp`), cityHash64(`user_id`), `event_id`)",
     )
     assert events_table(Settings()).create_sql("rtap") == resorted
 

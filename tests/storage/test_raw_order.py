@@ -24,7 +24,7 @@ from tests.storage.test_event_fields import TABLE_BEFORE_SCHEMA
 
 SETTINGS = Settings()
 TABLE = events_table(SETTINGS).name
-NEW_KEY = "event_type, cityHash64(user_id), event_id"
+NEW_KEY = "event_type, toDate(timestamp), cityHash64(user_id), event_id"
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +90,14 @@ def count(backend: Backend, db: str, final: bool) -> int:
     return int(rows[0]["n"])
 
 
-def test_the_raw_table_is_sorted_by_event_type_then_user_then_event_id():
+def test_the_raw_table_is_sorted_by_event_type_day_user_and_event_id():
     table = events_table(SETTINGS)
-    assert table.order_by == ("`event_type`", "cityHash64(`user_id`)", "`event_id`")
+    assert table.order_by == ("`event_type`", "toDate(`timestamp`)", "cityHash64(`user_id`)", "`event_id`")
     assert table.partition_by == "toYYYYMMDD(`timestamp`)"
-    assert "ORDER BY (`event_type`, cityHash64(`user_id`), `event_id`)" in table.create_sql("rtap")
+    assert (
+        "ORDER BY (`event_type`, toDate(`timestamp`), cityHash64(`user_id`), `event_id`)"
+        in table.create_sql("rtap")
+    )
 
 
 @pytest.mark.clickhouse
@@ -225,27 +228,34 @@ def rows_read(backend: ChdbBackend, sql: str) -> int:
     return int(orjson.loads(backend.session.query(sql, "JSON").bytes())["statistics"]["rows_read"])
 
 
+def one_type_one_day(db: str, final: bool) -> str:
+    start, end = day_start(2), day_start(1)
+    return (
+        f"SELECT count() AS n, uniqExact(user_id) AS users FROM `{db}`.`{TABLE}`{' FINAL' if final else ''} "
+        f"WHERE event_type = 'type_3' AND timestamp >= toDateTime64('{start:%Y-%m-%d %H:%M:%S}', 3, 'UTC') "
+        f"AND timestamp < toDateTime64('{end:%Y-%m-%d %H:%M:%S}', 3, 'UTC')"
+    )
+
+
 @pytest.mark.clickhouse
 def test_one_event_type_over_one_day_reads_that_types_rows_not_the_whole_day(chdb):
-    """Before the re-sort the query reads its whole day partition (a quarter of the table); after, about
-    its type's share of that day (1/32 of the table, plus the granules at its range's edges)."""
+    """Before the re-sort the query reads its whole day partition (a quarter of the table), and with FINAL
+    the whole table (ClickHouse filters only on sorting-key columns before FINAL merges rows); after, about
+    its type's share of that day (1/32 of the table, plus the granules at its range's edges), and with FINAL
+    its type's share of at most two days (the day's end bound is inclusive for toDate())."""
     db = fresh_db(chdb, "reads")
     create_old_table(chdb, db)
     chdb.command(generated_events(db))
     total = TYPES * DAYS * ROWS_PER_TYPE_AND_DAY
-    start, end = day_start(2), day_start(1)
-    query = (
-        f"SELECT count() AS n, uniqExact(user_id) AS users FROM `{db}`.`{TABLE}` "
-        f"WHERE event_type = 'type_3' AND timestamp >= toDateTime64('{start:%Y-%m-%d %H:%M:%S}', 3, 'UTC') "
-        f"AND timestamp < toDateTime64('{end:%Y-%m-%d %H:%M:%S}', 3, 'UTC')"
-    )
-    answer = chdb.query(query)
-    before = rows_read(chdb, query)
+    queries = [one_type_one_day(db, final=False), one_type_one_day(db, final=True)]
+    answers = [chdb.query(q) for q in queries]
+    before, before_final = (rows_read(chdb, q) for q in queries)
 
     migrate(chdb, db, [events_table(SETTINGS)])
 
-    after = rows_read(chdb, query)
-    assert chdb.query(query) == answer and int(answer[0]["n"]) == ROWS_PER_TYPE_AND_DAY
-    assert before >= total // DAYS
+    after, after_final = (rows_read(chdb, q) for q in queries)
+    assert [chdb.query(q) for q in queries] == answers and int(answers[0][0]["n"]) == ROWS_PER_TYPE_AND_DAY
+    assert before >= total // DAYS and before_final >= total
     assert after <= total // 10 and after * 3 <= before, (before, after, total)
+    assert after_final <= total // 5, (before_final, after_final, total)
     chdb.command(f"DROP DATABASE `{db}`")
