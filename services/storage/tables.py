@@ -77,6 +77,14 @@ class Table:
         )
 
 
+@dataclass(frozen=True)
+class Partition:
+    """parts_digest: of its active parts' names, which change with every insert, merge or mutation."""
+
+    rows: int
+    parts_digest: str
+
+
 def qualified(database: str, table: str) -> str:
     return f"`{database}`.`{table}`"
 
@@ -285,14 +293,6 @@ def _drop_copies(backend: Backend, database: str, table: str, keep: str) -> list
         for row in rows
         if row["name"] != keep
     ]
-
-
-@dataclass(frozen=True)
-class Partition:
-    """parts_digest: of its active parts' names, which change with every insert, merge or mutation."""
-
-    rows: int
-    parts_digest: str
 
 
 def _partitions(backend: Backend, database: str, table: str) -> dict[str, Partition]:
