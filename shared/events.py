@@ -223,7 +223,8 @@ class EventField:
         return tuple(self.path.split("."))
 
 
-TYPE_PATH, ID_PATH, EVENT_TIME_PATH, RECEIVED_PATH = "event.type", "event.id", "timestamp", "received_at"
+TYPE_PATH, ID_PATH, USER_PATH = "event.type", "event.id", "user.id"
+EVENT_TIME_PATH, RECEIVED_PATH = "timestamp", "received_at"
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,7 @@ class EventSchema:
         for path, hint in leaves.items():
             _check_field(declared[path], hint)
         object.__setattr__(self, "wire_fields", tuple(declared[path] for path in leaves))
-        for path in (TYPE_PATH, ID_PATH, EVENT_TIME_PATH, RECEIVED_PATH):
+        for path in (TYPE_PATH, ID_PATH, USER_PATH, EVENT_TIME_PATH, RECEIVED_PATH):
             self.at(path)
 
     @property

@@ -68,16 +68,15 @@ def backend(request, chdb) -> Backend:
 def test_every_schema_has_a_table_keyed_by_its_key():
     for schema in load_schemas().values():
         table = metric_table(schema)
-        assert table.order_by == schema.key
+        assert table.order_by == tuple(f"`{k}`" for k in schema.key)
         assert table.engine.startswith("ReplacingMergeTree(_version")
         assert table.column_names[: len(schema.columns)] == schema.column_names
         assert f"toYYYYMM(`{schema.window_start}`)" == table.partition_by
 
 
-def test_events_table_deduplicates_by_event_id_with_a_ttl():
-    table = events_table(Settings())
-    assert table.order_by == ("event_id",) and "toYYYYMMDD" in table.partition_by
-    assert table.ttl == events_ttl(Settings().storage.raw_events_ttl_days)
+def test_events_table_has_a_ttl():
+    """Its sort order: tests/storage/test_raw_order.py."""
+    assert events_table(Settings()).ttl == events_ttl(Settings().storage.raw_events_ttl_days)
 
 
 def test_unsafe_identifiers_are_refused():
