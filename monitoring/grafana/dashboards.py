@@ -15,6 +15,9 @@ import attr
 from grafanalib._gen import DashboardEncoder
 from grafanalib.core import Dashboard, GridPos, Target, Time, TimeSeries
 
+from services.processing.registry import builtin_schemas
+from shared.metric_schema import MetricSchema
+
 OUT = Path(__file__).parent / "dashboards"
 PROMETHEUS = {"type": "prometheus", "uid": "prometheus"}
 CLICKHOUSE = {"type": "grafana-clickhouse-datasource", "uid": "clickhouse"}
@@ -177,7 +180,38 @@ def product() -> Dashboard:
     ).auto_panel_ids()
 
 
-DASHBOARDS = {"pipeline-health": pipeline_health, "product": product}
+def job_panel_sql(schema: MetricSchema) -> str:
+    """Per window, each measure column (not a key) of the job over the window's groups: integers summed
+    (sum_<column>) and other numbers averaged (avg_<column>)."""
+    ws = schema.window_start
+    measures = [c for c in schema.columns if c.type in ("int64", "float64") and c.name not in schema.key]
+    how = {c.name: "sum" if c.type == "int64" else "avg" for c in measures}
+    selected = ", ".join(f"{how[c]}({c}) AS {how[c]}_{c}" for c in how)
+    time_filter = TIME_FILTER.replace("window_start", ws)
+    return (
+        f"SELECT {ws} AS time, {selected} FROM {schema.name} FINAL WHERE {time_filter} "
+        f"GROUP BY time ORDER BY time"
+    )
+
+
+def jobs() -> Dashboard:
+    """One panel per built-in job, derived from its metric schema: a new job file gets its panel here when
+    this generator runs (tests/monitoring/test_dashboards.py fails until the JSON is regenerated)."""
+    panels = [
+        sql_panel(f"{schema.name}: {schema.description}", job_panel_sql(schema), (12 * (i % 2), 8 * (i // 2)))
+        for i, schema in enumerate(builtin_schemas().values())
+    ]
+    return Dashboard(
+        title="RTAP jobs",
+        uid="rtap-jobs",
+        panels=panels,
+        refresh="30s",
+        time=Time("now-6h", "now"),
+        tags=["rtap"],
+    ).auto_panel_ids()
+
+
+DASHBOARDS = {"pipeline-health": pipeline_health, "product": product, "jobs": jobs}
 
 
 def render(build) -> str:

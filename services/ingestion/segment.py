@@ -30,6 +30,7 @@ from shared.events import TRACK_EVENT, TrackEvent
 SEGMENT_EVENT_TYPES = {
     "Product Viewed": "product_view",
     "Product Added": "add_to_cart",
+    "Product Removed": "remove_from_cart",
     "Order Completed": "purchase",
     "Page Viewed": "page_view",
 }

@@ -2,7 +2,9 @@
 
 A manifest is JSON lines, one object per distinct event id:
   id, type, user_id, session_id, timestamp (epoch ms sent), device_category (from the agent table),
-  load_time, interaction_time, revenue (purchases, else null), late (sent with an old timestamp),
+  load_time, interaction_time, revenue (purchases, else null), cart_items and cart_value (what the event
+  adds to the session's cart: quantity and price x quantity, negative for remove_from_cart, else 0),
+  late (sent with an old timestamp),
   sends (how many times it was posted: duplicate sends and retries), duplicate (sends > 1),
   failed_sends (posts not answered "accepted": no answer, 5xx, 503 while Kafka was down),
   accepted (some send was answered "accepted"), status (HTTP status of the last send, 0 = no answer),
@@ -43,6 +45,7 @@ def entry_for(event: dict[str, Any], late: bool = False) -> Entry:
         "load_time": metrics.get("load_time"),
         "interaction_time": metrics.get("interaction_time"),
         "revenue": props.get("revenue") if event["event"]["type"] == "purchase" else None,
+        **cart_change(event["event"]["type"], props),
         "late": late,
         "sends": 0,
         "duplicate": False,
@@ -51,6 +54,14 @@ def entry_for(event: dict[str, Any], late: bool = False) -> Entry:
         "status": 0,
         "timestamp_adjusted": False,
     }
+
+
+def cart_change(event_type: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """What an event adds to its session's cart: add_to_cart adds, remove_from_cart takes away, quantity 1
+    unless given."""
+    sign = {"add_to_cart": 1, "remove_from_cart": -1}.get(event_type, 0)
+    quantity = sign * properties.get("quantity", 1)
+    return {"cart_items": quantity, "cart_value": quantity * properties.get("price", 0.0)}
 
 
 def record_send(entry: Entry, status: int, accepted: bool, adjusted: bool = False) -> None:
@@ -150,6 +161,8 @@ def session_row(rows: Sequence[Entry], gap_ms: int) -> dict[str, Any]:
         "cart_adds": types.count("add_to_cart"),
         "purchases": types.count("purchase"),
         "revenue": sum(e["revenue"] or 0.0 for e in rows if e["type"] == "purchase"),
+        "cart_items": sum(e["cart_items"] for e in rows),
+        "cart_value": sum(e["cart_value"] for e in rows),
     }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from services.loadgen.agents import AGENTS, CATEGORY_WEIGHTS, Agent
 
-EVENT_TYPES = ("page_view", "click", "product_view", "add_to_cart", "purchase")
+EVENT_TYPES = ("page_view", "click", "product_view", "add_to_cart", "remove_from_cart", "purchase")
 SHOP = "https://shop.example"
 PAGES = ("/", "/search", "/category/shoes", "/category/bags", "/deals", "/help", "/account")
 REFERRERS = (
@@ -50,6 +50,16 @@ class TrafficSpec:
     open_sessions: int = 50
 
 
+@dataclass(frozen=True)
+class CartLine:
+    product_id: str
+    price: float
+    quantity: int
+
+    def properties(self) -> dict[str, Any]:
+        return {"product_id": self.product_id, "price": self.price, "quantity": self.quantity}
+
+
 @dataclass
 class Session:
     id: str
@@ -57,7 +67,7 @@ class Session:
     agent: Agent
     steps: list[str]
     ip: str
-    cart: list[tuple[str, float]] = field(default_factory=list)
+    cart: list[CartLine] = field(default_factory=list)
     page: str = "/"
 
 
@@ -153,7 +163,7 @@ def session_script(rng: random.Random, bot: bool) -> list[str]:
     if bot:
         return ["page_view"] * rng.randint(1, 8)
     steps: list[str] = []
-    carted = False
+    in_cart = 0
     for _ in range(1 + min(int(rng.expovariate(1 / 3)), 15)):
         steps.append("page_view")
         steps += ["click"] * rng.choices((0, 1, 2), weights=(0.4, 0.4, 0.2))[0]
@@ -161,8 +171,11 @@ def session_script(rng: random.Random, bot: bool) -> list[str]:
             steps.append("product_view")
             if rng.random() < 0.3:
                 steps.append("add_to_cart")
-                carted = True
-    if carted and rng.random() < 0.35:
+                in_cart += 1
+                if rng.random() < 0.15:
+                    steps.append("remove_from_cart")
+                    in_cart -= 1
+    if in_cart and rng.random() < 0.35:
         steps.append("purchase")
     return steps
 
@@ -182,9 +195,10 @@ def step_properties(rng: random.Random, session: Session, kind: str) -> dict[str
             "category": rng.choice(("shoes", "bags", "hats")),
         }
     if kind == "add_to_cart":
-        product, price = f"p-{rng.randrange(500)}", round(rng.uniform(5, 300), 2)
-        quantity = rng.choice((1, 1, 1, 2, 3))
-        session.cart.append((product, price * quantity))
-        return {"product_id": product, "price": price, "quantity": quantity}
-    revenue = round(sum(amount for _, amount in session.cart), 2)
+        line = CartLine(f"p-{rng.randrange(500)}", round(rng.uniform(5, 300), 2), rng.choice((1, 1, 1, 2, 3)))
+        session.cart.append(line)
+        return line.properties()
+    if kind == "remove_from_cart":
+        return session.cart.pop().properties()
+    revenue = round(sum(line.price * line.quantity for line in session.cart), 2)
     return {"order_id": f"o-{session.id}", "revenue": revenue, "items": len(session.cart), "currency": "USD"}

@@ -12,6 +12,7 @@ import pkgutil
 from collections.abc import Iterable
 
 from services.processing import jobs
+from services.processing.job import BaseJob
 from shared.metric_schema import MetricSchema, registered_schemas
 from shared.settings import get_settings
 
@@ -32,3 +33,11 @@ def load_schemas(extra_modules: Iterable[str] | None = None) -> dict[str, Metric
     for name in job_module_names(extra_modules):
         importlib.import_module(name)
     return registered_schemas()
+
+
+def builtin_schemas() -> dict[str, MetricSchema]:
+    """The schemas of the built-in jobs only (not of jobs other modules of this process registered)."""
+    modules = set(job_module_names())
+    for name in modules:
+        importlib.import_module(name)
+    return {name: job.schema for name, job in sorted(BaseJob.registry.items()) if job.__module__ in modules}

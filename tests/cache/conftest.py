@@ -110,6 +110,8 @@ def session_record(
         "cart_adds": 1,
         "purchases": 1,
         "revenue": 12.5,
+        "cart_items": 0,
+        "cart_value": 0.0,
     }
 
 

@@ -63,6 +63,24 @@ def test_dashboard_shows_live_numbers(cache, kafka, browser):
         "session_metrics",
         [session_record(now - 5_000, f"dash-{tag}-{i}", "u", 2, end=now + 600_000) for i in range(4)],
     )
+    produce(
+        kafka,
+        "top_pages",
+        [
+            {
+                "window_start": base,
+                "window_end": base + WINDOW_MS,
+                "place": place,
+                "page": page,
+                "page_views": views,
+                "unique_users": 1,
+            }
+            for place, page, views in (
+                (1, "https://shop.example/deals", 1200),
+                (2, "https://shop.example/", 7),
+            )
+        ],
+    )
     wait_for(
         lambda: cache.client.get("/v1/jobs/event_metrics/latest").json()["window_start"] == base,
         what="first window cached",
@@ -108,4 +126,16 @@ def test_dashboard_shows_live_numbers(cache, kafka, browser):
         "[...document.querySelectorAll('#events-by-type .row')].map(r => r.dataset.label)"
     )
     assert by_type == ["page_view", "purchase"]
+    top_rows = wait_for(
+        lambda: (
+            browser.evaluate(
+                "[...document.querySelectorAll('#job-top_pages tbody tr')].map(r => r.textContent)"
+            )
+            or None
+        ),
+        30,
+        0.2,
+        "a card for the top pages job, which has no view of its own",
+    )
+    assert top_rows == ["1https://shop.example/deals1,2001", "2https://shop.example/71"]
     assert browser.screenshot(SCREENSHOT).stat().st_size > 10_000

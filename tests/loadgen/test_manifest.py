@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from services.loadgen.manifest import (
+    cart_change,
     entry_for,
     event_metrics,
     percentile,
@@ -44,6 +45,7 @@ def entry(
         "load_time": load,
         "interaction_time": interaction,
         "revenue": None,
+        **cart_change(type, {"price": 10.0, "quantity": 2}),
         "late": False,
         "sends": sends,
         "duplicate": sends > 1,
@@ -130,6 +132,8 @@ def test_session_metrics_split_at_the_gap_and_sum_revenue():
     first = sessions[(T0, "A")]
     assert (first["events"], first["page_views"], first["cart_adds"], first["purchases"]) == (3, 1, 1, 1)
     assert (first["duration_ms"], first["window_end"], first["revenue"]) == (4_000, T0 + 7_000, 25.5)
+    assert (first["cart_items"], first["cart_value"]) == (2, 20.0)
+
     assert sessions[(T0 + 1, "B")] == {
         "window_end": T0 + 3_001,
         "user_id": "u2",
@@ -141,4 +145,13 @@ def test_session_metrics_split_at_the_gap_and_sum_revenue():
         "cart_adds": 0,
         "purchases": 0,
         "revenue": 0,
+        "cart_items": 0,
+        "cart_value": 0,
     }
+
+
+def test_cart_changes_add_and_remove_quantity_times_price():
+    assert cart_change("add_to_cart", {"price": 12.5, "quantity": 3}) == {"cart_items": 3, "cart_value": 37.5}
+    assert cart_change("remove_from_cart", {"price": 12.5}) == {"cart_items": -1, "cart_value": -12.5}
+    assert cart_change("add_to_cart", {"quantity": 2}) == {"cart_items": 2, "cart_value": 0.0}
+    assert cart_change("purchase", {"price": 5.0, "quantity": 2}) == {"cart_items": 0, "cart_value": 0.0}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import re
 import statistics
-from collections import Counter
+from collections import Counter, defaultdict
 
 import pytest
 
@@ -63,15 +63,19 @@ def test_every_event_type_appears_and_page_views_lead():
     assert counts["page_view"] > counts["product_view"] > counts["add_to_cart"] > counts["purchase"] > 0
 
 
-def test_purchases_carry_revenue_and_follow_a_cart_add_in_their_session():
-    sample = events()
-    carted = set()
-    for e in sample:
-        if e["event"]["type"] == "add_to_cart":
-            carted.add(e["context"]["session_id"])
-        if e["event"]["type"] == "purchase":
-            assert e["properties"]["revenue"] > 0
-            assert e["context"]["session_id"] in carted
+def test_purchases_pay_for_what_is_left_in_the_cart():
+    carts: dict[str, list[float]] = defaultdict(list)
+    removed = 0
+    for e in events():
+        kind, props, cart = e["event"]["type"], e["properties"], carts[e["context"]["session_id"]]
+        if kind == "add_to_cart":
+            cart.append(props["price"] * props["quantity"])
+        if kind == "remove_from_cart":
+            assert cart.pop() == props["price"] * props["quantity"]
+            removed += 1
+        if kind == "purchase":
+            assert props["revenue"] == round(sum(cart), 2) > 0
+    assert removed > 0
 
 
 def test_a_user_keeps_one_device_and_sessions_hold_one_user():

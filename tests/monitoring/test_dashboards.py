@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.processing.registry import load_schemas
+from services.processing.registry import builtin_schemas, load_schemas
 from services.storage.tables import metric_table
 
 GRAFANA_DIR = Path(__file__).resolve().parents[2] / "monitoring" / "grafana"
@@ -37,6 +37,12 @@ def test_committed_dashboards_equal_the_generated_ones():
     for name, build in gen.DASHBOARDS.items():
         committed = (GRAFANA_DIR / "dashboards" / f"{name}.json").read_text()
         assert committed == gen.render(build), f"{name}.json is stale: run monitoring/grafana/dashboards.py"
+
+
+def test_every_built_in_job_has_a_derived_panel():
+    panels = json.loads((GRAFANA_DIR / "dashboards" / "jobs.json").read_text())["panels"]
+    from_tables = {panel["targets"][0]["rawSql"].split(" FROM ")[1].split()[0] for panel in panels}
+    assert from_tables == set(builtin_schemas()) >= {"event_metrics", "session_metrics", "top_pages"}
 
 
 def test_every_panel_has_a_query():

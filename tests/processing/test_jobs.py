@@ -19,6 +19,7 @@ import pytest
 
 from infrastructure.local.stack import settings_env
 from services.loadgen.reconcile import Layers
+from services.processing.jobs.top_pages import TopPages
 from tests.conftest import REPO_ROOT
 from tests.processing.conftest import (
     IPHONE_UA,
@@ -45,7 +46,8 @@ def phase1_events() -> list[dict]:
     events = [
         event("s-a", "u1", "page_view", at(0.5), load=100.0),
         event("s-a", "u1", "product_view", at(1.5), load=200.0),
-        event("s-a", "u1", "add_to_cart", at(3.0), load=300.0, interaction=40.0),
+        event("s-a", "u1", "add_to_cart", at(3.0), load=300.0, interaction=40.0, price=12.5, quantity=3),
+        event("s-a", "u1", "remove_from_cart", at(4.5), price="12.5"),
         event("s-a", "u1", "purchase", at(5.5), load=400.0, revenue="49.5"),
         event("s-b", "u2", "page_view", at(1.0), ua=IPHONE_UA, load=150.0),
         event("s-b", "u2", "page_view", at(2.0), ua=IPHONE_UA, load=250.0, interaction=10.0),
@@ -76,6 +78,20 @@ PHASE1 = phase1_events()
 RETRIES = PHASE1[:4] + PHASE1[-1:]  # sent again with the same event ids: client retries, counted once
 LATE = event("s-late", "u9", "page_view", at(5.0), load=99999.0)  # after the watermark passed 12 s
 PHASE2 = [event("s-e", "u5", "page_view", at(15.0), ua=IPHONE_UA, load=80.0)]
+
+
+def page_views_in_window_1() -> list[dict]:
+    """Twelve pages viewed once, one of them twice more (under a query string and a fragment): more pages
+    than the top pages job keeps, and one ahead of the rest."""
+    urls = [f"https://shop.example/p{i}" for i in range(12)]
+    urls += ["https://shop.example/p7?utm_source=news", "https://shop.example/p7#reviews"]
+    views = [event("s-pages", f"u{6 + i % 2}", "page_view", at(16.0 + i * 0.05)) for i in range(len(urls))]
+    for view, url in zip(views, urls, strict=True):
+        view["context"]["url"] = url
+    return views
+
+
+PHASE2 += page_views_in_window_1()
 
 
 def counted_events() -> list[dict]:
@@ -124,7 +140,8 @@ def outputs(job_settings, supervisor):
     return {
         "event_metrics": read_metrics(job_settings, "event_metrics", lambda r: expected.keys() <= r.keys()),
         "performance_metrics": read_metrics(job_settings, "performance_metrics", lambda r: len(r) >= 3),
-        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 7),
+        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 8),
+        "top_pages": read_metrics(job_settings, "top_pages", lambda r: (W1, TopPages.places) in r),
     }
 
 
@@ -178,16 +195,44 @@ def test_session_boundaries_and_ecommerce_stats(outputs):
     s_a = sessions["s-a"]
     assert (s_a["window_start"], s_a["window_end"], s_a["duration_ms"]) == (at(0.5), at(5.5) + 3_000, 5_000)
     assert (s_a["events"], s_a["page_views"], s_a["products_viewed"], s_a["cart_adds"], s_a["purchases"]) == (
-        4,
+        5,
         1,
         1,
         1,
         1,
     )
     assert s_a["revenue"] == pytest.approx(49.5)
+    assert (s_a["cart_items"], s_a["cart_value"]) == (2, pytest.approx(25.0))
+    assert (sessions["s-d"]["cart_items"], sessions["s-d"]["cart_value"]) == (0, 0.0)
     assert (s_a["user_id"], s_a["device_category"]) == ("u1", "desktop")
     assert (sessions["s-b"]["events"], sessions["s-b"]["device_category"]) == (2, "mobile")
     assert sessions["s-perf"]["events"] == 50
+
+
+def expected_top_pages() -> dict[tuple, dict]:
+    views: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for e in counted_events():
+        if e["event"]["type"] == "page_view":
+            page = re.split(r"[?#]", e["context"]["url"])[0]
+            views[(window_of(e), page)].append(e["user"]["id"])
+    out = {}
+    for window in {w for w, _ in views}:
+        ranked = sorted(((-len(users), page) for (w, page), users in views.items() if w == window))
+        for place, (_, page) in enumerate(ranked[: TopPages.places], start=1):
+            users = views[(window, page)]
+            out[(window, place)] = {"page": page, "page_views": len(users), "unique_users": len(set(users))}
+    return out
+
+
+def test_top_pages_rank_pages_by_views_without_query_or_fragment(outputs):
+    got = {
+        key: {c: r[c] for c in ("page", "page_views", "unique_users")}
+        for key, r in outputs["top_pages"].items()
+    }
+    expected = expected_top_pages()
+    assert got == expected
+    assert expected[(W1, 1)] == {"page": "https://shop.example/p7", "page_views": 3, "unique_users": 2}
+    assert len([key for key in expected if key[0] == W1]) == TopPages.places
 
 
 def test_a_gap_longer_than_the_session_gap_splits_the_session(outputs):

@@ -22,16 +22,23 @@ class SessionTracker(BaseJob):
             Column("cart_adds", "int64", "add_to_cart events"),
             Column("purchases", "int64", "purchase events"),
             Column("revenue", "float64", "sum of properties.revenue over purchase events"),
+            Column("cart_items", "int64", "quantity added to the cart minus quantity removed"),
+            Column("cart_value", "float64", "price x quantity added to the cart minus removed"),
         ),
         key=("window_start", "session_id"),
     )
 
     def build(self, t_env: Any, events_view: str, settings: Settings) -> str:
         gap_s = settings.processing.session_gap_seconds
+        quantity = (
+            "CASE event_type WHEN 'add_to_cart' THEN 1 WHEN 'remove_from_cart' THEN -1 END"
+            " * COALESCE(TRY_CAST(properties['quantity'] AS BIGINT), 1)"
+        )
         return f"""
             SELECT first_ms AS window_start, last_ms + {gap_s * 1000} AS window_end,
                    session_id, user_id, device_category, last_ms - first_ms AS duration_ms,
-                   page_views, events, products_viewed, cart_adds, purchases, revenue
+                   page_views, events, products_viewed, cart_adds, purchases, revenue,
+                   COALESCE(cart_items, 0) AS cart_items, COALESCE(cart_value, 0.0) AS cart_value
             FROM (
                 SELECT session_id, MIN(ts) AS first_ms, MAX(ts) AS last_ms,
                        MAX(user_id) AS user_id, MAX(device_category) AS device_category,
@@ -44,7 +51,9 @@ class SessionTracker(BaseJob):
                            SUM(TRY_CAST(properties['revenue'] AS DOUBLE))
                                FILTER (WHERE event_type = 'purchase'),
                            0.0
-                       ) AS revenue
+                       ) AS revenue,
+                       SUM({quantity}) AS cart_items,
+                       SUM({quantity} * TRY_CAST(properties['price'] AS DOUBLE)) AS cart_value
                 FROM TABLE(SESSION(
                     TABLE {events_view} PARTITION BY session_id, DESCRIPTOR(event_time), {interval(gap_s)}
                 ))
