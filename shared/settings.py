@@ -168,6 +168,7 @@ class ProcessingSettings(ServiceAddress):
     port: int = 8070  # the supervisor's /healthz and /metrics
     window_seconds: int = 10
     session_gap_seconds: int = 1_800
+    top_pages: int = Field(default=10, ge=1, le=1_000)  # places per window of the top_pages job
     watermark_delay_ms: int = Field(default=2_000, ge=0)
     idle_timeout_ms: int = 5_000
     checkpoint_interval_ms: int = 5_000

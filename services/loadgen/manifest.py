@@ -1,7 +1,8 @@
 """The manifest of a load run and the metrics expected from it, recomputed independently of the pipeline.
 
 A manifest is JSON lines, one object per distinct event id:
-  id, type, user_id, session_id, timestamp (epoch ms sent), device_category (from the agent table),
+  id, type, user_id, session_id, timestamp (epoch ms sent), page (the URL sent, without query and fragment),
+  device_category (from the agent table),
   load_time, interaction_time, revenue (purchases, else null), cart_items and cart_value (what the event
   adds to the session's cart: quantity and price x quantity, negative for remove_from_cart, else 0),
   late (sent with an old timestamp),
@@ -16,6 +17,7 @@ Every function here is pure: entries in, plain dicts out.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -39,6 +41,7 @@ def entry_for(event: dict[str, Any], late: bool = False) -> Entry:
         "user_id": event["user"]["id"],
         "session_id": event["context"]["session_id"],
         "timestamp": event["timestamp"],
+        "page": re.split("[?#]", event["context"]["url"], maxsplit=1)[0],
         "device_category": expected_category(
             device["user_agent"], device["screen_width"], device["screen_height"]
         ),
@@ -122,6 +125,24 @@ def performance_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[
         key: {"events": len(rows), **stats(rows, "load_time"), **stats(rows, "interaction_time")}
         for key, rows in groups.items()
     }
+
+
+def top_pages(entries: Iterable[Entry], window_ms: int, places: int) -> dict[tuple[int, int], dict[str, Any]]:
+    """(window_start, place) -> page, page_views, unique_users: per window the `places` pages with the most
+    page_view events, ties in page text order."""
+    viewers: dict[tuple[int, str], list[str]] = defaultdict(list)
+    for e in accepted(entries):
+        if e["type"] == "page_view":
+            viewers[(window_start(e["timestamp"], window_ms), e["page"])].append(e["user_id"])
+    by_window: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for (window, page), users in viewers.items():
+        by_window[window].append((-len(users), page))
+    out: dict[tuple[int, int], dict[str, Any]] = {}
+    for window, ranked in by_window.items():
+        for place, (_, page) in enumerate(sorted(ranked)[:places], start=1):
+            users = viewers[(window, page)]
+            out[(window, place)] = {"page": page, "page_views": len(users), "unique_users": len(set(users))}
+    return out
 
 
 def session_metrics(entries: Iterable[Entry], gap_ms: int) -> dict[tuple[int, str], dict[str, Any]]:

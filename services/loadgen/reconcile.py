@@ -17,7 +17,14 @@ import httpx
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from services.loadgen.manifest import Entry, accepted, event_metrics, performance_metrics, session_metrics
+from services.loadgen.manifest import (
+    Entry,
+    accepted,
+    event_metrics,
+    performance_metrics,
+    session_metrics,
+    top_pages,
+)
 from shared.events import HEARTBEAT_TYPE
 from shared.metric_schema import MetricSchema
 from shared.settings import Settings
@@ -65,6 +72,7 @@ def expected_metrics(entries: list[Entry], s: Settings) -> dict[str, dict[Key, d
         "event_metrics": event_metrics(entries, window_ms),
         "performance_metrics": performance_metrics(entries, window_ms),
         "session_metrics": session_metrics(entries, s.processing.session_gap_seconds * 1000),
+        "top_pages": top_pages(entries, window_ms, s.processing.top_pages),
     }
 
 

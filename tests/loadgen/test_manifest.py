@@ -15,6 +15,7 @@ from services.loadgen.manifest import (
     record_send,
     session_metrics,
     summary,
+    top_pages,
     window_start,
     write_manifest,
 )
@@ -41,6 +42,7 @@ def entry(
         "user_id": user,
         "session_id": "s1",
         "timestamp": ts,
+        "page": "https://shop.example/",
         "device_category": device,
         "load_time": load,
         "interaction_time": interaction,
@@ -155,3 +157,17 @@ def test_cart_changes_add_and_remove_quantity_times_price():
     assert cart_change("remove_from_cart", {"price": 12.5}) == {"cart_items": -1, "cart_value": -12.5}
     assert cart_change("add_to_cart", {"quantity": 2}) == {"cart_items": 2, "cart_value": 0.0}
     assert cart_change("purchase", {"price": 5.0, "quantity": 2}) == {"cart_items": 0, "cart_value": 0.0}
+
+
+def test_top_pages_rank_by_views_then_page_and_keep_the_first_places():
+    views = [("/b", "u1"), ("/b", "u1"), ("/b", "u2"), ("/c", "u1"), ("/a", "u3"), ("/d", "u1")]
+    rows = [{**entry(f"v{i}", user=user, ts=T0 + i), "page": page} for i, (page, user) in enumerate(views)]
+    rows.append({**entry("click", type="click", ts=T0 + 50), "page": "/z"})
+    rows.append({**entry("lost", accepted=False, ts=T0 + 51), "page": "/z"})
+    rows.append({**entry("next", ts=T0 + 10_000), "page": "/z"})
+    assert top_pages(rows, 10_000, places=3) == {
+        (T0, 1): {"page": "/b", "page_views": 3, "unique_users": 2},
+        (T0, 2): {"page": "/a", "page_views": 1, "unique_users": 1},
+        (T0, 3): {"page": "/c", "page_views": 1, "unique_users": 1},
+        (T0 + 10_000, 1): {"page": "/z", "page_views": 1, "unique_users": 1},
+    }

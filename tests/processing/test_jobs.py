@@ -19,7 +19,7 @@ import pytest
 
 from infrastructure.local.stack import settings_env
 from services.loadgen.reconcile import Layers
-from services.processing.jobs.top_pages import TopPages
+from shared.settings import Settings
 from tests.conftest import REPO_ROOT
 from tests.processing.conftest import (
     IPHONE_UA,
@@ -34,6 +34,7 @@ from tests.processing.conftest import (
 pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.slow]
 
 BASE = window_base()
+PLACES = Settings().processing.top_pages
 W0, W1 = BASE, BASE + WINDOW_MS
 
 
@@ -141,7 +142,7 @@ def outputs(job_settings, supervisor):
         "event_metrics": read_metrics(job_settings, "event_metrics", lambda r: expected.keys() <= r.keys()),
         "performance_metrics": read_metrics(job_settings, "performance_metrics", lambda r: len(r) >= 3),
         "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 8),
-        "top_pages": read_metrics(job_settings, "top_pages", lambda r: (W1, TopPages.places) in r),
+        "top_pages": read_metrics(job_settings, "top_pages", lambda r: (W1, PLACES) in r),
     }
 
 
@@ -218,7 +219,7 @@ def expected_top_pages() -> dict[tuple, dict]:
     out = {}
     for window in {w for w, _ in views}:
         ranked = sorted(((-len(users), page) for (w, page), users in views.items() if w == window))
-        for place, (_, page) in enumerate(ranked[: TopPages.places], start=1):
+        for place, (_, page) in enumerate(ranked[:PLACES], start=1):
             users = views[(window, page)]
             out[(window, place)] = {"page": page, "page_views": len(users), "unique_users": len(set(users))}
     return out
@@ -232,7 +233,7 @@ def test_top_pages_rank_pages_by_views_without_query_or_fragment(outputs):
     expected = expected_top_pages()
     assert got == expected
     assert expected[(W1, 1)] == {"page": "https://shop.example/p7", "page_views": 3, "unique_users": 2}
-    assert len([key for key in expected if key[0] == W1]) == TopPages.places
+    assert len([key for key in expected if key[0] == W1]) == PLACES
 
 
 def test_a_gap_longer_than_the_session_gap_splits_the_session(outputs):

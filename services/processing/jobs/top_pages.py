@@ -1,4 +1,4 @@
-from typing import Any, ClassVar
+from typing import Any
 
 from services.processing.job import BaseJob, epoch_ms, interval
 from shared.metric_schema import Column, MetricSchema
@@ -6,17 +6,16 @@ from shared.settings import Settings
 
 
 class TopPages(BaseJob):
-    places: ClassVar[int] = 10
     schema = MetricSchema(
         name="top_pages",
         description=(
-            f"Per tumbling window, the {places} pages with the most page views (ties: page in text order). "
-            "A page is the URL without its query string and fragment."
+            "Per tumbling window, the RTAP_PROCESSING__TOP_PAGES pages with the most page views (ties: in "
+            "text order). A page is the URL without its query string and fragment."
         ),
         columns=(
             Column("window_start", "timestamp_ms", "window start, epoch ms"),
             Column("window_end", "timestamp_ms", "window end (exclusive), epoch ms"),
-            Column("place", "int64", f"1 = most viewed, up to {places}"),
+            Column("place", "int64", "1 = most viewed"),
             Column("page", "string", "URL without ? and # parts"),
             Column("page_views", "int64", "page_view events"),
             Column("unique_users", "int64", "distinct user ids among the views"),
@@ -43,5 +42,5 @@ class TopPages(BaseJob):
                     GROUP BY window_start, window_end, {page}
                 )
             )
-            WHERE place <= {self.places}
+            WHERE place <= {settings.processing.top_pages}
         """
