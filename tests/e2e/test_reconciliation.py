@@ -17,7 +17,7 @@ import pytest
 
 from services.loadgen.manifest import accepted
 from services.loadgen.reconcile import Layers, by_key, expected_metrics, poll, reconcile, time_span
-from services.processing.registry import load_schemas
+from services.processing.registry import builtin_schemas, load_schemas
 from shared.metric_schema import MetricSchema
 from shared.settings import Settings
 from tests.e2e.stack import full_stack, reconciled_env, rtap_load
@@ -85,7 +85,7 @@ def assert_reconciled(job: str, workload: list, layer: str, layers: Layers) -> N
     )
 
 
-JOBS = ("event_metrics", "performance_metrics", "session_metrics")
+JOBS = tuple(builtin_schemas())  # every built-in job, so a new one must be recomputed in the manifest
 
 
 def test_raw_topic_holds_every_accepted_id(layers, workload):
