@@ -12,6 +12,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -169,7 +170,7 @@ def register(app: typer.Typer) -> None:
             try:
                 topic = replay_raw(settings, bounds, read_key)
             except ExportError as exc:
-                console.print(f"[red]cannot read the range from the raw table[/red]: {exc}")
+                console.print(f"[red]cannot read the range from the raw table[/red]: {escape(str(exc))}")
                 console.print(f"({extent.describe()}; the range reads from {iso(bounds.read_from_ms)})")
                 raise typer.Exit(1) from None
             try:
