@@ -54,8 +54,7 @@ def export_query(settings: Settings, event: EventSchema = EVENT) -> str:
         f"SELECT {', '.join(_selected(f) for f in event.fields)} FROM {table} FINAL "
         f"WHERE {time_column} >= fromUnixTimestamp64Milli({{start:Int64}}) "
         f"AND {time_column} < fromUnixTimestamp64Milli({{end:Int64}}) "
-        f"ORDER BY {time_column}, `{event.at(ID_PATH).column}` "
-        "SETTINGS output_format_json_quote_64bit_integers = 0, output_format_json_validate_utf8 = 1"
+        f"ORDER BY {time_column}, `{event.at(ID_PATH).column}`"
     )
 
 
@@ -155,7 +154,8 @@ class Exporter:
 
 def export_limits(settings: Settings) -> dict[str, Any]:
     """The reader's limits without a result cap (a range may hold millions of events), with the export's own
-    time limit, and sorting beyond half the memory limit on disk."""
+    time limit, sorting beyond half the memory limit on disk; set per connection (readonly=1 refuses a
+    query's own SETTINGS)."""
     s = settings.storage
     return {
         **reader_limits(settings),
@@ -164,6 +164,7 @@ def export_limits(settings: Settings) -> dict[str, Any]:
         "max_rows_to_read": 0,
         "max_execution_time": s.export_max_seconds,
         "max_bytes_before_external_sort": s.sql_max_memory_bytes // 2,
+        "output_format_json_quote_64bit_integers": 0,  # epoch ms as JSON numbers, as on the wire
     }
 
 

@@ -209,7 +209,8 @@ def test_raw_backfill_of_a_range_kafka_no_longer_holds_gives_the_original_window
 
     from_raw = metric_prefix_settings(job_settings)
     result = backfill(from_raw, storage)  # --source auto
-    assert "reading from raw" in result.stdout and f"exported {len(EVENTS)} events" in result.stdout
+    out = " ".join(result.stdout.split())
+    assert "reading from raw" in out and f"exported {len(EVENTS)} events" in out, out
     raw_windows = windows_of(from_raw, original)
     assert_same_windows(raw_windows, original)
     assert_same_windows(raw_windows, kafka_windows)
