@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 
 from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
 from shared.topics import Topic
 
@@ -29,5 +29,17 @@ def ensure_topics(bootstrap: str, topics: list[Topic], replication_factor: int =
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(new, timeout_ms=15_000)
         return [t.name for t in new]
+    finally:
+        admin.close()
+
+
+def delete_topics(bootstrap: str, names: list[str]) -> None:
+    """Delete the named topics; one already gone is no error."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rtap-admin", request_timeout_ms=15_000)
+    try:
+        present = [name for name in names if name in set(admin.list_topics())]
+        if present:
+            with contextlib.suppress(UnknownTopicOrPartitionError):
+                admin.delete_topics(present, timeout_ms=15_000)
     finally:
         admin.close()

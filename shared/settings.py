@@ -202,6 +202,14 @@ class StorageSettings(ServiceAddress):
     sql_max_result_bytes: int = 64 * 1024 * 1024
     sql_max_rows_to_read: int = 100_000_000
     sql_max_concurrent: int = 2  # read-only connections per query route; a query finding none free gets 503
+    # GET /v1/events/export (backfill from the raw table): exports at once (one more gets 503), and the time
+    # one export may take (ClickHouse's max_execution_time)
+    export_max_concurrent: int = Field(default=1, ge=1)
+    export_max_seconds: int = Field(default=3_600, ge=1)
+    # `rtap up` waits for a starting storage process while its log grows (it re-sorts the raw table before it
+    # serves, docs/operations.md "Re-sorting a table"): until the log stalls this long, or this long in all
+    start_stall_seconds: float = Field(default=120.0, gt=0)
+    start_max_seconds: float = Field(default=6 * 3600.0, gt=0)
 
     @model_validator(mode="after")
     def metric_reads_fit_the_reader_limits(self) -> StorageSettings:

@@ -85,12 +85,18 @@ class Component:
         self.prepare()
         proc = self.process
         proc.start()
-        ok = wait_until(lambda: proc.pid() is not None and self.healthy()[0], self.start_timeout, 0.3)
+        ok = self.wait_started(proc)
         if not ok:
             died = proc.exited_early()
             proc.stop(timeout=5)
-            reason = f"exited: {died}" if died else f"not healthy after {self.start_timeout:.0f}s"
+            reason = f"exited: {died}" if died else f"not healthy: {self.start_limit()}"
             raise RuntimeSetupError(f"{self.name} failed to start ({reason}); log: {proc.log_file}")
+
+    def wait_started(self, proc: ManagedProcess) -> bool:
+        return wait_until(lambda: proc.pid() is not None and self.healthy()[0], self.start_timeout, 0.3)
+
+    def start_limit(self) -> str:
+        return f"not within {self.start_timeout:.0f}s"
 
     def stop(self) -> bool:
         return ManagedProcess(self.name, [], self.state / "run", self.state / "logs").stop()

@@ -163,3 +163,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return predicate()
+
+
+def wait_while_progressing(
+    predicate: Callable[[], bool], progress: Callable[[], object], stall: float, limit: float
+) -> bool:
+    """wait_until(predicate), giving up only once progress() has returned the same value for `stall` seconds,
+    or after `limit` seconds in all."""
+    start = time.monotonic()
+    last, changed = progress(), start
+    while time.monotonic() - start < limit:
+        if predicate():
+            return True
+        now_seen = progress()
+        if now_seen != last:
+            last, changed = now_seen, time.monotonic()
+        elif time.monotonic() - changed >= stall:
+            return predicate()
+        time.sleep(0.3)
+    return predicate()

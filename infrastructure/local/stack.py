@@ -21,7 +21,7 @@ from infrastructure.local.components import (
     _http_ok,
 )
 from infrastructure.local.errors import RuntimeSetupError
-from infrastructure.local.process import check_ports_free
+from infrastructure.local.process import ManagedProcess, check_ports_free, wait_while_progressing
 from shared.settings import Settings
 
 STATE_MARKER = ".rtap-state"
@@ -79,6 +79,29 @@ class Service(Component):
         if not self.port:
             return self.pid() is not None, ""
         return _http_ok(f"{self.url()}{self.health_path}")
+
+    def wait_started(self, proc: ManagedProcess) -> bool:
+        """A service that may work a long time before it serves (storage re-sorting its raw table at start)
+        has start_stall_seconds: it is waited for as long as its log keeps growing (it logs each partition it
+        copies), up to start_max_seconds."""
+        stall = getattr(self.section, "start_stall_seconds", None)
+        if stall is None:
+            return super().wait_started(proc)
+        return wait_while_progressing(
+            lambda: proc.pid() is not None and self.healthy()[0],
+            lambda: proc.log_file.stat().st_size if proc.log_file.exists() else 0,
+            stall,
+            self.section.start_max_seconds,
+        )
+
+    def start_limit(self) -> str:
+        stall = getattr(self.section, "start_stall_seconds", None)
+        if stall is None:
+            return super().start_limit()
+        return (
+            f"its log did not grow for {stall:.0f}s ({self.name}.start_stall_seconds), "
+            f"or {self.section.start_max_seconds:.0f}s passed ({self.name}.start_max_seconds)"
+        )
 
 
 class Stack:

@@ -41,6 +41,9 @@ class Bounds:
     read_from_ms: int
     read_to_ms: int
     lookaround_ms: int  # events read beyond the range so sessions touching its edges are seen whole
+    # a topic holding exactly the range's events (exported from the raw table), read whole instead of the
+    # events topic's record-time range
+    events_topic: str | None = None
 
 
 def quote(name: str) -> str:
@@ -104,6 +107,12 @@ class JobCoordinator:
             )
         return f"{self.settings.processing.job_name}: {names}"
 
+    @property
+    def source_topic(self) -> str:
+        if self.bounds and self.bounds.events_topic:
+            return self.bounds.events_topic
+        return topics(self.settings).events.name
+
     def sink_topic(self, schema: MetricSchema) -> str:
         return topics(self.settings).metric(schema).name
 
@@ -111,7 +120,7 @@ class JobCoordinator:
         p = self.settings.processing
         options = {
             "connector": "kafka",
-            "topic": topics(self.settings).events.name,
+            "topic": self.source_topic,
             "properties.bootstrap.servers": self.settings.kafka.bootstrap,
             "properties.group.id": p.consumer_group,
             "format": "json",
@@ -145,8 +154,11 @@ class JobCoordinator:
     def _startup_options(self) -> dict[str, str]:
         if self.bounds is None:
             return {"scan.startup.mode": "group-offsets", "properties.auto.offset.reset": "earliest"}
+        group = {"properties.group.id": f"{self.settings.processing.consumer_group}-backfill"}
+        if self.bounds.events_topic:
+            return {**group, "scan.startup.mode": "earliest-offset", "scan.bounded.mode": "latest-offset"}
         return {
-            "properties.group.id": f"{self.settings.processing.consumer_group}-backfill",
+            **group,
             "scan.startup.mode": "timestamp",
             "scan.startup.timestamp-millis": str(self.bounds.read_from_ms),
             "scan.bounded.mode": "timestamp",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--to", dest="end_ms", type=int, help="backfill: event-time range end (exclusive), epoch ms"
     )
+    parser.add_argument(
+        "--events-topic", help="backfill: read this topic whole instead of the events topic's range"
+    )
     return parser.parse_args(argv)
 
 
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.start_ms is not None and args.end_ms is not None:
         from services.processing.backfill import bounds_for
 
-        bounds = bounds_for(settings, args.start_ms, args.end_ms)
+        bounds = replace(bounds_for(settings, args.start_ms, args.end_ms), events_topic=args.events_topic)
     job_id = submit(settings, args.savepoint, bounds)
     print(json.dumps({"job_id": job_id}), flush=True)
 

@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 from services.processing.registry import load_schemas
 from services.storage.backends import Backend, open_backend, open_reader
 from services.storage.consumer import storage_consumer
+from services.storage.export import add_export_route
 from services.storage.query import QueryError, bind_params, check_text, metric_query, parse_time
 from services.storage.sandbox import SandboxError, Tables, canonical_statement
 from services.storage.tables import all_tables, migrate
@@ -187,6 +188,7 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
     app.state.storage = storage
     add_health_routes(app, storage)
     add_query_routes(app, storage, read_key_guard(settings.storage.read_keys))
+    add_export_route(app, settings, read_key_guard(settings.storage.read_keys))
     app.openapi = lambda: openapi_with_sql_request(app)  # type: ignore[method-assign]
     return app
 
