@@ -201,6 +201,10 @@ class StorageSettings(ServiceAddress):
     sql_max_result_bytes: int = 64 * 1024 * 1024
     sql_max_rows_to_read: int = 100_000_000
     sql_max_concurrent: int = 2  # read-only connections per query route; a query finding none free gets 503
+    analytics_max_days: int = Field(
+        default=31, ge=1
+    )  # the longest range (and funnel window) of /v1/analytics
+    funnel_max_steps: int = Field(default=10, ge=2, le=32)  # ClickHouse's windowFunnel takes at most 32
 
     @model_validator(mode="after")
     def metric_reads_fit_the_reader_limits(self) -> StorageSettings:

@@ -26,7 +26,7 @@ change with a duplicate row, so they read without it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from services.storage.tables import qualified, quoted
 from shared.events import EVENT, EVENT_TIME_PATH, HEARTBEAT_TYPE, TYPE_PATH, USER_PATH
@@ -43,11 +43,14 @@ Period = Literal["day", "week"]
 PERIOD_DAYS = {"day": 1, "week": 7}
 
 # Funnel breakdowns: name -> expression over one raw row. "none" puts every user in one group.
-BREAKDOWNS = {
+Breakdown = Literal["none", "referrer_host", "page"]
+BREAKDOWNS: dict[Breakdown, str] = {
     "none": "''",
     "referrer_host": f"domainWithoutWWW(ifNull({REFERRER}, ''))",
     "page": f"cutQueryStringAndFragment({URL})",
 }
+if set(BREAKDOWNS) != set(get_args(Breakdown)):
+    raise TypeError("BREAKDOWNS must have an expression for each Breakdown")
 # The enrichment columns the sources query reads (added to the raw table by the enrichment of issue #16).
 SOURCE_COLUMNS = ("utm_source", "utm_medium", "utm_campaign", "referrer_host", "referrer_class")
 
@@ -70,7 +73,7 @@ IN_RANGE = (
 
 
 def funnel_query(
-    table: str, database: str, steps: list[str], window_ms: int, span: TimeRange, breakdown: str
+    table: str, database: str, steps: list[str], window_ms: int, span: TimeRange, breakdown: Breakdown
 ) -> tuple[str, dict[str, Any]]:
     """Rows (breakdown, level, users): how many users got exactly `level` steps deep (level >= 1)."""
     names = [f"step_{i}" for i in range(len(steps))]
@@ -89,8 +92,9 @@ def funnel_query(
 
 
 def funnel_steps(steps: list[str], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per breakdown value and step: the users who reached at least that step, and the share of step 1's."""
-    depth: dict[str, dict[int, int]] = {}
+    """Per breakdown value and step: the users who reached at least that step, and the share of step 1's.
+    With no user at all, one group "" of zeros."""
+    depth: dict[str, dict[int, int]] = {} if rows else {"": {}}
     for row in rows:
         depth.setdefault(row["breakdown"], {})[int(row["level"])] = int(row["users"])
     out: list[dict[str, Any]] = []

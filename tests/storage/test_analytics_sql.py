@@ -1,8 +1,8 @@
-"""The analytics queries (services/storage/analytics.py) on real chDB, against an independent recomputation in
-Python: loadgen traffic over three weeks, stored as storage stores it (process_event rows, some events twice in
-separate inserts, as retries land), its manifest written and read back; funnel and retention answers must equal
-what the manifest says, top pages what the generated events say, and the sources query is checked on a table
-that has the enrichment columns (added here: see test_sources_by_utm_referrer_and_direct).
+"""The analytics queries (services/storage/analytics.py) on real chDB, against an independent recomputation
+in Python: loadgen traffic over three weeks, stored as storage stores it (process_event rows, some events
+twice in separate inserts, as retries land), its manifest written and read back; funnel and retention answers
+must equal what the manifest says, top pages what the generated events say, and the sources query is
+checked on a table that has the enrichment columns (added here: see test_sources_by_utm_referrer_and_direct).
 
 chDB runs in this test process (its own state directory).
 """
