@@ -320,3 +320,33 @@ def test_sources_by_utm_referrer_and_direct(chdb):
         ("bing.com", "cpc", None, "search", 1, 1, 1),
         ("bing.com", "search", None, "search", 1, 1, 1),
     ]
+
+
+def rows_read(backend: ChdbBackend, sql: str, params: dict[str, Any]) -> int:
+    """Rows ClickHouse read for the query (the statistics of its JSON output format)."""
+    result = backend.session.query(sql, "JSON", params=params)
+    return int(orjson.loads(result.bytes())["statistics"]["rows_read"])
+
+
+def test_a_funnel_over_one_day_reads_a_small_fraction_of_the_raw_table(chdb):
+    """300,000 events of 5 types over 10 days: a two-step funnel over one day reads the two types' rows of
+    that day (about 2/50 of the table, in whole granules), not the table."""
+    assert isinstance(chdb, ChdbBackend)
+    db = fresh_table(chdb, "funnel_reads")
+    total, days = 300_000, 10
+    chdb.command(
+        f"INSERT INTO `{db}`.`{TABLE}` (event_id, event_type, user_id, session_id, url, user_agent, "
+        "screen_width, screen_height, properties, timestamp, received_at, _version) "
+        "SELECT toString(number), ['page_view', 'click', 'product_view', 'add_to_cart', 'purchase'][number % 5 + 1], "
+        "concat('u', toString(number % 3000)), concat('s', toString(number % 9000)), 'https://shop.example/', "
+        "'Mozilla/5.0', 1920, 1080, map(), "
+        f"fromUnixTimestamp64Milli(toInt64({START_MS} + intDiv(number * {days * DAY_MS}, {total}))) AS ts, ts, "
+        f"number FROM numbers({total})"
+    )
+    one_day = TimeRange(START_MS + 4 * DAY_MS, START_MS + 5 * DAY_MS)
+    sql, params = funnel_query(TABLE, db, ["page_view", "purchase"], 3_600_000, one_day, "none")
+    read = rows_read(chdb, sql, params)
+    assert 2 * total / 50 <= read < total / 10, read
+    every_day = TimeRange(START_MS, START_MS + days * DAY_MS)
+    sql, params = funnel_query(TABLE, db, ["page_view", "purchase"], 3_600_000, every_day, "none")
+    assert 2 * total / 5 <= rows_read(chdb, sql, params) < total  # still by type, in whole granules
