@@ -337,10 +337,12 @@ def test_a_funnel_over_one_day_reads_a_small_fraction_of_the_raw_table(chdb):
     chdb.command(
         f"INSERT INTO `{db}`.`{TABLE}` (event_id, event_type, user_id, session_id, url, user_agent, "
         "screen_width, screen_height, properties, timestamp, received_at, _version) "
-        "SELECT toString(number), ['page_view', 'click', 'product_view', 'add_to_cart', 'purchase'][number % 5 + 1], "
-        "concat('u', toString(number % 3000)), concat('s', toString(number % 9000)), 'https://shop.example/', "
-        "'Mozilla/5.0', 1920, 1080, map(), "
-        f"fromUnixTimestamp64Milli(toInt64({START_MS} + intDiv(number * {days * DAY_MS}, {total}))) AS ts, ts, "
+        "SELECT toString(number), "
+        "['page_view', 'click', 'product_view', 'add_to_cart', 'purchase'][number % 5 + 1], "
+        "concat('u', toString(number % 3000)), concat('s', toString(number % 9000)), "
+        "'https://shop.example/', 'Mozilla/5.0', 1920, 1080, map(), "
+        f"fromUnixTimestamp64Milli(toInt64({START_MS} + intDiv(number * {days * DAY_MS}, {total}))) AS ts, "
+        "ts, "
         f"number FROM numbers({total})"
     )
     one_day = TimeRange(START_MS + 4 * DAY_MS, START_MS + 5 * DAY_MS)
