@@ -19,8 +19,9 @@ What the answers mean (docs/api.md repeats it for clients):
 - Top pages: page_view events per URL without its query string and fragment (scheme, host and path kept).
 - Sources: every event by source = utm_source, else the referrer's host, else "(direct)"; medium =
   utm_medium, else the referrer class; campaign = utm_campaign; with distinct sessions and users.
-Counts of events read the table FINAL (a retried event is one row); funnel and retention levels do not
-change with a duplicate row, so they read without it.
+Until ClickHouse merges them, a retried event may be two rows: events and views count distinct event ids,
+and funnel levels, first-seen times and active days do not change with a duplicate. No query reads FINAL,
+which reads (and merges) far more rows than the range's (docs/benchmarks.md, "Analytics queries").
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from services.storage.tables import qualified, quoted
-from shared.events import EVENT, EVENT_TIME_PATH, HEARTBEAT_TYPE, TYPE_PATH, USER_PATH
+from shared.events import EVENT, EVENT_TIME_PATH, HEARTBEAT_TYPE, ID_PATH, TYPE_PATH, USER_PATH
 
+EVENT_ID = quoted(EVENT.at(ID_PATH).column)
 TYPE = quoted(EVENT.at(TYPE_PATH).column)
 USER = quoted(EVENT.at(USER_PATH).column)
 TIME = quoted(EVENT.at(EVENT_TIME_PATH).column)
@@ -122,30 +124,29 @@ def period_start(period: Period, time: str) -> str:
 def retention_query(
     table: str, database: str, period: Period, span: TimeRange, returning_event: str | None
 ) -> tuple[str, dict[str, Any]]:
-    """Rows (cohort, offset, users); cohort is the period's first day ('YYYY-MM-DD')."""
-    source = qualified(database, table)
-    first_seen = (
-        f"SELECT {USER}, min({TIME}) AS first_seen FROM {source} "
-        f"WHERE {TIME} < fromUnixTimestamp64Milli({{to_ms:Int64}}, 'UTC') GROUP BY {USER}"
+    """Rows (cohort, offset, users); cohort is the period's first day ('YYYY-MM-DD').
+
+    One pass over the table before `to`: per user, the first event time and the days of returning events in
+    the range; offsets come from those days, each counted once per user, offset 0 for every cohort member."""
+    returning = f" AND {TYPE} = {{returning_event:String}}" if returning_event is not None else ""
+    active_days = (
+        f"groupUniqArrayIf(toDate({TIME}), {TIME} >= fromUnixTimestamp64Milli({{from_ms:Int64}}, 'UTC')"
+        f"{returning})"
     )
-    cohorts = (
-        f"SELECT {USER}, {period_start(period, 'first_seen')} AS cohort FROM ({first_seen}) "
-        "WHERE first_seen >= fromUnixTimestamp64Milli({from_ms:Int64}, 'UTC')"
+    offsets = (
+        "arrayDistinct(arrayConcat([0], arrayFilter(o -> o >= 1, arrayMap(d -> "
+        f"intDiv(dateDiff('day', cohort_day, d), {PERIOD_DAYS[period]}), {active_days}))))"
     )
-    returning = f"AND e.{TYPE} = {{returning_event:String}}" if returning_event is not None else ""
-    offset = f"intDiv(dateDiff('day', c.cohort, toDate(e.{TIME})), {PERIOD_DAYS[period]})"
-    returns = (
-        f"SELECT e.{USER} AS user, c.cohort AS cohort, {offset} AS offset "
-        f"FROM {source} AS e INNER JOIN cohorts AS c ON e.{USER} = c.{USER} "
-        f"WHERE e.{TIME} >= fromUnixTimestamp64Milli({{from_ms:Int64}}, 'UTC') "
-        f"AND e.{TIME} < fromUnixTimestamp64Milli({{to_ms:Int64}}, 'UTC') {returning}"
+    per_user = (
+        f"SELECT {period_start(period, f'min({TIME})')} AS cohort_day, {offsets} AS offsets "
+        f"FROM {qualified(database, table)} "
+        f"WHERE {TIME} < fromUnixTimestamp64Milli({{to_ms:Int64}}, 'UTC') GROUP BY {USER} "
+        f"HAVING min({TIME}) >= fromUnixTimestamp64Milli({{from_ms:Int64}}, 'UTC')"
     )
     sql = (
-        f"WITH cohorts AS ({cohorts}) "
-        "SELECT toString(cohort) AS cohort, toInt64(offset) AS offset, toInt64(uniqExact(user)) AS users "
-        f"FROM (SELECT {USER} AS user, cohort, 0 AS offset FROM cohorts "
-        f"UNION ALL SELECT user, cohort, offset FROM ({returns}) WHERE offset >= 1) "
-        "GROUP BY cohort, offset ORDER BY cohort, offset"
+        "SELECT toString(cohort_day) AS cohort, toInt64(offset) AS offset, toInt64(count()) AS users "
+        f"FROM ({per_user}) ARRAY JOIN offsets AS offset GROUP BY cohort_day, offset "
+        "ORDER BY cohort_day, offset"
     )
     params = span.params()
     if returning_event is not None:
@@ -172,8 +173,8 @@ def retention_cohorts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def top_pages_query(table: str, database: str, span: TimeRange, limit: int) -> tuple[str, dict[str, Any]]:
     """Rows (page, views, users), most viewed first (ties by page)."""
     sql = (
-        f"SELECT cutQueryStringAndFragment({URL}) AS page, toInt64(count()) AS views, "
-        f"toInt64(uniqExact({USER})) AS users FROM {qualified(database, table)} FINAL "
+        f"SELECT cutQueryStringAndFragment({URL}) AS page, toInt64(uniqExact({EVENT_ID})) AS views, "
+        f"toInt64(uniqExact({USER})) AS users FROM {qualified(database, table)} "
         f"WHERE {TYPE} = {{page_view:String}} AND {IN_RANGE} "
         "GROUP BY page ORDER BY views DESC, page LIMIT {limit:UInt32}"
     )
@@ -188,9 +189,9 @@ def sources_query(table: str, database: str, span: TimeRange, limit: int) -> tup
     sql = (
         f"SELECT coalesce({utm_source}, {referrer_host}, '(direct)') AS source, "
         f"coalesce({utm_medium}, {referrer_class}) AS medium, {utm_campaign} AS campaign, "
-        f"{referrer_class} AS referrer_class, toInt64(count()) AS events, "
+        f"{referrer_class} AS referrer_class, toInt64(uniqExact({EVENT_ID})) AS events, "
         f"toInt64(uniqExact({SESSION})) AS sessions, toInt64(uniqExact({USER})) AS users "
-        f"FROM {qualified(database, table)} FINAL WHERE {IN_RANGE} AND {TYPE} != {{heartbeat:String}} "
+        f"FROM {qualified(database, table)} WHERE {IN_RANGE} AND {TYPE} != {{heartbeat:String}} "
         "GROUP BY source, medium, campaign, referrer_class "
         "ORDER BY events DESC, source, medium, campaign, referrer_class LIMIT {limit:UInt32}"
     )
