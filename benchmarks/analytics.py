@@ -8,7 +8,8 @@ benchmarks/raw_table.py fills it (--types named types interleaved over --days da
 users),
 plus the enrichment columns of the traffic-sources query (added to this temporary table only when the
 declared table does not have them yet). Each query runs --repeat times: median wall time; rows read from the
-statistics of ClickHouse's JSON output.
+statistics of ClickHouse's JSON output. The last two rows are the events-counting queries as first written
+(FINAL, count()), for comparison.
 """
 
 from __future__ import annotations
@@ -63,7 +64,18 @@ def queries(table: str) -> dict[str, tuple[str, dict[str, Any]]]:
         "retention by day, 7 days": retention_query(table, DB, "day", week, None),
         "top pages, 1 day": top_pages_query(table, DB, day, 10),
         "sources, 1 day": sources_query(table, DB, day, 100),
+        "top pages, 1 day, FINAL": read_final(top_pages_query(table, DB, day, 10), table),
+        "sources, 1 day, FINAL": read_final(sources_query(table, DB, day, 100), table),
     }
+
+
+def read_final(query: tuple[str, dict[str, Any]], table: str) -> tuple[str, dict[str, Any]]:
+    """The query as first written: the table read FINAL, events counted with count()."""
+    sql, params = query
+    source = f"`{DB}`.`{table}`"
+    if source not in sql or "uniqExact(`event_id`)" not in sql:
+        raise SystemExit("the query no longer reads the table or counts event ids as this comparison expects")
+    return sql.replace(source, f"{source} FINAL").replace("uniqExact(`event_id`)", "count()"), params
 
 
 def measure(backend: ChdbBackend, sql: str, params: dict[str, Any], repeat: int) -> tuple[int, float]:
