@@ -60,7 +60,7 @@ def _error_message(response: httpx.Response) -> str:
 def call_storage(method: str, path: str, url: str | None, key: str | None, **request: Any) -> Any:
     """The storage API's JSON answer; an error is printed and exits 2 (a refusal, 4xx) or 1 (all else)."""
     settings = Settings()
-    base = url or f"http://{settings.storage.host}:{settings.storage.port}"
+    base = url or settings.storage.url
     key = key or (settings.storage.read_keys[0] if settings.storage.read_keys else None)
     headers = {"X-Read-Key": key} if key else {}
     try:
