@@ -210,6 +210,10 @@ class StorageSettings(ServiceAddress):
     # serves, docs/operations.md "Re-sorting a table"): until the log stalls this long, or this long in all
     start_stall_seconds: float = Field(default=120.0, gt=0)
     start_max_seconds: float = Field(default=6 * 3600.0, gt=0)
+    analytics_max_days: int = Field(
+        default=31, ge=1
+    )  # the longest range (and funnel window) of /v1/analytics
+    funnel_max_steps: int = Field(default=10, ge=2, le=32)  # ClickHouse's windowFunnel takes at most 32
 
     @model_validator(mode="after")
     def metric_reads_fit_the_reader_limits(self) -> StorageSettings:

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
+from services.cache.analytics_proxy import add_analytics_proxy
 from services.cache.consumer import cache_consumer
 from services.cache.layout import JobLayout, layouts, sessions_job
 from services.cache.store import CacheStore
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
     add_job_routes(app, cache, guarded)
     add_session_routes(app, cache, guarded)
     add_page_routes(app, cache, guarded)
+    add_analytics_proxy(app, settings, guarded)
     return app
 
 

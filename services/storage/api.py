@@ -11,6 +11,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from enum import Enum
 from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
@@ -22,6 +23,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import ClientDisconnect
 
 from services.processing.registry import load_schemas
+from services.storage.analytics import (
+    SOURCE_COLUMNS,
+    Breakdown,
+    Period,
+    TimeRange,
+    funnel_query,
+    funnel_steps,
+    retention_cohorts,
+    retention_query,
+    sources_query,
+    top_pages_query,
+)
 from services.storage.backends import Backend, open_backend, open_reader
 from services.storage.consumer import storage_consumer
 from services.storage.export import add_export_route
@@ -39,7 +52,12 @@ from shared.settings import Settings
 log = get_logger("storage.api")
 T = TypeVar("T")
 RESERVED = {"from", "to", "limit"}
-DESCRIPTION = "Historical metrics from ClickHouse: per-job time ranges and read-only SQL."
+DESCRIPTION = (
+    "Historical metrics from ClickHouse: per-job time ranges, read-only SQL, and analytics over the raw "
+    "events (funnels, retention, top pages, traffic sources)."
+)
+DAY_MS = 86_400_000
+EVENT_TYPE_MAX = 128  # shared.events.EventType
 
 
 class SqlRequest(BaseModel):
@@ -127,7 +145,14 @@ class Storage:
         self.backend: Backend = open_backend(settings)
         tables = all_tables(settings, self.schemas)
         migrate(self.backend, settings.clickhouse.database, tables)
-        self.readers = {route: ReaderPool(settings) for route in ("sql", "windows")}
+        self.readers = {route: ReaderPool(settings) for route in ("sql", "windows", "analytics")}
+        self.raw_columns = frozenset(
+            r["name"]
+            for r in self.backend.query(
+                "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+                {"db": settings.clickhouse.database, "t": settings.storage.events_table},
+            )
+        )
         self.tables = sandbox_tables(
             self.backend, settings.clickhouse.database, frozenset(t.name for t in tables)
         )
@@ -189,6 +214,7 @@ def create_app(settings: Settings | None = None, run_consumer: bool = True) -> F
     add_health_routes(app, storage)
     add_query_routes(app, storage, read_key_guard(settings.storage.read_keys))
     add_export_route(app, settings, read_key_guard(settings.storage.read_keys))
+    add_analytics_routes(app, storage, read_key_guard(settings.storage.read_keys))
     app.openapi = lambda: openapi_with_sql_request(app)  # type: ignore[method-assign]
     return app
 
@@ -302,6 +328,191 @@ def add_query_routes(app: FastAPI, storage: Storage, guarded: list[Any]) -> None
         return json_rows(
             {"columns": list(rows[0].keys()) if rows else [], "rows": rows, "row_count": len(rows)}
         )
+
+
+class FunnelStep(BaseModel):
+    breakdown: str = Field(description='the breakdown value ("" for breakdown=none)')
+    step: int = Field(description="1-based")
+    event_type: str
+    users: int = Field(description="users who reached at least this step")
+    conversion: float = Field(description="users / users of step 1 in the same breakdown value")
+
+
+class FunnelResult(BaseModel):
+    steps: list[str]
+    window_seconds: int
+    breakdown: str
+    rows: list[FunnelStep]
+
+
+class Cohort(BaseModel):
+    cohort: str = Field(description="first day of the cohort's period, YYYY-MM-DD (UTC)")
+    users: int = Field(description="users first seen in the period")
+    returning: list[int] = Field(description="per following period 1, 2, ...: cohort users active then")
+
+
+class RetentionResult(BaseModel):
+    period: str
+    returning_event: str | None
+    cohorts: list[Cohort]
+
+
+class AnalyticsRows(BaseModel):
+    rows: list[dict[str, Any]]
+    row_count: int
+
+
+FromParam = Annotated[str, Query(alias="from", description="event time, epoch ms or ISO-8601, inclusive")]
+ToParam = Annotated[str, Query(description="event time, epoch ms or ISO-8601, exclusive")]
+
+
+def add_analytics_routes(app: FastAPI, storage: Storage, guarded: list[Any]) -> None:
+    s = storage.settings.storage
+    table, database = s.events_table, storage.settings.clickhouse.database
+    tags: list[str | Enum] = ["analytics"]
+    errors = error_responses(401, 503)  # FastAPI documents its 422 itself
+
+    @app.get(
+        "/v1/analytics/funnel",
+        tags=tags,
+        dependencies=guarded,
+        response_model=FunnelResult,
+        responses=errors,
+        summary="Users reaching each of 2..N ordered steps (event types) within a conversion window",
+    )
+    def funnel(
+        from_: FromParam,
+        to: ToParam,
+        step: Annotated[
+            list[str], Query(description="event types in order, 2..storage.funnel_max_steps (default 10)")
+        ],
+        window: Annotated[
+            int, Query(description="conversion window in seconds, 1..storage.analytics_max_days days")
+        ] = 86_400,
+        breakdown: Annotated[
+            Breakdown,
+            Query(description="group users by this value on their earliest step event in the range"),
+        ] = "none",
+    ) -> Response:
+        span = time_range(from_, to, s.analytics_max_days)
+        steps = funnel_step_types(step, s.funnel_max_steps)
+        if not 1 <= window <= s.analytics_max_days * 86_400:
+            msg = f"window must be 1..{s.analytics_max_days * 86_400} seconds (storage.analytics_max_days)"
+            raise param_error(422, "query", "window", msg)
+        sql, params = funnel_query(table, database, steps, window * 1000, span, breakdown)
+        rows = analytics_read(storage, sql, params)
+        body = {"steps": steps, "window_seconds": window, "breakdown": breakdown}
+        return json_rows({**body, "rows": funnel_steps(steps, rows)})
+
+    @app.get(
+        "/v1/analytics/retention",
+        tags=tags,
+        dependencies=guarded,
+        response_model=RetentionResult,
+        responses=errors,
+        summary="Cohorts by the day or week users were first seen; how many came back in each period after",
+    )
+    def retention(
+        from_: FromParam,
+        to: ToParam,
+        period: Annotated[
+            Period, Query(description="cohort and return period (weeks start on Monday, UTC)")
+        ] = "day",
+        event: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=EVENT_TYPE_MAX,
+                description="count a return only for this event type (default: any event)",
+            ),
+        ] = None,
+    ) -> Response:
+        span = time_range(from_, to, s.analytics_max_days)
+        sql, params = retention_query(table, database, period, span, event)
+        cohorts = retention_cohorts(analytics_read(storage, sql, params))
+        return json_rows({"period": period, "returning_event": event, "cohorts": cohorts})
+
+    @app.get(
+        "/v1/analytics/top-pages",
+        tags=tags,
+        dependencies=guarded,
+        response_model=AnalyticsRows,
+        responses=errors,
+        summary="The most viewed pages (page_view events; URL without query string) with unique users",
+    )
+    def top_pages(
+        from_: FromParam,
+        to: ToParam,
+        limit: Annotated[int, Query(description="1..storage.max_limit")] = 10,
+    ) -> Response:
+        span = time_range(from_, to, s.analytics_max_days)
+        check_limit(limit, s.max_limit)
+        rows = analytics_read(storage, *top_pages_query(table, database, span, limit))
+        return json_rows({"rows": rows, "row_count": len(rows)})
+
+    @app.get(
+        "/v1/analytics/sources",
+        tags=tags,
+        dependencies=guarded,
+        response_model=AnalyticsRows,
+        responses=errors,
+        summary="Events, sessions and users by source, medium, campaign and referrer class",
+    )
+    def sources(
+        from_: FromParam,
+        to: ToParam,
+        limit: Annotated[int, Query(description="1..storage.max_limit")] = 100,
+    ) -> Response:
+        span = time_range(from_, to, s.analytics_max_days)
+        check_limit(limit, s.max_limit)
+        missing = [c for c in SOURCE_COLUMNS if c not in storage.raw_columns]
+        if missing:
+            msg = f"the raw events table has no enrichment columns {missing} yet; traffic sources need them"
+            raise unavailable("clickhouse", msg, 60, "not_enriched")
+        rows = analytics_read(storage, *sources_query(table, database, span, limit))
+        return json_rows({"rows": rows, "row_count": len(rows)})
+
+
+def time_range(from_: str, to: str, max_days: int) -> TimeRange:
+    """[from, to) from the query; 422 naming the parameter when unreadable, empty or longer than max_days."""
+    try:
+        span = TimeRange(parse_time("from", from_), parse_time("to", to))
+    except QueryError as exc:
+        raise param_error(422, exc.where, exc.name, exc.msg) from None
+    if span.end_ms <= span.start_ms:
+        raise param_error(422, "query", "to", "'to' must be after 'from'")
+    if span.end_ms - span.start_ms > max_days * DAY_MS:
+        msg = f"the range is longer than {max_days} days (storage.analytics_max_days)"
+        raise param_error(422, "query", "to", msg)
+    return span
+
+
+def check_limit(limit: int, max_limit: int) -> None:
+    if not 1 <= limit <= max_limit:
+        raise param_error(422, "query", "limit", f"limit must be 1..{max_limit} (storage.max_limit)")
+
+
+def funnel_step_types(steps: list[str], max_steps: int) -> list[str]:
+    """2..max_steps distinct event types of 1..128 characters; 422 naming `step` otherwise."""
+    if not 2 <= len(steps) <= max_steps:
+        msg = f"a funnel has 2..{max_steps} steps (storage.funnel_max_steps), got {len(steps)}"
+        raise param_error(422, "query", "step", msg)
+    for number, event_type in enumerate(steps, 1):
+        if not 1 <= len(event_type) <= EVENT_TYPE_MAX:
+            msg = f"step {number} must be an event type of 1..{EVENT_TYPE_MAX} characters"
+            raise param_error(422, "query", "step", msg)
+        try:
+            check_text("step", event_type)
+        except QueryError as exc:
+            raise param_error(422, "query", "step", exc.msg) from None
+    if len(set(steps)) != len(steps):
+        raise param_error(422, "query", "step", "each step must be another event type")
+    return steps
+
+
+def analytics_read(storage: Storage, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """On the analytics route's read-only connections: ClickHouse's refusal (a limit) is a 400, none a 503."""
+    return clickhouse_answer(lambda: storage.readers["analytics"].read(sql, params), "query", "from")
 
 
 def run_sql(storage: Storage, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:

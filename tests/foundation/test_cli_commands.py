@@ -35,7 +35,8 @@ def test_every_command_module_registers_a_command():
 def test_the_cli_offers_each_documented_command():
     names = {command.name or command.callback.__name__ for command in cli.app.registered_commands}
     names |= {group.name for group in cli.app.registered_groups}
-    assert {"up", "down", "status", "setup", "test", "load", "sql", "backfill", "bench", "dlq"} <= names
+    assert {"up", "down", "status", "setup", "test", "load", "sql", "backfill", "bench", "dlq"}
+    assert {"funnel", "retention", "top-pages", "sources"} <= names <= names
 
 
 def test_the_test_command_lints_first_and_stops_on_the_first_failing_step(monkeypatch):
