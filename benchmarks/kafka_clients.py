@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ingestion import bench_settings, running, sample_event  # noqa: E402
 from infrastructure.local.stack import Stack  # noqa: E402
-from services.ingestion.producer import EventProducer, _Pending, per_record_errors  # noqa: E402
 from services.ingestion.enrichment import Enricher  # noqa: E402
+from services.ingestion.producer import EventProducer, _Pending, per_record_errors  # noqa: E402
 from services.ingestion.records import Record, SkewPolicy, now_ms, to_record  # noqa: E402
 from shared.events import TRACK_EVENT  # noqa: E402
 from shared.settings import Settings  # noqa: E402

@@ -1,5 +1,6 @@
-"""Enrichment: what ingestion derives once per event from its URL, referrer, user agent and IP address, written
-to the Kafka value's `enrichment` group (shared.events.Enrichment) and the IP truncation applied before it.
+"""Enrichment: what ingestion derives once per event from its URL, referrer, user agent and IP address,
+written to the Kafka value's `enrichment` group (shared.events.Enrichment), and the IP truncation applied
+before the value is written.
 
 - utm_source, utm_medium, utm_campaign, utm_term, utm_content: the page URL's query parameters (the first of
   each, percent-decoded, at most MAX_UTM_CHARS characters), null when absent or empty.
@@ -28,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib.metadata import distribution
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit
 
@@ -135,7 +137,7 @@ def database_class(host: str, first_segment: str = "") -> str:
 def referrer_database() -> dict[str, str]:
     """Domain (maybe with a path) -> class, from Snowplow's referers.yaml (its `unknown` medium: referral)."""
     package, path = REFERRER_DATABASE
-    text = distribution(package).locate_file(path).read_text(encoding="utf-8")
+    text = Path(str(distribution(package).locate_file(path))).read_text(encoding="utf-8")
     loaded: dict[str, dict[str, dict[str, Any]]] = yaml.load(text, Loader=yaml.CSafeLoader)
     return {
         domain.lower(): DATABASE_CLASSES.get(medium, "referral")
@@ -147,8 +149,8 @@ def referrer_database() -> dict[str, str]:
 
 @cache
 def agent_parser() -> Parser:
-    """ua-parser over its builtin rules with the best resolver installed (ua-parser-rs), uncached: agent_fields
-    caches the four values it keeps."""
+    """ua-parser over its builtin rules with the best resolver installed (ua-parser-rs), uncached:
+    agent_fields caches the four values it keeps."""
     return Parser(BestAvailableResolver(load_lazy_builtins()))
 
 

@@ -43,7 +43,8 @@ AGENTS = [
         ("Safari", "17", "Mac OS X", "10"),
     ),
     (
-        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/124.0.0.0 Safari/537.36",
         ("Chrome", "124", "Linux", None),
     ),
     (

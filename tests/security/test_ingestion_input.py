@@ -287,8 +287,8 @@ def test_records_the_producer_cannot_queue_are_refused_alone_and_the_rest_writte
     """Below the HTTP layer, without the size check: librdkafka refuses to queue a record over
     message.max.bytes, by produce_batch() (no header) or produce() (a header: skewed timestamp); each is that
     record's permanent error, and its siblings are written and acknowledged."""
-    from services.ingestion.producer import EventProducer
     from services.ingestion.enrichment import Enricher
+    from services.ingestion.producer import EventProducer
     from services.ingestion.records import SkewPolicy, now_ms, to_record
     from shared.events import TRACK_EVENT
     from tests.topics import EVENTS
