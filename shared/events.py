@@ -173,7 +173,7 @@ class Enrichment(TypedDict):
     utm_term: Annotated[str, Field(max_length=MAX_UTM_CHARS)] | None
     utm_content: Annotated[str, Field(max_length=MAX_UTM_CHARS)] | None
     referrer_host: Annotated[str, Field(max_length=MAX_HOST_CHARS)] | None
-    referrer_class: Annotated[str, Field(description=" | ".join(REFERRER_CLASSES))]
+    referrer_class: Annotated[str, Field(description=", ".join(REFERRER_CLASSES))]
     browser: Annotated[str, Field(description="user agent family (ua-parser), 'Other' when unknown")]
     browser_version: Annotated[str, Field(description="major version")] | None
     os: Annotated[str, Field(description="OS family (ua-parser), 'Other' when unknown")]

@@ -25,6 +25,7 @@ function here returns a value for any string: nothing a client sends can fail a 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -47,37 +48,49 @@ DATABASE_CLASSES = {"search": "search", "social": "social", "email": "email", "p
 USER_AGENT_CACHE = 4096
 URL_CACHE = 4096
 OTHER = "Other"
+NO_UTM: tuple[Any, ...] = (None, None, None, None, None, False)
 IPV4_NETWORK_BITS, IPV6_NETWORK_BITS = 24, 48
 IpTruncation = Literal["none", "network"]
+# a dotted-quad IPv4 address as ipaddress reads one (0-255, no leading zero)
+OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4 = re.compile(rf"(?:{OCTET}\.){{3}}{OCTET}", re.ASCII)
 
 
 def enrich(url: str, referrer: str | None, user_agent: str, ip: str | None) -> dict[str, Any]:
     """The `enrichment` group of one event (shared.events.Enrichment)."""
-    utm = utm_fields(url)
-    host = referrer_host(referrer) if referrer else None
+    *utm, paid = utm_values(url)
+    host, known_class = referrer_facts(referrer) if referrer else (None, "direct")
     browser, browser_version, os, os_version = agent_fields(user_agent)
-    return {
-        **utm,
-        "referrer_host": host,
-        "referrer_class": referrer_class(host, referrer, url, utm["utm_medium"]),
-        "browser": browser,
-        "browser_version": browser_version,
-        "os": os,
-        "os_version": os_version,
-        "country": country(ip) if ip else None,
-    }
+    found: dict[str, Any] = dict(zip(UTM_KEYS, utm, strict=True))
+    found["referrer_host"] = host
+    found["referrer_class"] = "paid" if paid else visit_class(host, known_class, url)
+    found["browser"], found["browser_version"] = browser, browser_version
+    found["os"], found["os_version"] = os, os_version
+    found["country"] = country(ip) if ip else None
+    return found
 
 
 def utm_fields(url: str) -> dict[str, str | None]:
     """The URL's utm_* query parameters (first value of each, bounded), None where absent or empty."""
-    found: dict[str, str | None] = dict.fromkeys(UTM_KEYS)
+    return dict(zip(UTM_KEYS, utm_values(url)[:-1], strict=True))
+
+
+def utm_values(url: str) -> tuple[str | None, ...]:
+    """The five utm_* values in UTM_KEYS order, then whether utm_medium names a paid medium."""
     if "utm_" not in url:
-        return found
-    query = url.partition("?")[2].partition("#")[0]
+        return NO_UTM
+    return query_utm(url.partition("?")[2].partition("#")[0])
+
+
+@lru_cache(maxsize=URL_CACHE)
+def query_utm(query: str) -> tuple[Any, ...]:
+    """utm_values of a query string (campaign links repeat theirs: cached)."""
+    found: dict[str, str | None] = dict.fromkeys(UTM_KEYS)
     for name, value in parse_qsl(query, errors="replace"):
         if name in found and found[name] is None and value:
             found[name] = value[:MAX_UTM_CHARS]
-    return found
+    medium = found["utm_medium"]
+    return (*found.values(), medium is not None and is_paid_medium(medium))
 
 
 @lru_cache(maxsize=URL_CACHE)
@@ -92,8 +105,15 @@ def url_host(url: str) -> str | None:
     return host.removeprefix("www.")[:MAX_HOST_CHARS] or None
 
 
-def referrer_host(referrer: str) -> str | None:
-    return url_host(referrer)
+@lru_cache(maxsize=URL_CACHE)
+def referrer_facts(referrer: str) -> tuple[str | None, str]:
+    """(referrer_host, the class the referrer has unless it is internal or the visit paid)."""
+    host = url_host(referrer)
+    return host, ("direct" if host is None else database_class(host, referrer_path(referrer)))
+
+
+def visit_class(host: str | None, known_class: str, url: str) -> str:
+    return "internal" if host is not None and host == url_host(url) else known_class
 
 
 def referrer_class(host: str | None, referrer: str | None, url: str, utm_medium: str | None) -> str:
@@ -102,9 +122,7 @@ def referrer_class(host: str | None, referrer: str | None, url: str, utm_medium:
         return "paid"
     if host is None:
         return "direct"
-    if host == url_host(url):
-        return "internal"
-    return database_class(host, referrer_path(referrer or ""))
+    return visit_class(host, database_class(host, referrer_path(referrer or "")), url)
 
 
 def is_paid_medium(medium: str) -> bool:
@@ -180,6 +198,8 @@ def truncate_ip(ip: str | None, mode: IpTruncation) -> str | None:
     """`network`: the last IPv4 octet or the last 80 bits of IPv6 zeroed, an unparseable address dropped."""
     if ip is None or mode == "none":
         return ip
+    if IPV4.fullmatch(ip):  # the common case, without ipaddress's objects
+        return ip[: ip.rindex(".")] + ".0"
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:

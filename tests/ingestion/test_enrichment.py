@@ -186,6 +186,11 @@ def test_countries_come_from_the_registry_data_before_truncation():
         ("2001:db8:1234:5678:9abc:def0:1234:5678", "2001:db8:1234::"),
         ("fe80::1%eth0", "fe80::"),
         ("::1", "::"),
+        ("0.0.0.0", "0.0.0.0"),
+        ("255.255.255.255", "255.255.255.0"),
+        ("01.2.3.4", None),  # a leading zero: ipaddress refuses it, so does the fast path
+        ("256.1.1.1", None),
+        ("1.2.3.4.5", None),
         ("not an ip", None),
         ("", None),
         (None, None),
