@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ingestion import sample_event  # noqa: E402
 from services.ingestion import fast_batch  # noqa: E402
+from services.ingestion.enrichment import Enricher  # noqa: E402
 from services.ingestion.records import Record, SkewPolicy, now_ms, to_record  # noqa: E402
 from shared.events import TRACK_EVENT, TrackEvent  # noqa: E402
 from shared.settings import IngestionSettings  # noqa: E402
@@ -54,18 +55,22 @@ def main() -> None:
     args = parser.parse_args()
     body = orjson.dumps({"events": [sample_event(i) for i in range(args.events)]})
     policy = SkewPolicy.from_settings(IngestionSettings())
+    enricher = Enricher(IngestionSettings().ip_truncation)
 
     def dict_records() -> list[Record]:
         received = now_ms()
         events = PYDANTIC_BATCH.validate_json(body)["events"]
-        return [to_record(e, received, policy) for e in events]
+        return [to_record(e, received, policy, enricher) for e in events]
 
     print(f"{args.events} events, {len(body) / args.events:.0f} bytes of JSON each")
     work: Callable[[], object]
     for name, work in (
         ("pydantic validate_json", lambda: PYDANTIC_BATCH.validate_json(body)),
         ("msgspec decode only", lambda: fast_batch.decode(body, args.events)),
-        ("fast path: decode + records", lambda: fast_batch.records(body, args.events, now_ms(), policy)),
+        (
+            "fast path: decode + records",
+            lambda: fast_batch.records(body, args.events, now_ms(), policy, enricher),
+        ),
         ("pydantic + dict records (orjson)", dict_records),
     ):
         print(f"{name:34} {best_us_per_event(work, args.events, args.rounds):6.2f} us/event")
@@ -74,9 +79,9 @@ def main() -> None:
     for name, work in (
         (
             "pydantic + to_record",
-            lambda: to_record(TRACK_EVENT.validate_json(one), now_ms(), policy),
+            lambda: to_record(TRACK_EVENT.validate_json(one), now_ms(), policy, enricher),
         ),
-        ("fast path: fast_batch.record", lambda: fast_batch.record(one, now_ms(), policy)),
+        ("fast path: fast_batch.record", lambda: fast_batch.record(one, now_ms(), policy, enricher)),
     ):
         print(f"{name:34} {best_us_per_event(work, 1, args.rounds, repeats=20_000):6.2f} us")
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.ingestion import bench_settings, running, sample_event  # noqa: E402
 from infrastructure.local.stack import Stack  # noqa: E402
+from services.ingestion.enrichment import Enricher  # noqa: E402
 from services.ingestion.producer import EventProducer, _Pending, per_record_errors  # noqa: E402
 from services.ingestion.records import Record, SkewPolicy, now_ms, to_record  # noqa: E402
 from shared.events import TRACK_EVENT  # noqa: E402
@@ -47,8 +48,10 @@ DURABLE = {"acks": "all", "idempotence": True, "compression": "lz4", "linger_ms"
 
 
 def records(n: int) -> list[Record]:
-    policy = SkewPolicy(24 * 3600 * 1000, 3600 * 1000)
-    return [to_record(TRACK_EVENT.validate_python(sample_event(i)), now_ms(), policy) for i in range(n)]
+    policy, enricher = SkewPolicy(24 * 3600 * 1000, 3600 * 1000), Enricher("network")
+    return [
+        to_record(TRACK_EVENT.validate_python(sample_event(i)), now_ms(), policy, enricher) for i in range(n)
+    ]
 
 
 async def service_client(settings: Settings, stack: AsyncExitStack) -> SendBatch:

@@ -6,7 +6,9 @@ every reader relies on.
 Key: context.session_id (UTF-8), so one session's events stay in one partition.
 Value: a JSON object, RawEvent below: the event's identity and type, user, device, context, properties
 (str -> str|int|float|bool), metrics (milliseconds), timestamp (event time, epoch ms: the client's value
-bounded by the clock-skew policy, else the receive time) and received_at (receive time, epoch ms).
+bounded by the clock-skew policy, else the receive time), received_at (receive time, epoch ms) and
+enrichment (UTM fields, referrer host and class, browser, OS and country: derived by ingestion, never
+taken from the client; services/ingestion/enrichment.py).
 
 EVENT is the only description of the event's values downstream: EVENT_FIELDS gives each value of
 RawEvent its column name, logical type and nullability, and the Flink source, the jobs' events view,
@@ -74,6 +76,9 @@ EventId = Annotated[
     str, Field(min_length=1, max_length=128, description="client-supplied (de-duplication) or server UUIDv7")
 ]
 Text = Annotated[str, Field(max_length=8192)]
+MAX_UTM_CHARS = 256
+MAX_HOST_CHARS = 253
+REFERRER_CLASSES = ("direct", "internal", "search", "social", "email", "paid", "referral")
 
 
 def _json_number(value: Any) -> Any:
@@ -158,6 +163,24 @@ class WireMetrics(TypedDict):
     interaction_time: Millis
 
 
+class Enrichment(TypedDict):
+    """Derived by ingestion from context.url, context.referrer, device.user_agent and context.ip_address
+    (services/ingestion/enrichment.py); whatever a client sends under `enrichment` is replaced."""
+
+    utm_source: Annotated[str, Field(max_length=MAX_UTM_CHARS)] | None
+    utm_medium: Annotated[str, Field(max_length=MAX_UTM_CHARS)] | None
+    utm_campaign: Annotated[str, Field(max_length=MAX_UTM_CHARS)] | None
+    utm_term: Annotated[str, Field(max_length=MAX_UTM_CHARS)] | None
+    utm_content: Annotated[str, Field(max_length=MAX_UTM_CHARS)] | None
+    referrer_host: Annotated[str, Field(max_length=MAX_HOST_CHARS)] | None
+    referrer_class: Annotated[str, Field(description=", ".join(REFERRER_CLASSES))]
+    browser: Annotated[str, Field(description="user agent family (ua-parser), 'Other' when unknown")]
+    browser_version: Annotated[str, Field(description="major version")] | None
+    os: Annotated[str, Field(description="OS family (ua-parser), 'Other' when unknown")]
+    os_version: Annotated[str, Field(description="major version")] | None
+    country: Annotated[str, Field(description="ISO 3166-1 alpha-2, from the IP before truncation")] | None
+
+
 @with_config(
     ConfigDict(title="RawEvent", json_schema_extra={"$id": f"rtap:analytics_events:v{EVENT_SCHEMA_VERSION}"})
 )
@@ -172,6 +195,7 @@ class RawEvent(TypedDict):
     metrics: WireMetrics
     timestamp: Annotated[int, Field(ge=0, description="event time, epoch ms")]
     received_at: Annotated[int, Field(ge=0, description="receive time at ingestion, epoch ms")]
+    enrichment: Enrichment
 
 
 @dataclass(frozen=True)
@@ -346,6 +370,18 @@ EVENT_FIELDS = (
     EventField("interaction_time", "metrics.interaction_time", FLOAT64, nullable=True),
     EventField("timestamp", EVENT_TIME_PATH, EPOCH_MS, required=True, view="ts"),
     EventField("received_at", RECEIVED_PATH, EPOCH_MS, required=True),
+    EventField("utm_source", "enrichment.utm_source", STRING, nullable=True),
+    EventField("utm_medium", "enrichment.utm_medium", STRING, nullable=True),
+    EventField("utm_campaign", "enrichment.utm_campaign", STRING, nullable=True),
+    EventField("utm_term", "enrichment.utm_term", STRING, nullable=True),
+    EventField("utm_content", "enrichment.utm_content", STRING, nullable=True),
+    EventField("referrer_host", "enrichment.referrer_host", STRING, nullable=True),
+    EventField("referrer_class", "enrichment.referrer_class", CATEGORY),
+    EventField("browser", "enrichment.browser", CATEGORY),
+    EventField("browser_version", "enrichment.browser_version", CATEGORY, nullable=True),
+    EventField("os", "enrichment.os", CATEGORY),
+    EventField("os_version", "enrichment.os_version", CATEGORY, nullable=True),
+    EventField("country", "enrichment.country", CATEGORY, nullable=True),
 )
 EVENT = EventSchema(EVENT_FIELDS, RawEvent)
 

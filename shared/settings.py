@@ -162,6 +162,9 @@ class IngestionSettings(ServiceAddress):
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
     linger_ms: int = 5
     queue_max_messages: int = 100_000
+    # Privacy: "network" zeroes the last IPv4 octet / the last 80 bits of an IPv6 address (an unparseable
+    # address is dropped) before the event reaches Kafka; country is looked up first. "none" keeps it whole.
+    ip_truncation: Literal["none", "network"] = "network"
 
 
 class ProcessingSettings(ServiceAddress):
@@ -180,6 +183,9 @@ class ProcessingSettings(ServiceAddress):
     parallelism: int = 0  # 0: the cluster's default parallelism
     watch_interval_seconds: float = 2.0
     backfill_margin_ms: int = 3_600_000  # how far past the range Kafka record times may lag event times
+    # "exclude": bot events (device_category = bot) open no session in session_metrics; event_metrics and
+    # performance_metrics keep them in their own device_category = bot rows either way.
+    session_bots: Literal["exclude", "include"] = "exclude"
 
 
 class StorageSettings(ServiceAddress):

@@ -22,6 +22,7 @@ from pydantic.functional_validators import AfterValidator, BeforeValidator
 from pydantic.types import Strict
 from typing_extensions import TypedDict, is_typeddict
 
+from services.ingestion.enrichment import Enricher
 from services.ingestion.records import Record, SkewPolicy, make_record, new_event_id
 from shared import events
 
@@ -124,8 +125,11 @@ def _field(name: str, tp: Any) -> tuple[str, Any] | tuple[str, Any, Any]:
     raise TypeError(f"no fast-path default for the optional key {name!r} of type {tp!r}")
 
 
-# received_at: the Kafka value's receive time, set by _record (a client's received_at key is overwritten)
-FastEvent: Any = _struct(events.TrackEvent, ("received_at", int, 0))
+# received_at and enrichment: set by _record (a client's keys of those names are overwritten; a client's
+# enrichment is kept as raw JSON until then, never decoded into objects)
+FastEvent: Any = _struct(
+    events.TrackEvent, ("received_at", int, 0), ("enrichment", msgspec.Raw, msgspec.Raw(b"null"))
+)
 EVENTS: Any = list[FastEvent]
 BATCH_DECODER = msgspec.json.Decoder(TypedDict("BatchEnvelope", {"events": EVENTS}) | EVENTS)  # type: ignore[operator]
 ENCODE = msgspec.json.Encoder().encode
@@ -144,26 +148,35 @@ def decode(body: bytes, max_events: int) -> list[Any] | None:
     return items
 
 
-def records(body: bytes, max_events: int, received_at: int, policy: SkewPolicy) -> list[Record] | None:
+def records(
+    body: bytes, max_events: int, received_at: int, policy: SkewPolicy, enricher: Enricher
+) -> list[Record] | None:
     """The Kafka records of an all-valid batch, as records.to_record() builds them;
     None means: use pydantic."""
     decoded = decode(body, max_events)
-    return None if decoded is None else [_record(event, received_at, policy) for event in decoded]
+    if decoded is None:
+        return None
+    return [_record(event, received_at, policy, enricher) for event in decoded]
 
 
-def record(body: bytes, received_at: int, policy: SkewPolicy) -> Record | None:
+def record(body: bytes, received_at: int, policy: SkewPolicy, enricher: Enricher) -> Record | None:
     """The Kafka record of one valid event (POST /v1/analytics/track); None means: use pydantic."""
     try:
         event = EVENT_DECODER.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
-    return None if event.event.type == events.HEARTBEAT_TYPE else _record(event, received_at, policy)
+    if event.event.type == events.HEARTBEAT_TYPE:
+        return None
+    return _record(event, received_at, policy, enricher)
 
 
-def _record(event: Any, received_at: int, policy: SkewPolicy) -> Record:
-    info = event.event
+def _record(event: Any, received_at: int, policy: SkewPolicy, enricher: Enricher) -> Record:
+    info, context = event.event, event.context
     info.id = info.id or new_event_id()
     client_timestamp = event.timestamp
     event.timestamp, adjusted = policy.bound(client_timestamp, received_at)
     event.received_at = received_at
-    return make_record(info.id, event.context.session_id, ENCODE(event), client_timestamp, adjusted)
+    event.enrichment, context.ip_address = enricher(
+        context.url, context.referrer, event.device.user_agent, context.ip_address
+    )
+    return make_record(info.id, context.session_id, ENCODE(event), client_timestamp, adjusted)

@@ -1,4 +1,5 @@
-"""From a validated event to the Kafka record: id, receive time, clock-skew policy, key and value.
+"""From a validated event to the Kafka record: id, receive time, clock-skew policy, enrichment and IP
+truncation (services/ingestion/enrichment.py), key and value.
 
 Clock-skew policy: a client timestamp more than max_clock_skew_ms before the receive time, or
 more than max_future_skew_ms after it, is replaced by the receive time. The record then carries
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import orjson
 from uuid_utils import uuid7
 
+from services.ingestion.enrichment import Enricher
 from shared.events import EVENT, HEARTBEAT_TYPE, TrackEvent, complete
 from shared.settings import IngestionSettings
 
@@ -60,15 +62,18 @@ class Record:
     timestamp_adjusted: bool
 
 
-def to_record(event: TrackEvent, received_at: int, policy: SkewPolicy) -> Record:
-    """event: a validated TrackEvent (mutated into the wire value).
+def to_record(event: TrackEvent, received_at: int, policy: SkewPolicy, enricher: Enricher) -> Record:
+    """event: a validated TrackEvent (mutated into the wire value: enriched, its IP truncated).
     fast_batch._record mirrors this for structs."""
     value = complete(event)
-    info = value["event"]
+    info, context = value["event"], value["context"]
     info["id"] = info["id"] or new_event_id()
     client_timestamp = value["timestamp"]
     value["timestamp"], adjusted = policy.bound(client_timestamp, received_at)
     value["received_at"] = received_at
+    value["enrichment"], context["ip_address"] = enricher(
+        context["url"], context["referrer"], value["device"]["user_agent"], context["ip_address"]
+    )
     return make_record(
         info["id"], value["context"]["session_id"], orjson.dumps(value), client_timestamp, adjusted
     )

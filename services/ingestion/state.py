@@ -1,5 +1,5 @@
-"""What the ingestion routes share: settings, the producer, the clock-skew policy, the partition count, the
-write-key checks, and the heartbeats that keep every partition's event time moving."""
+"""What the ingestion routes share: settings, the producer, the clock-skew policy, the enricher, the partition
+count, the write-key checks, and the heartbeats that keep every partition's event time moving."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import Request
 
+from services.ingestion.enrichment import Enricher, warm_up
 from services.ingestion.errors import unauthorized, unavailable
 from services.ingestion.producer import EventProducer, Unavailable
 from services.ingestion.prometheus import METRICS
@@ -34,6 +35,8 @@ class Ingestion:
         self.metrics = METRICS
         self.producer = EventProducer(settings, events.name, self.metrics.heartbeat_errors_total.inc)
         self.policy = SkewPolicy.from_settings(settings.ingestion)
+        self.enricher = Enricher(settings.ingestion.ip_truncation)
+        warm_up()  # the rule data and the referrer database loaded before the first request
         self.partitions = events.partitions
 
     def check_key(self, request: Request) -> None:

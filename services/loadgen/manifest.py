@@ -10,7 +10,11 @@ A manifest is JSON lines, one object per distinct event id:
   failed_sends (posts not answered "accepted": no answer, 5xx, 503 while Kafka was down),
   accepted (some send was answered "accepted"), status (HTTP status of the last send, 0 = no answer),
   timestamp_adjusted (ingestion replaced the timestamp by its receive time; such events cannot be
-  placed in a window from the manifest).
+  placed in a window from the manifest), enrichment (the enrichment columns the raw table must hold for
+  the event and its IP truncated to its network, `ip_network`, from the generator's own tables; null for
+  events the generator did not make).
+Bots: session_metrics leaves out device_category = bot events unless asked to include them
+(RTAP_PROCESSING__SESSION_BOTS); event_metrics and performance_metrics count them in their own bot rows.
 Every function here is pure: entries in, plain dicts out.
 """
 
@@ -31,8 +35,8 @@ Entry = dict[str, Any]
 PERCENTILES = (0.5, 0.95, 0.99)
 
 
-def entry_for(event: dict[str, Any], late: bool = False) -> Entry:
-    """The manifest entry of a generated event, before it is sent."""
+def entry_for(event: dict[str, Any], late: bool = False, enrichment: dict[str, Any] | None = None) -> Entry:
+    """The manifest entry of a generated event, before it is sent (enrichment: what the generator expects)."""
     device, props = event["device"], event.get("properties") or {}
     metrics = event.get("metrics") or {}
     return {
@@ -56,6 +60,7 @@ def entry_for(event: dict[str, Any], late: bool = False) -> Entry:
         "accepted": False,
         "status": 0,
         "timestamp_adjusted": False,
+        "enrichment": enrichment,
     }
 
 
@@ -145,12 +150,16 @@ def top_pages(entries: Iterable[Entry], window_ms: int, places: int) -> dict[tup
     return out
 
 
-def session_metrics(entries: Iterable[Entry], gap_ms: int) -> dict[tuple[int, str], dict[str, Any]]:
-    """(window_start, session_id) -> the session job's columns. A session's events split where the next event
-    comes gap_ms or more after the previous one (Flink's SESSION window: each event opens [ts, ts + gap))."""
+def session_metrics(
+    entries: Iterable[Entry], gap_ms: int, bots: bool = False
+) -> dict[tuple[int, str], dict[str, Any]]:
+    """(window_start, session_id) -> the session job's columns, over events not of bots unless `bots`. A
+    session's events split where the next event comes gap_ms or more after the previous one (Flink's SESSION
+    window: each event opens [ts, ts + gap))."""
     by_session: dict[str, list[Entry]] = defaultdict(list)
     for e in accepted(entries):
-        by_session[e["session_id"]].append(e)
+        if bots or e["device_category"] != "bot":
+            by_session[e["session_id"]].append(e)
     out: dict[tuple[int, str], dict[str, Any]] = {}
     for session_id, rows in by_session.items():
         for part in split_sessions(sorted(rows, key=lambda e: e["timestamp"]), gap_ms):

@@ -1,8 +1,8 @@
 """Reconciliation: what each layer holds, compared with the independent recomputation from a load manifest.
 
 Layers: the raw Kafka topic (event ids), each metric topic (last record per key), ClickHouse through the
-storage API (metrics and raw rows) and Redis through the cache API. Used by the end-to-end and fault tests
-and by `rtap bench`.
+storage API (metrics, raw rows and their enrichment columns per event id) and Redis through the cache API.
+Used by the end-to-end and fault tests and by `rtap bench`.
 """
 
 from __future__ import annotations
@@ -71,9 +71,51 @@ def expected_metrics(entries: list[Entry], s: Settings) -> dict[str, dict[Key, d
     return {
         "event_metrics": event_metrics(entries, window_ms),
         "performance_metrics": performance_metrics(entries, window_ms),
-        "session_metrics": session_metrics(entries, s.processing.session_gap_seconds * 1000),
+        "session_metrics": session_metrics(
+            entries, s.processing.session_gap_seconds * 1000, bots=s.processing.session_bots == "include"
+        ),
         "top_pages": top_pages(entries, window_ms, s.processing.top_pages),
     }
+
+
+ENRICHED_COLUMNS = (
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "referrer_host",
+    "referrer_class",
+    "browser",
+    "browser_version",
+    "os",
+    "os_version",
+    "country",
+    "ip",
+)
+
+
+def expected_enrichment(entries: Iterable[Entry], s: Settings) -> dict[str, dict[str, Any]]:
+    """event id -> the raw table's enrichment columns and ip, for accepted events the generator described."""
+    truncated = s.ingestion.ip_truncation == "network"
+    out: dict[str, dict[str, Any]] = {}
+    for e in accepted(entries):
+        if e.get("enrichment"):
+            want = {k: v for k, v in e["enrichment"].items() if k in ENRICHED_COLUMNS}
+            out[e["id"]] = want | {"ip": e["enrichment"]["ip_network" if truncated else "ip_sent"]}
+    return out
+
+
+def reconcile_raw(expected: dict[str, dict[str, Any]], actual: dict[str, dict[str, Any]]) -> list[str]:
+    """Every difference between the expected and the stored enrichment, one line per event id and column."""
+    problems = [f"raw enrichment missing {event_id}" for event_id in sorted(expected.keys() - actual.keys())]
+    for event_id in sorted(expected.keys() & actual.keys()):
+        for column, want in expected[event_id].items():
+            if actual[event_id].get(column) != want:
+                problems.append(
+                    f"raw {event_id} {column}: expected {want!r}, got {actual[event_id].get(column)!r}"
+                )
+    return problems
 
 
 def within(actual: dict[Key, dict[str, Any]], start_ms: int, end_ms: int) -> dict[Key, dict[str, Any]]:
@@ -197,6 +239,23 @@ class Layers:
         )
         return self.storage_sql(sql, lo=start_ms, hi=end_ms)[0]
 
+    def raw_enrichment(self, start_ms: int, end_ms: int) -> dict[str, dict[str, Any]]:
+        """event id -> its enrichment columns and ip in raw storage (FINAL), start_ms <= timestamp < end_ms,
+        read in pages of the SQL row limit."""
+        table, page = self.s.storage.events_table, self.s.storage.sql_max_rows
+        sql = (
+            f"SELECT event_id, {', '.join(ENRICHED_COLUMNS)} FROM {table} FINAL "
+            "WHERE timestamp >= fromUnixTimestamp64Milli({lo:Int64}) "
+            "AND timestamp < fromUnixTimestamp64Milli({hi:Int64}) "
+            "ORDER BY event_id LIMIT {page:UInt32} OFFSET {offset:UInt64}"
+        )
+        rows: dict[str, dict[str, Any]] = {}
+        while True:
+            found = self.storage_sql(sql, lo=start_ms, hi=end_ms, page=page, offset=len(rows))
+            rows |= {row.pop("event_id"): row for row in found}
+            if len(found) < page:
+                return rows
+
     def late_records_dropped(self) -> float | None:
         """Flink's count of records left out of closed windows (late by policy), None when the TaskManager's
         metrics endpoint does not answer."""
@@ -260,6 +319,9 @@ def reconcile_run(
     )
     if rows != {"rows": len(wanted), "ids": len(wanted)}:
         problems.append(f"clickhouse raw: {rows}, expected {len(wanted)} rows, one per id")
+    enrichment = expected_enrichment(counted, layers.s)
+    stored = layers.raw_enrichment(*time_span(counted))
+    problems += [f"clickhouse: {p}" for p in reconcile_raw(enrichment, stored)]
     for job, expected in expected_metrics(counted, layers.s).items():
         for layer, read in layers.metric_readers(schemas[job], expected).items():
             actual = poll(read, settled(schemas[job], expected), left())

@@ -155,7 +155,10 @@ def run_worker(plan: WorkerPlan, progress: Any) -> None:
                 break
             for event in batch:
                 if event["event"]["id"] not in entries:
-                    entries[event["event"]["id"]] = entry_for(event, event["event"]["id"] in traffic.late_ids)
+                    event_id = event["event"]["id"]
+                    entries[event_id] = entry_for(
+                        event, event_id in traffic.late_ids, traffic.expected.pop(event_id, None)
+                    )
             wait_until_past(max(event["timestamp"] for event in batch))
             sent, newly = deliver(client, batch, entries, plan.retries)
             posts, accepted = posts + sent, accepted + newly

@@ -16,19 +16,75 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 from services.loadgen.agents import AGENTS, CATEGORY_WEIGHTS, Agent
 
+UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 EVENT_TYPES = ("page_view", "click", "product_view", "add_to_cart", "remove_from_cart", "purchase")
 SHOP = "https://shop.example"
 PAGES = ("/", "/search", "/category/shoes", "/category/bags", "/deals", "/help", "/account")
-REFERRERS = (
-    None,
-    None,
-    "https://www.google.com/",
-    "https://www.bing.com/",
-    "https://t.co/x",
-    "https://news.example/",
+SHOP_HOST = "shop.example"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a visit comes from, and the enrichment the pipeline must derive from it (referrer_class by
+    the rules of docs/api.md, read by a person; referrer_host lower case without www.)."""
+
+    referrer: str | None
+    utm: tuple[tuple[str, str], ...]  # the page URL's utm_* parameters, in order
+    referrer_class: str
+    referrer_host: str | None
+
+
+SOURCES = (
+    Source(None, (), "direct", None),
+    Source(None, (), "direct", None),
+    Source("https://www.google.com/", (), "search", "google.com"),
+    Source("https://www.bing.com/search?q=shoes", (), "search", "bing.com"),
+    Source("https://duckduckgo.com/", (), "search", "duckduckgo.com"),
+    Source("https://t.co/x", (), "social", "t.co"),
+    Source(
+        "https://www.facebook.com/",
+        (("utm_source", "facebook"), ("utm_medium", "social")),
+        "social",
+        "facebook.com",
+    ),
+    Source(
+        "https://mail.google.com/mail/u/0/",
+        (("utm_source", "newsletter"), ("utm_medium", "email"), ("utm_campaign", "spring sale")),
+        "email",
+        "mail.google.com",
+    ),
+    Source(
+        "https://www.google.com/",
+        (
+            ("utm_source", "google"),
+            ("utm_medium", "cpc"),
+            ("utm_campaign", "brand"),
+            ("utm_term", "running shoes"),
+            ("utm_content", "ad-1"),
+        ),
+        "paid",
+        "google.com",
+    ),
+    Source(None, (("utm_source", "partner"), ("utm_medium", "paid_social")), "paid", None),
+    Source(f"https://www.{SHOP_HOST}/category/shoes", (), "internal", SHOP_HOST),
+    Source(
+        "https://news.example/story",
+        (("utm_source", "news"), ("utm_medium", "referral")),
+        "referral",
+        "news.example",
+    ),
+)
+# (first three octets, the country of that block by its registry delegation; None: documentation ranges)
+NETWORKS = (
+    ("203.0.113", None),
+    ("198.51.100", None),
+    ("192.0.2", None),
+    ("8.8.8", "US"),
+    ("1.0.16", "JP"),
 )
 # lognormal medians (ms) per device category: phones load slowest; sigma gives the long tail
 LOAD_MEDIAN_MS = {"mobile": 1400.0, "tablet": 1100.0, "desktop": 700.0, "bot": 300.0}
@@ -66,7 +122,7 @@ class Session:
     user_id: str
     agent: Agent
     steps: list[str]
-    ip: str
+    network: tuple[str, str | None]
     cart: list[CartLine] = field(default_factory=list)
     page: str = "/"
 
@@ -80,6 +136,8 @@ class Traffic:
         self.issued = 0
         self.session_count = 0
         self.late_ids: set[str] = set()
+        # event id -> the enrichment and stored IP it must get (popped by the sender into the manifest)
+        self.expected: dict[str, dict[str, Any]] = {}
 
     def events(self, n: int) -> list[dict[str, Any]]:
         return [self.next_event() for _ in range(n)]
@@ -105,8 +163,9 @@ class Traffic:
         agent = self.user_agents.setdefault(user_id, pick_agent(rng))
         self.session_count += 1
         session_id = f"s{self.spec.seed}-{self.spec.worker}-{self.session_count}"
-        ip = f"{rng.choice(('203.0.113', '198.51.100', '192.0.2'))}.{rng.randrange(1, 255)}"
-        return Session(session_id, user_id, agent, session_script(rng, agent.category == "bot"), ip)
+        return Session(
+            session_id, user_id, agent, session_script(rng, agent.category == "bot"), rng.choice(NETWORKS)
+        )
 
     def build(self, session: Session, kind: str) -> dict[str, Any]:
         rng, agent = self.rng, session.agent
@@ -121,6 +180,9 @@ class Traffic:
         timestamp, late = self.timestamp()
         if late:
             self.late_ids.add(event_id)
+        source = rng.choice(SOURCES)
+        ip = f"{session.network[0]}.{rng.randrange(1, 255)}"
+        self.expected[event_id] = expected_enrichment(source, agent, session.network, ip)
         return {
             "event": {"type": kind, "id": event_id},
             "user": {"id": session.user_id},
@@ -130,9 +192,9 @@ class Traffic:
                 "screen_height": agent.screen_height,
             },
             "context": {
-                "url": SHOP + session.page,
-                "referrer": rng.choice(REFERRERS),
-                "ip_address": session.ip,
+                "url": SHOP + session.page + (f"?{urlencode(source.utm)}" if source.utm else ""),
+                "referrer": source.referrer,
+                "ip_address": ip,
                 "session_id": session.id,
             },
             "properties": properties,
@@ -147,6 +209,27 @@ class Traffic:
         jitter = rng.randint(0, spec.out_of_order_ms) if spec.out_of_order_ms else 0
         late = spec.late_ms if spec.late_fraction and rng.random() < spec.late_fraction else 0
         return max(0, planned - jitter - late), bool(late)
+
+
+def expected_enrichment(
+    source: Source, agent: Agent, network: tuple[str, str | None], ip: str
+) -> dict[str, Any]:
+    """The enrichment columns of an event from this generator's tables, the IP sent (`ip_sent`) and the IP
+    truncated to its network (`ip_network`, for RTAP_INGESTION__IP_TRUNCATION=network)."""
+    utm = dict(source.utm)
+    software = agent.software
+    return {
+        **{key: utm.get(key) for key in UTM_KEYS},
+        "referrer_host": source.referrer_host,
+        "referrer_class": source.referrer_class,
+        "browser": software.browser,
+        "browser_version": software.browser_version,
+        "os": software.os,
+        "os_version": software.os_version,
+        "country": network[1],
+        "ip_sent": ip,
+        "ip_network": f"{network[0]}.0",
+    }
 
 
 def pick_agent(rng: random.Random) -> Agent:

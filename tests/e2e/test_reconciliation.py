@@ -16,7 +16,16 @@ import httpx
 import pytest
 
 from services.loadgen.manifest import accepted
-from services.loadgen.reconcile import Layers, by_key, expected_metrics, poll, reconcile, time_span
+from services.loadgen.reconcile import (
+    Layers,
+    by_key,
+    expected_enrichment,
+    expected_metrics,
+    poll,
+    reconcile,
+    reconcile_raw,
+    time_span,
+)
 from services.processing.registry import builtin_schemas, load_schemas
 from shared.metric_schema import MetricSchema
 from shared.settings import Settings
@@ -105,6 +114,30 @@ def test_clickhouse_raw_rows_are_the_accepted_distinct_ids(layers, workload):
         lambda: layers.raw_rows_between(*time_span(workload)), lambda r: r["rows"] >= distinct, timeout=60
     )
     assert rows == {"rows": distinct, "ids": distinct}
+
+
+def test_clickhouse_raw_enrichment_equals_the_generators_expectation_per_event_id(layers, workload):
+    """UTM fields, referrer host and class, browser, OS, country and the truncated IP of every event, as the
+    generator's own tables describe them (services/loadgen/traffic.py, agents.py)."""
+    expected = expected_enrichment(workload, layers.s)
+    assert len(expected) == len({e["id"] for e in accepted(workload)})
+    assert {row["referrer_class"] for row in expected.values()} >= {"direct", "search", "paid", "internal"}
+    stored = poll(
+        lambda: layers.raw_enrichment(*time_span(workload)), lambda r: expected.keys() <= r.keys(), timeout=60
+    )
+    problems = reconcile_raw(expected, stored)
+    assert problems == [], f"{len(problems)} differences:\n" + "\n".join(problems[:20])
+
+
+def test_session_metrics_hold_no_bot_session(layers, workload):
+    bots = {e["session_id"] for e in accepted(workload) if e["device_category"] == "bot"}
+    assert bots, "the workload has bot sessions"
+    schema = load_schemas()["session_metrics"]
+    expected = expected_metrics(workload, layers.s)["session_metrics"]
+    stored = poll(
+        layers.metric_readers(schema, expected)["clickhouse"], lambda r: r.keys() >= expected.keys(), 60
+    )
+    assert not {key[1] for key in stored} & bots
 
 
 @pytest.mark.parametrize("job", JOBS)

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from services.ingestion import fast_batch
+from services.ingestion.enrichment import Enricher
 from services.ingestion.records import Record, SkewPolicy, to_record
 from shared.events import HEARTBEAT_TYPE, TRACK_EVENT, TrackEvent
 
@@ -116,6 +117,7 @@ TRICKY = [
 ]
 DELETE = object()
 POLICY = SkewPolicy(max_past_ms=10**15, max_future_ms=10**15)
+ENRICHER = Enricher("network")
 
 
 def mutate(event: Any, path: tuple[str, ...], value: Any) -> Any:
@@ -175,11 +177,11 @@ def _is_uuid7(text: str) -> bool:
 
 
 def both_paths(body: bytes, policy: SkewPolicy = POLICY) -> tuple[list | None, list | None]:
-    fast = fast_batch.records(body, 100, RECEIVED, policy)
+    fast = fast_batch.records(body, 100, RECEIVED, policy, ENRICHER)
     reference = pydantic_path(body)
     return (
         None if fast is None else wire(fast),
-        None if reference is None else wire([to_record(e, RECEIVED, policy) for e in reference]),
+        None if reference is None else wire([to_record(e, RECEIVED, policy, ENRICHER) for e in reference]),
     )
 
 
@@ -190,14 +192,14 @@ mutations = st.lists(
 
 def single_paths(body: bytes) -> tuple[list | None, list | None]:
     """POST /v1/analytics/track: one event, fast path and pydantic path."""
-    fast = fast_batch.record(body, RECEIVED, POLICY)
+    fast = fast_batch.record(body, RECEIVED, POLICY, ENRICHER)
     try:
         reference = TRACK_EVENT.validate_json(body)
     except ValidationError:
         reference = None
     return (
         None if fast is None else wire([fast]),
-        None if reference is None else wire([to_record(reference, RECEIVED, POLICY)]),
+        None if reference is None else wire([to_record(reference, RECEIVED, POLICY, ENRICHER)]),
     )
 
 
@@ -253,7 +255,19 @@ def test_a_single_valid_event_takes_the_fast_path_with_the_record_pydantic_gives
     ],
 )
 def test_single_events_the_fast_path_leaves_to_pydantic(body):
-    assert fast_batch.record(body, RECEIVED, POLICY) is None
+    assert fast_batch.record(body, RECEIVED, POLICY, ENRICHER) is None
+
+
+def test_both_paths_enrich_and_replace_what_a_client_sends_as_enrichment():
+    forged = {**FULL, "enrichment": {"country": "ZZ", "browser": "Forged", "referrer_class": "paid"}}
+    fast, reference = both_paths(body_of([forged]))
+    assert fast == reference and fast is not None
+    value = orjson.loads(fast[0][2])
+    assert (
+        value["enrichment"]["browser"] == "Mobile Safari UI/WKWebView" and value["enrichment"]["os"] == "iOS"
+    )
+    assert value["enrichment"]["country"] is None and value["enrichment"]["referrer_class"] == "direct"
+    assert value["context"]["ip_address"] == "203.0.113.0"
 
 
 def test_a_bare_array_is_a_batch_too():

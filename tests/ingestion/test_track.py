@@ -205,3 +205,44 @@ def test_heartbeats_reach_every_partition(kafka, ingestion):
     )
     assert {b["partition"] for b in beats} == {0, 1, 2, 3}
     assert all(b["value"]["timestamp"] == b["value"]["received_at"] for b in beats)
+
+
+def test_both_routes_write_the_enrichment_into_the_kafka_record_and_truncate_the_ip(client, kafka):
+    tag = uuid.uuid4().hex
+    enriched = {
+        "device": {
+            "user_agent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/124.0.6367.179 Mobile Safari/537.36",
+            "screen_width": 412,
+            "screen_height": 915,
+        },
+        "context": {
+            "url": "https://shop.example/deals?utm_source=newsletter&utm_medium=email&utm_campaign=spring",
+            "referrer": "https://mail.google.com/mail/u/0/",
+            "ip_address": "8.8.8.8",
+            "session_id": f"s-{tag}",
+        },
+        "enrichment": {"country": "ZZ", "browser": "forged by the client"},
+    }
+    single = event(event={"type": "page_view", "id": f"{tag}-track"}, **enriched)
+    assert client.post("/v1/analytics/track", json=single).status_code == 202
+    batch = [event(event={"type": "click", "id": f"{tag}-batch"}, **enriched)]
+    assert client.post("/v1/analytics/batch", json={"events": batch}).status_code == 202
+
+    records = read_events(kafka, with_ids({f"{tag}-track", f"{tag}-batch"}), 2)
+    for rec in records:
+        assert rec["value"]["enrichment"] == {
+            "utm_source": "newsletter",
+            "utm_medium": "email",
+            "utm_campaign": "spring",
+            "utm_term": None,
+            "utm_content": None,
+            "referrer_host": "mail.google.com",
+            "referrer_class": "email",
+            "browser": "Chrome Mobile",
+            "browser_version": "124",
+            "os": "Android",
+            "os_version": "14",
+            "country": "US",
+        }
+        assert rec["value"]["context"]["ip_address"] == "8.8.8.0"

@@ -117,6 +117,18 @@ def test_entries_round_trip_and_record_sends(tmp_path):
     assert summary(read_manifest(path))["not_accepted"] == 1
 
 
+def test_bot_sessions_are_left_out_unless_included_and_stay_in_event_and_performance_metrics():
+    rows = [
+        {**entry("h1", ts=T0), "session_id": "human"},
+        {**entry("b1", user="crawler", ts=T0 + 1, device="bot", load=50.0), "session_id": "bot"},
+        {**entry("b2", user="crawler", ts=T0 + 2, device="bot"), "session_id": "bot"},
+    ]
+    assert set(session_metrics(rows, gap_ms=3_000)) == {(T0, "human")}
+    assert set(session_metrics(rows, gap_ms=3_000, bots=True)) == {(T0, "human"), (T0 + 1, "bot")}
+    assert event_metrics(rows, W)[(T0, "page_view", "bot")] == {"events": 2, "unique_users": 1}
+    assert performance_metrics(rows, W)[(T0, "bot")]["load_time_count"] == 1
+
+
 def test_session_metrics_split_at_the_gap_and_sum_revenue():
     rows = [
         {**entry("s1", user="u1", ts=T0), "session_id": "A"},

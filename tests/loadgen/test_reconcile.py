@@ -6,7 +6,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from services.loadgen.reconcile import reconcile_run
+from services.loadgen.reconcile import expected_enrichment, reconcile_raw, reconcile_run
+from services.loadgen.traffic import Traffic, TrafficSpec
 from services.processing.registry import builtin_schemas
 from shared.settings import Settings
 from tests.loadgen.test_manifest import MANIFEST
@@ -25,6 +26,9 @@ class StuckLayers:
     def raw_rows_between(self, start_ms: int, end_ms: int) -> dict[str, int]:
         ids = len({e["id"] for e in MANIFEST if e["accepted"]})
         return {"rows": ids, "ids": ids}
+
+    def raw_enrichment(self, start_ms: int, end_ms: int) -> dict[str, dict]:
+        return {}
 
     def metric_readers(self, schema: Any, expected: dict) -> dict[str, Callable[[], dict]]:
         def reader(layer: str) -> Callable[[], dict]:
@@ -49,3 +53,26 @@ def test_layers_share_one_deadline_so_a_stuck_stack_is_read_once_per_layer_after
     assert first >= 2 and all(n == 1 for n in rest), layers.reads  # only the first layer waited
     assert any(p.startswith("kafka: event_metrics") for p in problems)
     assert problems[-1].startswith("flink: 3 records"), "the late-record count closes a failed reconciliation"
+
+
+def test_raw_enrichment_is_compared_per_event_id_and_column_with_the_ip_as_configured():
+    traffic = Traffic(TrafficSpec(seed=5, start_ms=1_700_000_000_000))
+    events = traffic.events(50)
+    entries = [
+        {"id": e["event"]["id"], "accepted": True, "enrichment": traffic.expected[e["event"]["id"]]}
+        for e in events
+    ]
+    network = expected_enrichment(entries, Settings())
+    whole = expected_enrichment(entries, Settings(ingestion={"ip_truncation": "none"}))
+    first = events[0]
+    assert whole[first["event"]["id"]]["ip"] == first["context"]["ip_address"]
+    assert network[first["event"]["id"]]["ip"] == first["context"]["ip_address"].rsplit(".", 1)[0] + ".0"
+    assert reconcile_raw(network, network) == []
+    stored = {event_id: dict(row) for event_id, row in network.items()}
+    stored[first["event"]["id"]]["browser"] = "Wrong"
+    del stored[events[1]["event"]["id"]]
+    first_id, missing_id = first["event"]["id"], events[1]["event"]["id"]
+    assert reconcile_raw(network, stored) == [
+        f"raw enrichment missing {missing_id}",
+        f"raw {first_id} browser: expected {network[first_id]['browser']!r}, got 'Wrong'",
+    ]

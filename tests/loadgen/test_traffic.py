@@ -11,10 +11,11 @@ from collections import Counter, defaultdict
 import pytest
 
 from services.loadgen.agents import AGENTS, CATEGORY_BY_AGENT, expected_category
+from services.loadgen.agents import SOFTWARE_BY_AGENT as AGENT_SOFTWARE
 from services.loadgen.sender import LoadConfig, item_outcomes, plan_batches, worker_plans
 from services.loadgen.traffic import EVENT_TYPES, LOAD_MEDIAN_MS, Traffic, TrafficSpec
 from services.processing.device import load_rules
-from shared.events import TRACK_EVENTS
+from shared.events import REFERRER_CLASSES, TRACK_EVENTS
 
 START = 1_700_000_000_000
 
@@ -193,3 +194,25 @@ def test_worker_plans_split_events_and_rate_exactly(tmp_path):
     assert [p.spec.worker for p in plans] == [0, 1, 2]
     assert all(p.rate == 100 for p in plans)
     assert len({p.manifest_part for p in plans}) == 3
+
+
+def test_sources_cover_every_referrer_class_with_utm_urls_and_expectations_from_the_tables():
+    traffic = Traffic(TrafficSpec(seed=11, start_ms=1_700_000_000_000))
+    sample = traffic.events(2_000)
+    expected = [traffic.expected[e["event"]["id"]] for e in sample]
+    assert {x["referrer_class"] for x in expected} == set(REFERRER_CLASSES)
+    assert {x["country"] for x in expected} == {None, "US", "JP"}
+    for event, want in zip(sample, expected, strict=True):
+        url, referrer = event["context"]["url"], event["context"]["referrer"]
+        assert ("utm_source=" in url) == (want["utm_source"] is not None)
+        assert (referrer is None) == (want["referrer_host"] is None)
+        assert want["browser"] == AGENT_SOFTWARE[event["device"]["user_agent"]].browser
+        assert event["context"]["ip_address"].startswith(want["ip_network"].removesuffix("0"))
+
+
+def test_the_agent_table_names_the_browser_and_os_of_every_agent():
+    for agents in AGENTS.values():
+        for agent in agents:
+            software = agent.software
+            assert software.browser and software.os, agent
+            assert software.browser_version is None or software.browser_version.isdigit(), agent

@@ -33,6 +33,7 @@ from tests.processing.conftest import (
 
 pytestmark = [pytest.mark.kafka, pytest.mark.flink, pytest.mark.slow]
 
+BOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 BASE = window_base()
 PLACES = Settings().processing.top_pages
 W0, W1 = BASE, BASE + WINDOW_MS
@@ -54,6 +55,8 @@ def phase1_events() -> list[dict]:
         event("s-b", "u2", "page_view", at(2.0), ua=IPHONE_UA, load=250.0, interaction=10.0),
         event("s-c", "u3", "page_view", at(2.0), load=120.0),
         event("s-d", "u1", "page_view", at(4.0)),
+        event("s-bot", "u-bot", "page_view", at(1.2), ua=BOT_UA, load=50.0),  # counted as bot, no session
+        event("s-bot", "u-bot", "page_view", at(2.2), ua=BOT_UA, load=60.0),
     ]
     events += [
         event(
@@ -109,7 +112,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def category(e: dict) -> str:
-    return "mobile" if e["device"]["user_agent"] == IPHONE_UA else "desktop"
+    return {IPHONE_UA: "mobile", BOT_UA: "bot"}.get(e["device"]["user_agent"], "desktop")
 
 
 def window_of(e: dict) -> int:
@@ -140,7 +143,7 @@ def outputs(job_settings, supervisor):
     expected = expected_event_metrics()
     return {
         "event_metrics": read_metrics(job_settings, "event_metrics", lambda r: expected.keys() <= r.keys()),
-        "performance_metrics": read_metrics(job_settings, "performance_metrics", lambda r: len(r) >= 3),
+        "performance_metrics": read_metrics(job_settings, "performance_metrics", lambda r: len(r) >= 4),
         "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 8),
         "top_pages": read_metrics(job_settings, "top_pages", lambda r: (W1, PLACES) in r),
     }
@@ -234,6 +237,15 @@ def test_top_pages_rank_pages_by_views_without_query_or_fragment(outputs):
     assert got == expected
     assert expected[(W1, 1)] == {"page": "https://shop.example/p7", "page_views": 3, "unique_users": 2}
     assert len([key for key in expected if key[0] == W1]) == PLACES
+
+
+def test_bots_are_counted_on_their_own_and_open_no_session(outputs):
+    """Default RTAP_PROCESSING__SESSION_BOTS=exclude; event_metrics and performance_metrics keep bot rows."""
+    bots = outputs["event_metrics"][(W0, "page_view", "bot")]
+    assert (bots["events"], bots["unique_users"]) == (2, 1)
+    assert outputs["performance_metrics"][(W0, "bot")]["load_time_count"] == 2
+    assert "s-bot" not in {key[1] for key in outputs["session_metrics"]}
+    assert "bot" not in {record["device_category"] for record in outputs["session_metrics"].values()}
 
 
 def test_a_gap_longer_than_the_session_gap_splits_the_session(outputs):

@@ -287,6 +287,7 @@ def test_records_the_producer_cannot_queue_are_refused_alone_and_the_rest_writte
     """Below the HTTP layer, without the size check: librdkafka refuses to queue a record over
     message.max.bytes, by produce_batch() (no header) or produce() (a header: skewed timestamp); each is that
     record's permanent error, and its siblings are written and acknowledged."""
+    from services.ingestion.enrichment import Enricher
     from services.ingestion.producer import EventProducer
     from services.ingestion.records import SkewPolicy, now_ms, to_record
     from shared.events import TRACK_EVENT
@@ -300,7 +301,8 @@ def test_records_the_producer_cannot_queue_are_refused_alone_and_the_rest_writte
         tagged(tag, "big-header", properties=blob(too_big), timestamp=0),
         tagged(tag, "header", timestamp=0),
     ]
-    records = [to_record(TRACK_EVENT.validate_python(e), now, policy) for e in events]
+    enricher = Enricher(settings.ingestion.ip_truncation)
+    records = [to_record(TRACK_EVENT.validate_python(e), now, policy, enricher) for e in events]
     assert [r.headers is not None for r in records] == [False, False, True, True]
 
     async def send() -> list:

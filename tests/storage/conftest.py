@@ -113,6 +113,20 @@ def raw_event(
         "metrics": {"load_time": 812.5, "interaction_time": None},
         "timestamp": ts or now,
         "received_at": now,
+        "enrichment": {
+            "utm_source": "newsletter",
+            "utm_medium": "email",
+            "utm_campaign": None,
+            "utm_term": None,
+            "utm_content": None,
+            "referrer_host": None,
+            "referrer_class": "direct",
+            "browser": "Other",
+            "browser_version": None,
+            "os": "Linux",
+            "os_version": None,
+            "country": None,
+        },
     }
 
 

@@ -1,7 +1,8 @@
 """The raw event declared once (shared.events.EVENT): every consumer derives its part from it.
 
 - Today's event yields exactly the DDL and rows written by hand before the schema existed (raw table,
-  Flink source and events view, storage's row), so existing tables, data and checkpoints keep working.
+  Flink source and events view, storage's row), plus the enrichment group appended since (its columns last,
+  so existing tables migrate by ADD COLUMN), so existing tables and data keep working.
 - A field added to a copy of the schema reaches the Flink source, the events view (resolved by Flink
   itself), the raw table's DDL and migration, and the row stored in chDB through storage's processor.
 - docs/adding-a-job.md quotes the derived list of the columns (view and raw table).
@@ -28,6 +29,32 @@ from shared.events import EVENT, EVENT_FIELDS, FLOAT64, INT32, Device, EventFiel
 from shared.settings import Settings
 from tests.storage.conftest import raw_event
 
+ENRICHMENT_COLUMNS = """  `utm_source` Nullable(String),
+  `utm_medium` Nullable(String),
+  `utm_campaign` Nullable(String),
+  `utm_term` Nullable(String),
+  `utm_content` Nullable(String),
+  `referrer_host` Nullable(String),
+  `referrer_class` LowCardinality(String),
+  `browser` LowCardinality(String),
+  `browser_version` LowCardinality(Nullable(String)),
+  `os` LowCardinality(String),
+  `os_version` LowCardinality(Nullable(String)),
+  `country` LowCardinality(Nullable(String)),"""
+ENRICHMENT = (
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "referrer_host",
+    "referrer_class",
+    "browser",
+    "browser_version",
+    "os",
+    "os_version",
+    "country",
+)
 TABLE_BEFORE_SCHEMA = """CREATE TABLE IF NOT EXISTS `rtap`.`analytics_events` (
   `event_id` String,
   `event_type` LowCardinality(String),
@@ -44,13 +71,14 @@ TABLE_BEFORE_SCHEMA = """CREATE TABLE IF NOT EXISTS `rtap`.`analytics_events` (
   `interaction_time` Nullable(Float64),
   `timestamp` DateTime64(3, 'UTC'),
   `received_at` DateTime64(3, 'UTC'),
+{ENRICHMENT_COLUMNS}
   `_version` UInt64,
   `_ingested_at` DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(_version)
 PARTITION BY toYYYYMMDD(`timestamp`)
 ORDER BY (`event_id`)
-TTL toDateTime(`timestamp`) + toIntervalDay(30)"""
+TTL toDateTime(`timestamp`) + toIntervalDay(30)""".replace("{ENRICHMENT_COLUMNS}", ENRICHMENT_COLUMNS)
 
 SOURCE_COLUMNS_BEFORE_SCHEMA = """CREATE TABLE events_source (
   event ROW<`type` STRING, id STRING>,
@@ -61,6 +89,9 @@ SOURCE_COLUMNS_BEFORE_SCHEMA = """CREATE TABLE events_source (
   metrics ROW<load_time DOUBLE, interaction_time DOUBLE>,
   `timestamp` BIGINT,
   received_at BIGINT,
+  enrichment ROW<utm_source STRING, utm_medium STRING, utm_campaign STRING, utm_term STRING, \
+utm_content STRING, referrer_host STRING, referrer_class STRING, browser STRING, browser_version STRING, \
+os STRING, os_version STRING, country STRING>,
   kafka_partition INT METADATA FROM 'partition' VIRTUAL,
   kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
   proc_time AS PROCTIME(),
@@ -72,13 +103,17 @@ COALESCE(received_at, `timestamp`, CAST(0 AS BIGINT)) + 500), 3) - INTERVAL '0 0
 
 RAW_VIEW_COLUMNS = (
     "event_type, event_id, user_id, session_id, user_agent, screen_width, screen_height, "
-    "url, referrer, properties, load_time, interaction_time, ts, received_at"
+    "url, referrer, properties, load_time, interaction_time, ts, received_at, " + ", ".join(ENRICHMENT)
 )
-VIEW_SELECTION = """SELECT event.`type` AS event_type, event.id AS event_id, `user`.id AS user_id,
+VIEW_SELECTION = (
+    """SELECT event.`type` AS event_type, event.id AS event_id, `user`.id AS user_id,
        context.session_id AS session_id, device.user_agent AS user_agent, device.screen_width AS screen_width,
        device.screen_height AS screen_height, context.url AS url, context.referrer AS referrer, properties,
        metrics.load_time AS load_time, metrics.interaction_time AS interaction_time, event_ms AS ts,
-       received_at, event_time"""
+       received_at, """
+    + ", ".join(f"enrichment.{c} AS {c}" for c in ENRICHMENT)
+    + ", event_time"
+)
 VIEW_BEFORE_SCHEMA = f"""CREATE TEMPORARY VIEW events AS
 SELECT {RAW_VIEW_COLUMNS},
   device_category(user_agent, screen_width, screen_height) AS device_category, event_time
@@ -158,16 +193,35 @@ def test_todays_event_keeps_the_row_written_before_the_schema():
         "interaction_time": None,
         "timestamp": at.replace(microsecond=123_000),
         "received_at": at.replace(microsecond=456_000),
+        **event["enrichment"],
         "_version": 7,
     }
 
 
 def test_a_record_missing_what_a_row_can_do_without_still_becomes_a_row():
     event = raw_event("s1", "e1")
-    for group in ("user", "device", "metrics", "properties"):
+    for group in ("user", "device", "metrics", "properties", "enrichment"):  # enrichment: older records
         del event[group]
     row = process_event(b"s1", orjson.dumps(event), 0)
     assert (row["user_id"], row["screen_width"], row["load_time"], row["properties"]) == ("", 0, None, {})
+    assert (row["referrer_class"], row["browser"], row["country"], row["utm_source"]) == ("", "", None, None)
+
+
+@pytest.mark.clickhouse
+def test_a_raw_table_from_before_the_enrichment_gains_its_columns_and_stores_them(chdb):
+    db = f"enriched_{uuid.uuid4().hex[:8]}"
+    chdb.command(f"CREATE DATABASE `{db}`")
+    table = events_table(Settings())
+    chdb.command(table.create_sql(db).replace(ENRICHMENT_COLUMNS + "\n", ""))
+    applied = migrate(chdb, db, [table])
+    added = [s for s in applied if "ADD COLUMN" in s]
+    assert [s.split("`")[-2] for s in added] == list(ENRICHMENT)
+    event = raw_event("s1", "enriched")
+    event["enrichment"] |= {"country": "JP", "referrer_host": "t.co", "referrer_class": "social"}
+    chdb.insert(f"{db}.{table.name}", [process_event(b"s1", orjson.dumps(event), 1)])
+    [row] = chdb.query(f"SELECT {', '.join(ENRICHMENT)} FROM `{db}`.`{table.name}` FINAL")
+    assert row == event["enrichment"]
+    chdb.command(f"DROP DATABASE `{db}`")
 
 
 @pytest.mark.clickhouse
@@ -214,8 +268,9 @@ def test_flink_resolves_the_new_field_in_the_source_and_the_view():
         t_env.execute_sql(ddl)
     schema = t_env.from_path(EVENTS_VIEW).get_schema()
     names = schema.get_field_names()
-    assert names[-3:] == ["received_at", "device_category", "event_time"] and "pixel_ratio" in names
+    assert names[-3:] == ["country", "device_category", "event_time"] and "pixel_ratio" in names
     assert str(schema.get_field_data_type("pixel_ratio")) == "DOUBLE"
+    assert {str(schema.get_field_data_type(column)) for column in ENRICHMENT} == {"VARCHAR"}
 
 
 def test_the_schema_must_cover_the_wire_format_exactly():

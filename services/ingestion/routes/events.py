@@ -98,11 +98,11 @@ async def produce_one(ing: Ingestion, record: Record) -> None:
 def track_record(ing: Ingestion, body: bytes) -> Record:
     """Fast path: msgspec. A body it refuses is validated by pydantic, which names the offending field."""
     received = now_ms()
-    fast = fast_batch.record(body, received, ing.policy)
+    fast = fast_batch.record(body, received, ing.policy, ing.enricher)
     if fast is not None:
         return fast
     try:
-        return to_record(TRACK_EVENT.validate_json(body), received, ing.policy)
+        return to_record(TRACK_EVENT.validate_json(body), received, ing.policy, ing.enricher)
     except ValidationError as exc:
         raise bad_request(*first_error(exc)) from None
 
@@ -111,7 +111,7 @@ def batch_records(ing: Ingestion, body: bytes) -> tuple[Items, list[Rejection]]:
     """Fast path: the whole batch valid in one msgspec call. Otherwise item by item with pydantic, naming each
     bad field."""
     received = now_ms()
-    fast = fast_batch.records(body, ing.limits.max_batch_events, received, ing.policy)
+    fast = fast_batch.records(body, ing.limits.max_batch_events, received, ing.policy, ing.enricher)
     if fast is not None:
         return list(enumerate(fast)), []
     items = batch_items(parse_json(body), ing.limits.max_batch_events)
@@ -119,7 +119,9 @@ def batch_records(ing: Ingestion, body: bytes) -> tuple[Items, list[Rejection]]:
     invalid: list[Rejection] = []
     for i, item in enumerate(items):
         try:
-            valid.append((i, to_record(TRACK_EVENT.validate_python(item), received, ing.policy)))
+            valid.append(
+                (i, to_record(TRACK_EVENT.validate_python(item), received, ing.policy, ing.enricher))
+            )
         except ValidationError as exc:
             invalid.append(Rejection(i, *first_error(exc)))
     return valid, invalid

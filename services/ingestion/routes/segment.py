@@ -79,7 +79,9 @@ def segment_records(
     for i, raw in enumerate(messages):
         try:
             msg = SegmentMessage.model_validate(raw)
-            valid.append((i, to_record(to_track_event(msg, sent_at, received), received, ing.policy)))
+            valid.append(
+                (i, to_record(to_track_event(msg, sent_at, received), received, ing.policy, ing.enricher))
+            )
         except ValidationError as exc:
             invalid.append(Rejection(i, *first_error(exc)))
         except SegmentMappingError as exc:

@@ -8,7 +8,10 @@ from shared.settings import Settings
 class SessionTracker(BaseJob):
     schema = MetricSchema(
         name="session_metrics",
-        description="Session windows per session id (gap RTAP_PROCESSING__SESSION_GAP_SECONDS).",
+        description=(
+            "Session windows per session id (gap RTAP_PROCESSING__SESSION_GAP_SECONDS); bot events open no "
+            "session unless RTAP_PROCESSING__SESSION_BOTS=include."
+        ),
         columns=(
             Column("window_start", "timestamp_ms", "first event of the session, epoch ms"),
             Column("window_end", "timestamp_ms", "session window end (last event + gap), epoch ms"),
@@ -30,6 +33,8 @@ class SessionTracker(BaseJob):
 
     def build(self, t_env: Any, events_view: str, settings: Settings) -> str:
         gap_s = settings.processing.session_gap_seconds
+        if settings.processing.session_bots == "exclude":
+            events_view = without_bots(t_env, events_view)
         quantity = (
             "CASE event_type WHEN 'add_to_cart' THEN 1 WHEN 'remove_from_cart' THEN -1 END"
             " * COALESCE(TRY_CAST(properties['quantity'] AS BIGINT), 1)"
@@ -60,3 +65,13 @@ class SessionTracker(BaseJob):
                 GROUP BY window_start, window_end, session_id
             )
         """
+
+
+def without_bots(t_env: Any, events_view: str) -> str:
+    """A view of the events without device_category = bot (a filter keeps the event-time attribute)."""
+    view = f"{events_view}_without_bots"
+    t_env.execute_sql(
+        f"CREATE TEMPORARY VIEW IF NOT EXISTS {view} AS "
+        f"SELECT * FROM {events_view} WHERE device_category <> 'bot'"
+    )
+    return view
