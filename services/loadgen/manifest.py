@@ -150,6 +150,38 @@ def top_pages(entries: Iterable[Entry], window_ms: int, places: int) -> dict[tup
     return out
 
 
+def traffic_sources(
+    entries: Iterable[Entry], window_ms: int, bots: bool = False
+) -> dict[tuple[int, str, str, str, str], dict[str, int]]:
+    """(window_start, source, medium, campaign, referrer_class) -> events, sessions, users, over events not of
+    bots unless `bots`: source is utm_source, else the referrer's host, else (direct); medium utm_medium, else
+    the referrer class; campaign utm_campaign, else (none). Events without an expected enrichment (not made by
+    the generator) have referrer class (unknown)."""
+    groups: dict[tuple[int, str, str, str, str], list[Entry]] = defaultdict(list)
+    for e in accepted(entries):
+        if not bots and e["device_category"] == "bot":
+            continue
+        x = e.get("enrichment") or {}
+        referrer_class = x.get("referrer_class") or "(unknown)"
+        source = first_present(x.get("utm_source"), x.get("referrer_host"), "(direct)")
+        medium = first_present(x.get("utm_medium"), referrer_class)
+        campaign = first_present(x.get("utm_campaign"), "(none)")
+        groups[(window_start(e["timestamp"], window_ms), source, medium, campaign, referrer_class)].append(e)
+    return {
+        key: {
+            "events": len(rows),
+            "sessions": len({e["session_id"] for e in rows}),
+            "users": len({e["user_id"] for e in rows}),
+        }
+        for key, rows in groups.items()
+    }
+
+
+def first_present(*values: str | None) -> str:
+    """The first value that is not None (SQL's COALESCE: an empty string counts)."""
+    return next(v for v in values if v is not None)
+
+
 def session_metrics(
     entries: Iterable[Entry], gap_ms: int, bots: bool = False
 ) -> dict[tuple[int, str], dict[str, Any]]:

@@ -24,6 +24,7 @@ from services.loadgen.manifest import (
     performance_metrics,
     session_metrics,
     top_pages,
+    traffic_sources,
 )
 from shared.events import HEARTBEAT_TYPE
 from shared.metric_schema import MetricSchema
@@ -75,6 +76,7 @@ def expected_metrics(entries: list[Entry], s: Settings) -> dict[str, dict[Key, d
             entries, s.processing.session_gap_seconds * 1000, bots=s.processing.session_bots == "include"
         ),
         "top_pages": top_pages(entries, window_ms, s.processing.top_pages),
+        "traffic_sources": traffic_sources(entries, window_ms, bots=s.processing.session_bots == "include"),
     }
 
 

@@ -16,6 +16,7 @@ from services.loadgen.manifest import (
     session_metrics,
     summary,
     top_pages,
+    traffic_sources,
     window_start,
     write_manifest,
 )
@@ -183,3 +184,33 @@ def test_top_pages_rank_by_views_then_page_and_keep_the_first_places():
         (T0, 3): {"page": "/c", "page_views": 1, "unique_users": 1},
         (T0 + 10_000, 1): {"page": "/z", "page_views": 1, "unique_users": 1},
     }
+
+
+def test_traffic_sources_prefer_utm_then_the_referrer_and_leave_bots_out():
+    mail = {
+        "utm_source": "news",
+        "utm_medium": "email",
+        "utm_campaign": None,
+        "referrer_host": "mail.example",
+    }
+    rows = [
+        {**entry("m1", user="u1"), "enrichment": {**mail, "referrer_class": "email"}},
+        {**entry("m2", user="u2"), "session_id": "s2", "enrichment": {**mail, "referrer_class": "email"}},
+        {
+            **entry("g", user="u1"),
+            "enrichment": {"utm_source": None, "referrer_host": "google.com", "referrer_class": "search"},
+        },
+        {**entry("d", user="u3"), "enrichment": {"referrer_class": "direct"}},
+        {**entry("bot", user="b", device="bot"), "enrichment": {"referrer_class": "direct"}},
+        {**entry("old", user="u4"), "enrichment": None},
+    ]
+    assert traffic_sources(rows, 10_000) == {
+        (T0, "news", "email", "(none)", "email"): {"events": 2, "sessions": 2, "users": 2},
+        (T0, "google.com", "search", "(none)", "search"): {"events": 1, "sessions": 1, "users": 1},
+        (T0, "(direct)", "direct", "(none)", "direct"): {"events": 1, "sessions": 1, "users": 1},
+        (T0, "(direct)", "(unknown)", "(none)", "(unknown)"): {"events": 1, "sessions": 1, "users": 1},
+    }
+    assert (
+        traffic_sources(rows, 10_000, bots=True)[(T0, "(direct)", "direct", "(none)", "direct")]["events"]
+        == 2
+    )

@@ -98,6 +98,29 @@ def page_views_in_window_1() -> list[dict]:
 PHASE2 += page_views_in_window_1()
 
 
+def enriched(e: dict, **values: str) -> dict:
+    """The event with the enrichment ingestion would have given it (the rest of the group null)."""
+    keys = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "referrer_host")
+    e["enrichment"] = {key: values.get(key) for key in keys} | {"referrer_class": values["referrer_class"]}
+    return e
+
+
+EMAIL = {
+    "utm_source": "newsletter",
+    "utm_medium": "email",
+    "utm_campaign": "spring",
+    "referrer_class": "email",
+}
+SEARCH = {"referrer_host": "google.com", "referrer_class": "search"}
+PHASE2 += [
+    enriched(event("s-mail-1", "u10", "page_view", at(17.0)), **EMAIL, referrer_host="mail.example"),
+    enriched(event("s-mail-1", "u10", "click", at(17.1)), **EMAIL, referrer_host="mail.example"),
+    enriched(event("s-mail-2", "u11", "page_view", at(17.2)), **EMAIL),
+    enriched(event("s-search", "u10", "page_view", at(17.3)), **SEARCH),
+    enriched(event("s-bot-2", "u-bot", "page_view", at(17.4), ua=BOT_UA), **SEARCH),  # bots left out
+]
+
+
 def counted_events() -> list[dict]:
     return PHASE1 + PHASE2
 
@@ -144,8 +167,11 @@ def outputs(job_settings, supervisor):
     return {
         "event_metrics": read_metrics(job_settings, "event_metrics", lambda r: expected.keys() <= r.keys()),
         "performance_metrics": read_metrics(job_settings, "performance_metrics", lambda r: len(r) >= 4),
-        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 8),
+        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 11),
         "top_pages": read_metrics(job_settings, "top_pages", lambda r: (W1, PLACES) in r),
+        "traffic_sources": read_metrics(
+            job_settings, "traffic_sources", lambda r: expected_traffic_sources().keys() <= r.keys()
+        ),
     }
 
 
@@ -246,6 +272,37 @@ def test_bots_are_counted_on_their_own_and_open_no_session(outputs):
     assert outputs["performance_metrics"][(W0, "bot")]["load_time_count"] == 2
     assert "s-bot" not in {key[1] for key in outputs["session_metrics"]}
     assert "bot" not in {record["device_category"] for record in outputs["session_metrics"].values()}
+
+
+def expected_traffic_sources() -> dict[tuple, dict]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for e in counted_events():
+        if category(e) == "bot":
+            continue
+        x = e.get("enrichment") or {"referrer_class": "(unknown)"}
+        source = x.get("utm_source") or x.get("referrer_host") or "(direct)"
+        medium = x.get("utm_medium") or x["referrer_class"]
+        campaign = x.get("utm_campaign") or "(none)"
+        groups[(window_of(e), source, medium, campaign, x["referrer_class"])].append(e)
+    return {
+        key: {
+            "events": len(es),
+            "sessions": len({e["context"]["session_id"] for e in es}),
+            "users": len({e["user"]["id"] for e in es}),
+        }
+        for key, es in groups.items()
+    }
+
+
+def test_traffic_sources_group_by_utm_then_referrer_and_leave_bots_out(outputs):
+    got = {
+        key: {c: r[c] for c in ("events", "sessions", "users")}
+        for key, r in outputs["traffic_sources"].items()
+    }
+    assert got == expected_traffic_sources()
+    assert got[(W1, "newsletter", "email", "spring", "email")] == {"events": 3, "sessions": 2, "users": 2}
+    assert got[(W1, "google.com", "search", "(none)", "search")] == {"events": 1, "sessions": 1, "users": 1}
+    assert {key[4] for key in got} == {"email", "search", "(unknown)"}
 
 
 def test_a_gap_longer_than_the_session_gap_splits_the_session(outputs):
