@@ -132,12 +132,14 @@ def performance_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[
     }
 
 
-def top_pages(entries: Iterable[Entry], window_ms: int, places: int) -> dict[tuple[int, int], dict[str, Any]]:
+def top_pages(
+    entries: Iterable[Entry], window_ms: int, places: int, bots: bool = False
+) -> dict[tuple[int, int], dict[str, Any]]:
     """(window_start, place) -> page, page_views, unique_users: per window the `places` pages with the most
-    page_view events, ties in page text order."""
+    page_view events (not of bots unless `bots`), ties in page text order."""
     viewers: dict[tuple[int, str], list[str]] = defaultdict(list)
     for e in accepted(entries):
-        if e["type"] == "page_view":
+        if e["type"] == "page_view" and (bots or e["device_category"] != "bot"):
             viewers[(window_start(e["timestamp"], window_ms), e["page"])].append(e["user_id"])
     by_window: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for (window, page), users in viewers.items():

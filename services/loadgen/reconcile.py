@@ -69,14 +69,13 @@ def reconcile(
 
 def expected_metrics(entries: list[Entry], s: Settings) -> dict[str, dict[Key, dict[str, Any]]]:
     window_ms = s.processing.window_seconds * 1000
+    bots = s.processing.session_bots == "include"
     return {
         "event_metrics": event_metrics(entries, window_ms),
         "performance_metrics": performance_metrics(entries, window_ms),
-        "session_metrics": session_metrics(
-            entries, s.processing.session_gap_seconds * 1000, bots=s.processing.session_bots == "include"
-        ),
-        "top_pages": top_pages(entries, window_ms, s.processing.top_pages),
-        "traffic_sources": traffic_sources(entries, window_ms, bots=s.processing.session_bots == "include"),
+        "session_metrics": session_metrics(entries, s.processing.session_gap_seconds * 1000, bots),
+        "top_pages": top_pages(entries, window_ms, s.processing.top_pages, bots),
+        "traffic_sources": traffic_sources(entries, window_ms, bots),
     }
 
 

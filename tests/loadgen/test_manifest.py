@@ -178,12 +178,14 @@ def test_top_pages_rank_by_views_then_page_and_keep_the_first_places():
     rows.append({**entry("click", type="click", ts=T0 + 50), "page": "/z"})
     rows.append({**entry("lost", accepted=False, ts=T0 + 51), "page": "/z"})
     rows.append({**entry("next", ts=T0 + 10_000), "page": "/z"})
+    rows.append({**entry("bot", ts=T0 + 10_001, device="bot"), "page": "/bot"})
     assert top_pages(rows, 10_000, places=3) == {
         (T0, 1): {"page": "/b", "page_views": 3, "unique_users": 2},
         (T0, 2): {"page": "/a", "page_views": 1, "unique_users": 1},
         (T0, 3): {"page": "/c", "page_views": 1, "unique_users": 1},
         (T0 + 10_000, 1): {"page": "/z", "page_views": 1, "unique_users": 1},
     }
+    assert top_pages(rows, 10_000, places=3, bots=True)[(T0 + 10_000, 1)]["page"] == "/bot"
 
 
 def test_traffic_sources_prefer_utm_then_the_referrer_and_leave_bots_out():

@@ -242,7 +242,7 @@ def test_session_boundaries_and_ecommerce_stats(outputs):
 def expected_top_pages() -> dict[tuple, dict]:
     views: dict[tuple[int, str], list[str]] = defaultdict(list)
     for e in counted_events():
-        if e["event"]["type"] == "page_view":
+        if e["event"]["type"] == "page_view" and category(e) != "bot":
             page = re.split(r"[?#]", e["context"]["url"])[0]
             views[(window_of(e), page)].append(e["user"]["id"])
     out = {}
@@ -261,7 +261,8 @@ def test_top_pages_rank_pages_by_views_without_query_or_fragment(outputs):
     }
     expected = expected_top_pages()
     assert got == expected
-    assert expected[(W1, 1)] == {"page": "https://shop.example/p7", "page_views": 3, "unique_users": 2}
+    p7 = [record for record in got.values() if record["page"] == "https://shop.example/p7"]
+    assert p7 == [{"page": "https://shop.example/p7", "page_views": 3, "unique_users": 2}]
     assert len([key for key in expected if key[0] == W1]) == PLACES
 
 

@@ -10,7 +10,8 @@ class TopPages(BaseJob):
         name="top_pages",
         description=(
             "Per tumbling window, the RTAP_PROCESSING__TOP_PAGES pages with the most page views (ties: in "
-            "text order). A page is the URL without its query string and fragment."
+            "text order). A page is the URL without its query string and fragment. Bots left out as in "
+            "session_metrics (RTAP_PROCESSING__SESSION_BOTS)."
         ),
         columns=(
             Column("window_start", "timestamp_ms", "window start, epoch ms"),
@@ -26,6 +27,7 @@ class TopPages(BaseJob):
     def build(self, t_env: Any, events_view: str, settings: Settings) -> str:
         window = settings.processing.window_seconds
         page = "COALESCE(REGEXP_EXTRACT(url, '^[^?#]*', 0), '')"
+        humans = "device_category <> 'bot'" if settings.processing.session_bots == "exclude" else "TRUE"
         return f"""
             SELECT {epoch_ms("window_start")} AS window_start, {epoch_ms("window_end")} AS window_end,
                    place, page, page_views, unique_users
@@ -38,7 +40,7 @@ class TopPages(BaseJob):
                     SELECT window_start, window_end, {page} AS page,
                            COUNT(*) AS page_views, COUNT(DISTINCT user_id) AS unique_users
                     FROM TABLE(TUMBLE(TABLE {events_view}, DESCRIPTOR(event_time), {interval(window)}))
-                    WHERE event_type = 'page_view'
+                    WHERE event_type = 'page_view' AND {humans}
                     GROUP BY window_start, window_end, {page}
                 )
             )
