@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from tests.storage.conftest import READ_KEY, produce_events, raw_event, scalar, 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.clickhouse]
 CACHE_KEY = "analytics-dashboard-cache-key-5d1e"
 STEPS = ["dash_view", "dash_cart", "dash_buy"]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "test-output" / "analytics-dashboard.png"
 
 
 @pytest.fixture(scope="module")
@@ -88,5 +90,6 @@ def test_the_dashboard_shows_the_funnel_and_the_sources_view(cache, funnel_event
         ], shown
         note = "document.getElementById('sources-note').textContent"
         assert "enrichment" in wait_for(lambda: browser.evaluate(note), 30)
+        browser.screenshot(SCREENSHOT)
     finally:
         browser.close()
