@@ -7,6 +7,7 @@ carry the storage API's read key.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,3 +94,24 @@ def test_the_dashboard_shows_the_funnel_and_the_sources_view(cache, funnel_event
         browser.screenshot(SCREENSHOT)
     finally:
         browser.close()
+
+
+def test_a_storage_api_that_does_not_answer_is_a_503_naming_storage(tmp_path):
+    """The cache API in this process, its storage API on a port nothing listens on."""
+    from fastapi.testclient import TestClient
+
+    from services.cache.api import create_app
+    from shared.settings import CacheSettings, Settings, StorageSettings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    settings = Settings(
+        state_dir=tmp_path,
+        cache=CacheSettings(read_keys=[CACHE_KEY]),
+        storage=StorageSettings(port=free_port, read_keys=[READ_KEY]),
+    )
+    with TestClient(create_app(settings, run_consumer=False)) as client:
+        response = client.get("/v1/analytics/funnel", params={"from": 0, "to": 1, "key": CACHE_KEY})
+    assert response.status_code == 503, response.text
+    assert response.json()["detail"][0]["loc"] == ["storage"] and response.headers["retry-after"] == "5"
