@@ -80,17 +80,22 @@ def test_the_dashboard_shows_the_funnel_and_the_sources_view(cache, funnel_event
     browser = Browser(executable)
     try:
         browser.navigate(f"{cache.url}/?key={CACHE_KEY}")
-        wait_for(lambda: browser.evaluate("typeof runFunnel") == "function", 30, 0.2)
+        # the page runs its default funnel at load: wait for it, so that it cannot overwrite this test's
+        note = "document.getElementById('funnel-note').textContent"
+        wait_for(lambda: browser.evaluate(note), 30, 0.2)
         browser.evaluate(f"document.getElementById('funnel-steps').value = {', '.join(STEPS)!r}; runFunnel()")
         rows = "[...document.querySelectorAll('#funnel .row')].map(r => r.textContent)"
-        shown = wait_for(
-            lambda: browser.evaluate(rows) if len(browser.evaluate(rows) or []) == 3 else None, 30
-        )
+
+        def dash_rows() -> list[str] | None:
+            shown: list[str] = browser.evaluate(rows) or []
+            return shown if len(shown) == 3 and shown[0].startswith(f"1. {STEPS[0]}") else None
+
+        shown = wait_for(dash_rows, 30)
         assert [row.rsplit(step, 1) for row, step in zip(shown, STEPS, strict=True)] == [
             [f"{n}. ", users] for n, users in ((1, "3"), (2, "2"), (3, "1"))
         ], shown
-        note = "document.getElementById('sources-note').textContent"
-        assert "enrichment" in wait_for(lambda: browser.evaluate(note), 30)
+        sources_note = "document.getElementById('sources-note').textContent"
+        assert "enrichment" in wait_for(lambda: browser.evaluate(sources_note), 30)
         browser.screenshot(SCREENSHOT)
     finally:
         browser.close()
