@@ -370,7 +370,7 @@ def add_analytics_routes(app: FastAPI, storage: Storage, guarded: list[Any]) -> 
     s = storage.settings.storage
     table, database = s.events_table, storage.settings.clickhouse.database
     tags: list[str | Enum] = ["analytics"]
-    errors = error_responses(401, 503)  # FastAPI documents its 422 itself
+    errors = error_responses(400, 401, 503)  # FastAPI documents its 422 itself
 
     @app.get(
         "/v1/analytics/funnel",

@@ -7,8 +7,10 @@ carry the storage API's read key.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from tests.storage.conftest import READ_KEY, produce_events, raw_event, scalar, 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.clickhouse]
 CACHE_KEY = "analytics-dashboard-cache-key-5d1e"
 STEPS = ["dash_view", "dash_cart", "dash_buy"]
+SCREENSHOT = Path(__file__).resolve().parents[2] / "test-output" / "analytics-dashboard.png"
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +80,43 @@ def test_the_dashboard_shows_the_funnel_and_the_sources_view(cache, funnel_event
     browser = Browser(executable)
     try:
         browser.navigate(f"{cache.url}/?key={CACHE_KEY}")
-        wait_for(lambda: browser.evaluate("typeof runFunnel") == "function", 30, 0.2)
+        # the page runs its default funnel at load: wait for it, so that it cannot overwrite this test's
+        note = "document.getElementById('funnel-note').textContent"
+        wait_for(lambda: browser.evaluate(note), 30, 0.2)
         browser.evaluate(f"document.getElementById('funnel-steps').value = {', '.join(STEPS)!r}; runFunnel()")
         rows = "[...document.querySelectorAll('#funnel .row')].map(r => r.textContent)"
-        shown = wait_for(
-            lambda: browser.evaluate(rows) if len(browser.evaluate(rows) or []) == 3 else None, 30
-        )
+
+        def dash_rows() -> list[str] | None:
+            shown: list[str] = browser.evaluate(rows) or []
+            return shown if len(shown) == 3 and shown[0].startswith(f"1. {STEPS[0]}") else None
+
+        shown = wait_for(dash_rows, 30)
         assert [row.rsplit(step, 1) for row, step in zip(shown, STEPS, strict=True)] == [
             [f"{n}. ", users] for n, users in ((1, "3"), (2, "2"), (3, "1"))
         ], shown
-        note = "document.getElementById('sources-note').textContent"
-        assert "enrichment" in wait_for(lambda: browser.evaluate(note), 30)
+        sources_note = "document.getElementById('sources-note').textContent"
+        assert "enrichment" in wait_for(lambda: browser.evaluate(sources_note), 30)
+        browser.screenshot(SCREENSHOT)
     finally:
         browser.close()
+
+
+def test_a_storage_api_that_does_not_answer_is_a_503_naming_storage(tmp_path):
+    """The cache API in this process, its storage API on a port nothing listens on."""
+    from fastapi.testclient import TestClient
+
+    from services.cache.api import create_app
+    from shared.settings import CacheSettings, Settings, StorageSettings
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    settings = Settings(
+        state_dir=tmp_path,
+        cache=CacheSettings(read_keys=[CACHE_KEY]),
+        storage=StorageSettings(port=free_port, read_keys=[READ_KEY]),
+    )
+    with TestClient(create_app(settings, run_consumer=False)) as client:
+        response = client.get("/v1/analytics/funnel", params={"from": 0, "to": 1, "key": CACHE_KEY})
+    assert response.status_code == 503, response.text
+    assert response.json()["detail"][0]["loc"] == ["storage"] and response.headers["retry-after"] == "5"
