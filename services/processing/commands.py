@@ -19,7 +19,7 @@ from rich.table import Table
 from services.processing.backfill import bounds_for, choose_source, iso, kafka_extent
 from services.processing.coordinator import Bounds
 from services.processing.raw_replay import ExportError, ExportRange, drop_topic, replay_from_raw, replay_topic
-from services.processing.supervisor import submit_job
+from services.processing.supervisor import FlinkRest, submit_job
 from shared.settings import Settings
 from shared.topics import Topic
 
@@ -74,11 +74,16 @@ def wait_for_job(settings: Settings, job_id: str, timeout_s: float) -> str:
     return state
 
 
-def run_bounded_job(settings: Settings, start_ms: int, end_ms: int, timeout: float, *extra: str) -> str:
-    """Submit the bounded jobs and follow them to their end; return the job id (Exit(1) unless FINISHED)."""
+def run_bounded_job(
+    settings: Settings, start_ms: int, end_ms: int, timeout: float, *extra: str, cancel_late: bool = False
+) -> str:
+    """Submit the bounded jobs and follow them to their end; return the job id (Exit(1) unless FINISHED).
+    cancel_late: cancel a job still running at the timeout (its input is about to go)."""
     with console.status("submitting the bounded job"):
         job_id = submit_job(extra_args=["--from", str(start_ms), "--to", str(end_ms), *extra])
     state = wait_for_job(settings, job_id, timeout)
+    if cancel_late and state not in END_STATES:
+        FlinkRest(settings).cancel(job_id)
     if state != "FINISHED":
         console.print(
             f"[red]backfill job {job_id} ended {state}[/red]"
@@ -174,7 +179,9 @@ def register(app: typer.Typer) -> None:
                 console.print(f"({extent.describe()}; the range reads from {iso(bounds.read_from_ms)})")
                 raise typer.Exit(1) from None
             try:
-                job_id = run_bounded_job(settings, start_ms, end_ms, timeout, "--events-topic", topic.name)
+                job_id = run_bounded_job(
+                    settings, start_ms, end_ms, timeout, "--events-topic", topic.name, cancel_late=True
+                )
             finally:
                 drop_topic(settings, topic)
         console.print(f"[green]backfill done[/green]: job {job_id} FINISHED")

@@ -48,13 +48,14 @@ def _selected(f: EventField) -> str:
 
 def export_query(settings: Settings, event: EventSchema = EVENT) -> str:
     """One SELECT of every event field in [{start:Int64}, {end:Int64}) event time, oldest first."""
-    time_column = f"`{event.at(EVENT_TIME_PATH).column}`"
+    # qualified: unqualified, the name would be the select list's epoch-ms alias of the same name
+    time_column = f"source.`{event.at(EVENT_TIME_PATH).column}`"
     table = qualified(settings.clickhouse.database, settings.storage.events_table)
     return (
-        f"SELECT {', '.join(_selected(f) for f in event.fields)} FROM {table} FINAL "
+        f"SELECT {', '.join(_selected(f) for f in event.fields)} FROM {table} AS source FINAL "
         f"WHERE {time_column} >= fromUnixTimestamp64Milli({{start:Int64}}) "
         f"AND {time_column} < fromUnixTimestamp64Milli({{end:Int64}}) "
-        f"ORDER BY {time_column}, `{event.at(ID_PATH).column}`"
+        f"ORDER BY {time_column}, source.`{event.at(ID_PATH).column}`"
     )
 
 

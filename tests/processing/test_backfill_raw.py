@@ -197,6 +197,8 @@ def delete_every_record(s: Settings) -> None:
 def test_raw_backfill_of_a_range_kafka_no_longer_holds_gives_the_original_windows(
     job_settings: Settings, storage: Settings, original: dict[str, dict[Any, Any]]
 ) -> None:
+    bounds = bounds_for(job_settings, BASE, END)
+    assert kafka_extent(job_settings).holds(bounds)  # nothing removed yet
     from_kafka = metric_prefix_settings(job_settings)
     result = backfill(from_kafka, storage, "--source", "kafka")
     assert "reading from kafka" in result.stdout
@@ -204,7 +206,6 @@ def test_raw_backfill_of_a_range_kafka_no_longer_holds_gives_the_original_window
     assert_same_windows(kafka_windows, original)
 
     delete_every_record(job_settings)
-    bounds = bounds_for(job_settings, BASE, END)
     assert not kafka_extent(job_settings).holds(bounds)
 
     from_raw = metric_prefix_settings(job_settings)
