@@ -139,7 +139,7 @@ def decode(body: bytes, max_events: int) -> list[Any] | None:
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):  # too deep: pydantic names it
         return None
     items = decoded if isinstance(decoded, list) else decoded["events"]
-    if not 0 < len(items) <= max_events or any(item.event.type == events.HEARTBEAT_TYPE for item in items):
+    if not 0 < len(items) <= max_events or any(item.event.type in events.RESERVED_TYPES for item in items):
         return None
     return items
 
@@ -157,7 +157,7 @@ def record(body: bytes, received_at: int, policy: SkewPolicy) -> Record | None:
         event = EVENT_DECODER.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
-    return None if event.event.type == events.HEARTBEAT_TYPE else _record(event, received_at, policy)
+    return None if event.event.type in events.RESERVED_TYPES else _record(event, received_at, policy)
 
 
 def _record(event: Any, received_at: int, policy: SkewPolicy) -> Record:
