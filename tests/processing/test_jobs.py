@@ -19,6 +19,7 @@ import pytest
 
 from infrastructure.local.stack import settings_env
 from services.loadgen.reconcile import Layers
+from shared.events import IDENTIFY_TYPE
 from tests.conftest import REPO_ROOT
 from tests.processing.conftest import (
     IPHONE_UA,
@@ -38,6 +39,22 @@ W0, W1 = BASE, BASE + WINDOW_MS
 
 def at(seconds: float) -> int:
     return BASE + int(seconds * 1000)
+
+
+def login_session() -> list[dict]:
+    """A visitor who logs in mid-session: anonymous events, an identify record (never counted as an event),
+    identified events. The anonymous id sorts after the user id, so the greatest user id is not the answer."""
+    anonymous, user = "zz-anon-7", "u-login"
+    before = [
+        event("s-login", anonymous, "page_view", at(6.5)),
+        event("s-login", anonymous, "page_view", at(7.0)),
+    ]
+    after = [event("s-login", user, "purchase", at(7.5), revenue="10.0")]
+    for e in before + after:
+        e["user"]["anonymous_id"] = anonymous
+    identify = event("s-login", user, IDENTIFY_TYPE, at(7.2))
+    identify["user"]["anonymous_id"] = anonymous
+    return [*before, identify, *after]
 
 
 def phase1_events() -> list[dict]:
@@ -63,6 +80,7 @@ def phase1_events() -> list[dict]:
         )
         for i in range(50)
     ]
+    events += login_session()
     events += [
         event("s-c", "u3", "page_view", at(11.0), load=130.0),  # window 1 ...
         event(
@@ -79,7 +97,8 @@ PHASE2 = [event("s-e", "u5", "page_view", at(15.0), ua=IPHONE_UA, load=80.0)]
 
 
 def counted_events() -> list[dict]:
-    return PHASE1 + PHASE2
+    """What the jobs count: identity records are not events."""
+    return [e for e in PHASE1 + PHASE2 if e["event"]["type"] != IDENTIFY_TYPE]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -124,7 +143,7 @@ def outputs(job_settings, supervisor):
     return {
         "event_metrics": read_metrics(job_settings, "event_metrics", lambda r: expected.keys() <= r.keys()),
         "performance_metrics": read_metrics(job_settings, "performance_metrics", lambda r: len(r) >= 3),
-        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 7),
+        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 8),
     }
 
 
@@ -188,6 +207,11 @@ def test_session_boundaries_and_ecommerce_stats(outputs):
     assert (s_a["user_id"], s_a["device_category"]) == ("u1", "desktop")
     assert (sessions["s-b"]["events"], sessions["s-b"]["device_category"]) == (2, "mobile")
     assert sessions["s-perf"]["events"] == 50
+
+
+def test_a_session_with_a_login_carries_the_identified_user(outputs):
+    [login] = [v for key, v in outputs["session_metrics"].items() if key[1] == "s-login"]
+    assert (login["user_id"], login["events"], login["purchases"]) == ("u-login", 3, 1)
 
 
 def test_a_gap_longer_than_the_session_gap_splits_the_session(outputs):
