@@ -7,7 +7,11 @@ A manifest is JSON lines, one object per distinct event id:
   failed_sends (posts not answered "accepted": no answer, 5xx, 503 while Kafka was down),
   accepted (some send was answered "accepted"), status (HTTP status of the last send, 0 = no answer),
   timestamp_adjusted (ingestion replaced the timestamp by its receive time; such events cannot be
-  placed in a window from the manifest).
+  placed in a window from the manifest), anonymous_id (user.anonymous_id, else null).
+An identity call (identify, alias) has an entry too: its type is the raw event's reserved type, user_id and
+anonymous_id as ingestion maps them (services/ingestion/identity.py), traits (identify), no device or metrics.
+The jobs' expectations leave identity calls out; persons(), identity_links() and resolved_sessions() recompute
+the identity tables and the sessions' resolved users.
 Every function here is pure: entries in, plain dicts out.
 """
 
@@ -22,19 +26,26 @@ from typing import Any
 import orjson
 
 from services.loadgen.agents import expected_category
+from shared.events import ALIAS_TYPE, IDENTIFY_TYPE
 
 Entry = dict[str, Any]
 PERCENTILES = (0.5, 0.95, 0.99)
 
 
+IDENTITY_TYPES = {"identify": IDENTIFY_TYPE, "alias": ALIAS_TYPE}  # the raw events' reserved types
+
+
 def entry_for(event: dict[str, Any], late: bool = False) -> Entry:
-    """The manifest entry of a generated event, before it is sent."""
+    """The manifest entry of a generated event or identity call, before it is sent."""
+    if "event" not in event:
+        return identity_entry(event, late)
     device, props = event["device"], event.get("properties") or {}
     metrics = event.get("metrics") or {}
     return {
         "id": event["event"]["id"],
         "type": event["event"]["type"],
         "user_id": event["user"]["id"],
+        "anonymous_id": event["user"].get("anonymous_id"),
         "session_id": event["context"]["session_id"],
         "timestamp": event["timestamp"],
         "device_category": expected_category(
@@ -43,6 +54,27 @@ def entry_for(event: dict[str, Any], late: bool = False) -> Entry:
         "load_time": metrics.get("load_time"),
         "interaction_time": metrics.get("interaction_time"),
         "revenue": props.get("revenue") if event["event"]["type"] == "purchase" else None,
+        **unsent(late),
+    }
+
+
+def identity_entry(call: dict[str, Any], late: bool) -> Entry:
+    """identify: user_id the user, anonymous_id the linked id; alias: anonymous_id the previous id."""
+    anonymous = call.get("previous_id") if call["type"] == "alias" else call.get("anonymous_id")
+    return {
+        "id": call["id"],
+        "type": IDENTITY_TYPES[call["type"]],
+        "user_id": call["user_id"],
+        "anonymous_id": anonymous,
+        "session_id": call["session_id"],
+        "timestamp": call["timestamp"],
+        "traits": call.get("traits", {}),
+        **unsent(late),
+    }
+
+
+def unsent(late: bool) -> Entry:
+    return {
         "late": late,
         "sends": 0,
         "duplicate": False,
@@ -85,6 +117,11 @@ def accepted(entries: Iterable[Entry]) -> Iterator[Entry]:
             yield e
 
 
+def counted(entries: Iterable[Entry]) -> Iterator[Entry]:
+    """The accepted events the jobs count: identity calls are not events."""
+    return (e for e in accepted(entries) if e["type"] not in IDENTITY_TYPES.values())
+
+
 def window_start(timestamp: int, window_ms: int) -> int:
     """Tumbling windows aligned to the epoch, as Flink's TUMBLE (offset 0)."""
     return timestamp - timestamp % window_ms
@@ -94,7 +131,7 @@ def event_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[int, s
     """(window_start, event_type, device_category) -> {events, unique_users} over accepted events."""
     users: dict[tuple[int, str, str], set[str]] = defaultdict(set)
     counts: dict[tuple[int, str, str], int] = defaultdict(int)
-    for e in accepted(entries):
+    for e in counted(entries):
         key = (window_start(e["timestamp"], window_ms), e["type"], e["device_category"])
         counts[key] += 1
         users[key].add(e["user_id"])
@@ -105,7 +142,7 @@ def performance_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[
     """(window_start, device_category) -> events and count/avg/p50/p95/p99 of load_time and
     interaction_time."""
     groups: dict[tuple[int, str], list[Entry]] = defaultdict(list)
-    for e in accepted(entries):
+    for e in counted(entries):
         groups[(window_start(e["timestamp"], window_ms), e["device_category"])].append(e)
     return {
         key: {"events": len(rows), **stats(rows, "load_time"), **stats(rows, "interaction_time")}
@@ -117,7 +154,7 @@ def session_metrics(entries: Iterable[Entry], gap_ms: int) -> dict[tuple[int, st
     """(window_start, session_id) -> the session job's columns. A session's events split where the next event
     comes gap_ms or more after the previous one (Flink's SESSION window: each event opens [ts, ts + gap))."""
     by_session: dict[str, list[Entry]] = defaultdict(list)
-    for e in accepted(entries):
+    for e in counted(entries):
         by_session[e["session_id"]].append(e)
     out: dict[tuple[int, str], dict[str, Any]] = {}
     for session_id, rows in by_session.items():
@@ -141,7 +178,7 @@ def session_row(rows: Sequence[Entry], gap_ms: int) -> dict[str, Any]:
     types = [e["type"] for e in rows]
     return {
         "window_end": last + gap_ms,
-        "user_id": max(e["user_id"] for e in rows),
+        "user_id": session_user(rows),
         "device_category": max(e["device_category"] for e in rows),
         "duration_ms": last - first,
         "page_views": types.count("page_view"),
@@ -150,6 +187,57 @@ def session_row(rows: Sequence[Entry], gap_ms: int) -> dict[str, Any]:
         "cart_adds": types.count("add_to_cart"),
         "purchases": types.count("purchase"),
         "revenue": sum(e["revenue"] or 0.0 for e in rows if e["type"] == "purchase"),
+    }
+
+
+def session_user(rows: Sequence[Entry]) -> str:
+    """The identified user (an event whose user id is not its anonymous id; the greatest if several), else
+    the greatest user id."""
+    identified = [e["user_id"] for e in rows if e.get("anonymous_id") and e["user_id"] != e["anonymous_id"]]
+    return str(max(identified or [e["user_id"] for e in rows]))
+
+
+def latest(entries: Iterable[Entry]) -> Entry:
+    """The entry of the latest event time, then the greatest id (storage breaks a tie at one millisecond by
+    hashed id: the generator never puts two identity calls of one person in one millisecond)."""
+    return max(entries, key=lambda e: (e["timestamp"], e["id"]))
+
+
+def persons(entries: Iterable[Entry]) -> dict[str, dict[str, str]]:
+    """user id -> each trait's value from the latest identify call that set it (values as text)."""
+    setters: dict[tuple[str, str], list[Entry]] = defaultdict(list)
+    for e in accepted(entries):
+        if e["type"] == IDENTIFY_TYPE:
+            for trait in e["traits"]:
+                setters[(e["user_id"], trait)].append(e)
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for (user, trait), calls in setters.items():
+        out[user][trait] = trait_text(latest(calls)["traits"][trait])
+    return dict(out)
+
+
+def trait_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def identity_links(entries: Iterable[Entry]) -> dict[str, str]:
+    """anonymous id -> the user of its latest identify or alias call (ids equal to the user's: no link)."""
+    calls: dict[str, list[Entry]] = defaultdict(list)
+    for e in accepted(entries):
+        linked = e["type"] in IDENTITY_TYPES.values() and e["anonymous_id"]
+        if linked and e["anonymous_id"] != e["user_id"]:
+            calls[e["anonymous_id"]].append(e)
+    return {anonymous: latest(found)["user_id"] for anonymous, found in calls.items()}
+
+
+def resolved_sessions(entries: Sequence[Entry], gap_ms: int) -> dict[tuple[int, str], str]:
+    """(window_start, session_id) -> the session's user, or the user its user id is linked to."""
+    links = identity_links(entries)
+    return {
+        key: links.get(row["user_id"], row["user_id"])
+        for key, row in session_metrics(entries, gap_ms).items()
     }
 
 

@@ -46,8 +46,8 @@ def login_session() -> list[dict]:
     identified events. The anonymous id sorts after the user id, so the greatest user id is not the answer."""
     anonymous, user = "zz-anon-7", "u-login"
     before = [
-        event("s-login", anonymous, "page_view", at(6.5)),
-        event("s-login", anonymous, "page_view", at(7.0)),
+        event("s-login", anonymous, "product_view", at(6.5)),
+        event("s-login", anonymous, "product_view", at(7.0)),
     ]
     after = [event("s-login", user, "purchase", at(7.5), revenue="10.0")]
     for e in before + after:
