@@ -182,11 +182,18 @@ def to_identity_event(msg: SegmentMessage, batch_sent_at: datetime | None, recei
 
 def segment_names(exc: MappingError) -> MappingError:
     """The error with Segment's field names (userId, not user_id)."""
-    name = SEGMENT_NAMES[exc.field]
-    return SegmentMappingError(str(exc).replace(exc.field, name), name)
+    message = str(exc)
+    for ours, theirs in SEGMENT_NAMES.items():
+        message = message.replace(ours, theirs)
+    return SegmentMappingError(message, SEGMENT_NAMES[exc.field])
 
 
-SEGMENT_NAMES = {"user_id": "userId", "previous_id": "previousId", "group_id": "groupId"}
+SEGMENT_NAMES = {
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "previous_id": "previousId",
+    "group_id": "groupId",
+}
 
 
 def common_values(
