@@ -155,9 +155,9 @@ class JobCoordinator:
         }
 
     def events_view_sql(self) -> str:
-        """The events every job reads: heartbeats and identity records removed (they already moved the watermark
-        in the source; storage keeps identities), repeats of an event id removed (client retries), device
-        category computed."""
+        """The events every job reads: heartbeats and identity records removed (they already moved the
+        watermark in the source; storage keeps identities), repeats of an event id removed (client retries),
+        device category computed."""
         skipped = ", ".join(sql_string(t) for t in (HEARTBEAT_TYPE, *IDENTITY_TYPES))
         where = f"{source_path(TYPE_PATH)} NOT IN ({skipped})"
         if self.bounds:

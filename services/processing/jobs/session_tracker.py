@@ -16,8 +16,8 @@ class SessionTracker(BaseJob):
             Column(
                 "user_id",
                 "string",
-                "the identified user: the greatest user id of an event whose user id is not its anonymous id, "
-                "else the greatest user id",
+                "the identified user: the greatest user id of an event whose user id is not its "
+                "anonymous id, else the greatest user id",
             ),
             Column("device_category", "string", "desktop | mobile | tablet | bot"),
             Column("duration_ms", "int64", "last event time minus first event time"),
