@@ -57,6 +57,8 @@ TRAITS = EVENT.at("properties").column
 
 
 def _versioned(name: str, key: tuple[ColumnDef, ...], values: tuple[ColumnDef, ...], time: str) -> Table:
+    """A table sorted by `key`, whose `_version` ClickHouse computes at insert from the row's event time and
+    event id (the module docstring)."""
     computed = f"bitShiftLeft(toUInt128(toUnixTimestamp64Milli({quoted(time)})), 64) + cityHash64(`event_id`)"
     columns = (
         *key,
