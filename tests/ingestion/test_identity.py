@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from services.ingestion.identity import IdentityCall, MappingError, from_call
 from shared.events import ALIAS_TYPE, GROUP_TYPE, IDENTIFY_TYPE
-from tests.ingestion.conftest import event, read_events, refused_at, with_ids
+from tests.ingestion.conftest import WRITE_KEY, event, read_events, refused_at, with_ids
 
 
 def mapped(**call) -> dict:
@@ -126,3 +126,14 @@ def test_identity_routes_refuse_precisely(client: httpx.Client):
     assert refused_at(client.post("/v1/analytics/track", json=reserved)) == (400, ["body", "event.type"])
     huge = {"user_id": "u", "traits": {f"t{i}": "x" * 1_000 for i in range(70)}}
     assert client.post("/v1/analytics/identify", json=huge).status_code == 413
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("path", ["/v1/analytics/identify", "/v1/analytics/alias", "/v1/analytics/group"])
+def test_identity_routes_need_a_write_key_before_the_body_is_read(keyed_ingestion: str, path: str):
+    with httpx.Client(base_url=keyed_ingestion, timeout=15) as c:
+        assert refused_at(c.post(path, content=b"{not json")) == (401, ["header", "X-Write-Key"])
+        wrong = c.post(path, json={"user_id": "u"}, headers={"X-Write-Key": "wrong"})
+        assert refused_at(wrong) == (401, ["header", "X-Write-Key"])
+        call = {"user_id": "u", "anonymous_id": "a", "previous_id": "p", "group_id": "g"}
+        assert c.post(path, json=call, headers={"X-Write-Key": WRITE_KEY}).status_code == 202
