@@ -151,6 +151,27 @@ def records(body: bytes, max_events: int, received_at: int, policy: SkewPolicy) 
     return None if decoded is None else [_record(event, received_at, policy) for event in decoded]
 
 
+RAW_ITEMS_DECODER = msgspec.json.Decoder(
+    TypedDict("RawEnvelope", {"events": list[msgspec.Raw]}) | list[msgspec.Raw]  # type: ignore[operator]
+)
+
+
+def each_record(
+    body: bytes, max_events: int, received_at: int, policy: SkewPolicy
+) -> list[tuple[bytes, Record | None]] | None:
+    """Per item of a batch the fast path refused as a whole (an identity call or an invalid event among
+    valid events): its JSON text and its record when it is a valid event, else None (pydantic decides). None
+    when msgspec cannot split the body into 1 to max_events items (pydantic names the problem)."""
+    try:
+        decoded = RAW_ITEMS_DECODER.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+    items = decoded if isinstance(decoded, list) else decoded["events"]
+    if not 0 < len(items) <= max_events:
+        return None
+    return [(bytes(item), record(bytes(item), received_at, policy)) for item in items]
+
+
 def record(body: bytes, received_at: int, policy: SkewPolicy) -> Record | None:
     """The Kafka record of one valid event (POST /v1/analytics/track); None means: use pydantic."""
     try:
