@@ -17,6 +17,13 @@ EVENT_FIELDS covers RawEvent exactly). A new field: add it to TrackEvent and Raw
 complete() when clients may leave it out), append one EventField, then regenerate the JSON Schema
 (`python -m shared.events`) and the documented column list (`python -m shared.event_doc --write`).
 
+Identity records: Segment's identify, alias and group calls (and ingestion's own equivalents) travel on the
+same topic as events of the reserved types in IDENTITY_TYPES: `user.id` is the (identified) user,
+`user.anonymous_id` the id linked to it (identify: the anonymousId; alias: the previousId), `context.group_id`
+the group (group), `properties` the traits. Storage derives persons, identity links and groups from them
+(services/storage/identity.py); the jobs' events view leaves them out, like heartbeats. `user.anonymous_id`
+is also on ordinary events: the client's anonymous id beside its user id (null when it sent none).
+
 Heartbeat records keep event time moving when traffic pauses: ingestion writes one to every
 partition each RTAP_INGESTION__HEARTBEAT_INTERVAL_MS with event.type == HEARTBEAT_TYPE and
 timestamp == now. Jobs use them for watermarks only and filter them out before aggregating.
@@ -53,6 +60,9 @@ from pydantic.fields import FieldInfo
 from typing_extensions import TypedDict, is_typeddict
 
 HEARTBEAT_TYPE = "__heartbeat"
+IDENTIFY_TYPE, ALIAS_TYPE, GROUP_TYPE = "__identify", "__alias", "__group"
+IDENTITY_TYPES = (IDENTIFY_TYPE, ALIAS_TYPE, GROUP_TYPE)
+RESERVED_TYPES = frozenset({HEARTBEAT_TYPE, *IDENTITY_TYPES})
 EVENT_SCHEMA_VERSION = 1
 EVENT_SCHEMA_FILE = Path(__file__).with_name(f"event_schema_v{EVENT_SCHEMA_VERSION}.json")
 
@@ -66,8 +76,8 @@ EventType = Annotated[
 
 
 def _not_reserved(event_type: str) -> str:
-    if event_type == HEARTBEAT_TYPE:
-        raise ValueError(f"{HEARTBEAT_TYPE!r} is reserved for ingestion's heartbeats")
+    if event_type in RESERVED_TYPES:
+        raise ValueError(f"{event_type!r} is reserved for ingestion's heartbeats and identity calls")
     return event_type
 
 
@@ -102,9 +112,13 @@ class EventInfo(TypedDict):
     id: NotRequired[EventId | None]
 
 
+UserId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
 @with_config(IGNORE_EXTRA)
 class User(TypedDict):
-    id: Annotated[str, Field(min_length=1, max_length=256)]
+    id: UserId
+    anonymous_id: NotRequired[UserId | None]
 
 
 @with_config(IGNORE_EXTRA)
@@ -112,6 +126,14 @@ class Device(TypedDict):
     user_agent: Annotated[str, Field(max_length=4096)]
     screen_width: ScreenSize
     screen_height: ScreenSize
+
+
+GroupId = Annotated[
+    str,
+    Field(
+        min_length=1, max_length=256, description="group calls: the group; events: Segment's context.groupId"
+    ),
+]
 
 
 @with_config(IGNORE_EXTRA)
@@ -123,6 +145,7 @@ class Context(TypedDict):
         str,
         Field(min_length=1, max_length=256, description="Kafka key: a session's events share a partition"),
     ]
+    group_id: NotRequired[GroupId | None]
 
 
 @with_config(IGNORE_EXTRA)
@@ -156,6 +179,15 @@ class WireContext(TypedDict):
     referrer: Text | None
     ip_address: str | None
     session_id: str
+    group_id: GroupId | None
+
+
+class WireUser(TypedDict):
+    id: UserId
+    anonymous_id: Annotated[
+        UserId | None,
+        Field(description="the client's anonymous id; identify: the one linked, alias: the previous id"),
+    ]
 
 
 class WireMetrics(TypedDict):
@@ -188,7 +220,7 @@ class RawEvent(TypedDict):
     """One record value in topic analytics_events (every key present)."""
 
     event: WireEventInfo
-    user: User
+    user: WireUser
     device: Device
     context: WireContext
     properties: dict[str, PropertyValue]
@@ -249,6 +281,7 @@ class EventField:
 
 TYPE_PATH, ID_PATH, USER_PATH = "event.type", "event.id", "user.id"
 EVENT_TIME_PATH, RECEIVED_PATH = "timestamp", "received_at"
+ANONYMOUS_PATH, GROUP_PATH = "user.anonymous_id", "context.group_id"
 
 
 @dataclass(frozen=True)
@@ -382,6 +415,8 @@ EVENT_FIELDS = (
     EventField("os", "enrichment.os", CATEGORY),
     EventField("os_version", "enrichment.os_version", CATEGORY, nullable=True),
     EventField("country", "enrichment.country", CATEGORY, nullable=True),
+    EventField("anonymous_id", ANONYMOUS_PATH, STRING, nullable=True),
+    EventField("group_id", GROUP_PATH, STRING, nullable=True, in_view=False),  # no job needs it
 )
 EVENT = EventSchema(EVENT_FIELDS, RawEvent)
 
@@ -393,9 +428,11 @@ TRACK_EVENTS = TypeAdapter(list[TrackEvent])
 def complete(event: TrackEvent) -> dict[str, Any]:
     """A validated TrackEvent with every optional key present (None or empty), as the wire format wants."""
     event["event"].setdefault("id", None)
+    event["user"].setdefault("anonymous_id", None)
     context = event["context"]
     context.setdefault("referrer", None)
     context.setdefault("ip_address", None)
+    context.setdefault("group_id", None)
     event.setdefault("properties", {})
     metrics = event.setdefault("metrics", {})
     metrics.setdefault("load_time", None)

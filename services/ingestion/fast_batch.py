@@ -143,7 +143,7 @@ def decode(body: bytes, max_events: int) -> list[Any] | None:
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):  # too deep: pydantic names it
         return None
     items = decoded if isinstance(decoded, list) else decoded["events"]
-    if not 0 < len(items) <= max_events or any(item.event.type == events.HEARTBEAT_TYPE for item in items):
+    if not 0 < len(items) <= max_events or any(item.event.type in events.RESERVED_TYPES for item in items):
         return None
     return items
 
@@ -159,15 +159,36 @@ def records(
     return [_record(event, received_at, policy, enricher) for event in decoded]
 
 
+RAW_ITEMS_DECODER = msgspec.json.Decoder(
+    TypedDict("RawEnvelope", {"events": list[msgspec.Raw]}) | list[msgspec.Raw]  # type: ignore[operator]
+)
+
+
+def each_record(
+    body: bytes, max_events: int, received_at: int, policy: SkewPolicy, enricher: Enricher
+) -> list[tuple[bytes, Record | None]] | None:
+    """Per item of a batch the fast path refused as a whole (an identity call or an invalid event among
+    valid events): its JSON text and its record when it is a valid event, else None (pydantic decides). None
+    when msgspec cannot split the body into 1 to max_events items (pydantic names the problem)."""
+    try:
+        decoded = RAW_ITEMS_DECODER.decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+    items = decoded if isinstance(decoded, list) else decoded["events"]
+    if not 0 < len(items) <= max_events:
+        return None
+    return [(bytes(item), record(bytes(item), received_at, policy, enricher)) for item in items]
+
+
 def record(body: bytes, received_at: int, policy: SkewPolicy, enricher: Enricher) -> Record | None:
     """The Kafka record of one valid event (POST /v1/analytics/track); None means: use pydantic."""
     try:
         event = EVENT_DECODER.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
-    if event.event.type == events.HEARTBEAT_TYPE:
-        return None
-    return _record(event, received_at, policy, enricher)
+    return (
+        None if event.event.type in events.RESERVED_TYPES else _record(event, received_at, policy, enricher)
+    )
 
 
 def _record(event: Any, received_at: int, policy: SkewPolicy, enricher: Enricher) -> Record:

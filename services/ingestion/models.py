@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from services.ingestion.identity import IdentityCall
 from shared.api_errors import ErrorBody
 from shared.events import TrackEvent
 
@@ -51,9 +52,10 @@ class BatchRejected(BatchResult, ErrorBody):
 
 
 class BatchRequest(BaseModel):
-    events: list[TrackEvent] = Field(
+    events: list[TrackEvent | IdentityCall] = Field(
         min_length=1,
-        description="1 to RTAP_INGESTION__MAX_BATCH_EVENTS events; a bare JSON array is accepted too",
+        description="1 to RTAP_INGESTION__MAX_BATCH_EVENTS events and identity calls (an item with `type`, "
+        "services/ingestion/identity.py); a bare JSON array is accepted too",
     )
 
 

@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
+from services.ingestion.identity import IdentityCall
 from services.ingestion.models import BatchRequest
 from services.ingestion.segment import SegmentBatch, SegmentMessage
 from shared.api_errors import ErrorBody
@@ -50,7 +51,8 @@ def openapi_schema(app: FastAPI, max_batch_events: int) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     _, defs = models_json_schema(
-        [(m, "validation") for m in (BatchRequest, SegmentBatch, SegmentMessage)], ref_template=REF
+        [(m, "validation") for m in (BatchRequest, IdentityCall, SegmentBatch, SegmentMessage)],
+        ref_template=REF,
     )
     track = TRACK_EVENT.json_schema(ref_template=REF)
     components = schema.setdefault("components", {}).setdefault("schemas", {})

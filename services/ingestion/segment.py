@@ -1,8 +1,9 @@
-"""Segment tracking-spec messages (track, page, screen) mapped onto our TrackEvent.
+"""Segment tracking-spec messages (track, page, screen, identify, alias, group) mapped onto our TrackEvent.
 
 Mapping (Segment -> ours):
   messageId -> event.id; track `event` -> event.type (e-commerce spec names mapped, others snake_cased);
   page -> page_view; screen -> screen_view; userId (else anonymousId) -> user.id;
+  anonymousId -> user.anonymous_id; context.groupId -> context.group_id;
   context.userAgent, context.screen.{width,height} -> device (missing: "" and 0);
   context.page.{url,referrer} (else properties.url/referrer) -> context.url/referrer;
   context.ip -> ip_address;
@@ -12,8 +13,10 @@ Mapping (Segment -> ours):
   properties.load_time/interaction_time -> metrics;
   timestamp (ISO-8601; without an offset: UTC) corrected by sentAt like Segment does:
   receive time - (sentAt - timestamp).
-identify, group and alias carry no event for the jobs and are rejected per item, as is a message that
-cannot be mapped.
+identify, alias and group become identity records (services/ingestion/identity.py: which ids each needs and
+where they go): userId, anonymousId, previousId (alias) and groupId (group) as there, traits (else
+context.traits) -> properties like track's properties; context, timestamp and session as for track.
+A message that cannot be mapped is rejected per item, naming its field.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.ingestion.identity import MappingError, identity_event, identity_user
 from shared.events import TRACK_EVENT, TrackEvent
 
 SEGMENT_EVENT_TYPES = {
@@ -47,13 +51,16 @@ class SegmentMessage(BaseModel):
     event: str | None = Field(None, max_length=128)
     userId: str | None = Field(None, max_length=256)
     anonymousId: str | None = Field(None, max_length=256)
+    previousId: str | None = Field(None, max_length=256)
+    groupId: str | None = Field(None, max_length=256)
+    traits: dict[str, Any] | None = None
     messageId: str | None = Field(None, min_length=1, max_length=128)
     properties: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
     timestamp: datetime | None = None
     sentAt: datetime | None = None
 
-    @field_validator("userId", "anonymousId", mode="before")
+    @field_validator("userId", "anonymousId", "previousId", "groupId", mode="before")
     @classmethod
     def _ids_as_text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
@@ -67,17 +74,13 @@ class SegmentBatch(BaseModel):
     writeKey: str | None = None
 
 
-class SegmentMappingError(ValueError):
-    def __init__(self, message: str, field: str):
-        super().__init__(message)
-        self.field = field
+SegmentMappingError = MappingError
+IDENTITY_MESSAGES = ("identify", "alias", "group")
 
 
 def event_type(msg: SegmentMessage) -> str:
     if msg.type in TYPE_FOR_MESSAGE:
         return TYPE_FOR_MESSAGE[msg.type]
-    if msg.type != "track":
-        raise SegmentMappingError(f"type {msg.type!r} is not ingested; send track, page or screen", "type")
     if not msg.event:
         raise SegmentMappingError("track messages need an event name", "event")
     return (
@@ -102,7 +105,7 @@ def corrected_timestamp(msg: SegmentMessage, batch_sent_at: datetime | None, rec
     return received_at - (to_epoch_ms(sent_at) - to_epoch_ms(msg.timestamp))
 
 
-def flat_properties(properties: dict[str, Any]) -> dict[str, Any]:
+def flat_properties(properties: dict[str, Any], field: str = "properties") -> dict[str, Any]:
     """Scalars as they are, nested values as JSON text, nulls dropped;
     SegmentMappingError for a value nested too deep."""
     out = {}
@@ -110,7 +113,7 @@ def flat_properties(properties: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         out[str(name)] = (
-            value if isinstance(value, (str, int, float, bool)) else _json_text(f"properties.{name}", value)
+            value if isinstance(value, (str, int, float, bool)) else _json_text(f"{field}.{name}", value)
         )
     return out
 
@@ -143,32 +146,77 @@ def _object(value: Any) -> dict[str, Any]:
 
 def to_track_event(msg: SegmentMessage, batch_sent_at: datetime | None, received_at: int) -> TrackEvent:
     """The Segment message as our event; raises SegmentMappingError or pydantic ValidationError."""
+    if msg.type in IDENTITY_MESSAGES:
+        return to_identity_event(msg, batch_sent_at, received_at)
     user_id = msg.userId or msg.anonymousId
     if not user_id:
         raise SegmentMappingError("userId or anonymousId is required", "userId")
+    event = common_values(msg, user_id, batch_sent_at, received_at)
+    return TRACK_EVENT.validate_python(
+        {
+            **event,
+            "event": {"type": event_type(msg), "id": msg.messageId},
+            "user": {"id": user_id, "anonymous_id": msg.anonymousId},
+            "properties": flat_properties(msg.properties),
+            "metrics": {
+                "load_time": _number(msg.properties.get("load_time")),
+                "interaction_time": _number(msg.properties.get("interaction_time")),
+            },
+        }
+    )
+
+
+def to_identity_event(msg: SegmentMessage, batch_sent_at: datetime | None, received_at: int) -> TrackEvent:
+    """identify, alias or group as our identity record (services/ingestion/identity.py)."""
+    try:
+        user = identity_user(msg.type, msg.userId, msg.anonymousId, msg.previousId)
+    except MappingError as exc:
+        raise segment_names(exc) from None
+    traits = msg.traits if msg.traits is not None else _object(msg.context.get("traits"))
+    common = common_values(msg, user["anonymous_id"] or user["id"], batch_sent_at, received_at)
+    common["event_id"] = msg.messageId
+    try:
+        return identity_event(msg.type, user, msg.groupId, flat_properties(traits, "traits"), common)
+    except MappingError as exc:
+        raise segment_names(exc) from None
+
+
+def segment_names(exc: MappingError) -> MappingError:
+    """The error with Segment's field names (userId, not user_id)."""
+    message = str(exc)
+    for ours, theirs in SEGMENT_NAMES.items():
+        message = message.replace(ours, theirs)
+    return SegmentMappingError(message, SEGMENT_NAMES[exc.field])
+
+
+SEGMENT_NAMES = {
+    "user_id": "userId",
+    "anonymous_id": "anonymousId",
+    "previous_id": "previousId",
+    "group_id": "groupId",
+}
+
+
+def common_values(
+    msg: SegmentMessage, fallback_session: str, batch_sent_at: datetime | None, received_at: int
+) -> dict[str, Any]:
+    """The device, context and timestamp of any message, from its context (the module docstring)."""
     ctx, props = msg.context, msg.properties
     page = _object(ctx.get("page"))
     screen = _object(ctx.get("screen"))
-    return TRACK_EVENT.validate_python(
-        {
-            "event": {"type": event_type(msg), "id": msg.messageId},
-            "user": {"id": user_id},
-            "device": {
-                "user_agent": ctx.get("userAgent") or "",
-                "screen_width": screen.get("width") or 0,
-                "screen_height": screen.get("height") or 0,
-            },
-            "context": {
-                "url": page.get("url") or props.get("url") or "",
-                "referrer": page.get("referrer") or props.get("referrer"),
-                "ip_address": ctx.get("ip"),
-                "session_id": session_id(msg, user_id),
-            },
-            "properties": flat_properties(props),
-            "metrics": {
-                "load_time": _number(props.get("load_time")),
-                "interaction_time": _number(props.get("interaction_time")),
-            },
-            "timestamp": corrected_timestamp(msg, batch_sent_at, received_at),
-        }
-    )
+    group = ctx.get("groupId")
+    return {
+        "device": {
+            "user_agent": ctx.get("userAgent") or "",
+            "screen_width": screen.get("width") or 0,
+            "screen_height": screen.get("height") or 0,
+        },
+        "context": {
+            "url": page.get("url") or props.get("url") or "",
+            "referrer": page.get("referrer") or props.get("referrer"),
+            "ip_address": ctx.get("ip"),
+            "session_id": session_id(msg, fallback_session),
+            "group_id": group if isinstance(group, str) and group else None,
+        },
+        "timestamp": corrected_timestamp(msg, batch_sent_at, received_at),
+    }

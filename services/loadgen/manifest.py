@@ -12,9 +12,14 @@ A manifest is JSON lines, one object per distinct event id:
   timestamp_adjusted (ingestion replaced the timestamp by its receive time; such events cannot be
   placed in a window from the manifest), enrichment (the enrichment columns the raw table must hold for
   the event and its IP truncated to its network, `ip_network`, from the generator's own tables; null for
-  events the generator did not make).
-Bots: session_metrics leaves out device_category = bot events unless asked to include them
-(RTAP_PROCESSING__SESSION_BOTS); event_metrics and performance_metrics count them in their own bot rows.
+  events the generator did not make), anonymous_id (user.anonymous_id, else null).
+Bots: session_metrics, top_pages and traffic_sources leave out device_category = bot events unless asked to
+include them (RTAP_PROCESSING__SESSION_BOTS); event_metrics and performance_metrics count them in their own
+bot rows.
+An identity call (identify, alias) has an entry too: its type is the raw event's reserved type, user_id and
+anonymous_id as ingestion maps them (services/ingestion/identity.py), traits (identify), no device or metrics.
+The jobs' expectations leave identity calls out; persons(), identity_links() and resolved_sessions() recompute
+the identity tables and the sessions' resolved users.
 Every function here is pure: entries in, plain dicts out.
 """
 
@@ -30,19 +35,27 @@ from typing import Any
 import orjson
 
 from services.loadgen.agents import expected_category
+from shared.events import ALIAS_TYPE, IDENTIFY_TYPE
 
 Entry = dict[str, Any]
 PERCENTILES = (0.5, 0.95, 0.99)
 
 
+IDENTITY_TYPES = {"identify": IDENTIFY_TYPE, "alias": ALIAS_TYPE}  # the raw events' reserved types
+
+
 def entry_for(event: dict[str, Any], late: bool = False, enrichment: dict[str, Any] | None = None) -> Entry:
-    """The manifest entry of a generated event, before it is sent (enrichment: what the generator expects)."""
+    """The manifest entry of a generated event or identity call, before it is sent (enrichment: what the
+    generator expects)."""
+    if "event" not in event:
+        return identity_entry(event, late)
     device, props = event["device"], event.get("properties") or {}
     metrics = event.get("metrics") or {}
     return {
         "id": event["event"]["id"],
         "type": event["event"]["type"],
         "user_id": event["user"]["id"],
+        "anonymous_id": event["user"].get("anonymous_id"),
         "session_id": event["context"]["session_id"],
         "timestamp": event["timestamp"],
         "page": re.split("[?#]", event["context"]["url"], maxsplit=1)[0],
@@ -53,6 +66,28 @@ def entry_for(event: dict[str, Any], late: bool = False, enrichment: dict[str, A
         "interaction_time": metrics.get("interaction_time"),
         "revenue": props.get("revenue") if event["event"]["type"] == "purchase" else None,
         **cart_change(event["event"]["type"], props),
+        "enrichment": enrichment,
+        **unsent(late),
+    }
+
+
+def identity_entry(call: dict[str, Any], late: bool) -> Entry:
+    """identify: user_id the user, anonymous_id the linked id; alias: anonymous_id the previous id."""
+    anonymous = call.get("previous_id") if call["type"] == "alias" else call.get("anonymous_id")
+    return {
+        "id": call["id"],
+        "type": IDENTITY_TYPES[call["type"]],
+        "user_id": call["user_id"],
+        "anonymous_id": anonymous,
+        "session_id": call["session_id"],
+        "timestamp": call["timestamp"],
+        "traits": call.get("traits", {}),
+        **unsent(late),
+    }
+
+
+def unsent(late: bool) -> Entry:
+    return {
         "late": late,
         "sends": 0,
         "duplicate": False,
@@ -60,7 +95,6 @@ def entry_for(event: dict[str, Any], late: bool = False, enrichment: dict[str, A
         "accepted": False,
         "status": 0,
         "timestamp_adjusted": False,
-        "enrichment": enrichment,
     }
 
 
@@ -104,6 +138,11 @@ def accepted(entries: Iterable[Entry]) -> Iterator[Entry]:
             yield e
 
 
+def counted(entries: Iterable[Entry]) -> Iterator[Entry]:
+    """The accepted events the jobs count: identity calls are not events."""
+    return (e for e in accepted(entries) if e["type"] not in IDENTITY_TYPES.values())
+
+
 def window_start(timestamp: int, window_ms: int) -> int:
     """Tumbling windows aligned to the epoch, as Flink's TUMBLE (offset 0)."""
     return timestamp - timestamp % window_ms
@@ -113,7 +152,7 @@ def event_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[int, s
     """(window_start, event_type, device_category) -> {events, unique_users} over accepted events."""
     users: dict[tuple[int, str, str], set[str]] = defaultdict(set)
     counts: dict[tuple[int, str, str], int] = defaultdict(int)
-    for e in accepted(entries):
+    for e in counted(entries):
         key = (window_start(e["timestamp"], window_ms), e["type"], e["device_category"])
         counts[key] += 1
         users[key].add(e["user_id"])
@@ -124,7 +163,7 @@ def performance_metrics(entries: Iterable[Entry], window_ms: int) -> dict[tuple[
     """(window_start, device_category) -> events and count/avg/p50/p95/p99 of load_time and
     interaction_time."""
     groups: dict[tuple[int, str], list[Entry]] = defaultdict(list)
-    for e in accepted(entries):
+    for e in counted(entries):
         groups[(window_start(e["timestamp"], window_ms), e["device_category"])].append(e)
     return {
         key: {"events": len(rows), **stats(rows, "load_time"), **stats(rows, "interaction_time")}
@@ -138,7 +177,7 @@ def top_pages(
     """(window_start, place) -> page, page_views, unique_users: per window the `places` pages with the most
     page_view events (not of bots unless `bots`), ties in page text order."""
     viewers: dict[tuple[int, str], list[str]] = defaultdict(list)
-    for e in accepted(entries):
+    for e in counted(entries):
         if e["type"] == "page_view" and (bots or e["device_category"] != "bot"):
             viewers[(window_start(e["timestamp"], window_ms), e["page"])].append(e["user_id"])
     by_window: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -160,7 +199,7 @@ def traffic_sources(
     the referrer class; campaign utm_campaign, else (none). Events without an expected enrichment (not made by
     the generator) have referrer class (unknown)."""
     groups: dict[tuple[int, str, str, str, str], list[Entry]] = defaultdict(list)
-    for e in accepted(entries):
+    for e in counted(entries):
         if not bots and e["device_category"] == "bot":
             continue
         x = e.get("enrichment") or {}
@@ -191,7 +230,7 @@ def session_metrics(
     session's events split where the next event comes gap_ms or more after the previous one (Flink's SESSION
     window: each event opens [ts, ts + gap))."""
     by_session: dict[str, list[Entry]] = defaultdict(list)
-    for e in accepted(entries):
+    for e in counted(entries):
         if bots or e["device_category"] != "bot":
             by_session[e["session_id"]].append(e)
     out: dict[tuple[int, str], dict[str, Any]] = {}
@@ -216,7 +255,7 @@ def session_row(rows: Sequence[Entry], gap_ms: int) -> dict[str, Any]:
     types = [e["type"] for e in rows]
     return {
         "window_end": last + gap_ms,
-        "user_id": max(e["user_id"] for e in rows),
+        "user_id": session_user(rows),
         "device_category": max(e["device_category"] for e in rows),
         "duration_ms": last - first,
         "page_views": types.count("page_view"),
@@ -227,6 +266,57 @@ def session_row(rows: Sequence[Entry], gap_ms: int) -> dict[str, Any]:
         "revenue": sum(e["revenue"] or 0.0 for e in rows if e["type"] == "purchase"),
         "cart_items": sum(e["cart_items"] for e in rows),
         "cart_value": sum(e["cart_value"] for e in rows),
+    }
+
+
+def session_user(rows: Sequence[Entry]) -> str:
+    """The identified user (an event whose user id is not its anonymous id; the greatest if several), else
+    the greatest user id."""
+    identified = [e["user_id"] for e in rows if e.get("anonymous_id") and e["user_id"] != e["anonymous_id"]]
+    return str(max(identified or [e["user_id"] for e in rows]))
+
+
+def latest(entries: Iterable[Entry]) -> Entry:
+    """The entry of the latest event time, then the greatest id (storage breaks a tie at one millisecond by
+    hashed id: the generator never puts two identity calls of one person in one millisecond)."""
+    return max(entries, key=lambda e: (e["timestamp"], e["id"]))
+
+
+def persons(entries: Iterable[Entry]) -> dict[str, dict[str, str]]:
+    """user id -> each trait's value from the latest identify call that set it (values as text)."""
+    setters: dict[tuple[str, str], list[Entry]] = defaultdict(list)
+    for e in accepted(entries):
+        if e["type"] == IDENTIFY_TYPE:
+            for trait in e["traits"]:
+                setters[(e["user_id"], trait)].append(e)
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for (user, trait), calls in setters.items():
+        out[user][trait] = trait_text(latest(calls)["traits"][trait])
+    return dict(out)
+
+
+def trait_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def identity_links(entries: Iterable[Entry]) -> dict[str, str]:
+    """anonymous id -> the user of its latest identify or alias call (ids equal to the user's: no link)."""
+    calls: dict[str, list[Entry]] = defaultdict(list)
+    for e in accepted(entries):
+        linked = e["type"] in IDENTITY_TYPES.values() and e["anonymous_id"]
+        if linked and e["anonymous_id"] != e["user_id"]:
+            calls[e["anonymous_id"]].append(e)
+    return {anonymous: latest(found)["user_id"] for anonymous, found in calls.items()}
+
+
+def resolved_sessions(entries: Sequence[Entry], gap_ms: int) -> dict[tuple[int, str], str]:
+    """(window_start, session_id) -> the session's user, or the user its user id is linked to."""
+    links = identity_links(entries)
+    return {
+        key: links.get(row["user_id"], row["user_id"])
+        for key, row in session_metrics(entries, gap_ms).items()
     }
 
 

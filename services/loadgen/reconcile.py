@@ -1,8 +1,9 @@
 """Reconciliation: what each layer holds, compared with the independent recomputation from a load manifest.
 
 Layers: the raw Kafka topic (event ids), each metric topic (last record per key), ClickHouse through the
-storage API (metrics, raw rows and their enrichment columns per event id) and Redis through the cache API.
-Used by the end-to-end and fault tests and by `rtap bench`.
+storage API (metrics, raw rows and their enrichment columns per event id, and the identity tables:
+persons, links, resolved sessions) and Redis through the cache API. Used by the end-to-end and fault
+tests and by `rtap bench`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from services.loadgen.manifest import (
     Entry,
     accepted,
     event_metrics,
+    identity_links,
     performance_metrics,
+    persons,
+    resolved_sessions,
     session_metrics,
     top_pages,
     traffic_sources,
@@ -32,6 +36,9 @@ from shared.settings import Settings
 from shared.topics import topics
 
 Key = tuple[Any, ...]
+IN_SPAN = (
+    "{column} >= fromUnixTimestamp64Milli({{lo:Int64}}) AND {column} < fromUnixTimestamp64Milli({{hi:Int64}})"
+)
 # float columns (averages, interpolated percentiles, revenue): same formula, only rounding differs
 REL_TOL = 1e-9
 ABS_TOL = 1e-6
@@ -257,6 +264,36 @@ class Layers:
             if len(found) < page:
                 return rows
 
+    def identities(self, start_ms: int, end_ms: int) -> dict[str, Any]:
+        """One run's identity answers from ClickHouse: persons and links resolved by `_version` among the
+        updates with event times in [start_ms, end_ms), and the resolved user of each session starting there
+        (the resolved_sessions view), in the shapes of manifest.persons(), identity_links() and
+        resolved_sessions()."""
+        span = {"lo": start_ms, "hi": end_ms}
+        traits = self.storage_sql(
+            "SELECT user_id, key, argMax(value, _version) AS value FROM person_properties "
+            f"WHERE {IN_SPAN.format(column='updated_at')} GROUP BY user_id, key",
+            **span,
+        )
+        links = self.storage_sql(
+            "SELECT anonymous_id, argMax(user_id, _version) AS user_id FROM identity_links "
+            f"WHERE {IN_SPAN.format(column='linked_at')} GROUP BY anonymous_id",
+            **span,
+        )
+        sessions = self.storage_sql(
+            "SELECT toUnixTimestamp64Milli(window_start) AS ws, session_id, resolved_user_id "
+            f"FROM resolved_sessions WHERE {IN_SPAN.format(column='window_start')}",
+            **span,
+        )
+        people: dict[str, dict[str, str]] = {}
+        for row in traits:
+            people.setdefault(row["user_id"], {})[row["key"]] = row["value"]
+        return {
+            "persons": people,
+            "identity_links": {row["anonymous_id"]: row["user_id"] for row in links},
+            "resolved_sessions": {(int(r["ws"]), r["session_id"]): r["resolved_user_id"] for r in sessions},
+        }
+
     def late_records_dropped(self) -> float | None:
         """Flink's count of records left out of closed windows (late by policy), None when the TaskManager's
         metrics endpoint does not answer."""
@@ -294,6 +331,26 @@ class Layers:
         }
 
 
+def expected_identities(entries: list[Entry], s: Settings) -> dict[str, Any]:
+    """What Layers.identities() should answer for a run, recomputed from its manifest."""
+    return {
+        "persons": persons(entries),
+        "identity_links": identity_links(entries),
+        "resolved_sessions": resolved_sessions(entries, s.processing.session_gap_seconds * 1000),
+    }
+
+
+def identity_differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
+    """One line per person, link or session whose answer differs (missing, unexpected or another value)."""
+    problems = []
+    for table, want in expected.items():
+        got = actual[table]
+        for key in sorted(want.keys() | got.keys(), key=str):
+            if want.get(key) != got.get(key):
+                problems.append(f"{table} {key}: expected {want.get(key)!r}, got {got.get(key)!r}")
+    return problems
+
+
 def time_span(entries: list[Entry]) -> tuple[int, int]:
     stamps = [e["timestamp"] for e in entries]
     return min(stamps), max(stamps) + 1
@@ -327,6 +384,10 @@ def reconcile_run(
         for layer, read in layers.metric_readers(schemas[job], expected).items():
             actual = poll(read, settled(schemas[job], expected), left())
             problems += [f"{layer}: {p}" for p in reconcile(schemas[job], expected, actual)]
+    identities = expected_identities(counted, layers.s)
+    span = time_span(counted)
+    found = poll(lambda: layers.identities(*span), lambda got: got == identities, left())
+    problems += [f"clickhouse: {p}" for p in identity_differences(identities, found)]
     if problems:
         problems += layers.explain_late()
     return problems

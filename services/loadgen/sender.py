@@ -21,7 +21,7 @@ import httpx
 import orjson
 
 from services.loadgen.manifest import Entry, entry_for, read_manifest, record_send, summary, write_manifest
-from services.loadgen.traffic import Traffic, TrafficSpec
+from services.loadgen.traffic import Traffic, TrafficSpec, item_id
 
 BATCH_PATH = "/v1/analytics/batch"
 RECENT_EVENTS = 10_000  # duplicates are drawn from this many most recently sent events
@@ -122,13 +122,13 @@ def deliver(
         outcomes, pause = post_batch(client, pending)
         posts += len(pending)
         for event, outcome in zip(pending, outcomes, strict=True):
-            entry = entries[event["event"]["id"]]
+            entry = entries[item_id(event)]
             newly += outcome.accepted and not entry["accepted"]
             record_send(entry, outcome.status, outcome.accepted, outcome.adjusted)
         pending = [
             e
             for e, o in zip(pending, outcomes, strict=True)
-            if o.retryable and not entries[e["event"]["id"]]["accepted"]
+            if o.retryable and not entries[item_id(e)]["accepted"]
         ]
         if not pending or attempt == retries:
             break
@@ -154,8 +154,8 @@ def run_worker(plan: WorkerPlan, progress: Any) -> None:
             if time.monotonic() - started > plan.deadline_s:
                 break
             for event in batch:
-                if event["event"]["id"] not in entries:
-                    event_id = event["event"]["id"]
+                event_id = item_id(event)
+                if event_id not in entries:
                     entries[event_id] = entry_for(
                         event, event_id in traffic.late_ids, traffic.expected.pop(event_id, None)
                     )

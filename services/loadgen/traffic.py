@@ -6,6 +6,12 @@ event.id and an explicit epoch-ms timestamp, so a run can be recomputed from its
 Timestamps follow a planned schedule (start_ms + i / rate), then optionally move back by up to
 out_of_order_ms (shuffling the order within that bound) and, for late_fraction of the events,
 by late_ms more.
+
+Identity: a login_fraction of the people's sessions start anonymous (user.id = user.anonymous_id = the
+session's anonymous id) and log in part-way with an identify call (items of the same batch in our own shape,
+services/ingestion/identity.py), after which their events carry the user id beside the anonymous id; an
+alias_fraction stay anonymous and end with an alias call linking their anonymous id to a user. Identity calls
+count among the n items of `events(n)`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from services.loadgen.agents import AGENTS, CATEGORY_WEIGHTS, Agent
 
 UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 EVENT_TYPES = ("page_view", "click", "product_view", "add_to_cart", "remove_from_cart", "purchase")
+IDENTITY_CALLS = ("identify", "alias")
 SHOP = "https://shop.example"
 PAGES = ("/", "/search", "/category/shoes", "/category/bags", "/deals", "/help", "/account")
 SHOP_HOST = "shop.example"
@@ -104,6 +111,8 @@ class TrafficSpec:
     late_ms: int = 0
     users: int = 2_000
     open_sessions: int = 50
+    login_fraction: float = 0.2
+    alias_fraction: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,8 @@ class Session:
     network: tuple[str, str | None]
     cart: list[CartLine] = field(default_factory=list)
     page: str = "/"
+    anonymous_id: str | None = None  # set: the session started anonymous
+    known_user: str | None = None  # the user its identify or alias call names
 
 
 class Traffic:
@@ -163,11 +174,28 @@ class Traffic:
         agent = self.user_agents.setdefault(user_id, pick_agent(rng))
         self.session_count += 1
         session_id = f"s{self.spec.seed}-{self.spec.worker}-{self.session_count}"
-        return Session(
+        session = Session(
             session_id, user_id, agent, session_script(rng, agent.category == "bot"), rng.choice(NETWORKS)
         )
+        if agent.category != "bot":
+            self.identity_script(session)
+        return session
+
+    def identity_script(self, session: Session) -> None:
+        """Maybe make the session anonymous, with an identify step part-way or an alias step at its end."""
+        roll = self.rng.random()
+        if roll >= self.spec.login_fraction + self.spec.alias_fraction:
+            return
+        session.known_user, session.anonymous_id = session.user_id, f"a{session.id}"
+        session.user_id = session.anonymous_id
+        if roll < self.spec.login_fraction:
+            session.steps.insert(self.rng.randint(1, len(session.steps)), "identify")
+        else:
+            session.steps.append("alias")
 
     def build(self, session: Session, kind: str) -> dict[str, Any]:
+        if kind in IDENTITY_CALLS:
+            return self.identity_call(session, kind)
         rng, agent = self.rng, session.agent
         properties = step_properties(rng, session, kind)
         load_time = (
@@ -185,7 +213,7 @@ class Traffic:
         self.expected[event_id] = expected_enrichment(source, agent, session.network, ip)
         return {
             "event": {"type": kind, "id": event_id},
-            "user": {"id": session.user_id},
+            "user": {"id": session.user_id, "anonymous_id": session.anonymous_id},
             "device": {
                 "user_agent": agent.user_agent,
                 "screen_width": agent.screen_width,
@@ -201,6 +229,25 @@ class Traffic:
             "metrics": {"load_time": load_time, "interaction_time": interaction},
             "timestamp": timestamp,
         }
+
+    def identity_call(self, session: Session, kind: str) -> dict[str, Any]:
+        """An identify (the session is identified from here on) or alias call, as a batch item."""
+        assert session.known_user is not None and session.anonymous_id is not None
+        call_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        timestamp, late = self.timestamp()
+        if late:
+            self.late_ids.add(call_id)
+        call: dict[str, Any] = {"type": kind, "id": call_id, "user_id": session.known_user}
+        if kind == "identify":
+            session.user_id = session.known_user
+            plan = self.rng.choice(("free", "pro", "team"))
+            call |= {
+                "anonymous_id": session.anonymous_id,
+                "traits": {"plan": plan, "seats": len(session.steps)},
+            }
+        else:
+            call["previous_id"] = session.anonymous_id
+        return call | {"session_id": session.id, "timestamp": timestamp}
 
     def timestamp(self) -> tuple[int, bool]:
         """(event time, whether it was made late)."""
@@ -230,6 +277,11 @@ def expected_enrichment(
         "ip_sent": ip,
         "ip_network": f"{network[0]}.0",
     }
+
+
+def item_id(item: dict[str, Any]) -> str:
+    """The id of a batch item: an event's event.id, an identity call's id."""
+    return str(item["event"]["id"] if "event" in item else item["id"])
 
 
 def pick_agent(rng: random.Random) -> Agent:

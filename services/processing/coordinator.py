@@ -18,6 +18,7 @@ from shared.events import (
     EVENT_TIME_PATH,
     HEARTBEAT_TYPE,
     ID_PATH,
+    IDENTITY_TYPES,
     RECEIVED_PATH,
     TYPE_PATH,
     EventField,
@@ -166,9 +167,11 @@ class JobCoordinator:
         }
 
     def events_view_sql(self) -> str:
-        """The events every job reads: heartbeats removed (they already moved the watermark in the source),
-        repeats of an event id removed (client retries), device category computed."""
-        where = f"{source_path(TYPE_PATH)} <> {sql_string(HEARTBEAT_TYPE)}"
+        """The events every job reads: heartbeats and identity records removed (they already moved the
+        watermark in the source; storage keeps identities), repeats of an event id removed (client retries),
+        device category computed."""
+        skipped = ", ".join(sql_string(t) for t in (HEARTBEAT_TYPE, *IDENTITY_TYPES))
+        where = f"{source_path(TYPE_PATH)} NOT IN ({skipped})"
         if self.bounds:
             b = self.bounds
             where += (

@@ -38,9 +38,10 @@ from services.storage.analytics import (
 from services.storage.backends import Backend, open_backend, open_reader
 from services.storage.consumer import storage_consumer
 from services.storage.export import add_export_route
+from services.storage.identity import identity_tables, identity_views
 from services.storage.query import QueryError, bind_params, check_text, metric_query, parse_time
 from services.storage.sandbox import SandboxError, Tables, canonical_statement
-from services.storage.tables import all_tables, migrate
+from services.storage.tables import all_tables, migrate, migrate_views
 from shared.api_app import service_app
 from shared.api_errors import body_error, error_responses, known_job, param_error, unavailable
 from shared.api_keys import read_key_guard
@@ -143,8 +144,11 @@ class Storage:
         self.schemas: dict[str, MetricSchema] = load_schemas()
         self.lock = threading.Lock()
         self.backend: Backend = open_backend(settings)
-        tables = all_tables(settings, self.schemas)
-        migrate(self.backend, settings.clickhouse.database, tables)
+        database = settings.clickhouse.database
+        tables = all_tables(settings, self.schemas) + identity_tables()
+        migrate(self.backend, database, tables)
+        views = identity_views(database, [s.name for s in self.schemas.values()])
+        migrate_views(self.backend, database, views)
         self.readers = {route: ReaderPool(settings) for route in ("sql", "windows", "analytics")}
         self.raw_columns = frozenset(
             r["name"]
@@ -154,7 +158,7 @@ class Storage:
             )
         )
         self.tables = sandbox_tables(
-            self.backend, settings.clickhouse.database, frozenset(t.name for t in tables)
+            self.backend, database, frozenset([*(t.name for t in tables), *(v.name for v in views)])
         )
         self.consumer = (
             storage_consumer(settings, self.backend, self.lock, self.schemas) if run_consumer else None

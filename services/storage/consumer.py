@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from services.storage.backends import Backend
+from services.storage.identity import identity_rows
 from services.storage.processors import metric_processor, process_event
 from shared.consumer_pipeline import ConsumerPipeline, Limits, Processor, Sink, Writer
 from shared.metric_schema import MetricSchema
@@ -37,11 +38,21 @@ def processors(settings: Settings, schemas: dict[str, MetricSchema]) -> dict[str
     }
 
 
-def table_writer(backend: Backend, lock: threading.Lock, table_of: dict[str, str]) -> Writer:
+def table_writer(
+    backend: Backend, lock: threading.Lock, table_of: dict[str, str], events_topic: str | None = None
+) -> Writer:
+    """One insert per table; the raw events topic's rows also give the identity tables' rows (written after
+    the raw rows, in the same retried write: replays are absorbed by their versions)."""
+    database = table_of[events_topic].rpartition(".")[0] if events_topic else ""
+
     def write(rows: dict[str, list[Any]]) -> None:
         for topic, topic_rows in rows.items():
             with lock:
                 backend.insert(table_of[topic], topic_rows)
+            if topic == events_topic:
+                for table, derived in identity_rows(topic_rows).items():
+                    with lock:
+                        backend.insert(f"{database}.{table}", derived)
 
     return write
 
@@ -51,7 +62,7 @@ def storage_consumer(
 ) -> ConsumerPipeline:
     storage = settings.storage
     limits = Limits(storage.batch_rows, storage.batch_bytes, storage.batch_seconds)
-    writer = table_writer(backend, lock, tables(settings, schemas))
+    writer = table_writer(backend, lock, tables(settings, schemas), topics(settings).events.name)
     sink = Sink(SINK, processors(settings, schemas), writer, limits, storage.retry_max_seconds)
     return ConsumerPipeline(
         sink,

@@ -9,7 +9,9 @@ table by `events_sorting_key()`, which ends in the event id. `_version` is the K
 `migrate()` creates what is missing, re-sorts a table whose sorting key is not the declared one
 (`resort()`), adds new columns (ADD COLUMN IF NOT EXISTS), updates the raw events TTL, and records every
 statement it ran in `schema_migrations`. It never loses data: a re-sort swaps in a complete copy of the
-table before it drops the old one.
+table before it drops the old one. `migrate_views()` then (re)creates each declared view whose definition
+changed. The identity tables and views (persons, links, groups) are declared in services/storage/identity.py,
+with a version of their own (event time, then event id) instead of the Kafka offset.
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ class Table:
             f"ENGINE = {self.engine}\nPARTITION BY {self.partition_by}\n"
             f"ORDER BY ({self.sorting_key}){ttl}"
         )
+
+
+@dataclass(frozen=True)
+class View:
+    """A view over the tables; select: SQL built from declared names, never from input."""
+
+    name: str
+    select: str
+
+    def create_sql(self, database: str) -> str:
+        return f"CREATE OR REPLACE VIEW {qualified(database, self.name)} AS\n{self.select}"
 
 
 @dataclass(frozen=True)
@@ -186,6 +199,19 @@ def migrate(backend: Backend, database: str, tables: list[Table]) -> list[str]:
             applied.append(_apply(backend, database, table.name, statement))
     if applied:
         log.info("migrations applied", count=len(applied))
+    return applied
+
+
+def migrate_views(backend: Backend, database: str, views: list[View]) -> list[str]:
+    """(Re)create each view that is missing or whose definition is not the one recorded last; run after
+    migrate() (a view reads the tables). Returns the statements it ran."""
+    applied = []
+    for view in views:
+        statement = view.create_sql(database)
+        if _table_info(backend, database, view.name) is None or statement not in _recorded(
+            backend, database, view.name
+        ):
+            applied.append(_apply(backend, database, view.name, statement))
     return applied
 
 

@@ -9,24 +9,29 @@ them once.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from segment.analytics import Client
 
 from services.loadgen.manifest import accepted
 from services.loadgen.reconcile import (
     Layers,
     by_key,
     expected_enrichment,
+    expected_identities,
     expected_metrics,
+    identity_differences,
     poll,
     reconcile,
     reconcile_raw,
     time_span,
 )
 from services.processing.registry import builtin_schemas, load_schemas
+from shared.events import ALIAS_TYPE, IDENTIFY_TYPE
 from shared.metric_schema import MetricSchema
 from shared.settings import Settings
 from tests.e2e.stack import full_stack, reconciled_env, rtap_load
@@ -163,6 +168,81 @@ def test_cache_latest_window_equals_the_recomputation(stack, layers, workload, j
         return by_key(schema, response.json()["records"])
 
     assert reconciled(schema, want, latest) == []
+
+
+def test_clickhouse_identities_equal_the_recomputation(layers, workload):
+    """Persons, identity links and the resolved user of every session, as the manifest predicts them."""
+    kinds = {e["type"] for e in accepted(workload)}
+    assert {IDENTIFY_TYPE, ALIAS_TYPE} <= kinds, "the workload logs some sessions in and aliases some"
+    expected = expected_identities(workload, layers.s)
+    assert expected["identity_links"] and expected["persons"]
+    span = time_span(list(accepted(workload)))
+    found = poll(lambda: layers.identities(*span), lambda got: got == expected, SETTLE_TIMEOUT_S)
+    problems = identity_differences(expected, found)
+    assert problems == [], f"{len(problems)} differences:\n" + "\n".join(problems[:20])
+
+
+def test_segment_library_identity_reaches_persons_links_and_resolved_sessions(stack, layers, workload):
+    """Segment's own Python client sends track, page, identify, alias and group; a visitor who logs in
+    mid-session is one user in the session table, and an earlier anonymous session resolves to that user.
+    Runs after the reconciliation (its events land in later windows)."""
+    tag = uuid.uuid4().hex[:10]
+    anonymous, user, earlier = f"anon-{tag}", f"user-{tag}", f"anon-old-{tag}"
+    errors: list = []
+    client = Client(
+        write_key="any", host=stack.ingestion.url, on_error=lambda e, b: errors.append(e), max_retries=0
+    )
+    visit = {"sessionId": f"visit-{tag}"}
+    old_visit = {"sessionId": f"old-visit-{tag}"}
+    client.page(
+        anonymous_id=earlier, name="Home", properties={"url": "https://shop.example/"}, context=old_visit
+    )
+    client.page(
+        anonymous_id=anonymous, name="Home", properties={"url": "https://shop.example/"}, context=visit
+    )
+    client.track(anonymous_id=anonymous, event="Product Viewed", properties={"sku": "p-1"}, context=visit)
+    client.identify(user_id=user, anonymous_id=anonymous, traits={"plan": "pro", "email": f"{tag}@x.example"})
+    client.track(
+        user_id=user,
+        anonymous_id=anonymous,
+        event="Order Completed",
+        properties={"revenue": 5.0},
+        context=visit,
+    )
+    client.alias(previous_id=earlier, user_id=user)
+    client.group(user_id=user, group_id=f"acme-{tag}", traits={"name": "Acme"})
+    client.flush()
+    client.join()
+    assert errors == []
+
+    def sessions() -> dict[str, dict[str, Any]]:
+        rows = layers.storage_sql(
+            "SELECT session_id, user_id, resolved_user_id, events FROM resolved_sessions "
+            "WHERE session_id IN ({a:String}, {b:String})",
+            a=visit["sessionId"],
+            b=old_visit["sessionId"],
+        )
+        return {row["session_id"]: row for row in rows}
+
+    got = poll(sessions, lambda rows: len(rows) == 2, SETTLE_TIMEOUT_S)
+    login, old = got[visit["sessionId"]], got[old_visit["sessionId"]]
+    assert (login["user_id"], login["resolved_user_id"], int(login["events"])) == (user, user, 3)
+    assert (old["user_id"], old["resolved_user_id"]) == (earlier, user)  # linked by the alias
+    person = layers.storage_sql("SELECT traits FROM persons WHERE user_id = {u:String}", u=user)
+    assert person == [{"traits": {"plan": "pro", "email": f"{tag}@x.example"}}]
+    links = layers.storage_sql(
+        "SELECT anonymous_id, user_id, source FROM identity_links FINAL WHERE user_id = {u:String} "
+        "ORDER BY anonymous_id",
+        u=user,
+    )
+    assert links == [
+        {"anonymous_id": anonymous, "user_id": user, "source": "identify"},
+        {"anonymous_id": earlier, "user_id": user, "source": "alias"},
+    ]
+    members = layers.storage_sql(
+        "SELECT user_id FROM group_members WHERE group_id = {g:String}", g=f"acme-{tag}"
+    )
+    assert members == [{"user_id": user}]
 
 
 def test_duplicate_sends_are_one_row_in_raw_storage(stack, layers, workload, tmp_path):

@@ -310,3 +310,19 @@ def test_a_validator_without_a_fast_path_equivalent_fails_at_import():
 
     with pytest.raises(TypeError, match="strip"):
         fast_batch.msgspec_type(Strange)
+
+
+def test_a_batch_with_an_identity_call_keeps_the_fast_path_for_its_events():
+    """Per item: each valid event's record is the one the whole-batch fast path writes; the identity call
+    and the invalid event are left to pydantic (None)."""
+    identify = {"type": "identify", "user_id": "u-1", "anonymous_id": "a-1", "traits": {"plan": "pro"}}
+    invalid = mutate(FULL, ("user", "id"), "")
+    body = body_of([FULL, identify, MINIMAL, invalid])
+    split = fast_batch.each_record(body, 100, RECEIVED, POLICY)
+    assert split is not None and [orjson.loads(raw) for raw, _ in split] == [FULL, identify, MINIMAL, invalid]
+    assert [record is None for _, record in split] == [False, True, False, True]
+    events_only = fast_batch.records(body_of([FULL, MINIMAL]), 100, RECEIVED, POLICY)
+    assert events_only is not None
+    assert wire([split[0][1], split[2][1]]) == wire(events_only)  # type: ignore[list-item]
+    assert fast_batch.each_record(body_of([FULL] * 3), 2, RECEIVED, POLICY) is None  # over the limit
+    assert fast_batch.each_record(b'{"events": [}', 100, RECEIVED, POLICY) is None

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from segment.analytics import Client
 
+from shared.events import ALIAS_TYPE, GROUP_TYPE, IDENTIFY_TYPE
 from tests.ingestion.conftest import WRITE_KEY, problem, read_events, refused_at
 
 pytestmark = pytest.mark.kafka
@@ -45,30 +46,34 @@ def test_segment_library_events_arrive_in_our_shape(keyed_ingestion, kafka, gzip
     client.page(
         user_id="user-42", name="Home", properties={"url": "https://shop.example/"}, message_id=f"{tag}-page"
     )
-    client.identify(user_id="user-42", traits={"plan": "pro"}, message_id=f"{tag}-identify")
+    client.identify(
+        user_id="user-42",
+        anonymous_id="anon-7",
+        traits={"plan": "pro", "address": {"city": "Oslo"}},
+        message_id=f"{tag}-identify",
+    )
+    client.alias(previous_id="anon-8", user_id="user-42", message_id=f"{tag}-alias")
+    client.group(user_id="user-42", group_id="acme", traits={"name": "Acme"}, message_id=f"{tag}-group")
     client.flush()
     client.join()
     assert errors == []
 
     records = {
         r["value"]["event"]["id"]: r
-        for r in read_events(kafka, lambda v: v["event"]["id"].startswith(tag), 3, timeout_s=15)
+        for r in read_events(kafka, lambda v: v["event"]["id"].startswith(tag), 6, timeout_s=15)
     }
-    assert set(records) == {
-        f"{tag}-view",
-        f"{tag}-buy",
-        f"{tag}-page",
-    }  # identify carries no event: rejected per item
+    assert set(records) == {f"{tag}-{name}" for name in ("view", "buy", "page", "identify", "alias", "group")}
     view = records[f"{tag}-view"]
     assert view["key"] == b"user-42"
     v = view["value"]
-    assert v["event"]["type"] == "product_view" and v["user"] == {"id": "user-42"}
+    assert v["event"]["type"] == "product_view" and v["user"] == {"id": "user-42", "anonymous_id": None}
     assert v["device"] == {"user_agent": context["userAgent"], "screen_width": 390, "screen_height": 844}
     assert v["context"] == {
         "url": "https://shop.example/p/1",
         "referrer": "https://search.example/",
         "ip_address": "203.0.113.9",
         "session_id": "user-42",
+        "group_id": None,
     }
     assert v["properties"] == {"sku": "p-1", "price": 19.99, "tags": '["a","b"]'}
     assert (
@@ -81,6 +86,25 @@ def test_segment_library_events_arrive_in_our_shape(keyed_ingestion, kafka, gzip
         and buy["properties"]["revenue"] == 59.5
     )
     assert records[f"{tag}-page"]["value"]["event"]["type"] == "page_view"
+    assert buy["user"]["anonymous_id"] == "anon-7"
+    identify = records[f"{tag}-identify"]["value"]
+    assert (identify["event"]["type"], identify["user"]) == (
+        IDENTIFY_TYPE,
+        {"id": "user-42", "anonymous_id": "anon-7"},
+    )
+    assert identify["properties"] == {"plan": "pro", "address": '{"city":"Oslo"}'}
+    assert records[f"{tag}-identify"]["key"] == b"anon-7"  # the anonymous visitor's session
+    alias = records[f"{tag}-alias"]["value"]
+    assert (alias["event"]["type"], alias["user"]) == (
+        ALIAS_TYPE,
+        {"id": "user-42", "anonymous_id": "anon-8"},
+    )
+    group = records[f"{tag}-group"]["value"]
+    assert (group["event"]["type"], group["context"]["group_id"], group["properties"]) == (
+        GROUP_TYPE,
+        "acme",
+        {"name": "Acme"},
+    )
 
 
 def test_segment_endpoints_refuse_wrong_key_and_name_fields(keyed_ingestion):
@@ -93,9 +117,44 @@ def test_segment_endpoints_refuse_wrong_key_and_name_fields(keyed_ingestion):
         assert refused_at(r) == (401, ["header", "X-Write-Key"]) and problem(r)["type"] == "unauthorized"
         r = c.post("/v1/track", json={"type": "track", "event": "Signed Up", "writeKey": WRITE_KEY})
         assert refused_at(r) == (400, ["body", "userId"]) and r.json()["results"][0]["field"] == "userId"
-        r = c.post("/v1/batch", json={"batch": [{"type": "identify", "userId": "u"}], "writeKey": WRITE_KEY})
+        r = c.post("/v1/batch", json={"batch": [{"type": "shout", "userId": "u"}], "writeKey": WRITE_KEY})
         assert refused_at(r) == (400, ["body", "batch[0].type"]), r.text
         r = c.post(
             "/v1/track", json={"type": "track", "event": "Signed Up", "userId": "u-1", "writeKey": WRITE_KEY}
         )
         assert r.status_code == 200 and r.json()["success"] is True and r.json()["accepted"] == 1
+
+
+HOSTILE_SEGMENT = [
+    ({"type": "identify", "traits": {"plan": "pro"}}, "userId", "needs userId or anonymousId"),
+    ({"type": "alias", "userId": "u-1"}, "previousId", "previousId"),
+    ({"type": "alias", "previousId": "a-1"}, "userId", "userId"),
+    ({"type": "group", "userId": "u-1", "traits": {}}, "groupId", "groupId"),
+    ({"type": "identify", "userId": "u-1", "traits": "pro"}, "traits", "dictionary"),
+    ({"type": "identify", "userId": ["u"]}, "userId", "string"),
+    ({"type": "group", "userId": "u-1", "groupId": {"id": 1}}, "groupId", "string"),
+    ({"type": "identify", "userId": "u" * 257}, "userId", "at most 256"),
+    ({"type": "identify", "userId": "u-1", "traits": {f"t{i}": i for i in range(300)}}, "properties", "256"),
+]
+
+
+def test_segment_identity_messages_refused_per_item_naming_the_field(keyed_ingestion):
+    import httpx
+
+    good = {"type": "identify", "userId": "u-ok", "traits": {"plan": "pro"}}
+    with httpx.Client(base_url=keyed_ingestion, timeout=15) as c:
+        r = c.post(
+            "/v1/batch", json={"batch": [good, *(m for m, _, _ in HOSTILE_SEGMENT)], "writeKey": WRITE_KEY}
+        )
+        assert r.status_code == 200, r.text  # the valid one is written, every other one refused on its own
+        body = r.json()
+        assert (body["accepted"], body["rejected"]) == (1, len(HOSTILE_SEGMENT))
+        for result, (_, field, words) in zip(body["results"][1:], HOSTILE_SEGMENT, strict=True):
+            assert (result["status"], result["field"]) == ("rejected", field), result
+            assert words in result["error"], result
+        r = c.post(
+            "/v1/identify", json={"userId": "u-1", "traits": {"huge": "x" * 200_000}, "writeKey": WRITE_KEY}
+        )
+        assert r.status_code == 413, r.text
+        r = c.post("/v1/alias", json={"userId": "u-1", "previousId": "a-1", "writeKey": WRITE_KEY})
+        assert r.status_code == 200 and r.json()["accepted"] == 1, r.text

@@ -9,10 +9,13 @@ from services.loadgen.manifest import (
     cart_change,
     entry_for,
     event_metrics,
+    identity_links,
     percentile,
     performance_metrics,
+    persons,
     read_manifest,
     record_send,
+    resolved_sessions,
     session_metrics,
     summary,
     top_pages,
@@ -216,3 +219,30 @@ def test_traffic_sources_prefer_utm_then_the_referrer_and_leave_bots_out():
         traffic_sources(rows, 10_000, bots=True)[(T0, "(direct)", "direct", "(none)", "direct")]["events"]
         == 2
     )
+
+
+def identity(id: str, kind: str, user: str, anonymous: str | None, ts: int, **traits) -> dict:
+    call = {"type": kind, "id": id, "user_id": user, "session_id": "A", "timestamp": ts}
+    call |= {"previous_id": anonymous} if kind == "alias" else {"anonymous_id": anonymous, "traits": traits}
+    entry = entry_for(call)
+    record_send(entry, 202, accepted=True)
+    return entry
+
+
+def test_identity_calls_give_persons_links_and_resolved_sessions_but_no_events():
+    anonymous = {**entry("e1", user="anon-1", ts=T0), "session_id": "A", "anonymous_id": "anon-1"}
+    identified = {**entry("e2", user="zed", ts=T0 + 2_000), "session_id": "A", "anonymous_id": "anon-1"}
+    other = {**entry("e3", user="anon-2", ts=T0 + 100), "session_id": "B", "anonymous_id": "anon-2"}
+    calls = [
+        identity("i2", "identify", "zed", "anon-1", T0 + 1_500, plan="pro", seats=3),
+        identity("i1", "identify", "zed", "anon-1", T0 + 1_000, plan="free", admin=True),  # older: loses plan
+        identity("l1", "alias", "yan", "anon-2", T0 + 200),
+    ]
+    rows = [anonymous, identified, other, *calls]
+    assert persons(rows) == {"zed": {"plan": "pro", "seats": "3", "admin": "true"}}
+    assert identity_links(rows) == {"anon-1": "zed", "anon-2": "yan"}
+    sessions = session_metrics(rows, gap_ms=3_000)
+    assert sessions[(T0, "A")]["user_id"] == "zed"  # identified mid-session, though "anon-1" < "zed" is not
+    assert sessions[(T0, "A")]["events"] == 2  # identity calls are not events
+    assert resolved_sessions(rows, gap_ms=3_000) == {(T0, "A"): "zed", (T0 + 100, "B"): "yan"}
+    assert event_metrics(rows, W)[(T0, "page_view", "desktop")]["events"] == 3

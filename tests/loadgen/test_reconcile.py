@@ -19,6 +19,7 @@ class StuckLayers:
     def __init__(self) -> None:
         self.s = Settings()
         self.reads: Counter[str] = Counter()
+        self.identity_reads = 0
 
     def raw_ids(self) -> list[str]:
         return [e["id"] for e in MANIFEST if e["accepted"]]
@@ -40,6 +41,10 @@ class StuckLayers:
 
         return {layer: reader(layer) for layer in ("kafka", "clickhouse", "cache")}
 
+    def identities(self, start_ms: int, end_ms: int) -> dict[str, dict]:
+        self.identity_reads += 1
+        return {"persons": {}, "identity_links": {}, "resolved_sessions": {}}
+
     def explain_late(self) -> list[str]:
         return ["flink: 3 records arrived after their window closed"]
 
@@ -52,6 +57,7 @@ def test_layers_share_one_deadline_so_a_stuck_stack_is_read_once_per_layer_after
     first, *rest = layers.reads.values()
     assert first >= 2 and all(n == 1 for n in rest), layers.reads  # only the first layer waited
     assert any(p.startswith("kafka: event_metrics") for p in problems)
+    assert layers.identity_reads == 1 and any(p.startswith("clickhouse: resolved_sessions") for p in problems)
     assert problems[-1].startswith("flink: 3 records"), "the late-record count closes a failed reconciliation"
 
 

@@ -8,8 +8,10 @@ import re
 import statistics
 from collections import Counter, defaultdict
 
+import orjson
 import pytest
 
+from services.ingestion.routes.events import item_event
 from services.loadgen.agents import AGENTS, CATEGORY_BY_AGENT, expected_category
 from services.loadgen.agents import SOFTWARE_BY_AGENT as AGENT_SOFTWARE
 from services.loadgen.sender import LoadConfig, item_outcomes, plan_batches, worker_plans
@@ -21,7 +23,32 @@ START = 1_700_000_000_000
 
 
 def events(n: int = 4_000, **spec) -> list[dict]:
-    return Traffic(TrafficSpec(**{"seed": 7, "start_ms": START, "rate": 1_000, **spec})).events(n)
+    """Events only (no identity calls) unless the spec asks for them."""
+    base = {"seed": 7, "start_ms": START, "rate": 1_000, "login_fraction": 0.0, "alias_fraction": 0.0}
+    return Traffic(TrafficSpec(**{**base, **spec})).events(n)
+
+
+def test_some_sessions_log_in_part_way_and_some_are_aliased_all_valid_batch_items():
+    sample = events(4_000, login_fraction=0.2, alias_fraction=0.05)
+    calls = [item for item in sample if "event" not in item]
+    kinds = Counter(call["type"] for call in calls)
+    assert kinds["identify"] > kinds["alias"] > 0
+    for item in sample:
+        item_event(orjson.loads(orjson.dumps(item)))  # what ingestion's batch route validates
+    by_session: dict[str, list[dict]] = {}
+    for item in sample:
+        session = item["session_id"] if "event" not in item else item["context"]["session_id"]
+        by_session.setdefault(session, []).append(item)
+    for call in calls:
+        items = by_session[call["session_id"]]
+        at = items.index(call)
+        before = {i["user"]["id"] for i in items[:at] if "event" in i}
+        after = {i["user"]["id"] for i in items[at + 1 :] if "event" in i}
+        if call["type"] == "identify":
+            assert before <= {call["anonymous_id"]} and after <= {call["user_id"]}
+            assert all(i["user"]["anonymous_id"] == call["anonymous_id"] for i in items if "event" in i)
+        else:
+            assert before == {call["previous_id"]} and not after
 
 
 def pipeline_category(ua: str, width: int, height: int) -> str:
@@ -119,7 +146,17 @@ def test_timestamps_follow_the_rate_and_stay_within_the_out_of_order_bound():
 
 
 def test_late_fraction_moves_that_share_back_by_late_ms_and_remembers_them():
-    traffic = Traffic(TrafficSpec(seed=7, start_ms=START, rate=1_000, late_fraction=0.1, late_ms=60_000))
+    traffic = Traffic(
+        TrafficSpec(
+            seed=7,
+            start_ms=START,
+            rate=1_000,
+            late_fraction=0.1,
+            late_ms=60_000,
+            login_fraction=0,
+            alias_fraction=0,
+        )
+    )
     sample = traffic.events(5_000)
     late = [e for e in sample if e["event"]["id"] in traffic.late_ids]
     assert 350 < len(late) < 650
@@ -144,7 +181,7 @@ def test_category_mix_is_mostly_phones_with_some_bots():
 
 
 def test_duplicates_repeat_only_ids_of_earlier_batches():
-    traffic = Traffic(TrafficSpec(seed=3, start_ms=START))
+    traffic = Traffic(TrafficSpec(seed=3, start_ms=START, login_fraction=0, alias_fraction=0))
     batches = list(plan_batches(traffic, 2_000, 100, 0.1, random.Random(1)))
     seen: set[str] = set()
     fresh = duplicates = 0

@@ -19,6 +19,7 @@ import pytest
 
 from infrastructure.local.stack import settings_env
 from services.loadgen.reconcile import Layers
+from shared.events import IDENTIFY_TYPE
 from shared.settings import Settings
 from tests.conftest import REPO_ROOT
 from tests.processing.conftest import (
@@ -41,6 +42,22 @@ W0, W1 = BASE, BASE + WINDOW_MS
 
 def at(seconds: float) -> int:
     return BASE + int(seconds * 1000)
+
+
+def login_session() -> list[dict]:
+    """A visitor who logs in mid-session: anonymous events, an identify record (never counted as an event),
+    identified events. The anonymous id sorts after the user id, so the greatest user id is not the answer."""
+    anonymous, user = "zz-anon-7", "u-login"
+    before = [
+        event("s-login", anonymous, "product_view", at(6.5)),
+        event("s-login", anonymous, "product_view", at(7.0)),
+    ]
+    after = [event("s-login", user, "purchase", at(7.5), revenue="10.0")]
+    for e in before + after:
+        e["user"]["anonymous_id"] = anonymous
+    identify = event("s-login", user, IDENTIFY_TYPE, at(7.2))
+    identify["user"]["anonymous_id"] = anonymous
+    return [*before, identify, *after]
 
 
 def phase1_events() -> list[dict]:
@@ -69,6 +86,7 @@ def phase1_events() -> list[dict]:
         )
         for i in range(50)
     ]
+    events += login_session()
     events += [
         event("s-c", "u3", "page_view", at(11.0), load=130.0),  # window 1 ...
         event(
@@ -122,7 +140,8 @@ PHASE2 += [
 
 
 def counted_events() -> list[dict]:
-    return PHASE1 + PHASE2
+    """What the jobs count: identity records are not events."""
+    return [e for e in PHASE1 + PHASE2 if e["event"]["type"] != IDENTIFY_TYPE]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -167,7 +186,7 @@ def outputs(job_settings, supervisor):
     return {
         "event_metrics": read_metrics(job_settings, "event_metrics", lambda r: expected.keys() <= r.keys()),
         "performance_metrics": read_metrics(job_settings, "performance_metrics", lambda r: len(r) >= 4),
-        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 11),
+        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 12),
         "top_pages": read_metrics(job_settings, "top_pages", lambda r: (W1, PLACES) in r),
         "traffic_sources": read_metrics(
             job_settings, "traffic_sources", lambda r: expected_traffic_sources().keys() <= r.keys()
@@ -304,6 +323,11 @@ def test_traffic_sources_group_by_utm_then_referrer_and_leave_bots_out(outputs):
     assert got[(W1, "newsletter", "email", "spring", "email")] == {"events": 3, "sessions": 2, "users": 2}
     assert got[(W1, "google.com", "search", "(none)", "search")] == {"events": 1, "sessions": 1, "users": 1}
     assert {key[4] for key in got} == {"email", "search", "(unknown)"}
+
+
+def test_a_session_with_a_login_carries_the_identified_user(outputs):
+    [login] = [v for key, v in outputs["session_metrics"].items() if key[1] == "s-login"]
+    assert (login["user_id"], login["events"], login["purchases"]) == ("u-login", 3, 1)
 
 
 def test_a_gap_longer_than_the_session_gap_splits_the_session(outputs):

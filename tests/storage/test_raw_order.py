@@ -20,7 +20,7 @@ from services.storage.processors import process_event
 from services.storage.tables import events_table, migrate
 from shared.settings import Settings
 from tests.storage.conftest import raw_event
-from tests.storage.test_event_fields import TABLE_BEFORE_SCHEMA
+from tests.storage.test_event_fields import TABLE_BEFORE_SCHEMA, with_identity
 
 SETTINGS = Settings()
 TABLE = events_table(SETTINGS).name
@@ -41,8 +41,8 @@ def fresh_db(backend: Backend, prefix: str) -> str:
 
 
 def create_old_table(backend: Backend, db: str) -> None:
-    """The raw events table as storage created it before the re-sort: ORDER BY (event_id)."""
-    backend.command(TABLE_BEFORE_SCHEMA.replace("`rtap`.", f"`{db}`."))
+    """The raw events table as storage created it before the re-sort (ORDER BY event_id), today's columns."""
+    backend.command(with_identity(TABLE_BEFORE_SCHEMA).replace("`rtap`.", f"`{db}`."))
 
 
 def sorting_key(backend: Backend, db: str) -> str:

@@ -1,4 +1,5 @@
-"""Segment's tracking API (POST /v1/batch, POST /v1/track), so Segment's libraries can send here unchanged.
+"""Segment's tracking API (POST /v1/batch, and one message to /v1/track, /v1/page, /v1/screen, /v1/identify,
+/v1/alias or /v1/group: its `type` defaults to the path's), so Segment's libraries can send here unchanged.
 
 Write key: a key outside the body (Basic auth username as Segment's libraries send it, X-Write-Key, Bearer,
 ?write_key=) is checked before the body is read, and a wrong one is a 401 with nothing parsed. Only a
@@ -50,12 +51,24 @@ def add_segment_routes(app: IngestionApp, ing: Ingestion) -> None:
         at = "" if isinstance(data, list) else "batch"
         return segment_status(await ingest_items(ing, "segment", valid, invalid, at, SUCCESS))
 
+    for kind in ("track", "page", "screen", "identify", "alias", "group"):
+        add_message_route(app, ing, kind)
+
+
+def add_message_route(app: IngestionApp, ing: Ingestion, kind: str) -> None:
     @direct_post(
-        app, "/v1/track", tags=["segment"], openapi_extra=body_schema("SegmentMessage"), responses=RESPONSES
+        app,
+        f"/v1/{kind}",
+        tags=["segment"],
+        openapi_extra=body_schema("SegmentMessage"),
+        responses=RESPONSES,
+        name=f"segment_{kind}",
     )
-    async def segment_track(request: Request) -> Response:
-        """One Segment track/page/screen message; write key as for /v1/batch."""
+    async def segment_message(request: Request) -> Response:
+        """One Segment message, of the path's type unless it names its own; write key as for /v1/batch."""
         data = await keyed_body(ing, request, strict_key=False)
+        if isinstance(data, dict):
+            data.setdefault("type", kind)
         valid, invalid = segment_records(ing, [data], None)
         return segment_status(await ingest_items(ing, "segment", valid, invalid, None, SUCCESS))
 

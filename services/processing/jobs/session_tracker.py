@@ -16,7 +16,12 @@ class SessionTracker(BaseJob):
             Column("window_start", "timestamp_ms", "first event of the session, epoch ms"),
             Column("window_end", "timestamp_ms", "session window end (last event + gap), epoch ms"),
             Column("session_id", "string"),
-            Column("user_id", "string"),
+            Column(
+                "user_id",
+                "string",
+                "the identified user: the greatest user id of an event whose user id is not its "
+                "anonymous id, else the greatest user id",
+            ),
             Column("device_category", "string", "desktop | mobile | tablet | bot"),
             Column("duration_ms", "int64", "last event time minus first event time"),
             Column("page_views", "int64"),
@@ -46,7 +51,11 @@ class SessionTracker(BaseJob):
                    COALESCE(cart_items, 0) AS cart_items, COALESCE(cart_value, 0.0) AS cart_value
             FROM (
                 SELECT session_id, MIN(ts) AS first_ms, MAX(ts) AS last_ms,
-                       MAX(user_id) AS user_id, MAX(device_category) AS device_category,
+                       COALESCE(
+                           MAX(user_id) FILTER (WHERE anonymous_id IS NOT NULL AND user_id <> anonymous_id),
+                           MAX(user_id)
+                       ) AS user_id,
+                       MAX(device_category) AS device_category,
                        COUNT(*) FILTER (WHERE event_type = 'page_view') AS page_views,
                        COUNT(*) AS events,
                        COUNT(*) FILTER (WHERE event_type = 'product_view') AS products_viewed,
