@@ -1,10 +1,11 @@
-"""Ingestion's record path alone (validated body -> Kafka record values), for counting CPU instructions per
-event with `perf stat`, a count that the machine's load does not change (unlike CPU time on a shared host).
+"""Ingestion's record path alone (body -> Kafka record values), for counting CPU instructions per event, a
+count that the machine's load does not change (unlike CPU time on a shared host).
 
-    PYTHONPATH=<checkout> perf stat -e instructions:u -x, .venv/bin/python benchmarks/record_path.py --rounds 0
-    PYTHONPATH=<checkout> perf stat -e instructions:u -x, .venv/bin/python benchmarks/record_path.py --rounds 200
+    cd <checkout> && PYTHONPATH=. valgrind --tool=callgrind .venv/bin/python <this file> --rounds 0
+    cd <checkout> && PYTHONPATH=. valgrind --tool=callgrind .venv/bin/python <this file> --rounds 20
 
-(the difference of the two counts over rounds x events is the instructions per event). It runs against any
+(the difference of the two "I refs" counts over rounds x events is the instructions per event; perf's
+hardware counters are not available on this virtual machine). It runs against any
 checkout on PYTHONPATH, before or after enrichment: it passes an enricher only where the record builders
 take one. Paths: `batch` (fast_batch.records over a 500-event body of the load generator's traffic) and
 `single` (fast_batch.record, one body per event).
