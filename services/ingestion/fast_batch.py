@@ -197,7 +197,8 @@ def _record(event: Any, received_at: int, policy: SkewPolicy, enricher: Enricher
     client_timestamp = event.timestamp
     event.timestamp, adjusted = policy.bound(client_timestamp, received_at)
     event.received_at = received_at
-    event.enrichment, context.ip_address = enricher(
+    enrichment, context.ip_address = enricher(
         context.url, context.referrer, event.device.user_agent, context.ip_address
     )
+    event.enrichment = msgspec.Raw(enrichment)
     return make_record(info.id, context.session_id, ENCODE(event), client_timestamp, adjusted)

@@ -71,9 +71,10 @@ def to_record(event: TrackEvent, received_at: int, policy: SkewPolicy, enricher:
     client_timestamp = value["timestamp"]
     value["timestamp"], adjusted = policy.bound(client_timestamp, received_at)
     value["received_at"] = received_at
-    value["enrichment"], context["ip_address"] = enricher(
+    enrichment, context["ip_address"] = enricher(
         context["url"], context["referrer"], value["device"]["user_agent"], context["ip_address"]
     )
+    value["enrichment"] = orjson.Fragment(enrichment)
     return make_record(
         info["id"], value["context"]["session_id"], orjson.dumps(value), client_timestamp, adjusted
     )

@@ -3,6 +3,7 @@ referrer database, iptocc's registry data): real user agents, real referrers, ho
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -174,8 +175,17 @@ def test_countries_come_from_the_registry_data_before_truncation():
     assert country("2001:4860:4860::8888") == "US"
     for private_or_bad in ("10.0.0.1", "192.168.1.1", "203.0.113.9", "::1", "", "x" * 64, "1.2.3.4.5"):
         assert country(private_or_bad) is None
-    found, stored = Enricher("network")(PAGE, None, "", "8.8.8.8")
-    assert (found["country"], stored) == ("US", "8.8.8.0")
+    encoded, stored = Enricher("network")(PAGE, None, "", "8.8.8.8")
+    assert (orjson.loads(encoded)["country"], stored) == ("US", "8.8.8.0")
+
+
+def test_the_enricher_writes_what_enrich_derives_cached_or_not():
+    enricher = Enricher("none")
+    long_url = PAGE + "?utm_source=x&pad=" + "p" * 2_000  # past the cached size: derived every time
+    for url in (PAGE + "?utm_source=mail&utm_medium=email", long_url):
+        encoded, stored = enricher(url, "https://t.co/x", AGENTS[0][0], "1.0.16.1")
+        assert orjson.loads(encoded) == enrich(url, "https://t.co/x", AGENTS[0][0], "1.0.16.1")
+        assert list(orjson.loads(encoded)) == list(enrichment.ENRICHMENT_KEYS) and stored == "1.0.16.1"
 
 
 @pytest.mark.parametrize(
@@ -227,6 +237,7 @@ def test_hostile_sizes_stay_within_bounds_and_the_caches_stay_bounded():
         agent_fields(f"agent {i}")
     assert agent_fields.cache_info().currsize <= enrichment.USER_AGENT_CACHE
     assert url_host.cache_info().maxsize == enrichment.URL_CACHE
+    assert enrichment.cached_enrichment_json.cache_info().maxsize == enrichment.VISIT_CACHE
 
 
 def test_the_referrer_class_order_paid_direct_internal_database():

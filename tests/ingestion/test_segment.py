@@ -71,10 +71,13 @@ def test_segment_library_events_arrive_in_our_shape(keyed_ingestion, kafka, gzip
     assert v["context"] == {
         "url": "https://shop.example/p/1",
         "referrer": "https://search.example/",
-        "ip_address": "203.0.113.9",
+        "ip_address": "203.0.113.0",  # RTAP_INGESTION__IP_TRUNCATION=network, the default
         "session_id": "user-42",
         "group_id": None,
     }
+    enriched = v["enrichment"]  # the Segment path is enriched like our own routes
+    assert (enriched["os"], enriched["os_version"], enriched["country"]) == ("iOS", "17", None)
+    assert (enriched["referrer_host"], enriched["referrer_class"]) == ("search.example", "referral")
     assert v["properties"] == {"sku": "p-1", "price": 19.99, "tags": '["a","b"]'}
     assert (
         abs((v["received_at"] - v["timestamp"]) - 5_000) < 2_000
