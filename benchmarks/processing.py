@@ -34,6 +34,29 @@ from shared.topics import topics  # noqa: E402
 from tests.processing.conftest import DESKTOP_UA, IPHONE_UA, create_topics, processing_settings  # noqa: E402
 
 TYPES = ["page_view"] * 6 + ["product_view"] * 2 + ["click", "add_to_cart", "purchase"]
+# what ingestion's enrichment adds to a record (the code before it ignores the group): a few sources
+ENRICHMENTS = [
+    {
+        "utm_source": source,
+        "utm_medium": medium,
+        "utm_campaign": campaign,
+        "utm_term": None,
+        "utm_content": None,
+        "referrer_host": host,
+        "referrer_class": referrer_class,
+        "browser": "Chrome",
+        "browser_version": "124",
+        "os": "Windows",
+        "os_version": "10",
+        "country": "US",
+    }
+    for source, medium, campaign, host, referrer_class in (
+        (None, None, None, None, "direct"),
+        (None, None, None, "google.com", "search"),
+        ("newsletter", "email", "spring", "mail.example", "email"),
+        (None, None, None, "shop.example", "internal"),
+    )
+]
 
 
 def preload(s: Settings, n: int, start_ms: int) -> None:
@@ -59,11 +82,12 @@ def preload(s: Settings, n: int, start_ms: int) -> None:
                 "screen_height": 1080,
             },
             "context": {
-                "url": "https://shop.example/p",
+                "url": f"https://shop.example/p{rng.randrange(40)}",
                 "referrer": None,
                 "ip_address": None,
                 "session_id": session,
             },
+            "enrichment": rng.choice(ENRICHMENTS),
             "properties": {"revenue": 10.5},
             "metrics": {"load_time": rng.uniform(50, 3000), "interaction_time": rng.uniform(1, 300)},
             "timestamp": ts,
