@@ -7,7 +7,8 @@ parameter ({name:Type}). The storage API runs them on its read-only connections,
 are the API's (services/storage/api.py); these functions trust their arguments' types and bounds.
 
 What the answers mean (docs/api.md repeats it for clients):
-- Times are event times (`timestamp`), a range is [from, to) in UTC; heartbeats are never rows.
+- Times are event times (`timestamp`), a range is [from, to) in UTC; heartbeats and identity records
+  (identify, alias, group) are rows of the raw table but never events here.
 - Funnel: per user id, ClickHouse's `windowFunnel` in its default mode over the user's events of the step
   types in the range: the deepest step k such that events of steps 1..k happened in that order (equal times
   allowed), the last at most `window` after the first. Every step's event lies in the range. Breakdown: the
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from services.storage.tables import qualified, quoted
-from shared.events import EVENT, EVENT_TIME_PATH, HEARTBEAT_TYPE, ID_PATH, TYPE_PATH, USER_PATH
+from shared.events import EVENT, EVENT_TIME_PATH, ID_PATH, RESERVED_TYPES, TYPE_PATH, USER_PATH
 
 EVENT_ID = quoted(EVENT.at(ID_PATH).column)
 TYPE = quoted(EVENT.at(TYPE_PATH).column)
@@ -53,8 +54,11 @@ BREAKDOWNS: dict[Breakdown, str] = {
 }
 if set(BREAKDOWNS) != set(get_args(Breakdown)):
     raise TypeError("BREAKDOWNS must have an expression for each Breakdown")
-# The enrichment columns the sources query reads (added to the raw table by the enrichment of issue #16).
-SOURCE_COLUMNS = ("utm_source", "utm_medium", "utm_campaign", "referrer_host", "referrer_class")
+# The enrichment columns the sources query reads (ingestion's enrichment group, shared/events.py).
+SOURCE_COLUMNS = tuple(
+    EVENT.at(f"enrichment.{name}").column
+    for name in ("utm_source", "utm_medium", "utm_campaign", "referrer_host", "referrer_class")
+)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class TimeRange:
         return {"from_ms": self.start_ms, "to_ms": self.end_ms}
 
 
+# heartbeats and identity records are rows of the raw table, never events of an analysis
+NOT_RESERVED = f"{TYPE} NOT IN ({', '.join(repr(t) for t in sorted(RESERVED_TYPES))})"
 IN_RANGE = (
     f"{TIME} >= fromUnixTimestamp64Milli({{from_ms:Int64}}, 'UTC') "
     f"AND {TIME} < fromUnixTimestamp64Milli({{to_ms:Int64}}, 'UTC')"
@@ -140,7 +146,7 @@ def retention_query(
     per_user = (
         f"SELECT {period_start(period, f'min({TIME})')} AS cohort_day, {offsets} AS offsets "
         f"FROM {qualified(database, table)} "
-        f"WHERE {TIME} < fromUnixTimestamp64Milli({{to_ms:Int64}}, 'UTC') GROUP BY {USER} "
+        f"WHERE {TIME} < fromUnixTimestamp64Milli({{to_ms:Int64}}, 'UTC') AND {NOT_RESERVED} GROUP BY {USER} "
         f"HAVING min({TIME}) >= fromUnixTimestamp64Milli({{from_ms:Int64}}, 'UTC')"
     )
     sql = (
@@ -191,8 +197,8 @@ def sources_query(table: str, database: str, span: TimeRange, limit: int) -> tup
         f"coalesce({utm_medium}, {referrer_class}) AS medium, {utm_campaign} AS campaign, "
         f"{referrer_class} AS referrer_class, toInt64(uniqExact({EVENT_ID})) AS events, "
         f"toInt64(uniqExact({SESSION})) AS sessions, toInt64(uniqExact({USER})) AS users "
-        f"FROM {qualified(database, table)} WHERE {IN_RANGE} AND {TYPE} != {{heartbeat:String}} "
+        f"FROM {qualified(database, table)} WHERE {IN_RANGE} AND {NOT_RESERVED} "
         "GROUP BY source, medium, campaign, referrer_class "
         "ORDER BY events DESC, source, medium, campaign, referrer_class LIMIT {limit:UInt32}"
     )
-    return sql, {"heartbeat": HEARTBEAT_TYPE, "limit": limit, **span.params()}
+    return sql, {"limit": limit, **span.params()}

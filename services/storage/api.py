@@ -24,7 +24,6 @@ from starlette.requests import ClientDisconnect
 
 from services.processing.registry import load_schemas
 from services.storage.analytics import (
-    SOURCE_COLUMNS,
     Breakdown,
     Period,
     TimeRange,
@@ -150,13 +149,6 @@ class Storage:
         views = identity_views(database, [s.name for s in self.schemas.values()])
         migrate_views(self.backend, database, views)
         self.readers = {route: ReaderPool(settings) for route in ("sql", "windows", "analytics")}
-        self.raw_columns = frozenset(
-            r["name"]
-            for r in self.backend.query(
-                "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}",
-                {"db": settings.clickhouse.database, "t": settings.storage.events_table},
-            )
-        )
         self.tables = sandbox_tables(
             self.backend, database, frozenset([*(t.name for t in tables), *(v.name for v in views)])
         )
@@ -469,10 +461,6 @@ def add_analytics_routes(app: FastAPI, storage: Storage, guarded: list[Any]) -> 
     ) -> Response:
         span = time_range(from_, to, s.analytics_max_days)
         check_limit(limit, s.max_limit)
-        missing = [c for c in SOURCE_COLUMNS if c not in storage.raw_columns]
-        if missing:
-            msg = f"the raw events table has no enrichment columns {missing} yet; traffic sources need them"
-            raise unavailable("clickhouse", msg, 60, "not_enriched")
         rows = analytics_read(storage, *sources_query(table, database, span, limit))
         return json_rows({"rows": rows, "row_count": len(rows)})
 

@@ -318,11 +318,13 @@ def test_a_batch_with_an_identity_call_keeps_the_fast_path_for_its_events():
     identify = {"type": "identify", "user_id": "u-1", "anonymous_id": "a-1", "traits": {"plan": "pro"}}
     invalid = mutate(FULL, ("user", "id"), "")
     body = body_of([FULL, identify, MINIMAL, invalid])
-    split = fast_batch.each_record(body, 100, RECEIVED, POLICY)
+    split = fast_batch.each_record(body, 100, RECEIVED, POLICY, ENRICHER)
     assert split is not None and [orjson.loads(raw) for raw, _ in split] == [FULL, identify, MINIMAL, invalid]
     assert [record is None for _, record in split] == [False, True, False, True]
-    events_only = fast_batch.records(body_of([FULL, MINIMAL]), 100, RECEIVED, POLICY)
+    events_only = fast_batch.records(body_of([FULL, MINIMAL]), 100, RECEIVED, POLICY, ENRICHER)
     assert events_only is not None
     assert wire([split[0][1], split[2][1]]) == wire(events_only)  # type: ignore[list-item]
-    assert fast_batch.each_record(body_of([FULL] * 3), 2, RECEIVED, POLICY) is None  # over the limit
-    assert fast_batch.each_record(b'{"events": [}', 100, RECEIVED, POLICY) is None
+    assert (
+        fast_batch.each_record(body_of([FULL] * 3), 2, RECEIVED, POLICY, ENRICHER) is None
+    )  # over the limit
+    assert fast_batch.each_record(b'{"events": [}', 100, RECEIVED, POLICY, ENRICHER) is None

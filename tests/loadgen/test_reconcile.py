@@ -62,7 +62,7 @@ def test_layers_share_one_deadline_so_a_stuck_stack_is_read_once_per_layer_after
 
 
 def test_raw_enrichment_is_compared_per_event_id_and_column_with_the_ip_as_configured():
-    traffic = Traffic(TrafficSpec(seed=5, start_ms=1_700_000_000_000))
+    traffic = Traffic(TrafficSpec(seed=5, start_ms=1_700_000_000_000, login_fraction=0, alias_fraction=0))
     events = traffic.events(50)
     entries = [
         {"id": e["event"]["id"], "accepted": True, "enrichment": traffic.expected[e["event"]["id"]]}

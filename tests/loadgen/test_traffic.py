@@ -234,7 +234,7 @@ def test_worker_plans_split_events_and_rate_exactly(tmp_path):
 
 
 def test_sources_cover_every_referrer_class_with_utm_urls_and_expectations_from_the_tables():
-    traffic = Traffic(TrafficSpec(seed=11, start_ms=1_700_000_000_000))
+    traffic = Traffic(TrafficSpec(seed=11, start_ms=1_700_000_000_000, login_fraction=0, alias_fraction=0))
     sample = traffic.events(2_000)
     expected = [traffic.expected[e["event"]["id"]] for e in sample]
     assert {x["referrer_class"] for x in expected} == set(REFERRER_CLASSES)

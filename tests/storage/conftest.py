@@ -97,7 +97,7 @@ def raw_event(
     now = int(time.time() * 1000)
     return {
         "event": {"type": event_type, "id": event_id},
-        "user": {"id": f"u-{session_id}"},
+        "user": {"id": f"u-{session_id}", "anonymous_id": None},
         "device": {
             "user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
             "screen_width": 1920,
@@ -108,6 +108,7 @@ def raw_event(
             "referrer": None,
             "ip_address": "203.0.113.9",
             "session_id": session_id,
+            "group_id": None,
         },
         "properties": {"sku": "A-1", "qty": 2, "gift": True},
         "metrics": {"load_time": 812.5, "interaction_time": None},

@@ -78,7 +78,15 @@ def loaded(chdb, tmp_path_factory) -> tuple[str, list[Entry], list[dict[str, Any
     """Three weeks of traffic (300 users) in a fresh table; every 10th event stored twice (the retry in a
     later insert). Returns the database, the manifest as read back from its file, and the events sent."""
     traffic = Traffic(
-        TrafficSpec(seed=16, start_ms=START_MS, rate=EVENTS / (SPAN_MS / 1000), users=300, open_sessions=10)
+        TrafficSpec(
+            seed=16,
+            start_ms=START_MS,
+            rate=EVENTS / (SPAN_MS / 1000),
+            users=300,
+            open_sessions=10,
+            login_fraction=0,
+            alias_fraction=0,
+        )
     )
     events = traffic.events(EVENTS)
     entries = [entry_for(e) for e in events]
@@ -286,22 +294,10 @@ def test_top_pages_strip_the_query_string_and_fragment(chdb):
     ]
 
 
-ENRICHMENT_TYPES = {  # as the enrichment branch declares them (shared/events.py there)
-    "utm_source": "Nullable(String)",
-    "utm_medium": "Nullable(String)",
-    "utm_campaign": "Nullable(String)",
-    "referrer_host": "Nullable(String)",
-    "referrer_class": "LowCardinality(String)",
-}
-
-
 def test_sources_by_utm_referrer_and_direct(chdb):
-    """The enrichment columns are added to this test's table only (the raw table gains them with the
-    enrichment of issue #16), with that branch's types: an empty value counts as none; a retried event (the
-    same id in a later insert) counts once."""
+    """On the raw table's enrichment columns: an empty value counts as none; a retried event (the same id in
+    a later insert) counts once."""
     db = fresh_table(chdb, "sources")
-    for column in SOURCE_COLUMNS:
-        chdb.command(f"ALTER TABLE `{db}`.`{TABLE}` ADD COLUMN `{column}` {ENRICHMENT_TYPES[column]}")
     day = START_MS + 3_600_000
     rows = stored_rows(raw_event(f"s{n // 2}", f"e{n}", "page_view", day + n) for n in range(8))
     enrichment = [

@@ -128,12 +128,13 @@ FROM ({VIEW_SELECTION} FROM events_source WHERE event.`type` <> '__heartbeat')""
 
 
 def with_identity(text: str) -> str:
-    """The text as the identity fields changed it (user.anonymous_id, context.group_id appended; identity
+    """The text as the identity fields changed it (user.anonymous_id, context.group_id appended after the
+    enrichment columns; identity
     records left out of the events view); every other part as before the schema."""
     changes = (
         (
-            "`received_at` DateTime64(3, 'UTC'),\n",
-            "`received_at` DateTime64(3, 'UTC'),\n"
+            "`country` LowCardinality(Nullable(String)),\n",
+            "`country` LowCardinality(Nullable(String)),\n"
             "  `anonymous_id` Nullable(String),\n  `group_id` Nullable(String),\n",
         ),
         ("`user` ROW<id STRING>", "`user` ROW<id STRING, anonymous_id STRING>"),
