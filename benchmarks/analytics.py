@@ -28,7 +28,6 @@ import orjson  # noqa: E402
 
 from benchmarks.raw_table import DAY_MS, DB, day_start, fill_sql  # noqa: E402
 from services.storage.analytics import (  # noqa: E402
-    SOURCE_COLUMNS,
     TimeRange,
     funnel_query,
     retention_query,
@@ -103,10 +102,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rtap-bench-analytics-") as tmp:
         backend = ChdbBackend(Path(tmp))
         migrate(backend, DB, [table])
-        for column in SOURCE_COLUMNS:
-            backend.command(
-                f"ALTER TABLE `{DB}`.`{table.name}` ADD COLUMN IF NOT EXISTS `{column}` Nullable(String)"
-            )
         backend.command(named_fill_sql(table.name, args.rows, args.types, args.days))
         print(f"{args.rows:,} events, {args.types} types over {args.days} days; ranges end at midnight today")
         for name, (sql, params) in queries(table.name).items():
