@@ -236,5 +236,5 @@ def test_rtap_analytics_commands_report_a_refusal(loaded):
     result = invoke("funnel", "--step", "a", "--from", "2026-01-01", "--to", "2026-01-02")
     assert result.exit_code == 2
     assert "query.step" in result.output and "2..10 steps" in result.output
-    result = invoke("sources", "--from", "2026-01-01", "--to", "2026-01-02")
-    assert result.exit_code == 1 and "enrichment" in result.output
+    result = invoke("sources", "--from", "2026-01-01", "--to", "2026-01-03", "--limit", "0")
+    assert result.exit_code == 2 and "limit" in result.output

@@ -95,7 +95,9 @@ def test_the_dashboard_shows_the_funnel_and_the_sources_view(cache, funnel_event
             [f"{n}. ", users] for n, users in ((1, "3"), (2, "2"), (3, "1"))
         ], shown
         sources_note = "document.getElementById('sources-note').textContent"
-        assert "enrichment" in wait_for(lambda: browser.evaluate(sources_note), 30)
+        assert "row(s)" in wait_for(lambda: browser.evaluate(sources_note), 30)
+        sources = "[...document.querySelectorAll('#sources tr')].map(r => r.textContent)"
+        assert any("newsletter" in row for row in wait_for(lambda: browser.evaluate(sources), 30))
         browser.screenshot(SCREENSHOT)
     finally:
         browser.close()
