@@ -94,6 +94,7 @@ class Sent:
     late: set[str] = field(default_factory=set)
     adjusted_in_response: set[str] = field(default_factory=set)
     foreign: set[str] = field(default_factory=set)  # records another writer put on the topic
+    enrichment: dict[str, dict[str, Any]] = field(default_factory=dict)  # the generators' expectations
 
 
 @dataclass
@@ -135,7 +136,9 @@ def stamped(events: list[dict[str, Any]], timestamp: int, new_sessions: bool = F
 def send_foreign_records(s: Settings, ahead_ms: int) -> set[str]:
     """Records written to every partition of the events topic by something other than ingestion, stamped
     ahead_ms into the future (every partition, so they would move the watermark of all of them)."""
-    events = Traffic(TrafficSpec(seed=99, start_ms=now_ms(), worker=3)).events(EVENTS.partitions)
+    events = Traffic(
+        TrafficSpec(seed=99, start_ms=now_ms(), worker=3, login_fraction=0, alias_fraction=0)
+    ).events(EVENTS.partitions)
     producer = Producer({"bootstrap.servers": s.kafka.bootstrap, "acks": "all"})
     for partition, event in enumerate(events):
         received = now_ms()
@@ -192,7 +195,7 @@ def send_late(s: Settings, sent: Sent) -> None:
     watermark = poll(lambda: window_watermark(s), bool, timeout=60)
     assert watermark, "the window operators report no watermark"
     behind_ms = 2 * s.processing.window_seconds * 1000 + s.processing.session_gap_seconds * 1000
-    slow = Traffic(TrafficSpec(seed=1, start_ms=now_ms(), worker=2))
+    slow = Traffic(TrafficSpec(seed=1, start_ms=now_ms(), worker=2, login_fraction=0, alias_fraction=0))
     stamp = min(watermark, now_ms() - s.processing.watermark_delay_ms) - behind_ms
     batch = stamped(slow.events(LATE_EVENTS), stamp, True)
     post_batch(s, batch, sent)
@@ -204,8 +207,8 @@ def send_all(s: Settings) -> Sent:
     slow client."""
     sent = Sent()
     start = now_ms()
-    attacker = Traffic(TrafficSpec(seed=1, start_ms=start, worker=1))
-    ordinary = Traffic(TrafficSpec(seed=1, start_ms=start, worker=0))
+    attacker = Traffic(TrafficSpec(seed=1, start_ms=start, worker=1, login_fraction=0, alias_fraction=0))
+    ordinary = Traffic(TrafficSpec(seed=1, start_ms=start, worker=0, login_fraction=0, alias_fraction=0))
     for round_ in range(ROUNDS):
         t = now_ms()
         batch = [
@@ -228,6 +231,7 @@ def send_all(s: Settings) -> Sent:
         post_batch(s, batch, sent)
         sent.ordinary |= {e["event"]["id"] for e in batch}
     send_late(s, sent)
+    sent.enrichment = {**attacker.expected, **ordinary.expected}
     return sent
 
 
@@ -293,7 +297,7 @@ def expected_entries(run: Run) -> list[Entry]:
     entries = []
     for event_id, event in run.sent.events.items():
         if event_id not in run.sent.late:
-            entry = entry_for(event)
+            entry = entry_for(event, enrichment=run.sent.enrichment.get(event_id))
             entry.update(accepted=True, sends=1, timestamp=run.raw[event_id]["ts"])
             entries.append(entry)
     return entries
@@ -320,7 +324,10 @@ def test_the_defaults_leave_every_client_most_of_the_watermark_delay(tmp_path):
 
 
 def test_a_timestamp_beyond_the_largest_the_api_accepts_is_refused_naming_the_field(stack):
-    body = {**Traffic(TrafficSpec(seed=5, start_ms=now_ms())).events(1)[0], "timestamp": INT64_MAX + 1}
+    body = {
+        **Traffic(TrafficSpec(seed=5, start_ms=now_ms(), login_fraction=0, alias_fraction=0)).events(1)[0],
+        "timestamp": INT64_MAX + 1,
+    }
     response = httpx.post(
         f"http://127.0.0.1:{stack.ingestion.port}/v1/analytics/track", json=body, timeout=10
     )

@@ -187,9 +187,8 @@ def test_event_over_the_record_limit_is_413_naming_the_property(ingest, window):
 
     limit = ingest.settings.kafka.max_event_bytes
     at_limit = tagged(tag, "at-limit", properties=blob(0), timestamp=None)
-    at_limit["properties"] = blob(
-        limit - len(orjson.dumps(at_limit)) - 120
-    )  # the server adds received_at and absent keys
+    # the server adds received_at, the absent keys (identity fields among them) and the enrichment group
+    at_limit["properties"] = blob(limit - len(orjson.dumps(at_limit)) - 520)
     r = ingest.client.post(TRACK, json=at_limit)
     assert r.status_code == 202, r.text
 
