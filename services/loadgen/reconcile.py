@@ -30,7 +30,7 @@ from services.loadgen.manifest import (
     top_pages,
     traffic_sources,
 )
-from shared.events import HEARTBEAT_TYPE
+from shared.events import ENRICHMENT_KEYS, EVENT, HEARTBEAT_TYPE
 from shared.metric_schema import MetricSchema
 from shared.settings import Settings
 from shared.topics import topics
@@ -86,20 +86,10 @@ def expected_metrics(entries: list[Entry], s: Settings) -> dict[str, dict[Key, d
     }
 
 
+# the raw table's enrichment columns, then the stored (possibly truncated) IP
 ENRICHED_COLUMNS = (
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
-    "referrer_host",
-    "referrer_class",
-    "browser",
-    "browser_version",
-    "os",
-    "os_version",
-    "country",
-    "ip",
+    *(EVENT.at(f"enrichment.{key}").column for key in ENRICHMENT_KEYS),
+    EVENT.at("context.ip_address").column,
 )
 
 

@@ -25,8 +25,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from services.loadgen.agents import AGENTS, CATEGORY_WEIGHTS, Agent
+from shared.events import ENRICHMENT_KEYS
 
-UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
 EVENT_TYPES = ("page_view", "click", "product_view", "add_to_cart", "remove_from_cart", "purchase")
 IDENTITY_CALLS = ("identify", "alias")
 SHOP = "https://shop.example"
@@ -266,7 +266,7 @@ def expected_enrichment(
     utm = dict(source.utm)
     software = agent.software
     return {
-        **{key: utm.get(key) for key in UTM_KEYS},
+        **{key: utm.get(key) for key in ENRICHMENT_KEYS if key.startswith("utm_")},
         "referrer_host": source.referrer_host,
         "referrer_class": source.referrer_class,
         "browser": software.browser,
