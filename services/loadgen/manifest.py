@@ -227,8 +227,8 @@ def session_metrics(
     entries: Iterable[Entry], gap_ms: int, bots: bool = False
 ) -> dict[tuple[int, str], dict[str, Any]]:
     """(window_start, session_id) -> the session job's columns, over events not of bots unless `bots`. A
-    session's events split where the next event comes gap_ms or more after the previous one (Flink's SESSION
-    window: each event opens [ts, ts + gap))."""
+    session's events split where the next event comes more than gap_ms after the previous one: each event
+    opens [ts, ts + gap), and Flink merges session windows that overlap or only touch."""
     by_session: dict[str, list[Entry]] = defaultdict(list)
     for e in counted(entries):
         if bots or e["device_category"] != "bot":
@@ -243,7 +243,7 @@ def session_metrics(
 def split_sessions(rows: Sequence[Entry], gap_ms: int) -> list[list[Entry]]:
     parts: list[list[Entry]] = []
     for e in rows:
-        if parts and e["timestamp"] < parts[-1][-1]["timestamp"] + gap_ms:
+        if parts and e["timestamp"] <= parts[-1][-1]["timestamp"] + gap_ms:
             parts[-1].append(e)
         else:
             parts.append([e])

@@ -121,6 +121,18 @@ def test_entries_round_trip_and_record_sends(tmp_path):
     assert summary(read_manifest(path))["not_accepted"] == 1
 
 
+def test_an_event_exactly_the_gap_after_the_previous_stays_in_its_session():
+    """Flink merges session windows that only touch: [t, t + gap) and [t + gap, t + 2 gap) are one session."""
+    rows = [
+        {**entry("t1", ts=T0), "session_id": "A"},
+        {**entry("t2", ts=T0 + 3_000), "session_id": "A"},
+        {**entry("t3", ts=T0 + 6_001), "session_id": "A"},
+    ]
+    sessions = session_metrics(rows, gap_ms=3_000)
+    assert set(sessions) == {(T0, "A"), (T0 + 6_001, "A")}
+    assert (sessions[(T0, "A")]["events"], sessions[(T0, "A")]["window_end"]) == (2, T0 + 6_000)
+
+
 def test_bot_sessions_are_left_out_unless_included_and_stay_in_event_and_performance_metrics():
     rows = [
         {**entry("h1", ts=T0), "session_id": "human"},
@@ -138,15 +150,12 @@ def test_session_metrics_split_at_the_gap_and_sum_revenue():
         {**entry("s1", user="u1", ts=T0), "session_id": "A"},
         {**entry("s2", type="add_to_cart", user="u1", ts=T0 + 2_999), "session_id": "A"},
         {**entry("s3", type="purchase", user="u1", ts=T0 + 4_000), "session_id": "A", "revenue": 25.5},
-        {
-            **entry("s4", user="u1", ts=T0 + 7_000),
-            "session_id": "A",
-        },  # exactly gap after the previous: a new session
+        {**entry("s4", user="u1", ts=T0 + 7_001), "session_id": "A"},  # more than the gap later: new session
         {**entry("s5", type="product_view", user="u2", ts=T0 + 1, device="tablet"), "session_id": "B"},
         {**entry("s6", user="u2", ts=T0 + 2, device="tablet", accepted=False), "session_id": "B"},
     ]
     sessions = session_metrics(rows, gap_ms=3_000)
-    assert set(sessions) == {(T0, "A"), (T0 + 7_000, "A"), (T0 + 1, "B")}
+    assert set(sessions) == {(T0, "A"), (T0 + 7_001, "A"), (T0 + 1, "B")}
     first = sessions[(T0, "A")]
     assert (first["events"], first["page_views"], first["cart_adds"], first["purchases"]) == (3, 1, 1, 1)
     assert (first["duration_ms"], first["window_end"], first["revenue"]) == (4_000, T0 + 7_000, 25.5)

@@ -114,6 +114,8 @@ def page_views_in_window_1() -> list[dict]:
 
 
 PHASE2 += page_views_in_window_1()
+TOUCHING = [event("s-touch", "u12", "click", at(13.0)), event("s-touch", "u12", "click", at(16.0))]
+PHASE2 += TOUCHING  # the second exactly one session gap after the first
 
 
 def enriched(e: dict, **values: str) -> dict:
@@ -186,7 +188,7 @@ def outputs(job_settings, supervisor):
     return {
         "event_metrics": read_metrics(job_settings, "event_metrics", lambda r: expected.keys() <= r.keys()),
         "performance_metrics": read_metrics(job_settings, "performance_metrics", lambda r: len(r) >= 4),
-        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 12),
+        "session_metrics": read_metrics(job_settings, "session_metrics", lambda r: len(r) >= 13),
         "top_pages": read_metrics(job_settings, "top_pages", lambda r: (W1, PLACES) in r),
         "traffic_sources": read_metrics(
             job_settings, "traffic_sources", lambda r: expected_traffic_sources().keys() <= r.keys()
@@ -335,6 +337,15 @@ def test_a_gap_longer_than_the_session_gap_splits_the_session(outputs):
         (k[0], v["events"], v["window_end"]) for k, v in outputs["session_metrics"].items() if k[1] == "s-c"
     )
     assert s_c == [(at(2.0), 1, at(5.0)), (at(9.5), 2, at(14.0))]
+
+
+def test_an_event_exactly_one_gap_after_the_previous_stays_in_its_session(job_settings, outputs):
+    """Flink merges session windows that only touch; the load manifest's recomputation must agree."""
+    assert job_settings.processing.session_gap_seconds == 3
+    touch = sorted(
+        (k[0], v["events"], v["window_end"]) for k, v in outputs["session_metrics"].items() if k[1] == "s-touch"
+    )
+    assert touch == [(at(13.0), 2, at(19.0))]
 
 
 def test_late_events_are_counted_by_flink(job_settings, outputs):
