@@ -284,12 +284,19 @@ class Layers:
             "resolved_sessions": {(int(r["ws"]), r["session_id"]): r["resolved_user_id"] for r in sessions},
         }
 
+    def taskmanager_metrics(self) -> str | None:
+        """The TaskManager's Prometheus exposition, None when the endpoint does not answer (its reporter
+        drops the odd scrape while tasks register their metrics)."""
+        try:
+            return httpx.get(self.s.flink.taskmanager_metrics_url, timeout=10).raise_for_status().text
+        except httpx.HTTPError:
+            return None
+
     def late_records_dropped(self) -> float | None:
         """Flink's count of records left out of closed windows (late by policy), None when the TaskManager's
         metrics endpoint does not answer."""
-        try:
-            text = httpx.get(self.s.flink.taskmanager_metrics_url, timeout=5).text
-        except httpx.HTTPError:
+        text = self.taskmanager_metrics()
+        if text is None:
             return None
         return sum(
             float(line.rsplit(" ", 1)[1])

@@ -164,6 +164,7 @@ def run_worker(plan: WorkerPlan, progress: Any) -> None:
             posts, accepted = posts + sent, accepted + newly
             progress.put(Progress(plan.spec.worker, posts, accepted, len(entries) - accepted, done=False))
             pace(started, len(entries), plan.rate)
+            traffic.catch_up(int(time.time() * 1000))
     write_manifest(plan.manifest_part, entries.values())
     progress.put(Progress(plan.spec.worker, posts, accepted, len(entries) - accepted, done=True))
 

@@ -5,7 +5,9 @@ next n events (the request body items of POST /v1/analytics/batch), each with a 
 event.id and an explicit epoch-ms timestamp, so a run can be recomputed from its manifest.
 Timestamps follow a planned schedule (start_ms + i / rate), then optionally move back by up to
 out_of_order_ms (shuffling the order within that bound) and, for late_fraction of the events,
-by late_ms more.
+by late_ms more. A sender that falls behind its schedule moves it forward (`catch_up`), as a real client
+stamps an event when it happens: otherwise a lagging sender's events fall behind the watermark that the
+other senders and ingestion's heartbeats move with the clock.
 
 Identity: a login_fraction of the people's sessions start anonymous (user.id = user.anonymous_id = the
 session's anonymous id) and log in part-way with an identify call (items of the same batch in our own shape,
@@ -145,6 +147,7 @@ class Traffic:
         self.sessions: list[Session] = []
         self.user_agents: dict[str, Agent] = {}
         self.issued = 0
+        self.start_ms = spec.start_ms
         self.session_count = 0
         self.late_ids: set[str] = set()
         # event id -> the enrichment and stored IP it must get (popped by the sender into the manifest)
@@ -249,10 +252,18 @@ class Traffic:
             call["previous_id"] = session.anonymous_id
         return call | {"session_id": session.id, "timestamp": timestamp}
 
+    def planned_ms(self) -> int:
+        """The next event's time on the schedule, before any jitter or lateness."""
+        return self.start_ms + int(self.issued * 1000 / self.spec.rate)
+
+    def catch_up(self, now_ms: int) -> None:
+        """Move the rest of the schedule forward so that the next event is planned no earlier than now_ms."""
+        self.start_ms += max(0, now_ms - self.planned_ms())
+
     def timestamp(self) -> tuple[int, bool]:
         """(event time, whether it was made late)."""
         spec, rng = self.spec, self.rng
-        planned = spec.start_ms + int(self.issued * 1000 / spec.rate)
+        planned = self.planned_ms()
         jitter = rng.randint(0, spec.out_of_order_ms) if spec.out_of_order_ms else 0
         late = spec.late_ms if spec.late_fraction and rng.random() < spec.late_fraction else 0
         return max(0, planned - jitter - late), bool(late)

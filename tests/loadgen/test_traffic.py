@@ -145,6 +145,18 @@ def test_timestamps_follow_the_rate_and_stay_within_the_out_of_order_bound():
     assert [e["timestamp"] for e in shuffled] != sorted(e["timestamp"] for e in shuffled)
 
 
+def test_a_sender_behind_its_schedule_moves_the_rest_forward_and_never_back():
+    """A lagging sender stamps its next events at the clock, so they do not trail the other senders'."""
+    traffic = Traffic(TrafficSpec(seed=7, start_ms=START, rate=100, login_fraction=0, alias_fraction=0))
+    first = traffic.events(10)
+    assert first[-1]["timestamp"] == START + 90
+    traffic.catch_up(START + 5_000)  # behind: the 11th event was due at START + 100
+    behind = traffic.events(10)
+    assert [e["timestamp"] for e in behind] == [START + 5_000 + 10 * i for i in range(10)]
+    traffic.catch_up(START)  # ahead of the clock: the schedule stays
+    assert traffic.events(1)[0]["timestamp"] == START + 5_100
+
+
 def test_late_fraction_moves_that_share_back_by_late_ms_and_remembers_them():
     traffic = Traffic(
         TrafficSpec(

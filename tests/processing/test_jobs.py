@@ -343,7 +343,9 @@ def test_an_event_exactly_one_gap_after_the_previous_stays_in_its_session(job_se
     """Flink merges session windows that only touch; the load manifest's recomputation must agree."""
     assert job_settings.processing.session_gap_seconds == 3
     touch = sorted(
-        (k[0], v["events"], v["window_end"]) for k, v in outputs["session_metrics"].items() if k[1] == "s-touch"
+        (k[0], v["events"], v["window_end"])
+        for k, v in outputs["session_metrics"].items()
+        if k[1] == "s-touch"
     )
     assert touch == [(at(13.0), 2, at(19.0))]
 

@@ -155,7 +155,7 @@ def send_foreign_records(s: Settings, ahead_ms: int) -> set[str]:
 
 def window_watermark(s: Settings) -> int | None:
     """The lowest watermark of the jobs' window operators (Flink's reporter), None until every one has one."""
-    text = httpx.get(f"http://127.0.0.1:{s.flink.taskmanager_metrics_port}/metrics", timeout=10).text
+    text = Layers(s).taskmanager_metrics() or ""
     marks = [
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
