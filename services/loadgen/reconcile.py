@@ -237,6 +237,19 @@ class Layers:
         )
         return self.storage_sql(sql, lo=start_ms, hi=end_ms)[0]
 
+    def arrivals_behind(self, start_ms: int, end_ms: int) -> dict[str, int]:
+        """Of the raw rows with start_ms <= timestamp < end_ms: how many reached ingestion more than the
+        watermark delay after their timestamp (`behind`), and the largest such lag (`max_lag_ms`)."""
+        sql = (
+            "SELECT countIf(lag > {delay:Int64}) AS behind, max(lag) AS max_lag_ms FROM ("
+            "SELECT toUnixTimestamp64Milli(received_at) - toUnixTimestamp64Milli(timestamp) AS lag "
+            f"FROM {self.s.storage.events_table} FINAL "
+            "WHERE timestamp >= fromUnixTimestamp64Milli({lo:Int64}) "
+            "AND timestamp < fromUnixTimestamp64Milli({hi:Int64}))"
+        )
+        row = self.storage_sql(sql, lo=start_ms, hi=end_ms, delay=self.s.processing.watermark_delay_ms)[0]
+        return {key: int(value or 0) for key, value in row.items()}
+
     def raw_enrichment(self, start_ms: int, end_ms: int) -> dict[str, dict[str, Any]]:
         """event id -> its enrichment columns and ip in raw storage (FINAL), start_ms <= timestamp < end_ms,
         read in pages of the SQL row limit."""
@@ -304,16 +317,19 @@ class Layers:
             if line.startswith("flink_taskmanager_job_task_operator_numLateRecordsDropped")
         )
 
-    def explain_late(self) -> list[str]:
-        """A line for a failed reconciliation when Flink dropped late records: their windows differ by
-        policy."""
+    def explain_late(self, start_ms: int, end_ms: int) -> list[str]:
+        """Lines for a failed reconciliation when Flink dropped late records (their windows differ by
+        policy), with how many of the run's events reached ingestion later than the watermark delay allows."""
         late = self.late_records_dropped()
         if not late:
             return []
+        behind = self.arrivals_behind(start_ms, end_ms)
         return [
             f"flink: {late:.0f} records arrived after their window closed (numLateRecordsDropped; late by "
-            "policy and still in Kafka and raw storage, e.g. a sender behind its schedule by more than "
-            "the watermark delay)"
+            "policy and still in Kafka and raw storage)",
+            f"raw: {behind['behind']} of the run's events reached ingestion more than the watermark delay "
+            f"({self.s.processing.watermark_delay_ms} ms) after their timestamp; the largest lag was "
+            f"{behind['max_lag_ms']} ms (a client or a machine too slow for the delay)",
         ]
 
     def metric_readers(
@@ -386,5 +402,5 @@ def reconcile_run(
     found = poll(lambda: layers.identities(*span), lambda got: got == identities, left())
     problems += [f"clickhouse: {p}" for p in identity_differences(identities, found)]
     if problems:
-        problems += layers.explain_late()
+        problems[:0] = layers.explain_late(*time_span(counted))
     return problems

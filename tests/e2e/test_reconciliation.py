@@ -95,7 +95,7 @@ def assert_reconciled(job: str, workload: list, layer: str, layers: Layers) -> N
     expected = expected_metrics(workload, layers.s)[job]
     problems = reconciled(schema, expected, layers.metric_readers(schema, expected)[layer])
     assert problems == [], f"{len(problems)} differences of {len(expected)} windows:\n" + "\n".join(
-        problems[:20] + layers.explain_late()
+        layers.explain_late(*time_span(workload)) + problems[:20]
     )
 
 

@@ -45,7 +45,7 @@ class StuckLayers:
         self.identity_reads += 1
         return {"persons": {}, "identity_links": {}, "resolved_sessions": {}}
 
-    def explain_late(self) -> list[str]:
+    def explain_late(self, start_ms: int, end_ms: int) -> list[str]:
         return ["flink: 3 records arrived after their window closed"]
 
 
@@ -58,7 +58,7 @@ def test_layers_share_one_deadline_so_a_stuck_stack_is_read_once_per_layer_after
     assert first >= 2 and all(n == 1 for n in rest), layers.reads  # only the first layer waited
     assert any(p.startswith("kafka: event_metrics") for p in problems)
     assert layers.identity_reads == 1 and any(p.startswith("clickhouse: resolved_sessions") for p in problems)
-    assert problems[-1].startswith("flink: 3 records"), "the late-record count closes a failed reconciliation"
+    assert problems[0].startswith("flink: 3 records"), "the late-record count opens a failed reconciliation"
 
 
 def test_raw_enrichment_is_compared_per_event_id_and_column_with_the_ip_as_configured():

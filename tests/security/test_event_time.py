@@ -391,6 +391,9 @@ def test_replaced_and_late_events_are_counted_where_monitoring_sees_them(run):
     late_windows = {run.raw[i]["ts"] // window_ms * window_ms for i in run.sent.late}
     windows = {key[0] for key in layers.topic_metrics(load_schemas()["event_metrics"])}
     assert not late_windows & windows, "a late event reached a window"
+    stamps = [run.raw[i]["ts"] for i in run.sent.late]
+    explained = layers.explain_late(min(stamps), max(stamps) + 1)  # what a failed reconciliation says
+    assert f"raw: {len(run.sent.late)} of the run's events reached ingestion more than" in explained[1]
     figures = ("rtap:timestamps_adjusted:increase5m", "rtap:late_records_dropped:increase5m")
     seen = poll(
         lambda: {f: prometheus_value(run.s, f) for f in figures}, lambda v: all(v.values()), ALERT_TIMEOUT_S
