@@ -201,7 +201,7 @@ class Layers:
             f"{self.s.storage.url}/v1/sql",
             json={"sql": sql, "params": params},
             headers=self.headers,
-            timeout=30,
+            timeout=self.s.storage.sql_max_seconds + 30,
         )
         response.raise_for_status()
         rows: list[dict[str, Any]] = response.json()["rows"]
