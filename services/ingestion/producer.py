@@ -1,16 +1,16 @@
 """The Kafka sink: confluent-kafka (librdkafka) with durable acks, resolved into asyncio futures.
 
-The event loop itself polls the producer (a task: every POLL_BUSY_S while records are in flight, else every
-POLL_IDLE_S), so delivery callbacks run on the loop's thread and a request awaits exactly its own records'
-acknowledgements. A poll thread would take the GIL back from the loop once per delivered record.
-Nothing here decides HTTP semantics: the app maps Unavailable to 503 and each per-record KafkaError by
-is_permanent().
+A poll thread serves delivery callbacks and hands each poll's completions to the event loop in
+one call, so a request awaits exactly its own records' acknowledgements. Nothing here decides
+HTTP semantics: the app maps Unavailable to 503 and each per-record KafkaError by is_permanent().
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -21,11 +21,6 @@ from shared.logging import get_logger
 from shared.settings import Settings
 
 log = get_logger("ingestion.producer")
-
-# How often the loop serves delivery reports: while records are in flight (an acknowledgement waits at most
-# this long for its request) and when none are.
-POLL_BUSY_S = 0.001
-POLL_IDLE_S = 0.05
 
 
 # Errors that retrying the same record can never fix: the record itself is refused.
@@ -59,8 +54,7 @@ Delivered = Callable[[KafkaError | None, Message], None]
 
 
 class _Pending:
-    """The acknowledgements a request awaits: counted off by delivery callbacks, resolved once by the poll
-    task."""
+    """The acknowledgements a request awaits. Counted on the poll thread only; resolved once, on the loop."""
 
     __slots__ = ("future", "remaining", "failed", "done")
 
@@ -113,18 +107,22 @@ class EventProducer:
         self.queue_max = settings.ingestion.queue_max_messages
         self._producer = Producer(producer_config(settings))
         self._done: list[_Pending] = []
+        # counted off on the poll thread, like deliveries
+        self._unqueued: deque[tuple[_Pending, int]] = deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._poller: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._on_heartbeat_error = on_heartbeat_error  # called by a delivery callback
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_heartbeat_error = on_heartbeat_error  # called on the poll thread too
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._poller = self._loop.create_task(self._poll_forever(), name="kafka-poll")
+        self._thread = threading.Thread(target=self._poll_loop, name="kafka-poll", daemon=True)
+        self._thread.start()
 
     def close(self, flush_s: float = 5.0) -> None:
-        """Stop polling and flush what the producer holds (callable from any thread)."""
-        self._stopping = True
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
         self._producer.flush(flush_s)
 
     def queue_depth(self) -> int:
@@ -140,7 +138,8 @@ class EventProducer:
         refused = self._enqueue(records, pending.delivered)
         if len(refused) == len(records):
             return [refused[i] for i in range(len(records))]
-        pending.count_off(len(refused))  # no delivery report comes for them
+        if refused:
+            self._unqueued.append((pending, len(refused)))
         try:
             failed = await asyncio.wait_for(pending.future, self.timeout_s)
         except TimeoutError:
@@ -197,19 +196,29 @@ class EventProducer:
         if err is not None:
             self._on_heartbeat_error()
 
-    async def _poll_forever(self) -> None:
-        """Serve delivery reports (their callbacks run here, on the loop) and resolve the requests they
-        complete, until close()."""
-        while not self._stopping:
-            self._producer.poll(0)
-            while self._done:  # pop: close() may flush, so run callbacks, on another thread
-                self._done.pop().resolve()
-            await asyncio.sleep(POLL_BUSY_S if len(self._producer) else POLL_IDLE_S)
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.05)
+            while self._unqueued:
+                pending, n = self._unqueued.popleft()
+                pending.count_off(n)
+            if self._done:
+                done = self._done[:]  # callbacks append on this same thread, so copy-and-clear is safe
+                self._done.clear()
+                try:
+                    self._started_loop().call_soon_threadsafe(_resolve, done)
+                except RuntimeError:  # loop closed during shutdown
+                    return
 
     def _started_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             raise RuntimeError("EventProducer.start() was not called")
         return self._loop
+
+
+def _resolve(done: list[_Pending]) -> None:
+    for pending in done:
+        pending.resolve()
 
 
 def per_record_errors(
