@@ -277,6 +277,7 @@ def measure(
         "event_loop_us_per_event": loop_cpu / max(events, 1) * 1e6,
         "events_per_server_cpu_second": events / max(server_cpu, 1e-9),
         "client_cpu_cores": seen.client_cpu_s / elapsed,
+        "client_us_per_request": seen.client_cpu_s / max(seen.ok + seen.failed, 1) * 1e6,
         "p50_ms": seen.p50_ms,
         "p99_ms": seen.p99_ms,
         "requests": seen.ok,
@@ -291,7 +292,7 @@ def show(label: str, r: dict[str, Any]) -> None:
         f"server CPU {r['server_cpu_cores']:4.2f} cores, "
         f"{r['events_per_server_cpu_second']:>9,.0f} events per server CPU-second | "
         f"event loop {r['event_loop_us_per_event']:5.1f} us per event | "
-        f"client CPU {r['client_cpu_cores']:4.2f} cores | "
+        f"client CPU {r['client_cpu_cores']:4.2f} cores, {r['client_us_per_request']:4.0f} us per request | "
         f"p50 {r['p50_ms']:5.1f} ms p99 {r['p99_ms']:6.1f} ms | "
         f"202s {r['requests']:,} non-202 {r['non_202']:,} ({r['seconds']:.1f}s)",
         flush=True,
