@@ -4,7 +4,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
-apt_packages=(redis-server prometheus prometheus-redis-exporter chromium)
+apt_packages=(redis-server prometheus prometheus-redis-exporter chromium wrk)
 
 say() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
 

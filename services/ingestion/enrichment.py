@@ -217,8 +217,9 @@ def country(ip: str) -> str | None:
 
 
 @lru_cache(maxsize=ADDRESS_CACHE)
-def truncated_ip(ip: str | None, mode: IpTruncation) -> str | None:
-    return truncate_ip(ip, mode)
+def address_facts(ip: str | None, mode: IpTruncation) -> tuple[str | None, str | None]:
+    """(the address's country, the address to write): one cached lookup per event."""
+    return address_country(ip), truncate_ip(ip, mode)
 
 
 def truncate_ip(ip: str | None, mode: IpTruncation) -> str | None:
@@ -248,12 +249,12 @@ class Enricher:
         """(the event's enrichment as JSON, the IP address to write). The JSON is cached per (url, referrer,
         agent, country) while they are short: the writers splice it in (msgspec.Raw, orjson.Fragment)
         instead of encoding twelve values per event."""
-        country = address_country(ip)
+        country, written_ip = address_facts(ip, self.ip_truncation)
         if len(url) + len(referrer or "") + len(user_agent) <= MAX_CACHED_VISIT_CHARS:
             encoded = cached_enrichment_json(url, referrer, user_agent, country)
         else:
             encoded = enrichment_json(url, referrer, user_agent, country)
-        return encoded, truncated_ip(ip, self.ip_truncation)
+        return encoded, written_ip
 
 
 def enrichment_json(url: str, referrer: str | None, user_agent: str, country: str | None) -> bytes:

@@ -63,9 +63,12 @@ class _Pending:
         self.failed: Failures = []
 
     def delivered(self, err: KafkaError | None, msg: Message) -> None:
+        """The delivery callback of each record (count_off(1) inlined: one call fewer per record)."""
         if err is not None:
             self.failed.append((err, cast(bytes, msg.value())))  # every record's value is bytes
-        self.count_off(1)
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.done.append(self)
 
     def count_off(self, n: int) -> None:
         self.remaining -= n

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import msgspec
 import orjson
 from uuid_utils import uuid7
 
@@ -53,8 +54,9 @@ class SkewPolicy:
         return received_at, True
 
 
-@dataclass(slots=True)
-class Record:
+class Record(msgspec.Struct, gc=False):
+    """One Kafka record and what the response says of it. A msgspec struct: built in C, once per event."""
+
     id: str
     key: bytes
     value: bytes
