@@ -1,10 +1,19 @@
-"""Sustained throughput of the three built-in jobs together on this machine.
+"""Throughput of the built-in jobs together on this machine, against a floor job on the same data.
 
-Starts a private Kafka + Flink (state in a temp dir, free ports), preloads N events into a fresh
-topic, runs the jobs bounded over that topic (the backfill path: same SQL, same sinks), and prints
-events/s = N / (job end - job start) as measured by Flink (submission time excluded).
+Starts a private Kafka + Flink (state in a temp dir, free ports), preloads N events into a fresh topic, then
+runs, interleaved and --rounds times each, two bounded Flink jobs over that topic:
 
-    .venv/bin/python benchmarks/processing.py [--events 500000]
+- floor: the processing source table exactly as services/processing declares it (Kafka, JSON decoding,
+  watermark) -> one tumbling COUNT(*) per window -> an upsert-kafka sink: the cost of Kafka, JSON and Flink;
+- jobs: every built-in job in one statement set (the backfill path: same SQL, same sinks).
+
+Per run it prints job seconds and events/s (N / Flink's job duration, submission excluded), the TaskManager's
+CPU-seconds and events per TaskManager CPU-second; then jobs / floor per TaskManager CPU-second, the median
+of the warm rounds (round 1 runs on a fresh cluster: JIT warm-up). --vertices adds each vertex's share of
+the operators' busy time; --jfr FILE adds one more jobs run, recorded by Java Flight Recorder on the
+TaskManager (not in the ratio: the recording costs CPU too).
+
+    .venv/bin/python benchmarks/processing.py [--events 500000] [--rounds 2] [--vertices] [--jfr FILE]
 """
 
 from __future__ import annotations
@@ -13,11 +22,15 @@ import argparse
 import json
 import os
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -27,8 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
 from infrastructure.local.stack import settings_env  # noqa: E402
+from services.processing.backfill import bounds_for  # noqa: E402
+from services.processing.coordinator import SOURCE_TABLE, Bounds, JobCoordinator  # noqa: E402
+from services.processing.driver import remote_config, table_env  # noqa: E402
+from services.processing.job import epoch_ms, interval  # noqa: E402
 from services.processing.supervisor import submit_job  # noqa: E402
 from shared.events import HEARTBEAT_TYPE  # noqa: E402
+from shared.kafka_admin import ensure_topics  # noqa: E402
+from shared.metric_schema import Column, MetricSchema  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import topics  # noqa: E402
 from tests.processing.conftest import DESKTOP_UA, IPHONE_UA, create_topics, processing_settings  # noqa: E402
@@ -108,6 +127,46 @@ def preload(s: Settings, n: int, start_ms: int) -> None:
     assert producer.flush(120) == 0
 
 
+# The floor's output, declared like a job's so its sink is built by the same code (JobCoordinator.sink_ddl).
+FLOOR = MetricSchema(
+    name="floor",
+    columns=(
+        Column("window_start", "timestamp_ms"),
+        Column("window_end", "timestamp_ms"),
+        Column("events", "int64"),
+    ),
+    key=("window_start",),
+)
+FLOOR_NAME = "floor"
+JOBS_NAME = "jobs"
+
+
+def floor_statements(coordinator: JobCoordinator) -> list[str]:
+    """The floor job's SQL: the processing source table (Kafka, JSON, watermark), one tumbling COUNT(*) per
+    window, an upsert-kafka sink. Every record counts (heartbeats too): no view, no de-duplication."""
+    window = interval(coordinator.settings.processing.window_seconds)
+    insert = f"""INSERT INTO {coordinator.sink_table(FLOOR)}
+SELECT {epoch_ms("window_start")}, {epoch_ms("window_end")}, COUNT(*)
+FROM TABLE(TUMBLE(TABLE {SOURCE_TABLE}, DESCRIPTOR(event_time), {window}))
+GROUP BY window_start, window_end"""
+    return [coordinator.source_ddl(), coordinator.sink_ddl(FLOOR), insert]
+
+
+def submit_floor(s: Settings, bounds: Bounds) -> str:
+    """Submit the floor job over the bounded range, with the table config processing uses; return its id."""
+    coordinator = JobCoordinator(s, bounds)
+    t_env = table_env(remote_config(s, None))
+    for key, value in {
+        **coordinator.table_config(),
+        "pipeline.name": f"{FLOOR_NAME} {bounds.start_ms}",
+    }.items():
+        t_env.get_config().set(key, value)
+    *tables, insert = floor_statements(coordinator)
+    for ddl in tables:
+        t_env.execute_sql(ddl)
+    return str(t_env.execute_sql(insert).get_job_client().get_job_id())
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return (
@@ -117,7 +176,86 @@ def cpu_seconds(process: psutil.Process) -> float:
     )
 
 
-def run(n: int) -> None:
+@dataclass(frozen=True)
+class Run:
+    name: str
+    round: int
+    events: int
+    seconds: float  # Flink's job duration
+    cpu: float  # TaskManager CPU-seconds from submission to the job's end
+    load_average: float
+    detail: dict[str, Any]
+
+    @property
+    def per_cpu(self) -> float:
+        return self.events / self.cpu
+
+    def line(self) -> str:
+        return (
+            f"{self.name:<5} round={self.round} state={self.detail['state']} events={self.events} "
+            f"job_seconds={self.seconds:.1f} throughput={self.events / self.seconds:,.0f} events/s "
+            f"taskmanager_cpu={self.cpu:.1f}s ({self.per_cpu:,.0f} events per TaskManager CPU-second) "
+            f"load_average={self.load_average:.1f}"
+        )
+
+
+def finished(s: Settings, job_id: str) -> dict[str, Any]:
+    """Flink's job detail once the job has ended."""
+    rest = f"{s.flink.rest_url}/jobs/{job_id}"
+    while (detail := httpx.get(rest, timeout=5).json())["state"] not in ("FINISHED", "FAILED", "CANCELED"):
+        time.sleep(0.5)
+    result: dict[str, Any] = detail
+    return result
+
+
+def vertex_lines(detail: dict[str, Any]) -> list[str]:
+    """Each vertex's busy time (summed over its subtasks) and share of all vertices' busy time."""
+    busy = {v["name"]: v["metrics"].get("accumulated-busy-time", 0) for v in detail["vertices"]}
+    total = sum(busy.values()) or 1
+    return [
+        f"    {ms / 1000:7.1f}s busy {100 * ms / total:5.1f}%  {name[:150]}"
+        for name, ms in sorted(busy.items(), key=lambda item: -item[1])
+    ]
+
+
+def measure(name: str, round_: int, s: Settings, taskmanager: psutil.Process, submit: Any, n: int) -> Run:
+    cpu_before = cpu_seconds(taskmanager)
+    detail = finished(s, submit())
+    return Run(
+        name=name,
+        round=round_,
+        events=n,
+        seconds=detail["duration"] / 1000,
+        cpu=cpu_seconds(taskmanager) - cpu_before,
+        load_average=os.getloadavg()[0],
+        detail=detail,
+    )
+
+
+def ratio_line(runs: list[Run]) -> str:
+    """jobs / floor events per TaskManager CPU-second: medians of the warm rounds (round 1 when only one)."""
+    warm = [r for r in runs if r.round > 1] or runs
+    floor = statistics.median(r.per_cpu for r in warm if r.name == FLOOR_NAME)
+    jobs = statistics.median(r.per_cpu for r in warm if r.name == JOBS_NAME)
+    rounds = sorted({r.round for r in warm})
+    return (
+        f"jobs/floor per TaskManager CPU-second = {jobs / floor:.3f} "
+        f"(medians of rounds {rounds}: jobs {jobs:,.0f}, floor {floor:,.0f})"
+    )
+
+
+def recorded(taskmanager: psutil.Process, path: Path, measure_run: Any) -> Run:
+    """measure_run() while Java Flight Recorder samples the TaskManager (profile settings) into path."""
+    jcmd = ["jcmd", str(taskmanager.pid)]
+    subprocess.run([*jcmd, "JFR.start", "name=bench", "settings=profile"], check=True, capture_output=True)
+    try:
+        result: Run = measure_run()
+    finally:
+        subprocess.run([*jcmd, "JFR.stop", "name=bench", f"filename={path.resolve()}"], check=True)
+    return result
+
+
+def run(n: int, rounds: int, vertices: bool, jfr: Path | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = isolated_settings(Path(tmp) / "state")
         harness = Harness(base)
@@ -125,31 +263,37 @@ def run(n: int) -> None:
             harness.ensure("kafka", "flink-jobmanager", "flink-taskmanager")
             s = processing_settings(base, parallelism=0, session_gap_seconds=30)
             create_topics(s)
+            ensure_topics(s.kafka.bootstrap, [topics(s).metric(FLOOR)])
             start_ms = int(time.time() * 1000) - n - 3_600_000
             t0 = time.perf_counter()
             preload(s, n, start_ms)
-            print(f"preloaded {n} events in {time.perf_counter() - t0:.1f}s")
-            env = settings_env(s)
-            taskmanager = psutil.Process(harness.stack.component("flink-taskmanager").pid())
-            cpu_before = cpu_seconds(taskmanager)
-            job_id = submit_job(
-                extra_args=["--from", str(start_ms), "--to", str(start_ms + n)], env={**os.environ, **env}
-            )
-            rest = f"http://127.0.0.1:{s.flink.rest_port}/jobs/{job_id}"
-            while (detail := httpx.get(rest, timeout=5).json())["state"] not in (
-                "FINISHED",
-                "FAILED",
-                "CANCELED",
-            ):
-                time.sleep(1)
-            seconds = detail["duration"] / 1000
-            cpu = cpu_seconds(taskmanager) - cpu_before
             print(
-                f"state={detail['state']} parallelism={base.flink.parallelism} events={n} "
-                f"job_seconds={seconds:.1f} throughput={n / seconds:,.0f} events/s "
-                f"taskmanager_cpu={cpu:.1f}s ({n / cpu:,.0f} events per TaskManager CPU-second) "
-                f"load_average={os.getloadavg()[0]:.1f}"
+                f"preloaded {n} events in {time.perf_counter() - t0:.1f}s "
+                f"parallelism={base.flink.parallelism}"
             )
+            env = {**os.environ, **settings_env(s)}
+            bounds = bounds_for(s, start_ms, start_ms + n)
+            jobs_args = ["--from", str(start_ms), "--to", str(start_ms + n)]
+            taskmanager = psutil.Process(harness.stack.component("flink-taskmanager").pid())
+            submits = {
+                FLOOR_NAME: lambda: submit_floor(s, bounds),
+                JOBS_NAME: lambda: submit_job(extra_args=jobs_args, env=env),
+            }
+            runs = []
+            for round_ in range(1, rounds + 1):
+                for name, submit in submits.items():
+                    runs.append(measure(name, round_, s, taskmanager, submit, n))
+                    print(runs[-1].line(), flush=True)
+                    if vertices:
+                        print("\n".join(vertex_lines(runs[-1].detail)), flush=True)
+            print(ratio_line(runs))
+            if jfr:
+                profiled = recorded(
+                    taskmanager,
+                    jfr,
+                    lambda: measure(JOBS_NAME, rounds + 1, s, taskmanager, submits[JOBS_NAME], n),
+                )
+                print(f"{profiled.line()} (recorded into {jfr})")
         finally:
             harness.close()
 
@@ -157,4 +301,12 @@ def run(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=500_000)
-    run(parser.parse_args().events)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="floor then jobs, this many times (round 1: cold)"
+    )
+    parser.add_argument("--vertices", action="store_true", help="print each vertex's share of the busy time")
+    parser.add_argument(
+        "--jfr", type=Path, help="then one jobs run recorded by Java Flight Recorder into this file"
+    )
+    args = parser.parse_args()
+    run(args.events, args.rounds, args.vertices, args.jfr)
