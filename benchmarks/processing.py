@@ -9,11 +9,15 @@ runs, interleaved and --rounds times each, two bounded Flink jobs over that topi
 
 Per run it prints job seconds and events/s (N / Flink's job duration, submission excluded), the TaskManager's
 CPU-seconds and events per TaskManager CPU-second; then jobs / floor per TaskManager CPU-second, the median
-of the warm rounds (round 1 runs on a fresh cluster: JIT warm-up). --vertices adds each vertex's share of
-the operators' busy time; --jfr FILE adds one more jobs run, recorded by Java Flight Recorder on the
-TaskManager (not in the ratio: the recording costs CPU too).
+of the warm rounds (round 1 runs on a fresh cluster: JIT warm-up).
+
+--vertices adds each vertex's share of the operators' busy time. --variant NAME:KEY=VALUE,... adds to every
+round a jobs run with those Flink table options (a lever measured against the jobs in the same session).
+--jfr FILE adds one more jobs run, recorded by Java Flight Recorder on the TaskManager (not in the ratio: the
+recording costs CPU too).
 
     .venv/bin/python benchmarks/processing.py [--events 500000] [--rounds 2] [--vertices] [--jfr FILE]
+        [--variant NAME:KEY=VALUE,...]
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +45,10 @@ from confluent_kafka import Producer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
-from infrastructure.local.stack import settings_env  # noqa: E402
 from services.processing.backfill import bounds_for  # noqa: E402
 from services.processing.coordinator import SOURCE_TABLE, Bounds, JobCoordinator  # noqa: E402
 from services.processing.driver import remote_config, table_env  # noqa: E402
 from services.processing.job import epoch_ms, interval  # noqa: E402
-from services.processing.supervisor import submit_job  # noqa: E402
 from shared.events import HEARTBEAT_TYPE  # noqa: E402
 from shared.kafka_admin import ensure_topics  # noqa: E402
 from shared.metric_schema import Column, MetricSchema  # noqa: E402
@@ -167,6 +171,18 @@ def submit_floor(s: Settings, bounds: Bounds) -> str:
     return str(t_env.execute_sql(insert).get_job_client().get_job_id())
 
 
+def submit_jobs(s: Settings, bounds: Bounds, options: dict[str, str]) -> str:
+    """Submit the built-in jobs as the backfill driver does, with `options` added to Flink's table config."""
+    t_env = table_env({**remote_config(s, None), **options})
+    return str(JobCoordinator(s, bounds).run(t_env).get_job_client().get_job_id())
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """ "name:key=value,key=value" -> (name, options)."""
+    name, _, pairs = text.partition(":")
+    return name, dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+
+
 def cpu_seconds(process: psutil.Process) -> float:
     times = process.cpu_times()
     return (
@@ -232,16 +248,20 @@ def measure(name: str, round_: int, s: Settings, taskmanager: psutil.Process, su
     )
 
 
-def ratio_line(runs: list[Run]) -> str:
-    """jobs / floor events per TaskManager CPU-second: medians of the warm rounds (round 1 when only one)."""
+def ratio_lines(runs: list[Run]) -> list[str]:
+    """Each jobs run's events per TaskManager CPU-second over the floor's: medians of the warm rounds (round 1
+    when there is only one)."""
     warm = [r for r in runs if r.round > 1] or runs
-    floor = statistics.median(r.per_cpu for r in warm if r.name == FLOOR_NAME)
-    jobs = statistics.median(r.per_cpu for r in warm if r.name == JOBS_NAME)
     rounds = sorted({r.round for r in warm})
-    return (
-        f"jobs/floor per TaskManager CPU-second = {jobs / floor:.3f} "
-        f"(medians of rounds {rounds}: jobs {jobs:,.0f}, floor {floor:,.0f})"
-    )
+    floor = statistics.median(r.per_cpu for r in warm if r.name == FLOOR_NAME)
+    lines = []
+    for name in dict.fromkeys(r.name for r in warm if r.name != FLOOR_NAME):
+        jobs = statistics.median(r.per_cpu for r in warm if r.name == name)
+        lines.append(
+            f"{name}/floor per TaskManager CPU-second = {jobs / floor:.3f} "
+            f"(medians of rounds {rounds}: {name} {jobs:,.0f}, floor {floor:,.0f})"
+        )
+    return lines
 
 
 def recorded(taskmanager: psutil.Process, path: Path, measure_run: Any) -> Run:
@@ -255,7 +275,7 @@ def recorded(taskmanager: psutil.Process, path: Path, measure_run: Any) -> Run:
     return result
 
 
-def run(n: int, rounds: int, vertices: bool, jfr: Path | None) -> None:
+def run(n: int, rounds: int, vertices: bool, jfr: Path | None, variants: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = isolated_settings(Path(tmp) / "state")
         harness = Harness(base)
@@ -271,14 +291,14 @@ def run(n: int, rounds: int, vertices: bool, jfr: Path | None) -> None:
                 f"preloaded {n} events in {time.perf_counter() - t0:.1f}s "
                 f"parallelism={base.flink.parallelism}"
             )
-            env = {**os.environ, **settings_env(s)}
             bounds = bounds_for(s, start_ms, start_ms + n)
-            jobs_args = ["--from", str(start_ms), "--to", str(start_ms + n)]
             taskmanager = psutil.Process(harness.stack.component("flink-taskmanager").pid())
-            submits = {
-                FLOOR_NAME: lambda: submit_floor(s, bounds),
-                JOBS_NAME: lambda: submit_job(extra_args=jobs_args, env=env),
+            submits: dict[str, Callable[[], str]] = {
+                FLOOR_NAME: partial(submit_floor, s, bounds),
+                JOBS_NAME: partial(submit_jobs, s, bounds, {}),
             }
+            for name, options in map(parse_variant, variants):
+                submits[name] = partial(submit_jobs, s, bounds, options)
             runs = []
             for round_ in range(1, rounds + 1):
                 for name, submit in submits.items():
@@ -286,7 +306,7 @@ def run(n: int, rounds: int, vertices: bool, jfr: Path | None) -> None:
                     print(runs[-1].line(), flush=True)
                     if vertices:
                         print("\n".join(vertex_lines(runs[-1].detail)), flush=True)
-            print(ratio_line(runs))
+            print("\n".join(ratio_lines(runs)))
             if jfr:
                 profiled = recorded(
                     taskmanager,
@@ -308,5 +328,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--jfr", type=Path, help="then one jobs run recorded by Java Flight Recorder into this file"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME:KEY=VALUE,...: each round, also the jobs with these Flink table options",
+    )
     args = parser.parse_args()
-    run(args.events, args.rounds, args.vertices, args.jfr)
+    run(args.events, args.rounds, args.vertices, args.jfr, args.variant)
