@@ -172,7 +172,8 @@ def submit_floor(s: Settings, bounds: Bounds) -> str:
 
 
 def submit_jobs(s: Settings, bounds: Bounds, options: dict[str, str]) -> str:
-    """Submit the built-in jobs as the backfill driver does, with `options` added to Flink's table config."""
+    """Submit the built-in jobs as the backfill driver does, with `options` added to Flink's table config
+    (a key that JobCoordinator.table_config sets keeps the coordinator's value)."""
     t_env = table_env({**remote_config(s, None), **options})
     return str(JobCoordinator(s, bounds).run(t_env).get_job_client().get_job_id())
 
@@ -234,7 +235,9 @@ def vertex_lines(detail: dict[str, Any]) -> list[str]:
     ]
 
 
-def measure(name: str, round_: int, s: Settings, taskmanager: psutil.Process, submit: Any, n: int) -> Run:
+def measure(
+    name: str, round_: int, s: Settings, taskmanager: psutil.Process, submit: Callable[[], str], n: int
+) -> Run:
     cpu_before = cpu_seconds(taskmanager)
     detail = finished(s, submit())
     return Run(
@@ -264,7 +267,7 @@ def ratio_lines(runs: list[Run]) -> list[str]:
     return lines
 
 
-def recorded(taskmanager: psutil.Process, path: Path, measure_run: Any) -> Run:
+def recorded(taskmanager: psutil.Process, path: Path, measure_run: Callable[[], Run]) -> Run:
     """measure_run() while Java Flight Recorder samples the TaskManager (profile settings) into path."""
     jcmd = ["jcmd", str(taskmanager.pid)]
     subprocess.run([*jcmd, "JFR.start", "name=bench", "settings=profile"], check=True, capture_output=True)
