@@ -41,6 +41,7 @@ from services.loadgen.traffic import Traffic, TrafficSpec  # noqa: E402
 from services.processing.backfill import bounds_for  # noqa: E402
 from services.processing.coordinator import EVENTS_VIEW, JobCoordinator, quote  # noqa: E402
 from services.processing.driver import remote_config, table_env  # noqa: E402
+from services.processing.job import interval  # noqa: E402
 from shared.events import ENRICHMENT_KEYS, EVENT, HEARTBEAT_TYPE  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import topics  # noqa: E402
@@ -175,6 +176,26 @@ def preload(s: Settings, topic: str, records: list[bytes], keys: list[str], end_
     assert producer.flush(120) == 0
 
 
+class SoftwareJobCoordinator(JobCoordinator):
+    """Adds a job no built-in one is like: events per tumbling window by browser and OS family and major
+    version, into Flink's blackhole sink, so the agent columns are read (no built-in job reads them)."""
+
+    def statements(self, t_env: Any) -> list[str]:
+        inserts = super().statements(t_env)
+        columns = ", ".join(f"{quote(key)} STRING" for key in AGENT_KEYS)
+        t_env.execute_sql(
+            f"CREATE TEMPORARY TABLE software_sink ({columns}, events BIGINT) WITH ('connector' = "
+            "'blackhole')"
+        )
+        keys = ", ".join(quote(key) for key in AGENT_KEYS)
+        window = interval(self.settings.processing.window_seconds)
+        inserts.append(
+            f"INSERT INTO software_sink SELECT {keys}, COUNT(*) FROM TABLE(TUMBLE(TABLE {EVENTS_VIEW}, "
+            f"DESCRIPTOR(event_time), {window})) GROUP BY window_start, window_end, {keys}"
+        )
+        return inserts
+
+
 class FlinkEnrichedCoordinator(JobCoordinator):
     """The jobs as they are, over an events view that derives the enrichment columns from the raw fields."""
 
@@ -200,11 +221,26 @@ class FlinkEnrichedCoordinator(JobCoordinator):
         return super().statements(t_env)
 
 
+class DerivedWithSoftwareJob(FlinkEnrichedCoordinator, SoftwareJobCoordinator):
+    pass
+
+
 def environment(s: Settings, jars: list[Path]) -> Any:
     config = remote_config(s, None)
     config["pipeline.jars"] += ";" + ";".join(jar.resolve().as_uri() for jar in jars)
     config["pipeline.global-job-parameters"] = f"rtap.referrer-database:{REFERRER_DATABASE}"
     return table_env(config)
+
+
+def explain(coordinator: JobCoordinator, jars: list[Path]) -> str:
+    """EXPLAIN of the coordinator's statement set, with its table configuration (view reuse included)."""
+    t_env = environment(coordinator.settings, jars)
+    for key, value in coordinator.table_config().items():
+        t_env.get_config().set(key, value)
+    statement_set = t_env.create_statement_set()
+    for insert in coordinator.statements(t_env):
+        statement_set.add_insert_sql(insert)
+    return str(statement_set.explain())
 
 
 def run_once(
@@ -220,7 +256,7 @@ def run_once(
     return f"state={detail['state']} job_seconds={detail['duration'] / 1000:.1f}", cpu
 
 
-def run(n: int, repeats: int, jars: list[Path]) -> None:
+def run(n: int, repeats: int, jars: list[Path], software_job: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = isolated_settings(Path(tmp) / "state")
         harness = Harness(base)
@@ -240,25 +276,30 @@ def run(n: int, repeats: int, jars: list[Path]) -> None:
                 f"{sum(map(len, with_group)) / n:.0f} / {sum(map(len, without)) / n:.0f}"
             )
             bounds = bounds_for(s, start_ms, end_ms)
-            runs = {
-                "(a) group in the record": JobCoordinator(
-                    s, replace(bounds, events_topic=topics(s).events.name)
-                ),
-                "(b) derived in Flink": FlinkEnrichedCoordinator(
-                    raw, replace(bounds, events_topic=topics(raw).events.name)
-                ),
-            }
-            t_env = environment(raw, jars)
-            statement_set = t_env.create_statement_set()
-            for insert in runs["(b) derived in Flink"].statements(t_env):
-                statement_set.add_insert_sql(insert)
-            plan = statement_set.explain()
-            print(plan)
-            optimized = plan.split("== Optimized Execution Plan ==")[-1]
-            print(
-                f"in (b)'s optimized plan: agent_fields( x{optimized.count('agent_fields(')}, "
-                f"visit_fields( x{optimized.count('visit_fields(')}"
+            stock: type[JobCoordinator] = SoftwareJobCoordinator if software_job else JobCoordinator
+            derived: type[JobCoordinator] = (
+                DerivedWithSoftwareJob if software_job else FlinkEnrichedCoordinator
             )
+            runs = {
+                "(a) group in the record": stock(s, replace(bounds, events_topic=topics(s).events.name)),
+                "(b) derived in Flink": derived(raw, replace(bounds, events_topic=topics(raw).events.name)),
+            }
+            for name, coordinator in runs.items():
+                plan = explain(coordinator, jars)
+                if coordinator.settings is raw:
+                    print(plan)
+                optimized = plan.split("== Optimized Execution Plan ==")[-1]
+                counts = {
+                    what: optimized.count(what)
+                    for what in (
+                        "Deduplicate(",
+                        "Reused(",
+                        "agent_fields(",
+                        "visit_fields(",
+                        "device_category(",
+                    )
+                }
+                print(f"{name}, optimized plan: {counts}")
             taskmanager = psutil.Process(harness.stack.component("flink-taskmanager").pid())
             rates: dict[str, list[float]] = {name: [] for name in runs}
             for repeat in range(repeats):
@@ -297,12 +338,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--parse-calls", type=int, default=2_000)
     parser.add_argument("--parse-only", action="store_true")
+    parser.add_argument(
+        "--software-job", action="store_true", help="add a job reading browser and OS to both variants"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         jars = build_functions(Path(tmp) / "functions")
         parse_timing(jars, Path(tmp), args.parse_calls)
         if not args.parse_only:
-            run(args.events, args.repeats, jars)
+            run(args.events, args.repeats, jars, args.software_job)
 
 
 if __name__ == "__main__":
