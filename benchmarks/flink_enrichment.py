@@ -313,10 +313,17 @@ def run(n: int, repeats: int, jars: list[Path], software_job: bool) -> None:
                         flush=True,
                     )
             summary(rates)
-            for out in Path(tmp).rglob("*taskmanager*.out"):
-                print("".join(line for line in out.open() if line.startswith("rtap-bench")))
+            print_call_counts(Path(tmp))
         finally:
             harness.close()
+
+
+def print_call_counts(folder: Path) -> None:
+    """The functions' call and cache-miss counts, which they print to the TaskManager's output when closed."""
+    for log in (path for path in folder.rglob("*") if path.is_file() and "taskmanager" in path.name):
+        for line in log.open(errors="replace"):
+            if "rtap-bench" in line:
+                print(line.rstrip())
 
 
 def summary(rates: dict[str, list[float]]) -> None:
