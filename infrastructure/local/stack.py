@@ -19,10 +19,11 @@ from infrastructure.local.components import (
     RedisExporter,
     Status,
     _http_ok,
+    instance_name,
 )
 from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.process import ManagedProcess, check_ports_free, wait_while_progressing
-from shared.settings import Settings
+from shared.settings import Settings, client_url, instance_port
 
 STATE_MARKER = ".rtap-state"
 STATE_FORMAT = 1
@@ -49,31 +50,45 @@ def _env_value(value: object) -> str:
 
 
 class Service(Component):
-    """A service of this project, run as `python -m services.<name>`; exists once it has a __main__."""
+    """A service of this project, run as `python -m services.<name>`; exists once it has a __main__. A
+    section with `instances` runs that many processes, instance k on instance_port(port, k)."""
 
     health_path = "/healthz"
 
-    def __init__(self, settings: Settings, service: str):
+    def __init__(self, settings: Settings, service: str, index: int = 0):
         super().__init__(settings)
-        self.name = service
+        self.service = service
+        self.name = instance_name(service, index)
         self.section = getattr(settings, service)
-        self.port = getattr(self.section, "port", None)
+        port = getattr(self.section, "port", None)
+        self.port = instance_port(port, index) if port else None
+
+    @property
+    def family(self) -> str:
+        return self.service
+
+    @staticmethod
+    def instances(settings: Settings, service: str) -> int:
+        return int(getattr(getattr(settings, service), "instances", 1))
 
     @staticmethod
     def exists(service: str) -> bool:
         return (REPO_ROOT / "services" / service / "__main__.py").exists()
 
     def url(self) -> str:
-        return self.section.url if self.port else ""
+        return client_url(self.section.host, self.port) if self.port else ""
 
     def ports(self) -> tuple[int, ...]:
         return (self.port,) if self.port else ()
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", f"services.{self.name}"]
+        return [sys.executable, "-m", f"services.{self.service}"]
 
     def env(self) -> dict[str, str]:
-        return settings_env(self.settings)
+        env = settings_env(self.settings)
+        if self.port:
+            env[f"RTAP_{self.service.upper()}__PORT"] = str(self.port)
+        return env
 
     def healthy(self) -> tuple[bool, str]:
         if not self.port:
@@ -108,19 +123,28 @@ class Stack:
     def __init__(self, settings: Settings, only: list[str] | None = None):
         self.settings = settings
         components: list[Component] = [
-            Kafka(settings),
+            *(Kafka(settings, k) for k in range(settings.kafka.brokers)),
             Redis(settings),
             RedisExporter(settings),
             ClickHouse(settings),
             FlinkJobManager(settings),
-            FlinkTaskManager(settings),
+            *(FlinkTaskManager(settings, k) for k in range(settings.flink.taskmanagers)),
             Prometheus(settings),
         ]
-        components += [Service(settings, s) for s in SERVICES if Service.exists(s)]
-        self.components = [c for c in components if only is None or c.name in only]
+        components += [
+            Service(settings, s, k)
+            for s in SERVICES
+            if Service.exists(s)
+            for k in range(Service.instances(settings, s))
+        ]
+        self.components = [c for c in components if only is None or c.name in only or c.family in only]
 
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
+
+    def family(self, name: str) -> list[Component]:
+        """Every instance of a component (all Kafka brokers for "kafka"), in start order."""
+        return [c for c in self.components if c.family == name]
 
     def check_state_dir(self) -> Path:
         """Create the state directory, or refuse one that is not ours."""
@@ -160,7 +184,7 @@ class Stack:
                 c.start()
                 if not was_running:
                     started.append(c)
-                if isinstance(c, Kafka):
+                if isinstance(c, Kafka) and c.index == self.settings.kafka.brokers - 1:
                     self.create_topics()
                 on_started(c)
         except BaseException:
@@ -174,7 +198,7 @@ class Stack:
         from shared.topics import topics
 
         declared = topics(self.settings).all(load_schemas(self.settings.processing.job_modules).values())
-        return ensure_topics(self.settings.kafka.bootstrap, declared, self.settings.kafka.replication_factor)
+        return ensure_topics(self.settings.kafka.bootstrap, declared)
 
     def down(self) -> list[str]:
         return [c.name for c in reversed(self.components) if c.stop()]
