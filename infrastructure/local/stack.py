@@ -6,6 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from infrastructure.local.components import (
     REPO_ROOT,
@@ -23,7 +24,7 @@ from infrastructure.local.components import (
 )
 from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.process import ManagedProcess, check_ports_free, wait_while_progressing
-from shared.settings import Settings, client_url, instance_port
+from shared.settings import PROFILES, Profile, Settings, client_url, instance_port
 
 STATE_MARKER = ".rtap-state"
 STATE_FORMAT = 1
@@ -119,6 +120,15 @@ class Service(Component):
         )
 
 
+def recorded_profile(state: Path) -> Profile | None:
+    """The profile a state directory was created for, None when there is none yet (or it is unreadable)."""
+    try:
+        profile = json.loads((state / STATE_MARKER).read_text()).get("profile", "single")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return cast(Profile, profile) if profile in PROFILES else None
+
+
 class Stack:
     def __init__(self, settings: Settings, only: list[str] | None = None):
         self.settings = settings
@@ -147,7 +157,8 @@ class Stack:
         return [c for c in self.components if c.family == name]
 
     def check_state_dir(self) -> Path:
-        """Create the state directory, or refuse one that is not ours."""
+        """Create the state directory for this profile, or refuse one that is not ours or holds the state of
+        another profile (its Kafka quorum has other voters)."""
         state = self.settings.state_path
         marker = state / STATE_MARKER
         if state.exists() and any(state.iterdir()):
@@ -157,14 +168,21 @@ class Stack:
                     "choose another RTAP_STATE_DIR or remove it"
                 )
             try:
-                fmt = json.loads(marker.read_text())["format"]
+                recorded = json.loads(marker.read_text())
+                fmt = recorded["format"]
             except (ValueError, KeyError, TypeError):
                 raise RuntimeSetupError(f"{marker} is corrupt; remove {state} to start fresh") from None
             if fmt != STATE_FORMAT:
                 raise RuntimeSetupError(f"{state} has state format {fmt}, this version needs {STATE_FORMAT}")
+            profile = recorded.get("profile", "single")
+            if profile != self.settings.profile:
+                raise RuntimeSetupError(
+                    f"{state} holds the state of profile {profile}, not {self.settings.profile}; "
+                    "choose another RTAP_STATE_DIR for this profile"
+                )
             return state
         state.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"format": STATE_FORMAT}))
+        marker.write_text(json.dumps({"format": STATE_FORMAT, "profile": self.settings.profile}))
         return state
 
     def preflight(self) -> None:
