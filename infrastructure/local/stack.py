@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+import psutil
+
 from infrastructure.local.components import (
     REPO_ROOT,
     ClickHouse,
@@ -92,9 +94,26 @@ class Service(Component):
         return env
 
     def healthy(self) -> tuple[bool, str]:
+        """Its health route answers; a service with several workers (ingestion) also has them all."""
         if not self.port:
             return self.pid() is not None, ""
-        return _http_ok(f"{self.url()}{self.health_path}")
+        ok, detail = _http_ok(f"{self.url()}{self.health_path}")
+        workers = int(getattr(self.section, "workers", 1))
+        if workers == 1:
+            return ok, detail
+        running = len(self.worker_pids())
+        return ok and running == workers, f"{detail}, {running} of {workers} workers"
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes uvicorn's supervisor started (multiprocessing spawns them)."""
+        pid = self.pid()
+        if pid is None:
+            return []
+        try:
+            children = psutil.Process(pid).children()
+            return [c.pid for c in children if "spawn_main" in " ".join(c.cmdline())]
+        except psutil.Error:
+            return []
 
     def wait_started(self, proc: ManagedProcess) -> bool:
         """A service that may work a long time before it serves (storage re-sorting its raw table at start)
