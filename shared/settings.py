@@ -297,9 +297,14 @@ class CacheSettings(ServiceAddress):
 
 Profile = Literal["single", "ha"]
 # A profile is only a preset of the topology's counts and of replication: a value set explicitly (environment,
-# arguments) wins over the preset, and "single" (the default) presets nothing.
+# arguments) wins over the preset. "single" (the default) presets the fields' defaults.
 PROFILES: dict[str, dict[str, dict[str, int]]] = {
-    "single": {},
+    "single": {
+        "kafka": {"brokers": 1, "replication_factor": 1, "min_insync_replicas": 1},
+        "flink": {"taskmanagers": 1, "parallelism": 2},
+        "ingestion": {"workers": 1},
+        "cache": {"instances": 1},
+    },
     "ha": {
         "kafka": {"brokers": 3, "replication_factor": 3, "min_insync_replicas": 2},
         "flink": {"taskmanagers": 2, "parallelism": 2},
@@ -381,6 +386,15 @@ class Settings(BaseSettings):
         """JSON list of the jars every submitted job ships (Kafka connector, the project's Java functions),
         written by the local runtime (`rtap setup`, the Flink JobManager's start), read by the driver."""
         return self.state_path / "jars" / "pipeline-jars.json"
+
+
+def profile_env(profile: Profile) -> dict[str, str]:
+    """The profile's preset as RTAP_* environment variables."""
+    return {
+        f"RTAP_{section.upper()}__{name.upper()}": str(value)
+        for section, preset in PROFILES[profile].items()
+        for name, value in preset.items()
+    }
 
 
 @lru_cache

@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import cast
 
 from infrastructure.local.stack import Stack
-from shared.settings import INSTANCE_PORT_STEP, Settings
+from shared.settings import INSTANCE_PORT_STEP, Profile, Settings, profile_env
 
 
 def free_ports(n: int) -> list[int]:
@@ -52,7 +53,11 @@ def free_series(count: int, stride: int, taken: set[int]) -> int:
 
 def isolated_settings(state_dir: Path, **overrides: str) -> Settings:
     """Settings whose every port is free and whose state lives in state_dir, for the topology the overrides
-    ask for (RTAP_PROFILE, counts): every instance of a replicated process gets free ports too."""
+    ask for (RTAP_PROFILE, counts): every instance of a replicated process gets free ports too. A profile
+    in the overrides sets its whole preset, whatever this process's environment holds (the test session
+    exports its own settings)."""
+    if "RTAP_PROFILE" in overrides:
+        overrides = {**profile_env(cast(Profile, overrides["RTAP_PROFILE"])), **overrides}
     topology = _settings_from({"RTAP_STATE_DIR": str(state_dir), **overrides})
     p = free_ports(9)
     taken = set(p)
