@@ -3,10 +3,11 @@ min.insync.replicas 2 on every topic), two TaskManagers running the job at paral
 workers on one port, two cache processes in one consumer group, storage as the one chDB writer.
 
 One stack for the module, in a state directory of its own. The first tests check the topology is what
-the profile promises; then `rtap load` with duplicate sends is reconciled on every layer; then one broker
-is killed with SIGKILL under load: every event is accepted (the senders retry what was refused, with the
-same ids), nothing is lost or counted twice, and the window in which ingestion answered anything but 202
-is measured and printed (docs/operations.md, "The ha profile").
+the profile promises; then `rtap load` with duplicate sends is reconciled on every layer; then, one scenario
+each, a broker, a TaskManager, a cache process and an ingestion worker are killed with SIGKILL under load:
+every event is accepted (the senders retry what was refused, with the same ids), nothing is lost or
+counted twice, and the window in which ingestion answered anything but 202 is measured and printed
+(docs/operations.md, "The ha profile").
 
 The watermark delay is 45 s as in test_kill9.py: events refused while the partition leaders move are sent
 again after Retry-After, behind the heartbeats.
@@ -14,9 +15,11 @@ again after Retry-After, behind the heartbeats.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +27,7 @@ import httpx
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from infrastructure.local.stack import Stack
+from infrastructure.local.stack import Service, Stack
 from services.loadgen.manifest import read_manifest
 from services.loadgen.reconcile import Layers, reconcile_run
 from services.processing.registry import load_schemas
@@ -46,7 +49,10 @@ RATE = 400  # events/s of the broker-loss run, for LOAD_SECONDS
 LOAD_SECONDS = 20
 KILL_AFTER_EVENTS = 2_000
 SAMPLE_INTERVAL_S = 0.1
-KILLED_BROKER = "kafka"  # node 1: the first bootstrap address as well
+INGESTION_WORKER = "ingestion-worker"
+# One scenario each: a broker (node 1, also the first bootstrap address), a TaskManager, a cache process (each
+# brought back only after the reconciliation: the others carry the load alone), one ingestion worker.
+VICTIMS = ("kafka", "flink-taskmanager-2", "cache-2", INGESTION_WORKER)
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +192,21 @@ def counter(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefixes))
 
 
-def test_kill9_of_one_broker_under_load_loses_nothing(stack, tmp_path: Path):
+def kill9(local: Stack, victim: str) -> Callable[[], None]:
+    """SIGKILL the victim; returns how to bring it back."""
+    if victim == INGESTION_WORKER:
+        ingestion = local.component("ingestion")
+        assert isinstance(ingestion, Service)
+        os.kill(ingestion.worker_pids()[0], signal.SIGKILL)
+        return lambda: None  # uvicorn's supervisor starts another worker
+    component = local.component(victim)
+    component.kill9()
+    return component.start
+
+
+@pytest.mark.parametrize("victim", VICTIMS)
+def test_kill9_of_one_replica_under_load_loses_nothing(stack, victim, tmp_path: Path):
     s, local = stack
-    broker = local.component(KILLED_BROKER)
     sampler = IngestionSampler(f"{s.ingestion.url}/metrics").start()
     manifest = tmp_path / "run.jsonl"
     load = rtap_load(
@@ -208,7 +226,7 @@ def test_kill9_of_one_broker_under_load_loses_nothing(stack, tmp_path: Path):
         while not sampler.samples or sampler.samples[-1][1] - sampler.samples[0][1] < KILL_AFTER_EVENTS:
             assert load.poll() is None, f"rtap load ended before the kill:\n{load.stdout.read()}"
             time.sleep(0.2)
-        broker.kill9()
+        restore = kill9(local, victim)
         killed = time.monotonic()
         output, _ = load.communicate(timeout=LOAD_SECONDS + 240)
     finally:
@@ -218,13 +236,14 @@ def test_kill9_of_one_broker_under_load_loses_nothing(stack, tmp_path: Path):
     refused = sum(e["failed_sends"] for e in entries)
     first, last = sampler.refusal_window(killed)
     print(
-        f"kill -9 {KILLED_BROKER}: {refused} sends not answered 202 (all retried and accepted), "
+        f"kill -9 {victim}: {refused} sends not answered 202 (all retried and accepted), "
         f"refusals from {first:.1f} s to {last:.1f} s after the kill, longest pause in acceptance "
         f"{sampler.longest_pause(killed):.1f} s"
     )
     assert len(entries) == RATE * LOAD_SECONDS and all(e["accepted"] for e in entries), output
     problems = reconcile_run(Layers(s), load_schemas(), entries, SETTLE_TIMEOUT_S)
-    broker.start()  # the quorum whole again for whatever runs next
-    assert problems == [], f"after kill -9 of {KILLED_BROKER}: {len(problems)} differences\n" + "\n".join(
+    restore()  # the topology whole again for the next scenario
+    assert problems == [], f"after kill -9 of {victim}: {len(problems)} differences\n" + "\n".join(
         problems[:30]
     )
+    assert all(status.healthy for status in local.status()), local.status()
