@@ -39,16 +39,29 @@ def port_free(port: int) -> bool:
 
 
 def free_series(count: int, stride: int, taken: set[int]) -> int:
-    """A port p where p, p + stride, ... (count ports) are all free and none is in `taken` (which gets them):
-    the first from a per-process start, in steps of 10 within 20000-39999."""
-    start = 20000 + (os.getpid() % 2000) * 10
-    for step in range(2000):
-        port = 20000 + (start - 20000 + step * 10) % 20000
+    """A port p where p, p + stride, ... (count ports) are all free and none is in `taken` (which gets them).
+    p is one the kernel picks (a random free port, as free_ports), so concurrent test sessions rarely pick
+    the same one."""
+    for _ in range(1000):
+        port = free_ports(1)[0]
         series = [port + i * stride for i in range(count)]
         if all(p not in taken and p < 65535 and port_free(p) for p in series):
             taken.update(series)
             return port
-    raise RuntimeError(f"no {count} free ports {stride} apart in 20000-39999")
+    raise RuntimeError(f"no {count} free ports {stride} apart")
+
+
+def adjacent_free_ports(count: int, taken: set[int]) -> int:
+    """The first port p from a per-process start (in steps of 10, within 20000-39999) where p and the
+    count - 1 ports after it are free and not in `taken` (which gets them): Flink reporters' one range."""
+    start = 20000 + (os.getpid() % 2000) * 10
+    for step in range(2000):
+        port = 20000 + (start - 20000 + step * 10) % 20000
+        series = list(range(port, port + count))
+        if all(p not in taken and port_free(p) for p in series):
+            taken.update(series)
+            return port
+    raise RuntimeError(f"no {count} adjacent free ports in 20000-39999")
 
 
 def isolated_settings(state_dir: Path, **overrides: str) -> Settings:
@@ -64,7 +77,7 @@ def isolated_settings(state_dir: Path, **overrides: str) -> Settings:
     brokers, caches = topology.kafka.brokers, topology.cache.instances
     kafka_port = free_series(brokers, INSTANCE_PORT_STEP, taken)
     # Flink's metric reporters take one range: the JobManager's port, then one per TaskManager.
-    flink_metrics = free_series(1 + topology.flink.taskmanagers, 1, taken)
+    flink_metrics = adjacent_free_ports(1 + topology.flink.taskmanagers, taken)
     env = {
         "RTAP_STATE_DIR": str(state_dir),
         "RTAP_KAFKA__PORT": str(kafka_port),
