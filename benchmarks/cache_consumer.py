@@ -101,7 +101,7 @@ def main() -> None:
         kafka, redis, cache = Kafka(settings), Redis(settings), Service(settings, "cache")
         try:
             kafka.start()
-            ensure_topics(settings.kafka.bootstrap, topics(settings).all(load_schemas().values()), 1)
+            ensure_topics(settings.kafka.bootstrap, topics(settings).all(load_schemas().values()))
             redis.start()
             cache.start()
             while httpx.get(f"{cache.url()}/readyz", timeout=10).status_code != 200:

@@ -224,7 +224,7 @@ def main() -> None:
         kafka, storage = Kafka(settings), Service(settings, "storage")
         try:
             kafka.start()
-            ensure_topics(settings.kafka.bootstrap, topics(settings).all(load_schemas().values()), 1)
+            ensure_topics(settings.kafka.bootstrap, topics(settings).all(load_schemas().values()))
             storage.start()
             while httpx.get(f"{storage.url()}/readyz", timeout=10).status_code != 200:
                 time.sleep(0.5)

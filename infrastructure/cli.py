@@ -17,8 +17,8 @@ from rich.table import Table
 from infrastructure.local import jars
 from infrastructure.local.components import REPO_ROOT, Component, Status
 from infrastructure.local.errors import RuntimeSetupError
-from infrastructure.local.stack import Stack
-from shared.settings import Settings
+from infrastructure.local.stack import Stack, recorded_profile
+from shared.settings import Profile, Settings
 
 app = typer.Typer(
     help="Real-time analytics pipeline: run it locally, inspect it, test it.",
@@ -29,9 +29,26 @@ console = Console()
 err = Console(stderr=True)
 
 
-def _settings() -> Settings:
+ProfileOption = Annotated[
+    Profile | None,
+    typer.Option(
+        "--profile",
+        help="Topology preset: single (the default) or ha (3 Kafka brokers, 2 TaskManagers, 2 ingestion "
+        "workers, 2 cache processes). Default: RTAP_PROFILE, else the state directory's profile.",
+    ),
+]
+
+
+def _settings(profile: Profile | None = None) -> Settings:
+    """The settings; the profile is the option's, else RTAP_PROFILE's, else the state directory's."""
     try:
-        return Settings()
+        if profile:
+            return Settings(profile=profile)
+        settings = Settings()
+        recorded = recorded_profile(settings.state_path)
+        if "RTAP_PROFILE" not in os.environ and recorded and recorded != settings.profile:
+            return Settings(profile=recorded)
+        return settings
     except ValueError as exc:
         err.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -77,9 +94,10 @@ def up(
         bool, typer.Option("--detach", "-d", help="Start in the background and return.")
     ] = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="Start only these components.")] = None,
+    profile: ProfileOption = None,
 ) -> None:
-    """Start every component (Kafka, Redis, ClickHouse, Flink, Prometheus, the services)."""
-    settings = _settings()
+    """Start every component (Kafka, Redis, ClickHouse, Flink, Prometheus, the services) of the profile."""
+    settings = _settings(profile)
     stack = Stack(settings, only=only)
     try:
         with console.status("starting") as spinner:
@@ -109,16 +127,16 @@ def up(
 
 
 @app.command()
-def down() -> None:
+def down(profile: ProfileOption = None) -> None:
     """Stop every component started by `rtap up` (state is kept)."""
-    stopped = Stack(_settings()).down()
+    stopped = Stack(_settings(profile)).down()
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
 @app.command()
-def status() -> None:
-    """Show each component: state, pid, URL, health. Exit code 1 when any is not healthy."""
-    statuses = Stack(_settings()).status()
+def status(profile: ProfileOption = None) -> None:
+    """Show each process of the profile: state, pid, URL, health. Exit code 1 when any is not healthy."""
+    statuses = Stack(_settings(profile)).status()
     console.print(status_table(statuses))
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)

@@ -10,8 +10,9 @@ from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 from shared.topics import Topic
 
 
-def ensure_topics(bootstrap: str, topics: list[Topic], replication_factor: int = 1) -> list[str]:
-    """Create missing topics; return the names created. Existing topics are left as they are."""
+def ensure_topics(bootstrap: str, topics: list[Topic]) -> list[str]:
+    """Create missing topics with their replication; return the names created. Existing topics are left as
+    they are."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="rtap-admin", request_timeout_ms=15_000)
     try:
         existing = set(admin.list_topics())
@@ -19,7 +20,7 @@ def ensure_topics(bootstrap: str, topics: list[Topic], replication_factor: int =
             NewTopic(
                 t.name,
                 num_partitions=t.partitions,
-                replication_factor=replication_factor,
+                replication_factor=t.replication.factor,
                 topic_configs=t.config(),
             )
             for t in topics

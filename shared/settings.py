@@ -22,6 +22,14 @@ RECORD_FRAMING_BYTES = 4_096
 # Every local component listens here by default; the defaults below name it, nothing else in product code.
 LOOPBACK = "127.0.0.1"
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+# Instance k (from 0) of a replicated local process (a Kafka broker, a cache process) listens on its section's
+# port plus k times this; Flink TaskManagers' metrics ports are adjacent instead (one reporter port range).
+INSTANCE_PORT_STEP = 100
+
+
+def instance_port(port: int, index: int) -> int:
+    """The port of instance `index` (from 0) of a replicated process whose first one listens on `port`."""
+    return port + index * INSTANCE_PORT_STEP
 
 
 def client_url(host: str, port: int) -> str:
@@ -42,11 +50,15 @@ class ServiceAddress(BaseModel):
 
 
 class KafkaSettings(BaseModel):
-    bootstrap: str = f"{LOOPBACK}:9092"
+    # "": every local broker (instance_port of `port`); set it for brokers elsewhere (Compose: kafka:9092)
+    bootstrap: str = ""
+    brokers: int = Field(default=1, ge=1)  # local KRaft nodes, each broker and controller (one voter each)
     port: int = 9092
     controller_port: int = 9093
     heap: str = "512m"
-    replication_factor: int = 1
+    # Of every topic the project creates, and of Kafka's internal topics on the local brokers.
+    replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int = Field(default=1, ge=1)
     jmx_exporter_port: int = 9404
     # How often storage and cache read their consumer group's lag from the broker (served by /metrics).
     group_lag_interval_seconds: float = Field(default=5.0, gt=0)
@@ -59,6 +71,21 @@ class KafkaSettings(BaseModel):
     def max_event_bytes(self) -> int:
         """The largest event value (JSON record) that fits in max_record_bytes with any key and headers."""
         return self.max_record_bytes - RECORD_FRAMING_BYTES
+
+    @model_validator(mode="after")
+    def _bootstrap_and_replication_fit_the_brokers(self) -> KafkaSettings:
+        """An empty bootstrap names every local broker; replication never asks for more brokers than run
+        locally, and min.insync.replicas never exceeds the replication factor."""
+        if not self.bootstrap:
+            self.bootstrap = ",".join(
+                f"{LOOPBACK}:{instance_port(self.port, k)}" for k in range(self.brokers)
+            )
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"kafka.min_insync_replicas ({self.min_insync_replicas}) must not exceed "
+                f"kafka.replication_factor ({self.replication_factor})"
+            )
+        return self
 
 
 class TopicSettings(BaseModel):
@@ -83,6 +110,7 @@ class FlinkSettings(BaseModel):
     # Flink's default (0.4) leaves the heap so small that de-duplication state drives the GC into thrashing.
     taskmanager_managed_fraction: float = 0.1
     task_slots: int = 2
+    taskmanagers: int = Field(default=1, ge=1)  # local TaskManager processes; metrics on adjacent ports
     parallelism: int = 2
 
     @property
@@ -90,9 +118,16 @@ class FlinkSettings(BaseModel):
         """Base URL of the Flink REST API (no trailing slash)."""
         return client_url(self.rest_host, self.rest_port)
 
+    def taskmanager_port(self, index: int) -> int:
+        """The metrics port of TaskManager `index` (from 0): taskmanager_metrics_port, then the next ones."""
+        return self.taskmanager_metrics_port + index
+
     @property
-    def taskmanager_metrics_url(self) -> str:
-        return f"{client_url(self.taskmanager_host, self.taskmanager_metrics_port)}/metrics"
+    def taskmanager_metrics_urls(self) -> list[str]:
+        return [
+            f"{client_url(self.taskmanager_host, self.taskmanager_port(k))}/metrics"
+            for k in range(self.taskmanagers)
+        ]
 
 
 class RedisSettings(BaseModel):
@@ -147,7 +182,7 @@ class PrometheusSettings(BaseModel):
 
 class IngestionSettings(ServiceAddress):
     port: int = 8000
-    workers: int = 1
+    workers: int = Field(default=1, ge=1)  # uvicorn worker processes sharing the port (services/ingestion)
     write_keys: list[str] = Field(default_factory=list)
     max_body_bytes: int = 1_048_576
     max_batch_events: int = 1_000
@@ -234,6 +269,8 @@ class StorageSettings(ServiceAddress):
 
 class CacheSettings(ServiceAddress):
     port: int = 8080
+    # Cache processes (consumer and API each), one consumer group; process k serves on instance_port(port, k).
+    instances: int = Field(default=1, ge=1)
     windows_per_key: int = 1_000
     ttl_seconds: int = 7 * 24 * 3600
     read_keys: list[str] = Field(default_factory=list)
@@ -258,10 +295,30 @@ class CacheSettings(ServiceAddress):
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
 
 
+Profile = Literal["single", "ha"]
+# A profile is only a preset of the topology's counts and of replication: a value set explicitly (environment,
+# arguments) wins over the preset. "single" (the default) presets the fields' defaults.
+PROFILES: dict[str, dict[str, dict[str, int]]] = {
+    "single": {
+        "kafka": {"brokers": 1, "replication_factor": 1, "min_insync_replicas": 1},
+        "flink": {"taskmanagers": 1, "parallelism": 2},
+        "ingestion": {"workers": 1},
+        "cache": {"instances": 1},
+    },
+    "ha": {
+        "kafka": {"brokers": 3, "replication_factor": 3, "min_insync_replicas": 2},
+        "flink": {"taskmanagers": 2, "parallelism": 2},
+        "ingestion": {"workers": 2},
+        "cache": {"instances": 2},
+    },
+}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RTAP_", env_nested_delimiter="__", extra="ignore")
 
     env: Literal["local", "production"] = "local"
+    profile: Profile = "single"
     state_dir: Path = Path(".rtap")
     log_level: str = "INFO"
     kafka: KafkaSettings = KafkaSettings()
@@ -275,6 +332,18 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     cache: CacheSettings = CacheSettings()
     http: HttpServerSettings = HttpServerSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_presets(cls, data: object) -> object:
+        """Fill what the profile presets and the input leaves unset (sections given as mappings)."""
+        if not isinstance(data, dict) or data.get("profile", "single") not in PROFILES:
+            return data
+        for section, preset in PROFILES[data.get("profile", "single")].items():
+            given = data.get(section, {})
+            if isinstance(given, dict):
+                data[section] = {**preset, **given}
+        return data
 
     @model_validator(mode="after")
     def _keys_required_in_production(self) -> Settings:
@@ -317,6 +386,15 @@ class Settings(BaseSettings):
         """JSON list of the jars every submitted job ships (Kafka connector, the project's Java functions),
         written by the local runtime (`rtap setup`, the Flink JobManager's start), read by the driver."""
         return self.state_path / "jars" / "pipeline-jars.json"
+
+
+def profile_env(profile: Profile) -> dict[str, str]:
+    """The profile's preset as RTAP_* environment variables."""
+    return {
+        f"RTAP_{section.upper()}__{name.upper()}": str(value)
+        for section, preset in PROFILES[profile].items()
+        for name, value in preset.items()
+    }
 
 
 @lru_cache

@@ -3,6 +3,7 @@ reconciliation, freshness, memory; prints tables, writes results.json and bench.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.console import Console
 from infrastructure.bench import report
 from infrastructure.bench.run import BenchConfig, run_bench
 from infrastructure.local.errors import RuntimeSetupError
+from shared.settings import Profile
 
 console = Console()
 
@@ -63,9 +65,15 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="directory for results.json, bench.png and the logs")] = Path(
             "bench-results"
         ),
+        profile: Annotated[
+            Profile | None,
+            typer.Option(help="topology of the bench stack (default: RTAP_PROFILE, else single)"),
+        ] = None,
     ) -> None:
         """Benchmark a private local stack (free ports, temporary state): ingest, end-to-end throughput with
         reconciliation, freshness of cache and ClickHouse, memory of every process."""
+        if profile:
+            os.environ["RTAP_PROFILE"] = profile  # the bench stack's settings read it
         config = BenchConfig(
             rate=rate,
             duration=duration,

@@ -61,8 +61,10 @@ def full_stack(
             harness.ensure(name)
         for name in SERVICES:
             on_start(name)
-            services[name] = Service(s, name)
-            services[name].start()
+            for index in range(Service.instances(s, name)):
+                service = Service(s, name, index)
+                services[service.name] = service
+                service.start()
         on_start("pipeline job")
         wait_for_flink_job(s)
         yield s, harness, services

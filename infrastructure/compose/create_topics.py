@@ -14,7 +14,7 @@ from shared.topics import topics
 def main() -> None:
     settings = Settings()
     declared = topics(settings).all(load_schemas(settings.processing.job_modules).values())
-    created = ensure_topics(settings.kafka.bootstrap, declared, settings.kafka.replication_factor)
+    created = ensure_topics(settings.kafka.bootstrap, declared)
     print(f"topics created: {', '.join(created) or 'none (all existed)'}")
 
 

@@ -17,7 +17,7 @@ import yaml
 from infrastructure.local import jars
 from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.process import ManagedProcess, port_open, wait_until
-from shared.settings import Settings
+from shared.settings import Settings, instance_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MONITORING_DIR = REPO_ROOT / "monitoring"
@@ -39,6 +39,11 @@ class Status:
 class Component:
     name: str = ""
     start_timeout: float = 60.0
+
+    @property
+    def family(self) -> str:
+        """The name shared by every instance of a replicated component (kafka for kafka, kafka-2...)."""
+        return self.name
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -119,19 +124,36 @@ def java() -> str:
     return path
 
 
+def instance_name(name: str, index: int) -> str:
+    """The process name of instance `index` (from 0) of a replicated component: kafka, kafka-2, kafka-3..."""
+    return name if index == 0 else f"{name}-{index + 1}"
+
+
 class Kafka(Component):
-    name = "kafka"
+    """One KRaft node (broker and controller) of the kafka.brokers local nodes, each a voter of the quorum."""
+
+    @property
+    def family(self) -> str:
+        return "kafka"
+
+    def __init__(self, settings: Settings, index: int = 0):
+        super().__init__(settings)
+        self.index = index
+        self.name = instance_name(self.family, index)
+        k = settings.kafka
+        self.port = instance_port(k.port, index)
+        self.controller_port = instance_port(k.controller_port, index)
+        self.jmx_exporter_port = instance_port(k.jmx_exporter_port, index)
 
     @property
     def dir(self) -> Path:
-        return self.state / "kafka"
+        return self.state / self.name
 
     def url(self) -> str:
-        return f"kafka://127.0.0.1:{self.settings.kafka.port}"
+        return f"kafka://127.0.0.1:{self.port}"
 
     def ports(self) -> tuple[int, ...]:
-        k = self.settings.kafka
-        return (k.port, k.controller_port, k.jmx_exporter_port)
+        return (self.port, self.controller_port, self.jmx_exporter_port)
 
     def prepare(self) -> None:
         java()
@@ -139,22 +161,26 @@ class Kafka(Component):
         k = self.settings.kafka
         data = self.dir / "data"
         data.mkdir(parents=True, exist_ok=True)
+        voters = ",".join(
+            f"{node + 1}@127.0.0.1:{instance_port(k.controller_port, node)}" for node in range(k.brokers)
+        )
         (self.dir / "server.properties").write_text(
             "\n".join(
                 [
                     "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.voters=1@127.0.0.1:{k.controller_port}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{k.port},CONTROLLER://127.0.0.1:{k.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{k.port}",
+                    f"node.id={self.index + 1}",
+                    f"controller.quorum.voters={voters}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
                     "controller.listener.names=CONTROLLER",
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                     f"log.dirs={data}",
                     "num.partitions=1",
-                    "offsets.topic.replication.factor=1",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "min.insync.replicas=1",
+                    f"default.replication.factor={k.replication_factor}",
+                    f"offsets.topic.replication.factor={k.replication_factor}",
+                    f"transaction.state.log.replication.factor={k.replication_factor}",
+                    f"transaction.state.log.min.isr={k.min_insync_replicas}",
+                    f"min.insync.replicas={k.min_insync_replicas}",
                     "group.initial.rebalance.delay.ms=0",
                     "auto.create.topics.enable=false",
                     # one limit with ingestion (KafkaSettings.max_record_bytes)
@@ -183,9 +209,6 @@ class Kafka(Component):
             raise RuntimeSetupError(
                 f"Kafka data directory {data} holds files but no meta.properties: corrupt or foreign state"
             )
-        cluster_id = (
-            base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        )  # may start with "-": pass it with "="
         result = subprocess.run(
             [
                 java(),
@@ -194,7 +217,7 @@ class Kafka(Component):
                 f"-Dlog4j.configuration=file:{self.dir / 'log4j.properties'}",
                 "kafka.tools.StorageTool",
                 "format",
-                f"--cluster-id={cluster_id}",
+                f"--cluster-id={self._cluster_id()}",  # may start with "-": passed with "="
                 "-c",
                 str(self.dir / "server.properties"),
             ],
@@ -206,13 +229,20 @@ class Kafka(Component):
                 f"formatting Kafka storage failed: {(result.stderr or result.stdout).strip()[-300:]}"
             )
 
+    def _cluster_id(self) -> str:
+        """The one cluster id every local node is formatted with, kept in the state directory."""
+        path = self.state / "kafka-cluster.id"
+        if not path.exists():
+            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        return path.read_text().strip()
+
     def _classpath(self) -> str:
         return str(self.state / "jars" / "kafka" / "*")
 
     def _jmx_exporter_agent(self) -> str:
         agent = jars.find_jar(self.state / "jars" / "kafka", "jmx_prometheus_javaagent")
         config = MONITORING_DIR / "kafka" / "jmx-exporter.yml"
-        return f"-javaagent:{agent}=127.0.0.1:{self.settings.kafka.jmx_exporter_port}:{config}"
+        return f"-javaagent:{agent}=127.0.0.1:{self.jmx_exporter_port}:{config}"
 
     def argv(self) -> list[str]:
         heap = self.settings.kafka.heap
@@ -229,14 +259,32 @@ class Kafka(Component):
             str(self.dir / "server.properties"),
         ]
 
+    def wait_started(self, proc: ManagedProcess) -> bool:
+        """A node without a running majority of voters cannot serve yet: it is started once it listens on
+        its controller port, and the node that completes the majority waits for health."""
+        if self._running_voters() * 2 <= self.settings.kafka.brokers:
+            return wait_until(
+                lambda: proc.pid() is not None and port_open(self.controller_port), self.start_timeout, 0.3
+            )
+        return super().wait_started(proc)
+
+    def _running_voters(self) -> int:
+        return sum(
+            1
+            for node in range(self.settings.kafka.brokers)
+            if ManagedProcess(
+                instance_name(self.family, node), [], self.state / "run", self.state / "logs"
+            ).pid()
+        )
+
     def healthy(self) -> tuple[bool, str]:
-        if not port_open(self.settings.kafka.port):
+        if not port_open(self.port):
             return False, "broker port closed"
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap, request_timeout_ms=3000)
+            admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{self.port}", request_timeout_ms=3000)
             try:
                 topics = admin.list_topics()
             finally:
@@ -426,25 +474,41 @@ class FlinkJobManager(FlinkProcess):
 
 
 class FlinkTaskManager(FlinkProcess):
-    name = "flink-taskmanager"
+    """One of the flink.taskmanagers local TaskManagers; each serves its metrics on its own port."""
+
+    @property
+    def family(self) -> str:
+        return "flink-taskmanager"
+
     script = "taskmanager.sh"
     start_timeout = 90.0
 
+    def __init__(self, settings: Settings, index: int = 0):
+        super().__init__(settings)
+        self.index = index
+        self.name = instance_name(self.family, index)
+        self.metrics_port = settings.flink.taskmanager_port(index)
+
     def url(self) -> str:
-        return self.settings.flink.taskmanager_metrics_url
+        return self.settings.flink.taskmanager_metrics_urls[self.index]
 
     def ports(self) -> tuple[int, ...]:
-        return (self.settings.flink.taskmanager_metrics_port,)
+        return (self.metrics_port,)
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "FLINK_IDENT_STRING": self.name}  # its own log and pid file names
+
+    def argv(self) -> list[str]:
+        return [*super().argv(), f"-Dmetrics.reporter.prom.port={self.metrics_port}"]
 
     def healthy(self) -> tuple[bool, str]:
         try:
             overview = httpx.get(f"{self.settings.flink.rest_url}/overview", timeout=2).json()
         except (httpx.HTTPError, ValueError) as exc:
             return False, f"jobmanager unreachable: {exc}"
-        slots = overview.get("slots-total", 0)
-        return overview.get(
-            "taskmanagers", 0
-        ) >= 1 and slots > 0, f"{slots} slots, {overview.get('jobs-running', 0)} jobs running"
+        slots, registered = overview.get("slots-total", 0), overview.get("taskmanagers", 0)
+        ok = registered > self.index and slots > 0 and port_open(self.metrics_port)
+        return ok, f"{registered} taskmanagers, {slots} slots, {overview.get('jobs-running', 0)} jobs running"
 
 
 def write_flink_conf(settings: Settings, conf_dir: Path) -> None:
@@ -465,6 +529,7 @@ def write_flink_conf(settings: Settings, conf_dir: Path) -> None:
                 "bind-host": f.taskmanager_host,
                 "host": f.taskmanager_host,
                 "numberOfTaskSlots": f.task_slots,
+                "load-balance": {"mode": "slots"},  # a job's subtasks spread over the TaskManagers
                 "memory": {
                     "process": {"size": f.taskmanager_memory},
                     "managed": {"fraction": f.taskmanager_managed_fraction},
@@ -487,7 +552,7 @@ def write_flink_conf(settings: Settings, conf_dir: Path) -> None:
                 "reporter": {
                     "prom": {
                         "factory": {"class": "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"},
-                        "port": f"{f.jobmanager_metrics_port}-{f.taskmanager_metrics_port}",
+                        "port": f"{f.jobmanager_metrics_port}-{f.taskmanager_port(f.taskmanagers - 1)}",
                     }
                 }
             },

@@ -7,20 +7,24 @@ from pathlib import Path
 
 import yaml
 
-from shared.settings import Settings
+from shared.settings import Settings, instance_port
 
 
-def local_targets(settings: Settings) -> dict[str, str]:
+def local_targets(settings: Settings) -> dict[str, list[str]]:
+    """Each scrape job's local targets: one per process, every instance of a replicated one."""
+    k, f = settings.kafka, settings.flink
     return {
-        "prometheus": f"127.0.0.1:{settings.prometheus.port}",
-        "ingestion": f"127.0.0.1:{settings.ingestion.port}",
-        "storage": f"127.0.0.1:{settings.storage.port}",
-        "cache": f"127.0.0.1:{settings.cache.port}",
-        "processing": f"127.0.0.1:{settings.processing.port}",
-        "flink-jobmanager": f"127.0.0.1:{settings.flink.jobmanager_metrics_port}",
-        "flink-taskmanager": f"127.0.0.1:{settings.flink.taskmanager_metrics_port}",
-        "kafka": f"127.0.0.1:{settings.kafka.jmx_exporter_port}",
-        "redis": f"127.0.0.1:{settings.redis.exporter_port}",
+        "prometheus": [f"127.0.0.1:{settings.prometheus.port}"],
+        "ingestion": [f"127.0.0.1:{settings.ingestion.port}"],
+        "storage": [f"127.0.0.1:{settings.storage.port}"],
+        "cache": [
+            f"127.0.0.1:{instance_port(settings.cache.port, i)}" for i in range(settings.cache.instances)
+        ],
+        "processing": [f"127.0.0.1:{settings.processing.port}"],
+        "flink-jobmanager": [f"127.0.0.1:{f.jobmanager_metrics_port}"],
+        "flink-taskmanager": [f"127.0.0.1:{f.taskmanager_port(i)}" for i in range(f.taskmanagers)],
+        "kafka": [f"127.0.0.1:{instance_port(k.jmx_exporter_port, i)}" for i in range(k.brokers)],
+        "redis": [f"127.0.0.1:{settings.redis.exporter_port}"],
     }
 
 
@@ -29,7 +33,7 @@ def write_local_config(settings: Settings, source: Path, target: Path) -> Path:
     targets = local_targets(settings)
     for job in config["scrape_configs"]:
         if job["job_name"] in targets:
-            job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+            job["static_configs"] = [{"targets": targets[job["job_name"]]}]
     target.mkdir(parents=True, exist_ok=True)
     rules = target / "rules"
     shutil.rmtree(rules, ignore_errors=True)

@@ -6,6 +6,9 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
+
+import psutil
 
 from infrastructure.local.components import (
     REPO_ROOT,
@@ -19,10 +22,11 @@ from infrastructure.local.components import (
     RedisExporter,
     Status,
     _http_ok,
+    instance_name,
 )
 from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.process import ManagedProcess, check_ports_free, wait_while_progressing
-from shared.settings import Settings
+from shared.settings import PROFILES, Profile, Settings, client_url, instance_port
 
 STATE_MARKER = ".rtap-state"
 STATE_FORMAT = 1
@@ -49,36 +53,67 @@ def _env_value(value: object) -> str:
 
 
 class Service(Component):
-    """A service of this project, run as `python -m services.<name>`; exists once it has a __main__."""
+    """A service of this project, run as `python -m services.<name>`; exists once it has a __main__. A
+    section with `instances` runs that many processes, instance k on instance_port(port, k)."""
 
     health_path = "/healthz"
 
-    def __init__(self, settings: Settings, service: str):
+    def __init__(self, settings: Settings, service: str, index: int = 0):
         super().__init__(settings)
-        self.name = service
+        self.service = service
+        self.name = instance_name(service, index)
         self.section = getattr(settings, service)
-        self.port = getattr(self.section, "port", None)
+        port = getattr(self.section, "port", None)
+        self.port = instance_port(port, index) if port else None
+
+    @property
+    def family(self) -> str:
+        return self.service
+
+    @staticmethod
+    def instances(settings: Settings, service: str) -> int:
+        return int(getattr(getattr(settings, service), "instances", 1))
 
     @staticmethod
     def exists(service: str) -> bool:
         return (REPO_ROOT / "services" / service / "__main__.py").exists()
 
     def url(self) -> str:
-        return self.section.url if self.port else ""
+        return client_url(self.section.host, self.port) if self.port else ""
 
     def ports(self) -> tuple[int, ...]:
         return (self.port,) if self.port else ()
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", f"services.{self.name}"]
+        return [sys.executable, "-m", f"services.{self.service}"]
 
     def env(self) -> dict[str, str]:
-        return settings_env(self.settings)
+        env = settings_env(self.settings)
+        if self.port:
+            env[f"RTAP_{self.service.upper()}__PORT"] = str(self.port)
+        return env
 
     def healthy(self) -> tuple[bool, str]:
+        """Its health route answers; a service with several workers (ingestion) also has them all."""
         if not self.port:
             return self.pid() is not None, ""
-        return _http_ok(f"{self.url()}{self.health_path}")
+        ok, detail = _http_ok(f"{self.url()}{self.health_path}")
+        workers = int(getattr(self.section, "workers", 1))
+        if workers == 1:
+            return ok, detail
+        running = len(self.worker_pids())
+        return ok and running == workers, f"{detail}, {running} of {workers} workers"
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes uvicorn's supervisor started (multiprocessing spawns them)."""
+        pid = self.pid()
+        if pid is None:
+            return []
+        try:
+            children = psutil.Process(pid).children()
+            return [c.pid for c in children if "spawn_main" in " ".join(c.cmdline())]
+        except psutil.Error:
+            return []
 
     def wait_started(self, proc: ManagedProcess) -> bool:
         """A service that may work a long time before it serves (storage re-sorting its raw table at start)
@@ -104,26 +139,45 @@ class Service(Component):
         )
 
 
+def recorded_profile(state: Path) -> Profile | None:
+    """The profile a state directory was created for, None when there is none yet (or it is unreadable)."""
+    try:
+        profile = json.loads((state / STATE_MARKER).read_text()).get("profile", "single")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return cast(Profile, profile) if profile in PROFILES else None
+
+
 class Stack:
     def __init__(self, settings: Settings, only: list[str] | None = None):
         self.settings = settings
         components: list[Component] = [
-            Kafka(settings),
+            *(Kafka(settings, k) for k in range(settings.kafka.brokers)),
             Redis(settings),
             RedisExporter(settings),
             ClickHouse(settings),
             FlinkJobManager(settings),
-            FlinkTaskManager(settings),
+            *(FlinkTaskManager(settings, k) for k in range(settings.flink.taskmanagers)),
             Prometheus(settings),
         ]
-        components += [Service(settings, s) for s in SERVICES if Service.exists(s)]
-        self.components = [c for c in components if only is None or c.name in only]
+        components += [
+            Service(settings, s, k)
+            for s in SERVICES
+            if Service.exists(s)
+            for k in range(Service.instances(settings, s))
+        ]
+        self.components = [c for c in components if only is None or c.name in only or c.family in only]
 
     def component(self, name: str) -> Component:
         return next(c for c in self.components if c.name == name)
 
+    def family(self, name: str) -> list[Component]:
+        """Every instance of a component (all Kafka brokers for "kafka"), in start order."""
+        return [c for c in self.components if c.family == name]
+
     def check_state_dir(self) -> Path:
-        """Create the state directory, or refuse one that is not ours."""
+        """Create the state directory for this profile, or refuse one that is not ours or holds the state of
+        another profile (its Kafka quorum has other voters)."""
         state = self.settings.state_path
         marker = state / STATE_MARKER
         if state.exists() and any(state.iterdir()):
@@ -133,14 +187,21 @@ class Stack:
                     "choose another RTAP_STATE_DIR or remove it"
                 )
             try:
-                fmt = json.loads(marker.read_text())["format"]
+                recorded = json.loads(marker.read_text())
+                fmt = recorded["format"]
             except (ValueError, KeyError, TypeError):
                 raise RuntimeSetupError(f"{marker} is corrupt; remove {state} to start fresh") from None
             if fmt != STATE_FORMAT:
                 raise RuntimeSetupError(f"{state} has state format {fmt}, this version needs {STATE_FORMAT}")
+            profile = recorded.get("profile", "single")
+            if profile != self.settings.profile:
+                raise RuntimeSetupError(
+                    f"{state} holds the state of profile {profile}, not {self.settings.profile}; "
+                    "choose another RTAP_STATE_DIR for this profile"
+                )
             return state
         state.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"format": STATE_FORMAT}))
+        marker.write_text(json.dumps({"format": STATE_FORMAT, "profile": self.settings.profile}))
         return state
 
     def preflight(self) -> None:
@@ -160,7 +221,7 @@ class Stack:
                 c.start()
                 if not was_running:
                     started.append(c)
-                if isinstance(c, Kafka):
+                if isinstance(c, Kafka) and c.index == self.settings.kafka.brokers - 1:
                     self.create_topics()
                 on_started(c)
         except BaseException:
@@ -174,7 +235,7 @@ class Stack:
         from shared.topics import topics
 
         declared = topics(self.settings).all(load_schemas(self.settings.processing.job_modules).values())
-        return ensure_topics(self.settings.kafka.bootstrap, declared, self.settings.kafka.replication_factor)
+        return ensure_topics(self.settings.kafka.bootstrap, declared)
 
     def down(self) -> list[str]:
         return [c.name for c in reversed(self.components) if c.stop()]

@@ -298,10 +298,13 @@ class Layers:
         }
 
     def taskmanager_metrics(self) -> str | None:
-        """The TaskManager's Prometheus exposition, None when the endpoint does not answer (its reporter
-        drops the odd scrape while tasks register their metrics)."""
+        """Every TaskManager's Prometheus exposition, one after the other; None when an endpoint does not
+        answer (a reporter drops the odd scrape while tasks register their metrics)."""
         try:
-            return httpx.get(self.s.flink.taskmanager_metrics_url, timeout=10).raise_for_status().text
+            return "".join(
+                httpx.get(url, timeout=10).raise_for_status().text
+                for url in self.s.flink.taskmanager_metrics_urls
+            )
         except httpx.HTTPError:
             return None
 

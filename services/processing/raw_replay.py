@@ -8,6 +8,7 @@ and the bounded read's end moves the watermark past every window.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from services.processing.coordinator import Bounds
 from shared.events import EVENT_TIME_PATH
 from shared.kafka_admin import delete_topics, ensure_topics
 from shared.settings import Settings
-from shared.topics import EVENTS_RETENTION_MS, Topic, topics
+from shared.topics import Topic, topics
 
 KEY_PATH = "context.session_id"  # the events topic's record key (shared/events.py)
 END, ERROR = "export_end", "export_error"
@@ -48,7 +49,7 @@ def replay_topic(settings: Settings) -> Topic:
     """A fresh topic named after the events topic; its retention only matters if a run dies before the
     delete."""
     name = f"{topics(settings).events.name}-backfill-{uuid.uuid4().hex[:8]}"
-    return Topic(name, topics(settings).events.partitions, EVENTS_RETENTION_MS)
+    return dataclasses.replace(topics(settings).events, name=name)
 
 
 def export_lines(settings: Settings, span: ExportRange, read_key: str | None) -> Iterator[str]:

@@ -45,8 +45,8 @@ def test_local_config_is_valid_and_scrapes_every_job_locally(settings, tmp_path)
     promtool("check", "config", str(config_file))
     jobs = {job["job_name"]: job for job in yaml.safe_load(config_file.read_text())["scrape_configs"]}
     assert set(jobs) == set(local_targets(settings)), "every scrape job needs a local target"
-    for name, target in local_targets(settings).items():
-        assert jobs[name]["static_configs"] == [{"targets": [target]}]
+    for name, targets in local_targets(settings).items():
+        assert jobs[name]["static_configs"] == [{"targets": targets}]
 
 
 def test_every_required_alert_is_defined_and_unit_tested():
