@@ -28,11 +28,10 @@ from typing import Any
 
 import httpx
 import psutil
-from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.processing import cpu_seconds  # noqa: E402
+from benchmarks.processing import bulk_producer, cpu_seconds  # noqa: E402
 from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
 from infrastructure.local.jars import fresh_folder, maven  # noqa: E402
 from services.ingestion import enrichment  # noqa: E402
@@ -155,15 +154,7 @@ def values(n: int, start_ms: int) -> tuple[list[bytes], list[bytes], list[str]]:
 
 
 def preload(s: Settings, topic: str, records: list[bytes], keys: list[str], end_ms: int) -> None:
-    producer = Producer(
-        {
-            "bootstrap.servers": s.kafka.bootstrap,
-            "linger.ms": 20,
-            "batch.size": 1_000_000,
-            "compression.type": "lz4",
-            "queue.buffering.max.messages": 1_000_000,
-        }
-    )
+    producer = bulk_producer(s)
     for i, (value, key) in enumerate(zip(records, keys, strict=True)):
         producer.produce(topic, key=key, value=value)
         if i % 10_000 == 0:

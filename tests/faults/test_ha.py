@@ -35,6 +35,7 @@ from services.processing.registry import load_schemas
 from shared.settings import Settings
 from shared.topics import topics
 from tests.e2e.stack import full_stack, reconciled_env, rtap_load, wait_for_flink_job
+from tests.faults.load import KILL_AFTER_EVENTS, LOAD_SECONDS, RATE, finish_load, start_load
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,9 +47,6 @@ pytestmark = [
 
 WINDOW_S, GAP_S, WATERMARK_DELAY_MS = 2, 3, 45_000
 SETTLE_TIMEOUT_S = 300
-RATE = 400  # events/s of the broker-loss run, for LOAD_SECONDS
-LOAD_SECONDS = 20
-KILL_AFTER_EVENTS = 2_000
 SAMPLE_INTERVAL_S = 0.1
 INGESTION_WORKER = "ingestion-worker"
 # One scenario each: a broker (node 1, also the first bootstrap address), a TaskManager, a cache process (each
@@ -217,26 +215,14 @@ def test_kill9_of_one_replica_under_load_loses_nothing(stack, victim, tmp_path: 
     s, local = stack
     sampler = IngestionSampler(f"{s.ingestion.url}/metrics").start()
     manifest = tmp_path / "run.jsonl"
-    load = rtap_load(
-        s,
-        manifest,
-        "--events",
-        str(RATE * LOAD_SECONDS),
-        "--rate",
-        str(RATE),
-        "--retries",
-        "90",
-        "--duplicate-fraction",
-        "0.02",
-        wait=False,
-    )
+    load = start_load(s, manifest)
     try:
         while not sampler.samples or sampler.samples[-1][1] - sampler.samples[0][1] < KILL_AFTER_EVENTS:
             assert load.poll() is None, f"rtap load ended before the kill:\n{load.stdout.read()}"
             time.sleep(0.2)
         restore = kill9(local, victim)
         killed = time.monotonic()
-        output, _ = load.communicate(timeout=LOAD_SECONDS + 240)
+        output = finish_load(load)
     finally:
         sampler.stop.set()
     assert load.returncode == 0, output

@@ -25,7 +25,8 @@ import pytest
 from services.loadgen.manifest import read_manifest
 from services.loadgen.reconcile import Layers, reconcile_run
 from services.processing.registry import load_schemas
-from tests.e2e.stack import full_stack, rtap_load
+from tests.e2e.stack import full_stack
+from tests.faults.load import KILL_AFTER_EVENTS, LOAD_SECONDS, RATE, finish_load, start_load
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,9 +36,6 @@ pytestmark = [
     pytest.mark.clickhouse,
 ]
 
-RATE = 400  # events/s, steady, for LOAD_SECONDS
-LOAD_SECONDS = 20
-KILL_AFTER_EVENTS = 2_000  # accepted by ingestion before the kill: the load is really flowing
 SETTLE_TIMEOUT_S = 300  # for every layer together (one deadline): watermark delay + a Flink restart + storage
 # processing is the supervisor that submits the Flink job; flink-jobmanager loses the job (no HA), the
 # supervisor resubmits it from the newest retained checkpoint
@@ -111,22 +109,10 @@ def test_kill9_under_load_loses_nothing_and_counts_nothing_twice(stack, name, tm
     s, harness, services = stack
     component = services.get(name) or harness.stack.component(name)
     manifest = tmp_path / "run.jsonl"
-    load = rtap_load(
-        s,
-        manifest,
-        "--events",
-        str(RATE * LOAD_SECONDS),
-        "--rate",
-        str(RATE),
-        "--retries",
-        "90",
-        "--duplicate-fraction",
-        "0.02",
-        wait=False,
-    )
+    load = start_load(s, manifest)
     wait_for_load(s, load, KILL_AFTER_EVENTS)
     outage = kill_and_restart(component)
-    output, _ = load.communicate(timeout=LOAD_SECONDS + 240)
+    output = finish_load(load)
     assert load.returncode == 0, output
     entries = read_manifest(manifest)
     not_accepted = [e for e in entries if not e["accepted"]]
