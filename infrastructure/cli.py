@@ -8,50 +8,52 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from infrastructure.local import jars
 from infrastructure.local.components import REPO_ROOT, Component, Status
 from infrastructure.local.errors import RuntimeSetupError
-from infrastructure.local.stack import Stack, recorded_profile
-from shared.settings import Profile, Settings
+from infrastructure.local.stack import Stack
+from shared.settings import Profile, SettingsError, stack_settings
+
+console = Console()
+err = Console(stderr=True)
+
+
+class Commands(TyperGroup):
+    """rtap's commands: settings that do not validate are a message and exit code 2, whichever command reads
+    them (each reads them with stack_settings)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SettingsError as exc:
+            err.print(f"[red]configuration error:[/red] {escape(str(exc))}")
+            raise typer.Exit(2) from None
+
 
 app = typer.Typer(
+    cls=Commands,
     help="Real-time analytics pipeline: run it locally, inspect it, test it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
 
 
 ProfileOption = Annotated[
     Profile | None,
     typer.Option(
         "--profile",
-        help="Topology preset: single (the default) or ha (3 Kafka brokers, 2 TaskManagers, 2 ingestion "
-        "workers, 2 cache processes). Default: RTAP_PROFILE, else the state directory's profile.",
+        help="Topology preset: single or ha (3 Kafka brokers, 2 TaskManagers, 2 ingestion workers, 2 cache "
+        "processes). Default: RTAP_PROFILE, else the state directory's profile, else single.",
     ),
 ]
-
-
-def _settings(profile: Profile | None = None) -> Settings:
-    """The settings; the profile is the option's, else RTAP_PROFILE's, else the state directory's."""
-    try:
-        if profile:
-            return Settings(profile=profile)
-        settings = Settings()
-        recorded = recorded_profile(settings.state_path)
-        if "RTAP_PROFILE" not in os.environ and recorded and recorded != settings.profile:
-            return Settings(profile=recorded)
-        return settings
-    except ValueError as exc:
-        err.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 def _fail(exc: Exception) -> None:
@@ -62,7 +64,7 @@ def _fail(exc: Exception) -> None:
 @app.command()
 def setup(quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
     """Resolve the Maven jars (Kafka, Flink's Kafka connector); build the Java functions into the state."""
-    settings = _settings()
+    settings = stack_settings()
     try:
         Stack(settings).check_state_dir()
         for bundle in ("kafka", "flink"):
@@ -97,7 +99,7 @@ def up(
     profile: ProfileOption = None,
 ) -> None:
     """Start every component (Kafka, Redis, ClickHouse, Flink, Prometheus, the services) of the profile."""
-    settings = _settings(profile)
+    settings = stack_settings(profile)
     stack = Stack(settings, only=only)
     try:
         with console.status("starting") as spinner:
@@ -129,14 +131,14 @@ def up(
 @app.command()
 def down(profile: ProfileOption = None) -> None:
     """Stop every component started by `rtap up` (state is kept)."""
-    stopped = Stack(_settings(profile)).down()
+    stopped = Stack(stack_settings(profile)).down()
     console.print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
 
 
 @app.command()
 def status(profile: ProfileOption = None) -> None:
     """Show each process of the profile: state, pid, URL, health. Exit code 1 when any is not healthy."""
-    statuses = Stack(_settings(profile)).status()
+    statuses = Stack(stack_settings(profile)).status()
     console.print(status_table(statuses))
     if not all(s.healthy for s in statuses):
         raise typer.Exit(1)

@@ -7,12 +7,13 @@ RTAP_<FIELD> (RTAP_STATE_DIR, RTAP_ENV).
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "password", "test"}
@@ -25,6 +26,8 @@ WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 # Instance k (from 0) of a replicated local process (a Kafka broker, a cache process) listens on its section's
 # port plus k times this; Flink TaskManagers' metrics ports are adjacent instead (one reporter port range).
 INSTANCE_PORT_STEP = 100
+# In the state directory: {"format": ..., "profile": ...}, written by the local runtime when it creates it.
+STATE_MARKER = ".rtap-state"
 
 
 def instance_port(port: int, index: int) -> int:
@@ -314,12 +317,22 @@ PROFILES: dict[str, dict[str, dict[str, int]]] = {
 }
 
 
-class Settings(BaseSettings):
+class StackChoice(BaseSettings):
+    """Which local stack: its state directory and its profile. Read alone, before the other settings (whose
+    presets the profile chooses), by stack_settings."""
+
     model_config = SettingsConfigDict(env_prefix="RTAP_", env_nested_delimiter="__", extra="ignore")
 
-    env: Literal["local", "production"] = "local"
     profile: Profile = "single"
     state_dir: Path = Path(".rtap")
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir.resolve()
+
+
+class Settings(StackChoice):
+    env: Literal["local", "production"] = "local"
     log_level: str = "INFO"
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()
@@ -378,14 +391,29 @@ class Settings(BaseSettings):
         return self.processing.watermark_delay_ms - self.ingestion.max_future_skew_ms
 
     @property
-    def state_path(self) -> Path:
-        return self.state_dir.resolve()
-
-    @property
     def pipeline_jars_file(self) -> Path:
         """JSON list of the jars every submitted job ships (Kafka connector, the project's Java functions),
         written by the local runtime (`rtap setup`, the Flink JobManager's start), read by the driver."""
         return self.state_path / "jars" / "pipeline-jars.json"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as RTAP_* environment variables, so child processes see exactly the same values."""
+    env: dict[str, str] = {}
+    for key, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            for sub, subvalue in value.items():
+                env[f"RTAP_{key.upper()}__{sub.upper()}"] = _env_value(subvalue)
+        else:
+            env[f"RTAP_{key.upper()}"] = _env_value(value)
+    env["RTAP_STATE_DIR"] = str(settings.state_path)
+    return env
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return "" if value is None else str(value)
 
 
 def profile_env(profile: Profile) -> dict[str, str]:
@@ -395,6 +423,33 @@ def profile_env(profile: Profile) -> dict[str, str]:
         for section, preset in PROFILES[profile].items()
         for name, value in preset.items()
     }
+
+
+class SettingsError(ValueError):
+    """The settings (environment variables, arguments) do not validate; the message names each field."""
+
+
+def recorded_profile(state: Path) -> Profile | None:
+    """The profile a state directory was created for, None when there is none yet (or it is unreadable)."""
+    try:
+        profile = json.loads((state / STATE_MARKER).read_text()).get("profile", "single")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return cast(Profile, profile) if profile in PROFILES else None
+
+
+def stack_settings(profile: Profile | None = None) -> Settings:
+    """The settings of the stack in the state directory, as every rtap command uses them. The profile is
+    `profile` when given, else RTAP_PROFILE's when set, else the one the state directory records (`rtap up
+    --profile` records it), else single; any other setting given explicitly wins over the profile's preset.
+    Raises SettingsError when the settings do not validate."""
+    try:
+        choice = StackChoice()
+        if profile is None and "profile" not in choice.model_fields_set:
+            profile = recorded_profile(choice.state_path)
+        return Settings(profile=profile) if profile else Settings()
+    except ValidationError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 @lru_cache

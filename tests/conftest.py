@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from infrastructure.local.isolated import Harness, isolated_settings
-from infrastructure.local.stack import settings_env
-from shared.settings import Settings
+from shared.settings import Settings, settings_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

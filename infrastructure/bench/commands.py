@@ -15,7 +15,7 @@ from rich.console import Console
 from infrastructure.bench import report
 from infrastructure.bench.run import BenchConfig, run_bench
 from infrastructure.local.errors import RuntimeSetupError
-from shared.settings import Profile
+from shared.settings import Profile, stack_settings
 
 console = Console()
 
@@ -67,13 +67,15 @@ def register(app: typer.Typer) -> None:
         ),
         profile: Annotated[
             Profile | None,
-            typer.Option(help="topology of the bench stack (default: RTAP_PROFILE, else single)"),
+            typer.Option(
+                help="topology of the bench stack (default: RTAP_PROFILE, else the state directory's "
+                "profile, else single)"
+            ),
         ] = None,
     ) -> None:
         """Benchmark a private local stack (free ports, temporary state): ingest, end-to-end throughput with
         reconciliation, freshness of cache and ClickHouse, memory of every process."""
-        if profile:
-            os.environ["RTAP_PROFILE"] = profile  # the bench stack's settings read it
+        os.environ["RTAP_PROFILE"] = stack_settings(profile).profile  # the bench stack's settings read it
         config = BenchConfig(
             rate=rate,
             duration=duration,

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 
 from infrastructure.local.isolated import Harness, isolated_settings
-from infrastructure.local.stack import Service, settings_env
-from shared.settings import Settings
+from infrastructure.local.stack import Service
+from shared.settings import Settings, settings_env
 
 RTAP = Path(sys.executable).with_name("rtap")
 SERVICES = ("ingestion", "storage", "cache", "processing")

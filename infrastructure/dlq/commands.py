@@ -22,7 +22,7 @@ from rich.text import Text
 from infrastructure.dlq.reader import DeadLetterReader, DlqError, Selection
 from services.processing.commands import parse_time
 from shared.dead_letters import REPLAYED_FROM_DLQ_OFFSET, DeadLetter, header_text, message_headers
-from shared.settings import Settings
+from shared.settings import Settings, stack_settings
 
 if TYPE_CHECKING:
     from infrastructure.dlq.replay import Summary
@@ -236,7 +236,7 @@ def register(app: typer.Typer) -> None:
         as_json: AsJson = False,
     ) -> None:
         """List dead letters (oldest first): offset, time, consumer, source, reason, size."""
-        list_letters(Settings(), selection(reason, source_topic, since, until, limit), as_json)
+        list_letters(stack_settings(), selection(reason, source_topic, since, until, limit), as_json)
 
     @dlq.command("show")
     def show(
@@ -247,7 +247,7 @@ def register(app: typer.Typer) -> None:
         ] = 16_384,
     ) -> None:
         """Show one dead letter: its headers, key and value (pretty JSON, else an escaped preview)."""
-        show_letter(Settings(), partition, offset, max_bytes)
+        show_letter(stack_settings(), partition, offset, max_bytes)
 
     @dlq.command("replay")
     def replay(
@@ -262,7 +262,7 @@ def register(app: typer.Typer) -> None:
         """Validate the selected dead letters as their consumers do now; produce the ones that pass to their
         source topic again (original key and value). Exit code 1 when a produce fails."""
         chosen = selection(reason, source_topic, since, until, limit)
-        summary, stopped = replay_letters(Settings(), chosen, dry_run)
+        summary, stopped = replay_letters(stack_settings(), chosen, dry_run)
         if as_json:
             print_json({**summary.as_json(), "stopped_early": stopped})
         else:

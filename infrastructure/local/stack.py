@@ -6,7 +6,6 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
 
 import psutil
 
@@ -26,30 +25,10 @@ from infrastructure.local.components import (
 )
 from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.process import ManagedProcess, check_ports_free, wait_while_progressing
-from shared.settings import PROFILES, Profile, Settings, client_url, instance_port
+from shared.settings import STATE_MARKER, Settings, client_url, instance_port, settings_env
 
-STATE_MARKER = ".rtap-state"
 STATE_FORMAT = 1
 SERVICES = ("ingestion", "storage", "cache", "processing")
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as RTAP_* environment variables, so child processes see exactly the same values."""
-    env: dict[str, str] = {}
-    for key, value in settings.model_dump(mode="json").items():
-        if isinstance(value, dict):
-            for sub, subvalue in value.items():
-                env[f"RTAP_{key.upper()}__{sub.upper()}"] = _env_value(subvalue)
-        else:
-            env[f"RTAP_{key.upper()}"] = _env_value(value)
-    env["RTAP_STATE_DIR"] = str(settings.state_path)
-    return env
-
-
-def _env_value(value: object) -> str:
-    if isinstance(value, (list, dict)):
-        return json.dumps(value)
-    return "" if value is None else str(value)
 
 
 class Service(Component):
@@ -137,15 +116,6 @@ class Service(Component):
             f"its log did not grow for {stall:.0f}s ({self.name}.start_stall_seconds), "
             f"or {self.section.start_max_seconds:.0f}s passed ({self.name}.start_max_seconds)"
         )
-
-
-def recorded_profile(state: Path) -> Profile | None:
-    """The profile a state directory was created for, None when there is none yet (or it is unreadable)."""
-    try:
-        profile = json.loads((state / STATE_MARKER).read_text()).get("profile", "single")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return cast(Profile, profile) if profile in PROFILES else None
 
 
 class Stack:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from services.loadgen.sender import LoadConfig, run_load
 from services.loadgen.sender import Progress as WorkerProgress
-from shared.settings import Settings
+from shared.settings import Settings, stack_settings
 
 console = Console()
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}  # a --url naming one of these needs no --allow-remote
@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         allow_remote: Annotated[bool, typer.Option(help="allow a --url that is not this machine")] = False,
     ) -> None:
         """Send realistic shop sessions (page/product views, clicks, carts, purchases); write a manifest."""
-        settings = Settings()
+        settings = stack_settings()
         target = url or settings.ingestion.url
         check_target(target, allow_remote)
         if batch_size > settings.ingestion.max_batch_events:

@@ -3,6 +3,7 @@ bounded, same keys; from Kafka's retained records, or from the raw table for old
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -20,7 +21,7 @@ from services.processing.backfill import bounds_for, choose_source, iso, kafka_e
 from services.processing.coordinator import Bounds
 from services.processing.raw_replay import ExportError, ExportRange, drop_topic, replay_from_raw, replay_topic
 from services.processing.supervisor import FlinkRest, submit_job
-from shared.settings import Settings
+from shared.settings import Settings, settings_env, stack_settings
 from shared.topics import Topic
 
 console = Console()
@@ -77,10 +78,14 @@ def wait_for_job(settings: Settings, job_id: str, timeout_s: float) -> str:
 def run_bounded_job(
     settings: Settings, start_ms: int, end_ms: int, timeout: float, *extra: str, cancel_late: bool = False
 ) -> str:
-    """Submit the bounded jobs and follow them to their end; return the job id (Exit(1) unless FINISHED).
+    """Submit the bounded jobs (the driver process gets these settings) and follow them to their end; return
+    the job id (Exit(1) unless FINISHED).
     cancel_late: cancel a job still running at the timeout (its input is about to go)."""
     with console.status("submitting the bounded job"):
-        job_id = submit_job(extra_args=["--from", str(start_ms), "--to", str(end_ms), *extra])
+        job_id = submit_job(
+            extra_args=["--from", str(start_ms), "--to", str(end_ms), *extra],
+            env={**os.environ, **settings_env(settings)},
+        )
     state = wait_for_job(settings, job_id, timeout)
     if cancel_late and state not in END_STATES:
         FlinkRest(settings).cancel(job_id)
@@ -148,7 +153,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Recompute metrics of [--from, --to) with the same jobs (bounded, same keys), from the events Kafka
         still holds or, for older ranges, from the raw table."""
-        settings = Settings()
+        settings = stack_settings()
         start_ms, end_ms = parse_time(start, "--from"), parse_time(end, "--to")
         try:
             bounds = bounds_for(settings, start_ms, end_ms)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared.settings import Settings
+from shared.settings import Settings, stack_settings
 
 console = Console()
 err_console = Console(stderr=True)
@@ -57,9 +57,10 @@ def _error_message(response: httpx.Response) -> str:
     return str(detail)
 
 
-def call_storage(method: str, path: str, url: str | None, key: str | None, **request: Any) -> Any:
+def call_storage(
+    settings: Settings, method: str, path: str, url: str | None, key: str | None, **request: Any
+) -> Any:
     """The storage API's JSON answer; an error is printed and exits 2 (a refusal, 4xx) or 1 (all else)."""
-    settings = Settings()
     base = url or settings.storage.url
     key = key or (settings.storage.read_keys[0] if settings.storage.read_keys else None)
     headers = {"X-Read-Key": key} if key else {}
@@ -128,7 +129,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a read-only SQL query on the stored metrics and print the result as a table."""
         body = call_storage(
-            "POST", "/v1/sql", url, key, json={"sql": statement, "params": parse_params(param or [])}
+            stack_settings(),
+            "POST",
+            "/v1/sql",
+            url,
+            key,
+            json={"sql": statement, "params": parse_params(param or [])},
         )
         console.print(result_table(body["columns"], body["rows"]))
         console.print(f"{body['row_count']} row(s)")
@@ -151,7 +157,11 @@ def register_analytics(app: typer.Typer) -> None:
     ) -> None:
         """Users reaching each step of a funnel (ordered event types within a conversion window)."""
         params = {**time_range(from_, to), "step": step, "window": window, "breakdown": breakdown}
-        console.print(funnel_table(call_storage("GET", "/v1/analytics/funnel", url, key, params=params)))
+        console.print(
+            funnel_table(
+                call_storage(stack_settings(), "GET", "/v1/analytics/funnel", url, key, params=params)
+            )
+        )
 
     @app.command("retention")
     def retention(
@@ -165,7 +175,9 @@ def register_analytics(app: typer.Typer) -> None:
         """Cohorts by the period users were first seen, and how many came back in each period after."""
         params = {**time_range(from_, to), "period": period, **({"event": event} if event else {})}
         console.print(
-            retention_table(call_storage("GET", "/v1/analytics/retention", url, key, params=params))
+            retention_table(
+                call_storage(stack_settings(), "GET", "/v1/analytics/retention", url, key, params=params)
+            )
         )
 
     @app.command("top-pages")
@@ -178,7 +190,7 @@ def register_analytics(app: typer.Typer) -> None:
     ) -> None:
         """The most viewed pages (URL without query string) with unique users."""
         params = {**time_range(from_, to), "limit": limit}
-        print_rows(call_storage("GET", "/v1/analytics/top-pages", url, key, params=params))
+        print_rows(call_storage(stack_settings(), "GET", "/v1/analytics/top-pages", url, key, params=params))
 
     @app.command("sources")
     def sources(
@@ -190,4 +202,4 @@ def register_analytics(app: typer.Typer) -> None:
     ) -> None:
         """Events, sessions and users by traffic source, medium, campaign and referrer class."""
         params = {**time_range(from_, to), "limit": limit}
-        print_rows(call_storage("GET", "/v1/analytics/sources", url, key, params=params))
+        print_rows(call_storage(stack_settings(), "GET", "/v1/analytics/sources", url, key, params=params))

@@ -16,7 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from infrastructure.local import jars
 from infrastructure.local.errors import RuntimeSetupError
 from infrastructure.local.isolated import isolated_settings
-from infrastructure.local.stack import settings_env
+from shared.settings import settings_env
 from tests.conftest import REPO_ROOT
 
 RTAP = str(REPO_ROOT / ".venv" / "bin" / "rtap")

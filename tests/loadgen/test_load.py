@@ -15,10 +15,10 @@ import pytest
 from confluent_kafka import Consumer
 
 from infrastructure.local.isolated import free_ports
-from infrastructure.local.stack import Service, settings_env
+from infrastructure.local.stack import Service
 from services.loadgen.manifest import read_manifest, summary
 from shared.events import HEARTBEAT_TYPE
-from shared.settings import Settings
+from shared.settings import Settings, settings_env
 from tests.ingestion.conftest import event_id
 from tests.topics import EVENTS
 

@@ -22,9 +22,9 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from infrastructure.local.isolated import free_ports
-from infrastructure.local.stack import Service, settings_env
+from infrastructure.local.stack import Service
 from services.processing.backfill import bounds_for, kafka_extent
-from shared.settings import Settings
+from shared.settings import Settings, settings_env
 from shared.topics import topics
 from tests.conftest import REPO_ROOT
 from tests.processing.conftest import (

@@ -17,10 +17,9 @@ from collections import defaultdict
 import httpx
 import pytest
 
-from infrastructure.local.stack import settings_env
 from services.loadgen.reconcile import Layers
 from shared.events import IDENTIFY_TYPE
-from shared.settings import Settings
+from shared.settings import Settings, settings_env
 from tests.conftest import REPO_ROOT
 from tests.processing.conftest import (
     IPHONE_UA,
