@@ -35,8 +35,9 @@ def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> str:
     return result.stdout + result.stderr
 
 
-def test_compose_config_and_rules_are_valid():
-    out = promtool("check", "config", "prometheus.yml")
+@pytest.mark.parametrize("config", ["prometheus.yml", "prometheus-ha.yml"])
+def test_compose_config_and_rules_are_valid(config):
+    out = promtool("check", "config", config)
     assert "SUCCESS" in out
 
 
