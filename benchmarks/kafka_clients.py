@@ -9,9 +9,10 @@ threads included; the broker runs in a separate process).
         [--clients service,produce_batch,aiokafka,kafka-python]
 
 Clients (a client whose package is not installed is reported and skipped):
-  service        the ingestion service's EventProducer (confluent-kafka produce(), one delivery callback
-                 per record)
-  produce_batch  confluent-kafka Producer.produce_batch() with one callback for all records of a batch
+  service        the ingestion service's EventProducer: one confluent-kafka Producer.produce_batch() call per
+                 batch (produce() for a record with headers), one delivery callback object per batch, its
+                 queue limit and its handling of refused records
+  produce_batch  that produce_batch() call alone (BatchProducer): no queue limit, no refused records handled
   confluent-aio  confluent_kafka.aio.AIOProducer (one asyncio future per record)
   aiokafka       aiokafka AIOKafkaProducer (pure Python protocol on asyncio)
   kafka-python   kafka-python KafkaProducer (pure Python; its own sender thread)
@@ -67,7 +68,8 @@ async def service_client(settings: Settings, stack: AsyncExitStack) -> SendBatch
 
 
 class BatchProducer(EventProducer):
-    """EventProducer with produce_batch(): one C call and one callback object per request."""
+    """EventProducer.send reduced to its produce_batch() call (one C call and one callback object per batch):
+    no queue limit, no handling of refused records or of headers."""
 
     async def send(self, records: Sequence[Record]) -> list[KafkaError | None]:
         if self._loop is None:
