@@ -8,7 +8,8 @@ uvloop). Every counted request got a 202, i.e. its events were acknowledged by K
 in which any request got another answer (or none) fails.
 
     .venv/bin/python benchmarks/ingestion.py [--client wrk|python] [--repeats 3] [--duration 10]
-                                             [--connections 64] [--batch-size 500]
+                                             [--connections 64] [--batch-size 500] [--workers 1]
+                                             [--set linger_ms=10 ...]
 
 Each repeat runs the single-event phase, then the batch phase; the last lines are the medians over the
 repeats. Without --bootstrap it starts a private broker (free ports, temporary state dir) and stops it after.
@@ -326,7 +327,7 @@ def running(component: Component) -> Iterator[None]:
         component.stop()
 
 
-def bench_settings(state_dir: Path, bootstrap: str | None, workers: int) -> Settings:
+def bench_settings(state_dir: Path, bootstrap: str | None, workers: int, **ingestion: Any) -> Settings:
     kafka_port = free_port()
     kafka = KafkaSettings(
         port=kafka_port,
@@ -338,7 +339,7 @@ def bench_settings(state_dir: Path, bootstrap: str | None, workers: int) -> Sett
     return Settings(
         state_dir=state_dir,
         kafka=kafka,
-        ingestion=IngestionSettings(port=free_port(), workers=workers, max_batch_events=5000),
+        ingestion=IngestionSettings(port=free_port(), workers=workers, max_batch_events=5000, **ingestion),
     )
 
 
@@ -353,7 +354,8 @@ def phases(args: argparse.Namespace) -> list[Phase]:
 
 def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="rtap-bench-") as tmp, ExitStack() as stack:
-        settings = bench_settings(Path(tmp), args.bootstrap, args.workers)
+        overrides = dict(pair.split("=", 1) for pair in args.set)
+        settings = bench_settings(Path(tmp), args.bootstrap, args.workers, **overrides)
         local = Stack(settings, only=["kafka"])
         local.check_state_dir()
         if not args.bootstrap:
@@ -405,6 +407,9 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=500, help="events per batch request")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="an ingestion setting (linger_ms=10)"
+    )
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (each an event loop)")
     parser.add_argument("--timeout", type=float, default=10.0, help="wrk: seconds before a request fails")
     parser.add_argument(
