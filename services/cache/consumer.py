@@ -1,9 +1,10 @@
 """Metric topics -> Redis, on the shared consumer pipeline (shared/consumer_pipeline.py).
 
 Cache supplies a pure processor per topic (`decode`: validate a record or read a tombstone's key) and a
-writer: one Redis pipeline per batch (records written, tombstones deleted), then a second that publishes the
-written windows to the streams. Redis down or full (noeviction refuses writes at maxmemory): the pipeline
-retries the whole batch, committing nothing meanwhile; replays are idempotent writes.
+writer: one Redis pipeline per batch (records written, each index they touch added to and trimmed once,
+tombstones deleted), then a second that publishes the written windows to the streams. Redis down or full
+(noeviction refuses writes at maxmemory): the pipeline retries the whole batch, committing nothing meanwhile;
+replays are idempotent writes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import orjson
 import redis
 
-from services.cache.layout import JobLayout, delete_record, publish_record, write_record
+from services.cache.layout import JobLayout, delete_record, publish_record, write_records
 from shared.consumer_pipeline import BadRecord, ConsumerPipeline, Limits, Processor, Sink, Writer
 from shared.settings import CacheSettings, Settings
 from shared.topics import topics
@@ -62,13 +63,15 @@ def redis_writer(client: redis.Redis, cache: CacheSettings) -> Writer:
     def write(rows: dict[str, list[Decoded]]) -> None:
         pipe = client.pipeline(transaction=False)
         for decoded in rows.values():
+            written: list[tuple[JobLayout, dict[str, Any]]] = []
             for d in decoded:
-                if d.record is None:
+                if d.record is None:  # the records before a tombstone are queued before it
+                    write_records(pipe, written, cache.windows_per_key, cache.ttl_seconds)
+                    written = []
                     delete_record(pipe, d.layout, d.key)
                 else:
-                    write_record(
-                        pipe, d.layout, d.record, cache.windows_per_key, cache.ttl_seconds, publish=False
-                    )
+                    written.append((d.layout, d.record))
+            write_records(pipe, written, cache.windows_per_key, cache.ttl_seconds)
         pipe.execute()
         pipe = client.pipeline(transaction=False)
         for decoded in rows.values():
