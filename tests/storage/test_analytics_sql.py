@@ -39,7 +39,11 @@ from tests.storage.conftest import raw_event
 
 pytestmark = pytest.mark.clickhouse
 
-SETTINGS = Settings()
+# The traffic below has fixed dates, so its rows must outlive the raw table's TTL (30 days by default): a
+# merge drops expired rows, and a test inserting twice merges.
+SETTINGS = Settings().model_copy(
+    update={"storage": Settings().storage.model_copy(update={"raw_events_ttl_days": 3_650})}
+)
 TABLE = events_table(SETTINGS).name
 DAY_MS = 86_400_000
 START = datetime(2026, 11, 2, tzinfo=UTC)  # a Monday
