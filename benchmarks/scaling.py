@@ -230,22 +230,26 @@ def ingestion_runs(root: Path, rounds: int, seconds: float, connections: int) ->
 # --- consumers: cache and storage ---
 
 
-def drain(services: list[Service], meter: Meter, written: Callable[[str], float], units: int) -> float:
-    """Wait until the started services have written `units` records between them; seconds from the first
-    record written to the last (start-up excluded), the meter started at the first."""
-    first = last = None
+def drain(
+    services: list[Service], meter: Meter, written: Callable[[str], float], units: int
+) -> tuple[int, float]:
+    """Wait until the started services have written `units` records between them. Measured from the moment
+    every service has written (each holds its partitions; the group's start-up and first rebalance excluded)
+    to the last record: (records written in that span, its seconds); the meter starts with the span."""
+    start = last = None
+    before = 0.0
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and last is None:
-        count = sum(written(s.url()) for s in services)
+        counts = [written(s.url()) for s in services]
         now = time.perf_counter()
-        if first is None and count > 0:
-            first = now
+        if start is None and all(counts):
+            start, before = now, sum(counts)
             meter.start()
-        last = now if count >= units else None
+        last = now if sum(counts) >= units else None
         time.sleep(0.2)
-    if first is None or last is None:
+    if start is None or last is None:
         raise SystemExit(f"{services[0].service}: not all {units} records were written within 600 s")
-    return last - first
+    return int(units - before), last - start
 
 
 def consumer_runs(
@@ -264,8 +268,8 @@ def consumer_runs(
                 list(pool.map(Service.start, services))  # together: one consumer group join
             try:
                 meter = Meter([s.pid() or 0 for s in services], others)
-                seconds = drain(services, meter, written, units)
-                runs.append(meter.run(stage, cores, round_, units, seconds))
+                measured, seconds = drain(services, meter, written, units)
+                runs.append(meter.run(stage, cores, round_, measured, seconds))
             finally:
                 for service in services:
                     service.stop()
