@@ -3,21 +3,25 @@
 Starts a private Kafka + Flink (state in a temp dir, free ports), preloads N events into a fresh topic, then
 runs, interleaved and --rounds times each, two bounded Flink jobs over that topic:
 
-- floor: the processing source table exactly as services/processing declares it (Kafka, JSON decoding,
-  watermark) -> one tumbling COUNT(*) per window -> an upsert-kafka sink: the cost of Kafka, JSON and Flink;
+- floor: the processing source table exactly as services/processing declares it (Kafka, JSON decoding of the
+  fields the jobs read, watermark) -> one tumbling COUNT(*) per window -> an upsert-kafka sink: the cost of
+  Kafka, JSON and Flink;
 - jobs: every built-in job in one statement set (the backfill path: same SQL, same sinks).
 
-Per run it prints job seconds and events/s (N / Flink's job duration, submission excluded), the TaskManager's
-CPU-seconds and events per TaskManager CPU-second; then jobs / floor per TaskManager CPU-second, the median
-of the warm rounds (round 1 runs on a fresh cluster: JIT warm-up).
+Even rounds run in the reverse order, so no run always follows the same one. Per run it prints job seconds
+and events/s (N / Flink's job duration, submission excluded), the TaskManager's CPU-seconds and events per
+TaskManager CPU-second; then jobs / floor per TaskManager CPU-second, the median of the warm rounds (round 1
+runs on a fresh cluster: JIT warm-up).
 
 --vertices adds each vertex's share of the operators' busy time. --variant NAME:KEY=VALUE,... adds to every
 round a jobs run with those Flink table options (a lever measured against the jobs in the same session).
+--all-fields adds to every round a jobs run on a source declaring every raw event field (the code before
+JobCoordinator.read_fields).
 --jfr FILE adds one more jobs run, recorded by Java Flight Recorder on the TaskManager (not in the ratio: the
 recording costs CPU too).
 
     .venv/bin/python benchmarks/processing.py [--events 500000] [--rounds 2] [--vertices] [--jfr FILE]
-        [--variant NAME:KEY=VALUE,...]
+        [--variant NAME:KEY=VALUE,...] [--all-fields]
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from services.processing.backfill import bounds_for  # noqa: E402
 from services.processing.coordinator import SOURCE_TABLE, Bounds, JobCoordinator  # noqa: E402
 from services.processing.driver import remote_config, table_env  # noqa: E402
 from services.processing.job import epoch_ms, interval  # noqa: E402
-from shared.events import HEARTBEAT_TYPE  # noqa: E402
+from shared.events import HEARTBEAT_TYPE, EventField  # noqa: E402
 from shared.kafka_admin import ensure_topics  # noqa: E402
 from shared.metric_schema import Column, MetricSchema  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -148,17 +152,19 @@ FLOOR = MetricSchema(
 )
 FLOOR_NAME = "floor"
 JOBS_NAME = "jobs"
+ALL_FIELDS_NAME = "all-fields"
 
 
 def floor_statements(coordinator: JobCoordinator) -> list[str]:
-    """The floor job's SQL: the processing source table (Kafka, JSON, watermark), one tumbling COUNT(*) per
-    window, an upsert-kafka sink. Every record counts (heartbeats too): no view, no de-duplication."""
+    """The floor job's SQL: the processing source table as the jobs get it (Kafka, JSON decoding of the fields
+    they read, watermark), one tumbling COUNT(*) per window, an upsert-kafka sink. Every record counts
+    (heartbeats too): no view, no de-duplication."""
     window = interval(coordinator.settings.processing.window_seconds)
     insert = f"""INSERT INTO {coordinator.sink_table(FLOOR)}
 SELECT {epoch_ms("window_start")}, {epoch_ms("window_end")}, COUNT(*)
 FROM TABLE(TUMBLE(TABLE {SOURCE_TABLE}, DESCRIPTOR(event_time), {window}))
 GROUP BY window_start, window_end"""
-    return [coordinator.source_ddl(), coordinator.sink_ddl(FLOOR), insert]
+    return [coordinator.source_ddl(coordinator.read_fields()), coordinator.sink_ddl(FLOOR), insert]
 
 
 def submit_floor(s: Settings, bounds: Bounds) -> str:
@@ -176,11 +182,20 @@ def submit_floor(s: Settings, bounds: Bounds) -> str:
     return str(t_env.execute_sql(insert).get_job_client().get_job_id())
 
 
-def submit_jobs(s: Settings, bounds: Bounds, options: dict[str, str]) -> str:
+class AllFields(JobCoordinator):
+    """The jobs on a source that declares every raw event field, as before `read_fields`."""
+
+    def read_fields(self) -> tuple[EventField, ...]:
+        return self.event.wire_fields
+
+
+def submit_jobs(
+    s: Settings, bounds: Bounds, options: dict[str, str], coordinator: type[JobCoordinator] = JobCoordinator
+) -> str:
     """Submit the built-in jobs as the backfill driver does, with `options` added to Flink's table config
     (a key that JobCoordinator.table_config sets keeps the coordinator's value)."""
     t_env = table_env({**remote_config(s, None), **options})
-    return str(JobCoordinator(s, bounds).run(t_env).get_job_client().get_job_id())
+    return str(coordinator(s, bounds).run(t_env).get_job_client().get_job_id())
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -283,7 +298,7 @@ def recorded(taskmanager: psutil.Process, path: Path, measure_run: Callable[[], 
     return result
 
 
-def run(n: int, rounds: int, vertices: bool, jfr: Path | None, variants: list[str]) -> None:
+def run(n: int, rounds: int, vertices: bool, jfr: Path | None, variants: list[str], all_fields: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = isolated_settings(Path(tmp) / "state")
         harness = Harness(base)
@@ -307,9 +322,12 @@ def run(n: int, rounds: int, vertices: bool, jfr: Path | None, variants: list[st
             }
             for name, options in map(parse_variant, variants):
                 submits[name] = partial(submit_jobs, s, bounds, options)
+            if all_fields:
+                submits[ALL_FIELDS_NAME] = partial(submit_jobs, s, bounds, {}, AllFields)
             runs = []
             for round_ in range(1, rounds + 1):
-                for name, submit in submits.items():
+                order = list(submits.items())
+                for name, submit in order if round_ % 2 else reversed(order):  # no run always goes first
                     runs.append(measure(name, round_, s, taskmanager, submit, n))
                     print(runs[-1].line(), flush=True)
                     if vertices:
@@ -342,5 +360,10 @@ if __name__ == "__main__":
         default=[],
         help="NAME:KEY=VALUE,...: each round, also the jobs with these Flink table options",
     )
+    parser.add_argument(
+        "--all-fields",
+        action="store_true",
+        help="each round, also the jobs on a source declaring every raw field (as before read_fields)",
+    )
     args = parser.parse_args()
-    run(args.events, args.rounds, args.vertices, args.jfr, args.variant)
+    run(args.events, args.rounds, args.vertices, args.jfr, args.variant, args.all_fields)

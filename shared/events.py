@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NotRequired, Union, cast, get_args, get_origin, get_type_hints
@@ -332,10 +333,11 @@ class EventSchema:
         """The wire TypedDict's description of the value at `path` ("" when it has none)."""
         return next((_description(hint) for p, hint in _leaves(self.wire) if p == path), "")
 
-    def nest(self, values: dict[str, Any]) -> dict[str, Any]:
-        """A Kafka value (nested, wire order) from one value per path."""
+    def nest(self, values: dict[str, Any], fields: Iterable[EventField] | None = None) -> dict[str, Any]:
+        """A Kafka value (nested, wire order) from one value per path: of every field, or of `fields` only
+        (in wire order)."""
         out: dict[str, Any] = {}
-        for f in self.wire_fields:
+        for f in self.wire_fields if fields is None else sorted(fields, key=self.wire_fields.index):
             *groups, leaf = f.keys
             target = out
             for group in groups:

@@ -7,6 +7,8 @@ MetricSchema, so neither a new job nor a new event field needs an edit here.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +70,11 @@ EVENT_MS = f"COALESCE({source_path(EVENT_TIME_PATH)}, {source_path(RECEIVED_PATH
 RECEIVED_MS = f"COALESCE({source_path(RECEIVED_PATH)}, {source_path(EVENT_TIME_PATH)}, CAST(0 AS BIGINT))"
 
 
-def source_columns(event: EventSchema) -> list[str]:
-    """The source table's physical columns: one per top-level key of the Kafka value, nested ones as ROWs."""
-    tree = event.nest({f.path: f for f in event.fields})
+def source_columns(event: EventSchema, fields: Sequence[EventField] | None = None) -> list[str]:
+    """The source table's physical columns: one per top-level key of the Kafka value, nested ones as ROWs; of
+    every field, or of `fields` only (the JSON decoder then skips the others' values)."""
+    chosen = event.fields if fields is None else fields
+    tree = event.nest({f.path: f for f in chosen}, chosen)
     return [f"{quote(key)} {_flink_type(node)}" for key, node in tree.items()]
 
 
@@ -80,14 +84,30 @@ def _flink_type(node: EventField | dict[str, Any]) -> str:
     return node.type.flink
 
 
-def view_selection(event: EventSchema) -> list[str]:
+def view_selection(view_fields: Sequence[EventField]) -> list[str]:
     """The events view's raw event columns over the source; the event time is the watermark's (event_ms)."""
     selection = []
-    for f in event.view_fields:
+    for f in view_fields:
         expression = "event_ms" if f.path == EVENT_TIME_PATH else source_path(f.path)
         column = quote(f.view_column)
         selection.append(expression if expression == column else f"{expression} AS {column}")
     return selection
+
+
+# what the source and the view read themselves: the de-duplication key, the type filter, the watermark's times
+VIEW_PATHS = (ID_PATH, TYPE_PATH, EVENT_TIME_PATH, RECEIVED_PATH)
+DEVICE_CATEGORY = device_category_sql("user_agent", "screen_width", "screen_height")
+
+
+class SqlRecorder:
+    """Stands in for the TableEnvironment while `JobCoordinator.read_fields` collects a job's SQL: keeps the
+    statements the job runs while it builds (its helper views) instead of running them."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+
+    def execute_sql(self, statement: str) -> None:
+        self.statements.append(statement)
 
 
 class JobCoordinator:
@@ -97,6 +117,30 @@ class JobCoordinator:
         self.event = event
         schemas = load_schemas(settings.processing.job_modules)
         self.jobs: list[BaseJob] = [BaseJob.registry[name]() for name in schemas if name in BaseJob.registry]
+
+    def read_fields(self) -> tuple[EventField, ...]:
+        """The raw event's fields the source declares: those the view reads itself and every view column that
+        a job's SQL names (its query, the statements it runs while building, its output columns). Every field
+        when a job builds through PyFlink's Table API, whose columns cannot be read from text.
+
+        Flink's Kafka source decodes every column it declares (it cannot push a projection into the JSON
+        format), so a field no job reads would cost a decoded string per event for nothing."""
+        texts = [DEVICE_CATEGORY]
+        for job in self.jobs:
+            recorder = SqlRecorder()
+            try:
+                query = job.build(recorder, EVENTS_VIEW, self.settings)
+            except AttributeError:  # it called more of the TableEnvironment than execute_sql
+                return self.event.wire_fields
+            if not isinstance(query, str):
+                return self.event.wire_fields
+            texts += [query, *recorder.statements, *job.schema.column_names]
+        named = {word.lower() for word in re.findall(r"\w+", "\n".join(texts))}
+        return tuple(
+            f
+            for f in self.event.wire_fields
+            if f.path in VIEW_PATHS or (f.in_view and f.view_column.lower() in named)
+        )
 
     @property
     def pipeline_name(self) -> str:
@@ -117,7 +161,8 @@ class JobCoordinator:
     def sink_topic(self, schema: MetricSchema) -> str:
         return topics(self.settings).metric(schema).name
 
-    def source_ddl(self) -> str:
+    def source_ddl(self, fields: Sequence[EventField] | None = None) -> str:
+        """The Kafka source table over every raw event field, or over `fields` (read_fields())."""
         p = self.settings.processing
         options = {
             "connector": "kafka",
@@ -130,7 +175,7 @@ class JobCoordinator:
             "scan.watermark.idle-timeout": f"{p.idle_timeout_ms} ms",
         }
         options.update(self._startup_options())
-        raw = "".join(f"\n  {column}," for column in source_columns(self.event))
+        raw = "".join(f"\n  {column}," for column in source_columns(self.event, fields))
         return f"""CREATE TABLE {SOURCE_TABLE} ({raw}
   kafka_partition INT METADATA FROM 'partition' VIRTUAL,
   kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
@@ -166,10 +211,12 @@ class JobCoordinator:
             "scan.bounded.timestamp-millis": str(self.bounds.read_to_ms),
         }
 
-    def events_view_sql(self) -> str:
+    def events_view_sql(self, fields: Sequence[EventField] | None = None) -> str:
         """The events every job reads: heartbeats and identity records removed (they already moved the
         watermark in the source; storage keeps identities), repeats of an event id removed (client retries),
-        device category computed."""
+        device category computed. Its raw columns: those of `fields` that are in the view (default: all)."""
+        shown = set(self.event.wire_fields if fields is None else fields)
+        view_fields = [f for f in self.event.view_fields if f in shown]
         skipped = ", ".join(sql_string(t) for t in (HEARTBEAT_TYPE, *IDENTITY_TYPES))
         where = f"{source_path(TYPE_PATH)} NOT IN ({skipped})"
         if self.bounds:
@@ -177,23 +224,22 @@ class JobCoordinator:
             where += (
                 f" AND event_ms >= {b.start_ms - b.lookaround_ms} AND event_ms < {b.end_ms + b.lookaround_ms}"
             )
-        raw_columns = ", ".join(quote(f.view_column) for f in self.event.view_fields)
-        fields = f"SELECT {', '.join(view_selection(self.event))},\n       event_time"
+        raw_columns = ", ".join(quote(f.view_column) for f in view_fields)
+        selection = f"SELECT {', '.join(view_selection(view_fields))},\n       event_time"
         if self.settings.processing.dedup_seconds > 0:
             key = (
                 f"COALESCE({source_path(ID_PATH)}, "
                 "CONCAT('kafka:', CAST(kafka_partition AS STRING), ':', CAST(kafka_offset AS STRING)))"
             )
-            fields += f", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY proc_time ASC) AS seen"
+            selection += f", ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY proc_time ASC) AS seen"
             events = (
                 f"SELECT {raw_columns}, event_time\n"  # not `seen`: Flink plans a dedup only without it
-                f"FROM ({fields} FROM {SOURCE_TABLE} WHERE {where}) WHERE seen = 1"
+                f"FROM ({selection} FROM {SOURCE_TABLE} WHERE {where}) WHERE seen = 1"
             )
         else:
-            events = f"{fields} FROM {SOURCE_TABLE} WHERE {where}"
-        category = device_category_sql("user_agent", "screen_width", "screen_height")
+            events = f"{selection} FROM {SOURCE_TABLE} WHERE {where}"
         return f"""CREATE TEMPORARY VIEW {EVENTS_VIEW} AS
-SELECT {raw_columns}, {category} AS device_category, event_time
+SELECT {raw_columns}, {DEVICE_CATEGORY} AS device_category, event_time
 FROM ({events})"""
 
     def sink_ddl(self, schema: MetricSchema) -> str:
@@ -262,9 +308,10 @@ FROM ({events})"""
 
     def statements(self, t_env: Any) -> list[str]:
         """Register source, view and sinks on t_env; return one INSERT per job."""
+        fields = self.read_fields()
         t_env.execute_sql(function_ddl())
-        t_env.execute_sql(self.source_ddl())
-        t_env.execute_sql(self.events_view_sql())
+        t_env.execute_sql(self.source_ddl(fields))
+        t_env.execute_sql(self.events_view_sql(fields))
         inserts = []
         for job in self.jobs:
             t_env.execute_sql(self.sink_ddl(job.schema))
