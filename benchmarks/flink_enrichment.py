@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from importlib.metadata import distribution
 from pathlib import Path
@@ -41,7 +42,7 @@ from services.processing.backfill import bounds_for  # noqa: E402
 from services.processing.coordinator import EVENTS_VIEW, JobCoordinator, quote  # noqa: E402
 from services.processing.driver import remote_config, table_env  # noqa: E402
 from services.processing.job import interval  # noqa: E402
-from shared.events import ENRICHMENT_KEYS, EVENT, HEARTBEAT_TYPE  # noqa: E402
+from shared.events import ENRICHMENT_KEYS, EVENT, HEARTBEAT_TYPE, EventField  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.topics import topics  # noqa: E402
 from tests.processing.conftest import create_topics, processing_settings  # noqa: E402
@@ -171,6 +172,10 @@ class SoftwareJobCoordinator(JobCoordinator):
     """Adds a job no built-in one is like: events per tumbling window by browser and OS family and major
     version, into Flink's blackhole sink, so the agent columns are read (no built-in job reads them)."""
 
+    def read_fields(self) -> tuple[EventField, ...]:
+        """Every field: the software job below reads the agent columns, and its SQL is not a job's."""
+        return self.event.wire_fields
+
     def statements(self, t_env: Any) -> list[str]:
         inserts = super().statements(t_env)
         columns = ", ".join(f"{quote(key)} STRING" for key in AGENT_KEYS)
@@ -190,8 +195,12 @@ class SoftwareJobCoordinator(JobCoordinator):
 class FlinkEnrichedCoordinator(JobCoordinator):
     """The jobs as they are, over an events view that derives the enrichment columns from the raw fields."""
 
-    def events_view_sql(self) -> str:
-        stock = super().events_view_sql()
+    def read_fields(self) -> tuple[EventField, ...]:
+        """Every field: the view below derives the enrichment columns from the raw ones."""
+        return self.event.wire_fields
+
+    def events_view_sql(self, fields: Sequence[EventField] | None = None) -> str:
+        stock = super().events_view_sql(fields)
         prefix = f"CREATE TEMPORARY VIEW {EVENTS_VIEW} AS"
         assert stock.startswith(prefix)
         derived = {
