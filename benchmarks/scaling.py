@@ -13,7 +13,8 @@ load client) runs unpinned, as on any machine. Each stage runs --rounds times pe
 - storage: the single chDB writer (a fresh consumer group and state per run) draining a preloaded backlog of
   raw events and metric records, on 1 or 2 cores (it cannot run several writers on embedded chDB).
 
-Per run it prints throughput and the stage's CPU-seconds; then per stage the ratio of the medians (2 cores
+Per run it prints throughput, the stage's CPU-seconds and the time its threads were runnable without a core
+(Linux schedstat: what the processes beside it took from it); then per stage the ratio of the medians (2 cores
 over 1; target 1.8) and the ratio of events per stage CPU-second (2 over 1: 1.0 means the second core is
 used as well as the first, whatever else shares the machine). On a 2-core machine the 2-core runs share both
 cores with Kafka and the load client, so the throughput ratio is a lower bound of what two dedicated cores
@@ -67,6 +68,7 @@ class Run:
     cpu: float  # the stage's own CPU-seconds
     others: dict[str, float] = field(default_factory=dict)  # cores busy of the processes beside the stage
     note: str = ""
+    waiting: float = 0.0  # seconds the stage's threads were runnable but had no core
 
     @property
     def rate(self) -> float:
@@ -81,7 +83,8 @@ class Run:
         return (
             f"{self.stage:<17} cores={self.cores} {self.units:>9,} in {self.seconds:6.1f}s = "
             f"{self.rate:>9,.0f}/s | stage CPU {self.cpu:6.1f}s ({self.per_cpu:>8,.0f} per CPU-second, "
-            f"{self.cpu / self.seconds:.2f} cores busy) | beside it (cores busy): {others or '-'} | "
+            f"{self.cpu / self.seconds:.2f} cores busy, {self.waiting / self.seconds:.2f} waiting for a "
+            f"core) | beside it (cores busy): {others or '-'} | "
             f"load average {os.getloadavg()[0]:.1f} {self.note}"
         )
 
@@ -114,6 +117,18 @@ def tree_cpu(pid: int) -> float:
     return ingestion.cpu_seconds(psutil.Process(pid))
 
 
+def tree_waiting(pid: int) -> float:
+    """Seconds the threads of the process and its descendants spent runnable without a core (the second field
+    of Linux's /proc/<pid>/task/<tid>/schedstat): what the stage lost to the processes beside it."""
+    root = psutil.Process(pid)
+    waited_ns = 0
+    for process in (root, *root.children(recursive=True)):
+        for stat in Path(f"/proc/{process.pid}/task").glob("*/schedstat"):
+            with suppress(OSError):  # a thread that ended meanwhile
+                waited_ns += int(stat.read_text().split()[1])
+    return waited_ns / 1e9
+
+
 class Meter:
     """CPU-seconds of the stage's process trees, and of named others beside it, since the last start()."""
 
@@ -121,17 +136,21 @@ class Meter:
         self.stage, self.others = stage, others
         self.start()
 
-    def read(self) -> tuple[float, dict[str, float]]:
-        return sum(map(tree_cpu, self.stage)), {name: tree_cpu(pid) for name, pid in self.others.items()}
+    def read(self) -> tuple[float, float, dict[str, float]]:
+        others = {name: tree_cpu(pid) for name, pid in self.others.items()}
+        return sum(map(tree_cpu, self.stage)), sum(map(tree_waiting, self.stage)), others
 
     def start(self) -> None:
         self.before = self.read()
 
     def run(self, stage: str, cores: int, round_: int, units: int, seconds: float) -> Run:
-        """The Run since start(): the stage's CPU-seconds, each other's cores busy over `seconds`."""
-        (stage_before, others_before), (stage_now, others_now) = self.before, self.read()
+        """The Run since start(): the stage's CPU-seconds and seconds waiting for a core, each other's cores
+        busy over `seconds`."""
+        (cpu_before, waited_before, others_before) = self.before
+        cpu_now, waited_now, others_now = self.read()
         others = {name: (others_now[name] - others_before[name]) / seconds for name in self.others}
-        return Run(stage, cores, round_, units, seconds, stage_now - stage_before, others)
+        cpu, waited = cpu_now - cpu_before, waited_now - waited_before
+        return Run(stage, cores, round_, units, seconds, cpu, others, waiting=waited)
 
 
 def pids(harness: Harness, *names: str) -> dict[str, int]:
@@ -350,19 +369,22 @@ def summary(runs: list[Run]) -> list[str]:
     """A Markdown table: medians per core count, and the medians of the rounds' paired ratios."""
     lines = [
         "| stage | 1 core /s | 2 cores /s | 2/1 throughput (each round) | stage cores busy (1; 2) "
-        "| beside it on 2 cores (cores busy) | per stage CPU-s (1; 2) | 2/1 per CPU-s |",
-        "|---|---:|---:|---:|---:|---|---:|---:|",
+        "| stage waiting for a core (1; 2) | beside it on 2 cores (cores busy) | per stage CPU-s (1; 2) "
+        "| 2/1 per CPU-s |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for stage in dict.fromkeys(r.stage for r in runs):
         rate = medians(runs, stage, lambda r: r.rate)
         busy = medians(runs, stage, lambda r: r.cpu / r.seconds)
+        waiting = medians(runs, stage, lambda r: r.waiting / r.seconds)
         per_cpu = medians(runs, stage, lambda r: r.per_cpu)
         each = ratios(runs, stage, lambda r: r.rate)
         per_cpu_ratio = statistics.median(ratios(runs, stage, lambda r: r.per_cpu))
         lines.append(
             f"| {stage} | {rate[1]:,.0f} | {rate[2]:,.0f} | **{statistics.median(each):.2f}** "
             f"({', '.join(f'{x:.2f}' for x in each)}) | {busy[1]:.2f}; {busy[2]:.2f} | "
-            f"{others_cell(runs, stage)} | {per_cpu[1]:,.0f}; {per_cpu[2]:,.0f} | {per_cpu_ratio:.2f} |"
+            f"{waiting[1]:.2f}; {waiting[2]:.2f} | {others_cell(runs, stage)} | "
+            f"{per_cpu[1]:,.0f}; {per_cpu[2]:,.0f} | {per_cpu_ratio:.2f} |"
         )
     return lines
 
