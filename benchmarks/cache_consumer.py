@@ -23,7 +23,8 @@ import httpx  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from benchmarks.storage import cpu_seconds, metric  # noqa: E402
+from benchmarks.cpu import cpu_seconds  # noqa: E402
+from benchmarks.storage import metric  # noqa: E402
 from infrastructure.local.components import Kafka, Redis  # noqa: E402
 from infrastructure.local.isolated import isolated_settings  # noqa: E402
 from infrastructure.local.stack import Service  # noqa: E402

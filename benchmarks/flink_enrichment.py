@@ -32,7 +32,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.processing import bulk_producer, cpu_seconds  # noqa: E402
+from benchmarks.cpu import cpu_seconds  # noqa: E402
+from benchmarks.processing import bulk_producer  # noqa: E402
 from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
 from infrastructure.local.jars import fresh_folder, maven  # noqa: E402
 from services.ingestion import enrichment  # noqa: E402
@@ -247,12 +248,12 @@ def run_once(
     s: Settings, coordinator: JobCoordinator, jars: list[Path], taskmanager: psutil.Process
 ) -> tuple[str, float]:
     """Run one bounded job to its end; return (its state and duration, TaskManager CPU seconds)."""
-    before = cpu_seconds(taskmanager)
+    before = cpu_seconds(taskmanager.pid)
     job_id = str(coordinator.run(environment(s, jars)).get_job_client().get_job_id())
     rest = f"http://127.0.0.1:{s.flink.rest_port}/jobs/{job_id}"
     while (detail := httpx.get(rest, timeout=5).json())["state"] not in ("FINISHED", "FAILED", "CANCELED"):
         time.sleep(1)
-    cpu = cpu_seconds(taskmanager) - before
+    cpu = cpu_seconds(taskmanager.pid) - before
     return f"state={detail['state']} job_seconds={detail['duration'] / 1000:.1f}", cpu
 
 

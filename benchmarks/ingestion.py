@@ -40,6 +40,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cpu import cpu_seconds  # noqa: E402
 from infrastructure.local.components import Component  # noqa: E402
 from infrastructure.local.stack import Service, Stack  # noqa: E402
 from shared.settings import IngestionSettings, KafkaSettings, Settings  # noqa: E402
@@ -247,11 +248,6 @@ class Wrk:
 # --- measuring the server ---
 
 
-def cpu_seconds(server: psutil.Process) -> float:
-    """The server's CPU-seconds, its workers' included (uvicorn's supervisor starts them when workers > 1)."""
-    return sum(sum(p.cpu_times()[:2]) for p in (server, *server.children(recursive=True)))
-
-
 def event_loop_seconds(server: psutil.Process) -> float:
     """CPU of the server's main thread, which runs the event loop (one worker; the Kafka client has its own
     threads)."""
@@ -265,9 +261,9 @@ def measure(
 
     events per server CPU-second is what one worker could do on a core of its own: on this
     2-core machine the load client, the broker and the server share the cores."""
-    cpu_before, loop_before = cpu_seconds(server), event_loop_seconds(server)
+    cpu_before, loop_before = cpu_seconds(server.pid), event_loop_seconds(server)
     seen = client(port, phase, seconds)
-    server_cpu, loop_cpu = cpu_seconds(server) - cpu_before, event_loop_seconds(server) - loop_before
+    server_cpu, loop_cpu = cpu_seconds(server.pid) - cpu_before, event_loop_seconds(server) - loop_before
     events, elapsed = seen.ok * phase.events_per_request, seen.elapsed_s
     return {
         "name": phase.name,

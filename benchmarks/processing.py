@@ -48,6 +48,7 @@ from confluent_kafka import Producer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cpu import cpu_seconds  # noqa: E402
 from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
 from services.processing.backfill import bounds_for  # noqa: E402
 from services.processing.coordinator import SOURCE_TABLE, Bounds, JobCoordinator  # noqa: E402
@@ -204,15 +205,6 @@ def parse_variant(text: str) -> tuple[str, dict[str, str]]:
     return name, dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return (
-        times.user
-        + times.system
-        + sum(c.cpu_times().user + c.cpu_times().system for c in process.children(recursive=True))
-    )
-
-
 @dataclass(frozen=True)
 class Run:
     name: str
@@ -258,14 +250,14 @@ def vertex_lines(detail: dict[str, Any]) -> list[str]:
 def measure(
     name: str, round_: int, s: Settings, taskmanager: psutil.Process, submit: Callable[[], str], n: int
 ) -> Run:
-    cpu_before = cpu_seconds(taskmanager)
+    cpu_before = cpu_seconds(taskmanager.pid)
     detail = finished(s, submit())
     return Run(
         name=name,
         round=round_,
         events=n,
         seconds=detail["duration"] / 1000,
-        cpu=cpu_seconds(taskmanager) - cpu_before,
+        cpu=cpu_seconds(taskmanager.pid) - cpu_before,
         load_average=os.getloadavg()[0],
         detail=detail,
     )

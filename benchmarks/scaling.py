@@ -47,6 +47,7 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import cache_consumer, ingestion, processing, storage  # noqa: E402
+from benchmarks.cpu import cpu_seconds, waiting_seconds  # noqa: E402
 from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
 from infrastructure.local.stack import Service  # noqa: E402
 from services.processing.backfill import bounds_for  # noqa: E402
@@ -113,22 +114,6 @@ def inherited_affinity(cores: int) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def tree_cpu(pid: int) -> float:
-    return ingestion.cpu_seconds(psutil.Process(pid))
-
-
-def tree_waiting(pid: int) -> float:
-    """Seconds the threads of the process and its descendants spent runnable without a core (the second field
-    of Linux's /proc/<pid>/task/<tid>/schedstat): what the stage lost to the processes beside it."""
-    root = psutil.Process(pid)
-    waited_ns = 0
-    for process in (root, *root.children(recursive=True)):
-        for stat in Path(f"/proc/{process.pid}/task").glob("*/schedstat"):
-            with suppress(OSError):  # a thread that ended meanwhile
-                waited_ns += int(stat.read_text().split()[1])
-    return waited_ns / 1e9
-
-
 class Meter:
     """CPU-seconds of the stage's process trees, and of named others beside it, since the last start()."""
 
@@ -137,8 +122,8 @@ class Meter:
         self.start()
 
     def read(self) -> tuple[float, float, dict[str, float]]:
-        others = {name: tree_cpu(pid) for name, pid in self.others.items()}
-        return sum(map(tree_cpu, self.stage)), sum(map(tree_waiting, self.stage)), others
+        others = {name: cpu_seconds(pid) for name, pid in self.others.items()}
+        return sum(map(cpu_seconds, self.stage)), sum(map(waiting_seconds, self.stage)), others
 
     def start(self) -> None:
         self.before = self.read()

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
 import orjson  # noqa: E402
-import psutil  # noqa: E402
 from confluent_kafka import Producer  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from benchmarks.cpu import cpu_seconds  # noqa: E402
 from infrastructure.local.components import Kafka  # noqa: E402
 from infrastructure.local.stack import Service  # noqa: E402
 from services.processing.registry import load_schemas  # noqa: E402
@@ -132,11 +132,6 @@ def scrape(url: str) -> tuple[float, float]:
             elif sample.name == "rtap_consumer_lag_records":
                 lag += sample.value
     return rows, lag
-
-
-def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 
 
 def backlog_phase(producer: Producer, url: str, n: int, pid: int) -> None:
