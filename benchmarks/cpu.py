@@ -21,7 +21,8 @@ def cpu_seconds(pid: int) -> float:
 
 def waiting_seconds(pid: int) -> float:
     """Seconds the threads of the process and its descendants spent runnable without a core (the second field
-    of Linux's /proc/<pid>/task/<tid>/schedstat): what the processes beside it took from it."""
+    of Linux's /proc/<pid>/task/<tid>/schedstat), summed over the threads: the cores went to other processes,
+    or to its own other threads when more of them were runnable than it had cores."""
     waited_ns = 0
     for process in tree(pid):
         for stat in Path(f"/proc/{process.pid}/task").glob("*/schedstat"):

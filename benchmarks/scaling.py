@@ -14,7 +14,8 @@ load client) runs unpinned, as on any machine. Each stage runs --rounds times pe
   raw events and metric records, on 1 or 2 cores (it cannot run several writers on embedded chDB).
 
 Per run it prints throughput, the stage's CPU-seconds and the time its threads were runnable without a core
-(Linux schedstat: what the processes beside it took from it); then per stage the ratio of the medians (2 cores
+(Linux schedstat, summed over its threads: cores taken by the processes beside it, or by its own other
+threads); then per stage the ratio of the medians (2 cores
 over 1; target 1.8) and the ratio of events per stage CPU-second (2 over 1: 1.0 means the second core is
 used as well as the first, whatever else shares the machine). On a 2-core machine the 2-core runs share both
 cores with Kafka and the load client, so the throughput ratio is a lower bound of what two dedicated cores
