@@ -25,7 +25,7 @@ import psutil  # noqa: E402
 import redis  # noqa: E402
 
 from infrastructure.local.components import Redis  # noqa: E402
-from services.cache.layout import layouts, write_record  # noqa: E402
+from services.cache.layout import layouts, write_records  # noqa: E402
 from services.processing.registry import load_schemas  # noqa: E402
 from shared.settings import CacheSettings, RedisSettings, Settings  # noqa: E402
 
@@ -46,24 +46,23 @@ def seed(settings: Settings, windows: int) -> int:
     client = redis.Redis.from_url(settings.redis.url)
     pipe = client.pipeline(transaction=False)
     base = int(time.time() * 1000) // WINDOW_MS * WINDOW_MS - windows * WINDOW_MS
-    n = 0
-    for w in range(windows):
-        for event_type in EVENT_TYPES:
-            for device in DEVICES:
-                ws = base + w * WINDOW_MS
-                record = {
-                    "window_start": ws,
-                    "window_end": ws + WINDOW_MS,
-                    "event_type": event_type,
-                    "device_category": device,
-                    "events": 100 + w,
-                    "unique_users": 10 + w,
-                }
-                write_record(pipe, layout, record, 10**6, 3600)
-                n += 1
-        if w % 50 == 49:
-            pipe.execute()
-    pipe.execute()
+    records = [
+        {
+            "window_start": base + w * WINDOW_MS,
+            "window_end": base + (w + 1) * WINDOW_MS,
+            "event_type": event_type,
+            "device_category": device,
+            "events": 100 + w,
+            "unique_users": 10 + w,
+        }
+        for w in range(windows)
+        for event_type in EVENT_TYPES
+        for device in DEVICES
+    ]
+    chunk = 50 * len(EVENT_TYPES) * len(DEVICES)  # 50 windows per pipeline
+    for start in range(0, len(records), chunk):
+        write_records(pipe, [(layout, r) for r in records[start : start + chunk]], 10**6, 3600)
+        pipe.execute()
     return base
 
 

@@ -118,16 +118,6 @@ def write_records(
         pipe.expire(index, ttl)
 
 
-def write_record(
-    pipe: Any, layout: JobLayout, record: dict[str, Any], windows_per_key: int, ttl: int, publish: bool = True
-) -> None:
-    """Queue the idempotent write of one validated record on a Redis pipeline (and its publication, unless the
-    caller publishes once the write succeeded: publish_record)."""
-    write_records(pipe, [(layout, record)], windows_per_key, ttl)
-    if publish:
-        publish_record(pipe, layout, record)
-
-
 def publish_record(pipe: Any, layout: JobLayout, record: dict[str, Any]) -> None:
     """Queue the publication of a written record on the job's channel (the SSE streams)."""
     pipe.publish(layout.channel, orjson.dumps(record))
