@@ -33,7 +33,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.cpu import cpu_seconds  # noqa: E402
-from benchmarks.processing import bulk_producer  # noqa: E402
+from benchmarks.processing import AllFields, bulk_producer  # noqa: E402
 from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E402
 from infrastructure.local.jars import fresh_folder, maven  # noqa: E402
 from services.ingestion import enrichment  # noqa: E402
@@ -169,13 +169,10 @@ def preload(s: Settings, topic: str, records: list[bytes], keys: list[str], end_
     assert producer.flush(120) == 0
 
 
-class SoftwareJobCoordinator(JobCoordinator):
+class SoftwareJobCoordinator(AllFields):
     """Adds a job no built-in one is like: events per tumbling window by browser and OS family and major
-    version, into Flink's blackhole sink, so the agent columns are read (no built-in job reads them)."""
-
-    def read_fields(self) -> tuple[EventField, ...]:
-        """Every field: the software job below reads the agent columns, and its SQL is not a job's."""
-        return self.event.wire_fields
+    version, into Flink's blackhole sink, so the agent columns are read (no built-in job reads them; the
+    source declares every field, since this SQL is not a job's)."""
 
     def statements(self, t_env: Any) -> list[str]:
         inserts = super().statements(t_env)
@@ -193,12 +190,9 @@ class SoftwareJobCoordinator(JobCoordinator):
         return inserts
 
 
-class FlinkEnrichedCoordinator(JobCoordinator):
-    """The jobs as they are, over an events view that derives the enrichment columns from the raw fields."""
-
-    def read_fields(self) -> tuple[EventField, ...]:
-        """Every field: the view below derives the enrichment columns from the raw ones."""
-        return self.event.wire_fields
+class FlinkEnrichedCoordinator(AllFields):
+    """The jobs as they are, over an events view that derives the enrichment columns from the raw fields (so
+    the source declares every field)."""
 
     def events_view_sql(self, fields: Sequence[EventField] | None = None) -> str:
         stock = super().events_view_sql(fields)

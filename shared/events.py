@@ -337,7 +337,11 @@ class EventSchema:
         """A Kafka value (nested, wire order) from one value per path: of every field, or of `fields` only
         (in wire order)."""
         out: dict[str, Any] = {}
-        for f in self.wire_fields if fields is None else sorted(fields, key=self.wire_fields.index):
+        wire = self.wire_fields
+        if fields is not None:
+            chosen = set(fields)
+            wire = tuple(f for f in wire if f in chosen)
+        for f in wire:
             *groups, leaf = f.keys
             target = out
             for group in groups:
