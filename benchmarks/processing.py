@@ -17,11 +17,14 @@ runs on a fresh cluster: JIT warm-up).
 round a jobs run with those Flink table options (a lever measured against the jobs in the same session).
 --all-fields adds to every round a jobs run on a source declaring every raw event field (the code before
 JobCoordinator.read_fields).
+--breakdown adds to every round a jobs run without the de-duplication (RTAP_PROCESSING__DEDUP_SECONDS=0) and
+one run per built-in job alone (with the de-duplication): where the jobs' cost over the floor goes. All of
+them read the source the jobs together read, so only the operators differ.
 --jfr FILE adds one more jobs run, recorded by Java Flight Recorder on the TaskManager (not in the ratio: the
 recording costs CPU too).
 
     .venv/bin/python benchmarks/processing.py [--events 500000] [--rounds 2] [--vertices] [--jfr FILE]
-        [--variant NAME:KEY=VALUE,...] [--all-fields]
+        [--variant NAME:KEY=VALUE,...] [--all-fields] [--breakdown]
 """
 
 from __future__ import annotations
@@ -190,6 +193,38 @@ class AllFields(JobCoordinator):
         return self.event.wire_fields
 
 
+NO_DEDUP_NAME = "no-dedup"
+
+
+def without_dedup(s: Settings) -> Settings:
+    return s.model_copy(update={"processing": s.processing.model_copy(update={"dedup_seconds": 0})})
+
+
+def only_job(name: str) -> type[JobCoordinator]:
+    """A coordinator running one built-in job on the source all the jobs read together."""
+
+    class OnlyJob(JobCoordinator):
+        def __init__(self, settings: Settings, bounds: Bounds | None = None):
+            super().__init__(settings, bounds)
+            self.all_jobs_fields = super().read_fields()
+            self.jobs = [job for job in self.jobs if job.name == name]
+
+        def read_fields(self) -> tuple[EventField, ...]:
+            return self.all_jobs_fields
+
+    return OnlyJob
+
+
+def breakdown_submits(s: Settings, bounds: Bounds) -> dict[str, Callable[[], str]]:
+    """The jobs without de-duplication, then each job alone."""
+    submits: dict[str, Callable[[], str]] = {
+        NO_DEDUP_NAME: partial(submit_jobs, without_dedup(s), bounds, {})
+    }
+    for job in JobCoordinator(s).jobs:
+        submits[f"only-{job.name}"] = partial(submit_jobs, s, bounds, {}, only_job(job.name))
+    return submits
+
+
 def submit_jobs(
     s: Settings, bounds: Bounds, options: dict[str, str], coordinator: type[JobCoordinator] = JobCoordinator
 ) -> str:
@@ -264,8 +299,8 @@ def measure(
 
 
 def ratio_lines(runs: list[Run]) -> list[str]:
-    """Each jobs run's events per TaskManager CPU-second over the floor's: medians of the warm rounds (round 1
-    when there is only one)."""
+    """Each jobs run's events per TaskManager CPU-second over the floor's, and its TaskManager CPU per event
+    beyond the floor's: medians of the warm rounds (round 1 when there is only one)."""
     warm = [r for r in runs if r.round > 1] or runs
     rounds = sorted({r.round for r in warm})
     floor = statistics.median(r.per_cpu for r in warm if r.name == FLOOR_NAME)
@@ -274,7 +309,9 @@ def ratio_lines(runs: list[Run]) -> list[str]:
         jobs = statistics.median(r.per_cpu for r in warm if r.name == name)
         lines.append(
             f"{name}/floor per TaskManager CPU-second = {jobs / floor:.3f} "
-            f"(medians of rounds {rounds}: {name} {jobs:,.0f}, floor {floor:,.0f})"
+            f"(medians of rounds {rounds}: {name} {jobs:,.0f}, floor {floor:,.0f}; "
+            f"{1e6 / jobs - 1e6 / floor:.1f} us of TaskManager CPU per event beyond the floor's "
+            f"{1e6 / floor:.1f})"
         )
     return lines
 
@@ -290,7 +327,15 @@ def recorded(taskmanager: psutil.Process, path: Path, measure_run: Callable[[], 
     return result
 
 
-def run(n: int, rounds: int, vertices: bool, jfr: Path | None, variants: list[str], all_fields: bool) -> None:
+def run(
+    n: int,
+    rounds: int,
+    vertices: bool,
+    jfr: Path | None,
+    variants: list[str],
+    all_fields: bool,
+    breakdown: bool = False,
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = isolated_settings(Path(tmp) / "state")
         harness = Harness(base)
@@ -316,6 +361,8 @@ def run(n: int, rounds: int, vertices: bool, jfr: Path | None, variants: list[st
                 submits[name] = partial(submit_jobs, s, bounds, options)
             if all_fields:
                 submits[ALL_FIELDS_NAME] = partial(submit_jobs, s, bounds, {}, AllFields)
+            if breakdown:
+                submits.update(breakdown_submits(s, bounds))
             runs = []
             for round_ in range(1, rounds + 1):
                 order = list(submits.items())
@@ -357,5 +404,10 @@ if __name__ == "__main__":
         action="store_true",
         help="each round, also the jobs on a source declaring every raw field (as before read_fields)",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="each round, also the jobs without de-duplication and each job alone",
+    )
     args = parser.parse_args()
-    run(args.events, args.rounds, args.vertices, args.jfr, args.variant, args.all_fields)
+    run(args.events, args.rounds, args.vertices, args.jfr, args.variant, args.all_fields, args.breakdown)
