@@ -56,7 +56,7 @@ from infrastructure.local.isolated import Harness, isolated_settings  # noqa: E4
 from services.processing.backfill import bounds_for  # noqa: E402
 from services.processing.coordinator import SOURCE_TABLE, Bounds, JobCoordinator  # noqa: E402
 from services.processing.driver import remote_config, table_env  # noqa: E402
-from services.processing.job import epoch_ms, interval  # noqa: E402
+from services.processing.job import BaseJob, epoch_ms, interval  # noqa: E402
 from shared.events import HEARTBEAT_TYPE, EventField  # noqa: E402
 from shared.kafka_admin import ensure_topics  # noqa: E402
 from shared.metric_schema import Column, MetricSchema  # noqa: E402
@@ -200,14 +200,15 @@ def without_dedup(s: Settings) -> Settings:
     return s.model_copy(update={"processing": s.processing.model_copy(update={"dedup_seconds": 0})})
 
 
-def only_job(name: str) -> type[JobCoordinator]:
-    """A coordinator running one built-in job on the source all the jobs read together."""
+def only_job(job: str | BaseJob) -> type[JobCoordinator]:
+    """A coordinator running one job (a built-in job's name, or any job, registered or not) on the source all
+    the built-in jobs read together."""
 
     class OnlyJob(JobCoordinator):
         def __init__(self, settings: Settings, bounds: Bounds | None = None):
             super().__init__(settings, bounds)
             self.all_jobs_fields = super().read_fields()
-            self.jobs = [job for job in self.jobs if job.name == name]
+            self.jobs = [job] if isinstance(job, BaseJob) else [j for j in self.jobs if j.name == job]
 
         def read_fields(self) -> tuple[EventField, ...]:
             return self.all_jobs_fields
@@ -334,7 +335,7 @@ def run(
     jfr: Path | None,
     variants: list[str],
     all_fields: bool,
-    breakdown: bool = False,
+    extra_runs: Callable[[Settings, Bounds], dict[str, Callable[[], str]]] | None = None,
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = isolated_settings(Path(tmp) / "state")
@@ -361,8 +362,8 @@ def run(
                 submits[name] = partial(submit_jobs, s, bounds, options)
             if all_fields:
                 submits[ALL_FIELDS_NAME] = partial(submit_jobs, s, bounds, {}, AllFields)
-            if breakdown:
-                submits.update(breakdown_submits(s, bounds))
+            if extra_runs:
+                submits.update(extra_runs(s, bounds))
             runs = []
             for round_ in range(1, rounds + 1):
                 order = list(submits.items())
@@ -410,4 +411,5 @@ if __name__ == "__main__":
         help="each round, also the jobs without de-duplication and each job alone",
     )
     args = parser.parse_args()
-    run(args.events, args.rounds, args.vertices, args.jfr, args.variant, args.all_fields, args.breakdown)
+    extra = breakdown_submits if args.breakdown else None
+    run(args.events, args.rounds, args.vertices, args.jfr, args.variant, args.all_fields, extra)
