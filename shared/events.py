@@ -70,6 +70,10 @@ EVENT_SCHEMA_FILE = Path(__file__).with_name(f"event_schema_v{EVENT_SCHEMA_VERSI
 INT64_MAX = 2**63 - 1
 Int64 = Annotated[StrictInt, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
 PropertyValue = StrictBool | Int64 | StrictFloat | StrictStr
+# Flink's JSON decoder (Jackson) refuses a field name over 50,000 characters and skips the whole event
+MAX_PROPERTY_NAME_CHARS = 1024
+PropertyName = Annotated[str, Field(max_length=MAX_PROPERTY_NAME_CHARS)]
+Properties = dict[PropertyName, PropertyValue]
 EventType = Annotated[
     str,
     Field(min_length=1, max_length=128, description="e.g. page_view, product_view, add_to_cart, purchase"),
@@ -102,7 +106,11 @@ def _json_number(value: Any) -> Any:
 NUMBERS_ONLY = BeforeValidator(_json_number)
 ScreenSize = Annotated[int, Field(ge=0, le=100_000), NUMBERS_ONLY]
 EpochMs = Annotated[int, Field(ge=0, le=INT64_MAX, description="epoch milliseconds"), NUMBERS_ONLY]
-Millis = Annotated[float | None, Field(ge=0, strict=True, description="milliseconds")]
+# a day: a window's sum of durations then stays far below the largest float, so no client can make it infinite
+MAX_MILLIS = 86_400_000
+Millis = Annotated[
+    float | None, Field(ge=0, le=MAX_MILLIS, strict=True, description="milliseconds, at most a day")
+]
 # NaN, Infinity and 1e400 (parsed as infinity) are not numbers.
 IGNORE_EXTRA = ConfigDict(extra="ignore", allow_inf_nan=False)
 
@@ -163,7 +171,7 @@ class TrackEvent(TypedDict):
     user: User
     device: Device
     context: Context
-    properties: NotRequired[Annotated[dict[str, PropertyValue], Field(max_length=256)]]
+    properties: NotRequired[Annotated[Properties, Field(max_length=256)]]
     metrics: NotRequired[Metrics]
     timestamp: NotRequired[
         Annotated[EpochMs, Field(description="event time; bounded by the clock-skew policy")] | None
@@ -227,7 +235,7 @@ class RawEvent(TypedDict):
     user: WireUser
     device: Device
     context: WireContext
-    properties: dict[str, PropertyValue]
+    properties: Properties
     metrics: WireMetrics
     timestamp: Annotated[int, Field(ge=0, description="event time, epoch ms")]
     received_at: Annotated[int, Field(ge=0, description="receive time at ingestion, epoch ms")]

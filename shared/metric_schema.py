@@ -25,6 +25,7 @@ CLICKHOUSE_TYPES: dict[str, str] = {
     "timestamp_ms": "DateTime64(3, 'UTC')",
 }
 KEY_SEPARATOR = "|"
+NOT_FINITE = ("Infinity", "-Infinity", "NaN")  # how Flink's JSON format writes a double that is not finite
 
 
 @dataclass(frozen=True)
@@ -68,18 +69,19 @@ class MetricSchema:
         return KEY_SEPARATOR.join([self.name, *(str(record[k]) for k in self.key)])
 
     def validate(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Return the record restricted to the schema's columns; raise ValueError naming the problem."""
+        """Return the record restricted to the schema's columns; raise ValueError naming the problem. A float
+        that is not finite (a sum that overflowed; Flink writes it as "Infinity" or "NaN") becomes null, so
+        the window's other columns are kept."""
         out: dict[str, Any] = {}
         for col in self.columns:
             if col.name not in record:
                 raise ValueError(f"{self.name}: missing column {col.name!r}")
             value = record[col.name]
-            if value is None:
-                if col.name in self.key:
-                    raise ValueError(f"{self.name}: key column {col.name!r} is null")
-                out[col.name] = None
-                continue
-            out[col.name] = _coerce(self.name, col, value)
+            coerced = None if value is None else _coerce(self.name, col, value)
+            if coerced is None and col.name in self.key:
+                problem = "null" if value is None else f"not finite ({value})"
+                raise ValueError(f"{self.name}: key column {col.name!r} is {problem}")
+            out[col.name] = coerced
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +106,8 @@ def _coerce(schema: str, col: Column, value: Any) -> Any:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
                 raise TypeError
             return int(value)
+        if value in NOT_FINITE:
+            return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError
         return float(value)

@@ -115,6 +115,9 @@ def kafka_refusal(err: KafkaError, retry_after: int) -> IngestError:
     return bad_request(f"Kafka refuses the event's record: {err.str()}", "event")
 
 
+NAMED_CHARS = 64  # a longer key in a path (a refused property name) is named by its start and its length
+
+
 def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
     """('user', 'id') -> 'user.id'; ('events', 3, 'user') -> 'events[3].user'."""
     out = ""
@@ -122,8 +125,13 @@ def field_path(loc: tuple[Any, ...] | list[Any]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         elif part not in ("body",) or out:
-            out += f".{part}" if out else str(part)
+            out += f".{_short(part)}" if out else _short(part)
     return out or "body"
+
+
+def _short(part: Any) -> str:
+    text = str(part)
+    return text if len(text) <= NAMED_CHARS else f"{text[:NAMED_CHARS]}...({len(text)} characters)"
 
 
 # pydantic's loc tags for the members of a union (a property value is bool | int | float | str)

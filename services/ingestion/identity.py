@@ -33,7 +33,7 @@ from shared.events import (
     EpochMs,
     EventId,
     GroupId,
-    PropertyValue,
+    Properties,
     TrackEvent,
     UserId,
 )
@@ -63,7 +63,7 @@ class IdentityCall(BaseModel):
     anonymous_id: UserId | None = None
     previous_id: UserId | None = None
     group_id: GroupId | None = None
-    traits: dict[str, PropertyValue] = Field(default_factory=dict, max_length=MAX_TRAITS)
+    traits: Properties = Field(default_factory=dict, max_length=MAX_TRAITS)
     session_id: str | None = Field(None, min_length=1, max_length=256)
     timestamp: EpochMs | None = None
 

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from services.ingestion.records import ORIGINAL_TIMESTAMP_HEADER
+from shared.events import MAX_MILLIS, MAX_PROPERTY_NAME_CHARS
 from tests.ingestion.conftest import event, problem, read_events, refused_at, with_ids
 
 pytestmark = pytest.mark.kafka
@@ -118,6 +119,30 @@ def test_invalid_event_gets_400_naming_the_field(client, body, field):
     r = client.post("/v1/analytics/track", json=body)
     assert refused_at(r) == (400, ["body", field]), r.text
     assert field in problem(r)["msg"] and problem(r)["type"] == "invalid"
+
+
+@pytest.mark.parametrize("name", ["load_time", "interaction_time"])
+def test_a_duration_over_a_day_is_refused_so_no_client_can_make_a_window_sum_infinite(client, name):
+    """Two durations near the largest float once made performance_metrics' sum infinite, and the window was
+    dead-lettered for every client in it."""
+    r = client.post("/v1/analytics/track", json=event(metrics={name: MAX_MILLIS + 1}))
+    assert refused_at(r) == (400, ["body", f"metrics.{name}"]), r.text
+    batch = [event(metrics={name: MAX_MILLIS}), event(metrics={name: 1e308})]
+    r = client.post("/v1/analytics/batch", json={"events": batch})
+    assert r.status_code == 202 and [x["status"] for x in r.json()["results"]] == ["accepted", "rejected"]
+    assert r.json()["results"][1]["field"] == f"metrics.{name}", r.text
+
+
+def test_a_property_name_flink_cannot_decode_is_refused(client):
+    """Flink's JSON decoder skips an event with a field name over 50,000 characters: it was accepted, stored
+    raw and never counted in the metrics."""
+    longest = "k" * MAX_PROPERTY_NAME_CHARS
+    r = client.post("/v1/analytics/track", json=event(properties={longest + "k": 1}))
+    named = f"properties.{'k' * 64}...({MAX_PROPERTY_NAME_CHARS + 1} characters).[key]"
+    assert refused_at(r) == (400, ["body", named]), r.text[:300]
+    assert f"at most {MAX_PROPERTY_NAME_CHARS} characters" in problem(r)["msg"]
+    assert len(r.content) < 1000, "the refusal names the long key by its start, not whole"
+    assert client.post("/v1/analytics/track", json=event(properties={longest: 1})).status_code == 202
 
 
 def test_malformed_json_and_wrong_batch_shape(client):

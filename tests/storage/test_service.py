@@ -11,6 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import Consumer
 
+from services.processing.registry import load_schemas
 from tests.storage.conftest import (
     WINDOW_MS,
     event_metric,
@@ -47,6 +48,25 @@ def test_metric_records_arrive_in_their_table(kafka, api):
     assert [r["events"] for r in rows] == [10, 11, 12, 13, 14]
     assert rows[0]["window_start"] == BASE_MS and rows[0]["window_end"] == BASE_MS + WINDOW_MS
     assert {r["device_category"] for r in rows} == {"desktop"}
+
+
+def test_a_float_flink_wrote_as_infinity_is_stored_as_null_and_the_window_kept(kafka, api):
+    """A sum that overflowed once sent the whole window, every client's events in it, to the dead letters."""
+    device = unique("inf")
+    record = {
+        **{c.name: 1 for c in load_schemas()["performance_metrics"].columns},
+        "window_start": BASE_MS,
+        "window_end": BASE_MS + WINDOW_MS,
+        "device_category": device,
+        "load_time_avg": "Infinity",
+        "load_time_p50": 2.5,
+    }
+    produce_metrics(kafka, "performance_metrics", [record])
+    path = "/v1/jobs/performance_metrics/windows"
+    params = {"from": BASE_MS, "to": BASE_MS + WINDOW_MS, "device_category": device}
+    rows = wait_for(lambda: api.get(path, params=params).json()["rows"])
+    assert len(rows) == 1 and rows[0]["load_time_avg"] is None, rows
+    assert rows[0]["load_time_p50"] == 2.5 and rows[0]["events"] == 1
 
 
 def test_replayed_window_does_not_double_and_the_latest_value_wins(kafka, api):
