@@ -41,16 +41,20 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
 
 
 def gunzip_bounded(data: bytes, limit: int) -> bytes:
-    """Decompress gzip, stopping at limit + 1 bytes so a gzip bomb costs at most the limit."""
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise header_error(400, f"body is not valid gzip: {exc}", "Content-Encoding", "invalid") from None
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise too_large(f"decompressed body exceeds the limit of {limit} bytes")
-    if not inflater.eof:
-        raise header_error(400, "gzip body is truncated", "Content-Encoding", "invalid")
+    """Decompress gzip, every member of it (RFC 1952), stopping at limit + 1 bytes so a gzip bomb costs at
+    most the limit. Bytes after the last member that are not gzip are refused, not ignored."""
+    out, rest = b"", data
+    while rest:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out += inflater.decompress(rest, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise header_error(400, f"body is not valid gzip: {exc}", "Content-Encoding", "invalid") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise too_large(f"decompressed body exceeds the limit of {limit} bytes")
+        if not inflater.eof:
+            raise header_error(400, "gzip body is truncated", "Content-Encoding", "invalid")
+        rest = inflater.unused_data
     return out
 
 

@@ -126,13 +126,15 @@ def _json_text(field: str, value: Any) -> str:
 
 
 def session_id(msg: SegmentMessage, user_id: str) -> str:
-    """The first session id the message carries, as text; SegmentMappingError for an object or array."""
+    """The first session id the message carries, as text; SegmentMappingError for an object, array or
+    boolean (an empty object too: it is not an absent id)."""
     for part, name in SESSION_SOURCES:
         value = getattr(msg, part).get(name)
-        if value:
-            if isinstance(value, (dict, list)):
-                raise SegmentMappingError(f"{part}.{name} must be a string or number", f"{part}.{name}")
-            return str(value)
+        if value is None or value == "":
+            continue
+        if isinstance(value, (dict, list, bool)):
+            raise SegmentMappingError(f"{part}.{name} must be a string or number", f"{part}.{name}")
+        return str(value)
     return msg.anonymousId or user_id
 
 

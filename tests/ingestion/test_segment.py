@@ -138,6 +138,17 @@ HOSTILE_SEGMENT = [
     ({"type": "group", "userId": "u-1", "groupId": {"id": 1}}, "groupId", "string"),
     ({"type": "identify", "userId": "u" * 257}, "userId", "at most 256"),
     ({"type": "identify", "userId": "u-1", "traits": {f"t{i}": i for i in range(300)}}, "properties", "256"),
+    # an empty object or a boolean is not a session id (they became the user's session, or "True")
+    (
+        {"type": "track", "event": "x", "userId": "u-1", "context": {"sessionId": {}}},
+        "context.sessionId",
+        "string",
+    ),
+    (
+        {"type": "track", "event": "x", "userId": "u-1", "context": {"sessionId": True}},
+        "context.sessionId",
+        "string",
+    ),
 ]
 
 

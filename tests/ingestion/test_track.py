@@ -199,6 +199,16 @@ def test_gzip_body_accepted_and_gzip_bomb_refused(client, kafka):
     assert refused_at(r) == (400, ["header", "Content-Encoding"])
 
 
+def test_a_gzip_body_of_several_members_is_read_whole_and_trailing_bytes_are_refused(client):
+    text = orjson.dumps(event())
+    gzipped = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    members = gzip.compress(text[:20]) + gzip.compress(text[20:])  # RFC 1952 allows several members
+    r = client.post("/v1/analytics/track", content=members, headers=gzipped)
+    assert r.status_code == 202, r.text  # was a 400: only the first member was read
+    r = client.post("/v1/analytics/track", content=gzip.compress(text) + b"garbage", headers=gzipped)
+    assert refused_at(r) == (400, ["header", "Content-Encoding"]), r.text  # was a 202
+
+
 def test_text_plain_beacon_body_is_accepted(client, kafka):
     r = client.post(
         "/v1/analytics/track",
