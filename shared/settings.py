@@ -243,7 +243,8 @@ class StorageSettings(ServiceAddress):
     sql_max_rows: int = 10_000
     sql_max_seconds: int = 10
     sql_max_memory_bytes: int = 512 * 1024 * 1024
-    sql_max_result_bytes: int = 64 * 1024 * 1024
+    # ClickHouse's max_result_bytes; with chDB (which ignores it) the most JSON a result may take
+    sql_max_result_bytes: int = 8 * 1024 * 1024
     sql_max_rows_to_read: int = 100_000_000
     sql_max_concurrent: int = 2  # read-only connections per query route; a query finding none free gets 503
     # GET /v1/events/export (backfill from the raw table): exports at once (one more gets 503), and the time

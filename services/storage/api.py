@@ -34,7 +34,7 @@ from services.storage.analytics import (
     sources_query,
     top_pages_query,
 )
-from services.storage.backends import Backend, open_backend, open_reader
+from services.storage.backends import Backend, ResultTooLarge, open_backend, open_reader
 from services.storage.consumer import storage_consumer
 from services.storage.export import add_export_route
 from services.storage.identity import identity_tables, identity_views
@@ -526,6 +526,8 @@ def clickhouse_answer(read: Callable[[], T], where: str, name: str) -> T:
         return read()
     except (HTTPException, SandboxError):
         raise
+    except ResultTooLarge as exc:
+        raise param_error(400, where, name, str(exc)) from None
     except RecursionError:
         raise param_error(400, where, name, "the result nests too deeply to be read") from None
     except Exception as exc:

@@ -16,6 +16,10 @@ import orjson
 from shared.settings import Settings
 
 
+class ResultTooLarge(Exception):
+    """A result over the reader's limit of JSON bytes, refused before it is read into rows."""
+
+
 class Backend(Protocol):
     kind: str
 
@@ -31,13 +35,21 @@ class Backend(Protocol):
 class ChdbBackend:
     kind = "chdb"
 
-    def __init__(self, path: Path, options: dict[str, Any] | None = None, database: str | None = None):
+    def __init__(
+        self,
+        path: Path,
+        options: dict[str, Any] | None = None,
+        database: str | None = None,
+        max_result_bytes: int = 0,
+    ):
         """options: ClickHouse settings of this connection alone (another connection to the path keeps its
-        own)."""
+        own). max_result_bytes: the most JSON a query's result may take before it is read into rows (0: no
+        limit); chDB does not apply ClickHouse's max_result_bytes, and rows take several times their JSON."""
         from chdb import session
 
         path.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.max_result_bytes = max_result_bytes
         startup = "&".join(f"{name}={value}" for name, value in (options or {}).items())
         connection = f"{path}?{startup}" if startup else str(path)
         self.session: Any = session.Session(connection)  # type: ignore[no-untyped-call]
@@ -49,7 +61,13 @@ class ChdbBackend:
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         result = self.session.query(sql, "JSONEachRow", params=_escaped(params) or None)
-        text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
+        data: bytes = result.bytes() if hasattr(result, "bytes") else str(result).encode()
+        if self.max_result_bytes and len(data) > self.max_result_bytes:
+            raise ResultTooLarge(
+                f"the result takes {len(data):,} bytes as JSON, over the limit of {self.max_result_bytes:,} "
+                "(storage.sql_max_result_bytes)"
+            )
+        text = data.decode()
         # one row per "\n": str.splitlines() would also split inside values holding U+0085, which
         # ClickHouse writes raw
         return [json.loads(line) for line in text.split("\n") if line.strip()]
@@ -169,5 +187,8 @@ def open_reader(settings: Settings) -> Backend:
             c.url, c.database, create=False, query_settings=reader_limits(settings), password=c.password
         )
     return ChdbBackend(
-        settings.state_path / "clickhouse", {"readonly": 1, **reader_limits(settings)}, c.database
+        settings.state_path / "clickhouse",
+        {"readonly": 1, **reader_limits(settings)},
+        c.database,
+        settings.storage.sql_max_result_bytes,
     )

@@ -108,6 +108,15 @@ def test_the_row_limit_applies(api, seeded, statement):
     assert response.status_code == 400 and "max rows" in response.text.lower(), response.text[:200]
 
 
+def test_the_result_byte_limit_applies(api, seeded):
+    """Two rows of 900,000 numbers: 12 MB of JSON, some 200 MB of Python objects in the storage process, which
+    also runs the consumers. chDB does not apply ClickHouse's max_result_bytes: this answered 200, and so did
+    110 MB of JSON."""
+    response = sql(api, "SELECT range(900000) AS r FROM numbers(2)")
+    assert response.status_code == 400, response.text[:200]
+    assert "bytes as JSON, over the limit of 8,388,608" in response.json()["detail"][0]["msg"]
+
+
 def test_sql_needs_the_read_key(storage_service):
     import httpx
 
