@@ -83,11 +83,10 @@ def event_type(msg: SegmentMessage) -> str:
         return TYPE_FOR_MESSAGE[msg.type]
     if not msg.event:
         raise SegmentMappingError("track messages need an event name", "event")
-    return (
-        SEGMENT_EVENT_TYPES.get(msg.event)
-        or re.sub(r"[^a-z0-9]+", "_", msg.event.strip().lower()).strip("_")
-        or "event"
-    )
+    mapped = SEGMENT_EVENT_TYPES.get(msg.event) or re.sub(r"\W+", "_", msg.event.lower()).strip("_")
+    if not mapped:  # distinct names of symbols alone would all become one type
+        raise SegmentMappingError("event: the name has no letter or digit to make an event type of", "event")
+    return mapped
 
 
 def to_epoch_ms(value: datetime) -> int:

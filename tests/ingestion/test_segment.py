@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from segment.analytics import Client
 
+from services.ingestion.segment import SegmentMessage, event_type
 from shared.events import ALIAS_TYPE, GROUP_TYPE, IDENTIFY_TYPE
 from tests.ingestion.conftest import WRITE_KEY, problem, read_events, refused_at
 
@@ -138,6 +139,7 @@ HOSTILE_SEGMENT = [
     ({"type": "group", "userId": "u-1", "groupId": {"id": 1}}, "groupId", "string"),
     ({"type": "identify", "userId": "u" * 257}, "userId", "at most 256"),
     ({"type": "identify", "userId": "u-1", "traits": {f"t{i}": i for i in range(300)}}, "properties", "256"),
+    ({"type": "track", "event": "!!! ###", "userId": "u-1"}, "event", "no letter or digit"),  # was "event"
     # an empty object or a boolean is not a session id (they became the user's session, or "True")
     (
         {"type": "track", "event": "x", "userId": "u-1", "context": {"sessionId": {}}},
@@ -172,3 +174,10 @@ def test_segment_identity_messages_refused_per_item_naming_the_field(keyed_inges
         assert r.status_code == 413, r.text
         r = c.post("/v1/alias", json={"userId": "u-1", "previousId": "a-1", "writeKey": WRITE_KEY})
         assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+
+
+def test_segment_event_names_keep_their_letters_in_any_script():
+    """Only ASCII letters and digits were kept: "Ünïcödé Évent" became "n_c_d_vent"."""
+    names = {"Ünïcödé Évent": "ünïcödé_évent", "Заказ оформлен": "заказ_оформлен", "Signed Up": "signed_up"}
+    for name, expected in names.items():
+        assert event_type(SegmentMessage(type="track", event=name)) == expected
