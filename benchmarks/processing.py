@@ -196,8 +196,9 @@ class AllFields(JobCoordinator):
 NO_DEDUP_NAME = "no-dedup"
 
 
-def without_dedup(s: Settings) -> Settings:
-    return s.model_copy(update={"processing": s.processing.model_copy(update={"dedup_seconds": 0})})
+def with_processing(s: Settings, **changes: Any) -> Settings:
+    """s with these processing settings changed."""
+    return s.model_copy(update={"processing": s.processing.model_copy(update=changes)})
 
 
 def only_job(job: str | BaseJob) -> type[JobCoordinator]:
@@ -219,7 +220,7 @@ def only_job(job: str | BaseJob) -> type[JobCoordinator]:
 def breakdown_submits(s: Settings, bounds: Bounds) -> dict[str, Callable[[], str]]:
     """The jobs without de-duplication, then each job alone."""
     submits: dict[str, Callable[[], str]] = {
-        NO_DEDUP_NAME: partial(submit_jobs, without_dedup(s), bounds, {})
+        NO_DEDUP_NAME: partial(submit_jobs, with_processing(s, dedup_seconds=0), bounds, {})
     }
     for job in JobCoordinator(s).jobs:
         submits[f"only-{job.name}"] = partial(submit_jobs, s, bounds, {}, only_job(job.name))

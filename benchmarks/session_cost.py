@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.processing import only_job, run, submit_jobs  # noqa: E402
+from benchmarks.processing import only_job, run, submit_jobs, with_processing  # noqa: E402
 from services.processing.coordinator import Bounds  # noqa: E402
 from services.processing.job import BaseJob, interval  # noqa: E402
 from services.processing.jobs.session_tracker import SessionTracker  # noqa: E402
@@ -79,8 +79,7 @@ class SessionVariant(SessionTracker):
         self.edits, self.settings_update = edits, settings_update or {}
 
     def build(self, t_env: Any, events_view: str, settings: Settings) -> str:
-        changed = settings.processing.model_copy(update=self.settings_update)
-        sql = super().build(t_env, events_view, settings.model_copy(update={"processing": changed}))
+        sql = super().build(t_env, events_view, with_processing(settings, **self.settings_update))
         return edited(sql, self.edits)
 
 

@@ -9,6 +9,7 @@ import uuid
 import orjson
 import pytest
 
+from services.ingestion.body import MAX_GZIP_MEMBERS
 from services.ingestion.records import ORIGINAL_TIMESTAMP_HEADER
 from shared.events import MAX_MILLIS, MAX_PROPERTY_NAME_CHARS
 from tests.ingestion.conftest import event, problem, read_events, refused_at, with_ids
@@ -207,6 +208,10 @@ def test_a_gzip_body_of_several_members_is_read_whole_and_trailing_bytes_are_ref
     assert r.status_code == 202, r.text  # was a 400: only the first member was read
     r = client.post("/v1/analytics/track", content=gzip.compress(text) + b"garbage", headers=gzipped)
     assert refused_at(r) == (400, ["header", "Content-Encoding"]), r.text  # was a 202
+    many = b"".join(gzip.compress(text[i : i + 1]) for i in range(MAX_GZIP_MEMBERS + 1))
+    r = client.post("/v1/analytics/track", content=many, headers=gzipped)
+    assert refused_at(r) == (400, ["header", "Content-Encoding"]), r.text
+    assert f"more than {MAX_GZIP_MEMBERS} members" in problem(r)["msg"]
 
 
 def test_text_plain_beacon_body_is_accepted(client, kafka):
